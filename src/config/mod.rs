@@ -1,0 +1,432 @@
+//! The cluster file: one YAML document that declares the hosts and the cluster settings.
+//!
+//! Parsing keeps source positions ([`Spanned`]) for every value a validation rule may point at,
+//! so each error names `file:line:column` and says how to fix it.
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use miette::{Diagnostic, NamedSource, SourceSpan};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+use crate::ssh::HostKeyPolicy;
+
+/// The commented example written by `pikube init`.
+pub const EXAMPLE: &str = include_str!("example.yaml");
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "pikube cluster file")]
+pub struct ClusterFile {
+    /// Cluster name: used for the kubeconfig context and local state (`build/<name>-…`).
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// SSH defaults for every host.
+    #[serde(default)]
+    pub ssh: SshSettings,
+    /// The machines of the cluster.
+    #[schemars(with = "Vec<HostSpec>")]
+    pub hosts: Spanned<Vec<HostSpec>>,
+    /// Kubernetes distribution, version and API endpoint.
+    #[serde(default)]
+    pub kubernetes: Kubernetes,
+    /// OS package mirror/proxy for the hosts.
+    #[serde(default)]
+    pub packages: Packages,
+    /// HTTP(S) proxy the hosts must use to reach the outside.
+    #[serde(default)]
+    pub proxy: Option<Proxy>,
+    /// Container registry mirrors, e.g. `docker.io: [https://mirror.example]`.
+    #[serde(default)]
+    pub registry_mirrors: BTreeMap<String, Vec<String>>,
+}
+
+/// SSH settings; all optional. Cluster-wide under `ssh:`, per host under `hosts[].ssh:`.
+/// Unset values come from `~/.ssh/config`, then OpenSSH defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SshSettings {
+    /// Login user (default: `~/.ssh/config`, then `$USER`).
+    pub user: Option<String>,
+    /// SSH port (default 22).
+    pub port: Option<u16>,
+    /// Private key file (default: `~/.ssh/config` IdentityFile, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa).
+    pub key: Option<PathBuf>,
+    /// known_hosts file (default ~/.ssh/known_hosts).
+    pub known_hosts: Option<PathBuf>,
+    /// `strict` (default): refuse unknown host keys. `accept-new`: record them on first contact.
+    /// A changed host key is always refused.
+    pub host_key_policy: Option<HostKeyPolicy>,
+    /// Jump host, OpenSSH ProxyJump syntax `[user@]host[:port]`.
+    pub bastion: Option<String>,
+    /// Where the sudo password comes from, for users whose sudo asks for one. Never inline.
+    pub sudo_password: Option<SecretSource>,
+    /// Use keys from the ssh-agent (`$SSH_AUTH_SOCK`); default true.
+    pub agent: Option<bool>,
+    /// Seconds to wait for a TCP connection and the SSH handshake (default 10).
+    pub connect_timeout: Option<u64>,
+}
+
+/// A secret read at run time, so it never sits in the cluster file.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SecretSource {
+    /// Name of an environment variable holding the secret.
+    Env(String),
+    /// Path of a file holding the secret (first line); should be mode 0600.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    /// Host name; pikube sets it as the machine's hostname. Lowercase letters, digits, `-`.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// IP address or DNS name pikube connects to (and the node IP Kubernetes uses).
+    /// May be left out until `pikube discover --write` fills it in.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub address: Option<Spanned<String>>,
+    /// MAC address of the host's network interface, to recognise it in `pikube discover`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub mac: Option<Spanned<String>>,
+    /// `server` (control plane), `agent` (worker) or `loadbalancer` (API load balancer).
+    #[schemars(with = "Role")]
+    pub role: Spanned<Role>,
+    /// SSH overrides for this host.
+    #[serde(default)]
+    pub ssh: Option<SshSettings>,
+    /// Kubernetes node labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Kubernetes node taints, `key[=value]:NoSchedule|PreferNoSchedule|NoExecute`.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub taints: Vec<Spanned<String>>,
+}
+
+impl HostSpec {
+    /// The address to connect to; empty when not known yet (only `discover` accepts that).
+    pub fn address(&self) -> &str {
+        self.address.as_ref().map_or("", |a| a.value.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Server,
+    Agent,
+    Loadbalancer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Agent => "agent",
+            Role::Loadbalancer => "loadbalancer",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Kubernetes {
+    /// `k3s` (default) or `kubeadm`.
+    #[serde(default)]
+    pub distribution: Distribution,
+    /// Pinned version, e.g. `v1.31.4+k3s1`.
+    pub version: Option<String>,
+    /// Stable API endpoint; required for HA (more than one server) and for `loadbalancer` hosts.
+    pub endpoint: Option<Endpoint>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribution {
+    #[default]
+    K3s,
+    Kubeadm,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// `loadbalancer`: HAProxy on the `loadbalancer` hosts; `vip`: keepalived virtual IP on the
+    /// servers; `none`: the first server's address.
+    #[schemars(with = "EndpointMode")]
+    pub mode: Spanned<EndpointMode>,
+    /// Address clients use: the VIP, or a DNS name/IP in front of the load balancers.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub address: Option<Spanned<String>>,
+    /// API port (default 6443).
+    #[serde(default = "default_api_port")]
+    pub port: u16,
+}
+
+fn default_api_port() -> u16 {
+    6443
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    Loadbalancer,
+    Vip,
+    None,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Packages {
+    /// Debian/Ubuntu mirror URL replacing the hosts' default apt sources,
+    /// e.g. `http://mirror.lan/debian`.
+    #[schemars(with = "Option<String>")]
+    pub mirror: Option<Spanned<String>>,
+    /// Components to use from the mirror (default `[main]`).
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// Trust the mirror without a signature (for internal unsigned mirrors only).
+    #[serde(default)]
+    pub trusted: bool,
+    /// HTTP proxy for apt only (e.g. an apt-cacher-ng at `http://cache.lan:3142`).
+    #[schemars(with = "Option<String>")]
+    pub proxy: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    #[schemars(with = "Option<String>")]
+    pub http: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
+    pub https: Option<Spanned<String>>,
+    /// Hosts/CIDRs that bypass the proxy. Cluster addresses are added automatically.
+    #[serde(default)]
+    pub no_proxy: Vec<String>,
+}
+
+/// A cluster file error located at `file:line:column`, with a hint on how to fix it.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+    #[help]
+    pub hint: Option<String>,
+    #[source_code]
+    pub src: NamedSource<String>,
+    #[label("here")]
+    pub span: Option<SourceSpan>,
+}
+
+impl ConfigError {
+    /// `file:line:column: message` + `  hint: …` — the stable plain-text form (used in tests).
+    pub fn plain(&self) -> String {
+        match &self.hint {
+            Some(h) => format!("{self}\n  hint: {h}"),
+            None => self.to_string(),
+        }
+    }
+}
+
+/// Errors of the whole file (several rules can fail at once; all are reported).
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("{} has {} error(s)", .file, .errors.len())]
+pub struct ConfigErrors {
+    pub file: String,
+    #[related]
+    pub errors: Vec<ConfigError>,
+}
+
+impl ConfigErrors {
+    pub fn plain(&self) -> String {
+        self.errors.iter().map(ConfigError::plain).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// A loaded, validated cluster file plus where it came from (relative paths resolve against it).
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub file: PathBuf,
+    pub spec: ClusterFile,
+}
+
+impl Cluster {
+    /// Reads, parses and validates a cluster file.
+    pub fn load(path: &Path) -> Result<Cluster, miette::Report> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            miette::miette!(
+                help = "pass the cluster file with -f FILE, or write an example with `pikube init`",
+                "cannot read cluster file {}: {e}",
+                path.display()
+            )
+        })?;
+        Ok(Cluster::parse(path, &text)?)
+    }
+
+    /// Parses and validates; every host must have an address.
+    pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
+        Cluster::parse_with(path, text, true)
+    }
+
+    /// Like [`Cluster::load`] but hosts may lack an address (for `pikube discover`).
+    pub fn load_without_addresses(path: &Path) -> Result<Cluster, miette::Report> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| miette::miette!("cannot read cluster file {}: {e}", path.display()))?;
+        Ok(Cluster::parse_with(path, &text, false)?)
+    }
+
+    fn parse_with(path: &Path, text: &str, addresses_required: bool) -> Result<Cluster, ConfigErrors> {
+        let file = path.display().to_string();
+        let located = Locator { file: &file, text };
+        let spec: ClusterFile = serde_saphyr::from_str(text).map_err(|e| ConfigErrors {
+            file: file.clone(),
+            errors: vec![located.parse_error(&e)],
+        })?;
+        let problems = validate::check(&spec, addresses_required);
+        if !problems.is_empty() {
+            return Err(ConfigErrors {
+                file: file.clone(),
+                errors: problems.into_iter().map(|p| located.error(p)).collect(),
+            });
+        }
+        Ok(Cluster { file: path.to_path_buf(), spec })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name.value
+    }
+
+    pub fn hosts(&self) -> impl Iterator<Item = &HostSpec> {
+        self.spec.hosts.value.iter()
+    }
+
+    /// Resolves a path from the cluster file: `~/` is the home directory, relative paths are
+    /// relative to the cluster file's directory.
+    pub fn resolve_path(&self, p: &Path) -> PathBuf {
+        if let Ok(rest) = p.strip_prefix("~") {
+            if let Some(home) = std::env::var_os("HOME") {
+                return PathBuf::from(home).join(rest);
+            }
+        }
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        self.file.parent().unwrap_or(Path::new(".")).join(p)
+    }
+
+    /// The SSH settings for a host: its own overrides on top of the cluster-wide ones.
+    pub fn ssh_for(&self, host: &HostSpec) -> SshSettings {
+        let base = &self.spec.ssh;
+        let Some(o) = &host.ssh else { return base.clone() };
+        SshSettings {
+            user: o.user.clone().or_else(|| base.user.clone()),
+            port: o.port.or(base.port),
+            key: o.key.clone().or_else(|| base.key.clone()),
+            known_hosts: o.known_hosts.clone().or_else(|| base.known_hosts.clone()),
+            host_key_policy: o.host_key_policy.or(base.host_key_policy),
+            bastion: o.bastion.clone().or_else(|| base.bastion.clone()),
+            sudo_password: o.sudo_password.clone().or_else(|| base.sudo_password.clone()),
+            agent: o.agent.or(base.agent),
+            connect_timeout: o.connect_timeout.or(base.connect_timeout),
+        }
+    }
+}
+
+/// A rule violation found after parsing: where, what, how to fix.
+pub(crate) struct Problem {
+    pub at: serde_saphyr::Location,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+struct Locator<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn error(&self, p: Problem) -> ConfigError {
+        self.at(p.at.line(), p.at.column(), p.message, p.hint)
+    }
+
+    fn parse_error(&self, e: &serde_saphyr::Error) -> ConfigError {
+        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+        let raw = e.to_string();
+        // serde-saphyr appends its own location/snippet; keep the first line, ours has file:line:col.
+        let first = raw.lines().next().unwrap_or("invalid cluster file").trim();
+        let message = strip_location_suffix(first);
+        let hint = parse_hint(&message);
+        self.at(line, column, message, hint)
+    }
+
+    fn at(&self, line: u64, column: u64, message: String, hint: Option<String>) -> ConfigError {
+        let offset = offset_of(self.text, line, column);
+        ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            message,
+            hint,
+            src: NamedSource::new(self.file, self.text.to_string()),
+            span: offset.map(|o| SourceSpan::from((o, 1))),
+        }
+    }
+}
+
+/// serde-saphyr words its position as "error: line 3 column 5: …" (or "… at line 3 column 5");
+/// ours leads with `file:line:column`, so drop theirs.
+fn strip_location_suffix(msg: &str) -> String {
+    let msg = msg.strip_prefix("error: ").unwrap_or(msg);
+    let msg = match msg.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+        Some((_, tail)) => tail,
+        None => msg,
+    };
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].trim_end_matches(',').to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn parse_hint(message: &str) -> Option<String> {
+    // Every error gets a hint; the specific ones first.
+    if message.contains("unknown field") {
+        Some("remove or correct this key; `pikube schema` lists every valid key".into())
+    } else if message.contains("unknown variant") {
+        Some("use one of the values listed above".into())
+    } else if message.contains("missing field") {
+        Some("add the missing key; `pikube init` writes a complete example".into())
+    } else {
+        Some("check indentation, quotes and brackets here; `pikube schema` shows what each key expects".into())
+    }
+}
+
+fn offset_of(text: &str, line: u64, column: u64) -> Option<usize> {
+    let mut offset = 0usize;
+    for (i, l) in text.split_inclusive('\n').enumerate() {
+        if i as u64 + 1 == line {
+            let col_bytes: usize =
+                l.chars().take(column.saturating_sub(1) as usize).map(char::len_utf8).sum();
+            return Some(offset + col_bytes.min(l.len()));
+        }
+        offset += l.len();
+    }
+    None
+}
+
+/// True when `s` parses as an IP address.
+pub fn is_ip(s: &str) -> bool {
+    s.parse::<IpAddr>().is_ok()
+}

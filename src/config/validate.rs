@@ -1,0 +1,219 @@
+//! Rules a parsed cluster file must satisfy. Every rule points at the offending value.
+
+use std::collections::HashMap;
+
+use serde_saphyr::Spanned;
+
+use super::{is_ip, ClusterFile, EndpointMode, Problem, Role};
+
+pub(crate) fn check(spec: &ClusterFile, addresses_required: bool) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut problem = |at: serde_saphyr::Location, message: String, hint: &str| {
+        out.push(Problem { at, message, hint: (!hint.is_empty()).then(|| hint.to_string()) });
+    };
+
+    let name = &spec.name;
+    if !is_dns_label(&name.value) {
+        problem(
+            name.referenced,
+            format!("cluster name {:?} is not a valid name", name.value),
+            "use lowercase letters, digits and '-', at most 63 characters (it names files and the kubeconfig context)",
+        );
+    }
+
+    let hosts = &spec.hosts.value;
+    if hosts.is_empty() {
+        problem(spec.hosts.referenced, "no hosts declared".into(), "add at least one host under `hosts:`");
+    }
+
+    let mut names: HashMap<&str, u64> = HashMap::new();
+    let mut addresses: HashMap<String, u64> = HashMap::new();
+    for h in hosts {
+        if !is_dns_label(&h.name.value) {
+            problem(
+                h.name.referenced,
+                format!("host name {:?} cannot be a hostname", h.name.value),
+                "use lowercase letters, digits and '-' (e.g. rasp01), at most 63 characters",
+            );
+        }
+        if let Some(first) = names.insert(&h.name.value, h.name.referenced.line()) {
+            problem(
+                h.name.referenced,
+                format!("duplicate host name {:?} (first used on line {first})", h.name.value),
+                "every host needs its own name",
+            );
+        }
+        match &h.address {
+            Some(a) => {
+                check_address(a, &mut problem);
+                if let Some(first) = addresses.insert(a.value.to_ascii_lowercase(), a.referenced.line()) {
+                    problem(
+                        a.referenced,
+                        format!("duplicate address {:?} (first used on line {first})", a.value),
+                        "two hosts cannot share an address; check for a copy-paste slip",
+                    );
+                }
+            }
+            None if addresses_required => problem(
+                h.name.referenced,
+                format!("host {:?} has no address", h.name.value),
+                "add `address:`, or let `pikube discover --write` find it on the network",
+            ),
+            None => {}
+        }
+        if let Some(m) = &h.mac {
+            if !is_mac(&m.value) {
+                problem(
+                    m.referenced,
+                    format!("{:?} is not a MAC address", m.value),
+                    "write six hex pairs separated by ':' like dc:a6:32:01:02:03",
+                );
+            }
+        }
+        for t in &h.taints {
+            if !is_taint(&t.value) {
+                problem(
+                    t.referenced,
+                    format!("taint {:?} is not `key[=value]:Effect`", t.value),
+                    "write e.g. `dedicated=edge:NoSchedule`; Effect is NoSchedule, PreferNoSchedule or NoExecute",
+                );
+            }
+        }
+    }
+
+    let servers = hosts.iter().filter(|h| h.role.value == Role::Server).count();
+    let balancers: Vec<_> = hosts.iter().filter(|h| h.role.value == Role::Loadbalancer).collect();
+    if !hosts.is_empty() && servers == 0 {
+        problem(
+            spec.hosts.referenced,
+            "no host has role `server`".into(),
+            "give one host (or 3 for high availability) `role: server`",
+        );
+    }
+    if servers > 1 && servers % 2 == 0 {
+        problem(
+            spec.hosts.referenced,
+            format!("{servers} servers: high availability needs an odd number of servers"),
+            "etcd needs a majority; with an even count one failure can stop the cluster. Use 3 (or 5) servers, or 1",
+        );
+    }
+
+    let endpoint = spec.kubernetes.endpoint.as_ref();
+    if endpoint.is_none() {
+        if let Some(lb) = balancers.first() {
+            problem(
+                lb.role.referenced,
+                "a `loadbalancer` host needs an API endpoint".into(),
+                "add `kubernetes: {endpoint: {mode: loadbalancer}}` (optionally with `address:` for a DNS name)",
+            );
+        }
+        if servers > 1 {
+            problem(
+                spec.hosts.referenced,
+                format!("{servers} servers need a stable API endpoint"),
+                "add `kubernetes.endpoint` with `mode: loadbalancer` (and a loadbalancer host) or `mode: vip` with a free `address:`",
+            );
+        }
+    }
+    if let Some(ep) = endpoint {
+        match ep.mode.value {
+            EndpointMode::Loadbalancer if balancers.is_empty() => problem(
+                ep.mode.referenced,
+                "endpoint mode `loadbalancer` but no host has `role: loadbalancer`".into(),
+                "add one or two hosts with `role: loadbalancer`, or use `mode: vip`",
+            ),
+            EndpointMode::Vip => match &ep.address {
+                None => problem(
+                    ep.mode.referenced,
+                    "endpoint mode `vip` needs `address:` (the virtual IP)".into(),
+                    "add `address:` with a free IP in the servers' subnet",
+                ),
+                Some(a) if !is_ip(&a.value) => problem(
+                    a.referenced,
+                    format!("virtual IP {:?} is not an IP address", a.value),
+                    "a VIP must be a free IP address in the servers' subnet",
+                ),
+                Some(a) if hosts.iter().any(|h| h.address() == a.value) => problem(
+                    a.referenced,
+                    format!("virtual IP {} is already a host's address", a.value),
+                    "pick an unused address for the VIP",
+                ),
+                Some(_) => {}
+            },
+            EndpointMode::None if servers > 1 => problem(
+                ep.mode.referenced,
+                format!("endpoint mode `none` with {servers} servers has no failover"),
+                "use `mode: loadbalancer` or `mode: vip` for several servers",
+            ),
+            _ => {}
+        }
+        if let Some(a) = &ep.address {
+            check_address(a, &mut problem);
+        }
+    }
+
+    for url in [&spec.packages.mirror, &spec.packages.proxy]
+        .into_iter()
+        .chain(spec.proxy.iter().flat_map(|p| [&p.http, &p.https]))
+        .flatten()
+    {
+        check_url(url, &mut problem);
+    }
+    out
+}
+
+fn check_address(a: &Spanned<String>, problem: &mut impl FnMut(serde_saphyr::Location, String, &str)) {
+    let v = a.value.as_str();
+    let looks_numeric = v.chars().all(|c| c.is_ascii_digit() || c == '.');
+    let ok = if looks_numeric { is_ip(v) } else { is_ip(v) || is_hostname(v) };
+    if !ok {
+        problem(
+            a.referenced,
+            format!("{v:?} is not a valid IP address or hostname"),
+            "write an IPv4/IPv6 address like 192.168.1.101 or a DNS name like rasp01.local",
+        );
+    }
+}
+
+fn check_url(u: &Spanned<String>, problem: &mut impl FnMut(serde_saphyr::Location, String, &str)) {
+    let v = u.value.as_str();
+    let rest = v.strip_prefix("http://").or_else(|| v.strip_prefix("https://"));
+    if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+        problem(
+            u.referenced,
+            format!("{v:?} is not an http(s) URL"),
+            "write it like http://mirror.lan/debian or http://proxy.lan:3128",
+        );
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn is_hostname(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn is_mac(s: &str) -> bool {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn is_taint(s: &str) -> bool {
+    let Some((kv, effect)) = s.rsplit_once(':') else { return false };
+    let key = kv.split_once('=').map_or(kv, |(k, _)| k);
+    !key.is_empty() && matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute")
+}

@@ -1,0 +1,349 @@
+//! Host facts, gathered in one round trip per host: one script, one channel, typed result.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::remote::{Cmd, Host, RemoteError};
+
+/// CPU architecture as Kubernetes distributions care about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Armv6,
+    Armv7,
+    Aarch64,
+    X86_64,
+    Other(String),
+}
+
+impl Arch {
+    fn parse(uname_m: &str) -> Arch {
+        match uname_m {
+            "armv6l" => Arch::Armv6,
+            "armv7l" | "armv8l" => Arch::Armv7,
+            "aarch64" | "arm64" => Arch::Aarch64,
+            "x86_64" | "amd64" => Arch::X86_64,
+            other => Arch::Other(other.to_string()),
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        match self {
+            Arch::Armv6 => "armv6",
+            Arch::Armv7 => "armv7",
+            Arch::Aarch64 => "aarch64",
+            Arch::X86_64 => "x86_64",
+            Arch::Other(s) => s,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SwapFacts {
+    /// Active swap devices/files (`/proc/swaps`).
+    pub active: Vec<String>,
+    /// Uncommented swap lines in /etc/fstab.
+    pub fstab: Vec<String>,
+    /// dphys-swapfile (Raspberry Pi OS) is enabled or active.
+    pub dphys_swapfile: bool,
+    /// A zram swap service or generator config is enabled.
+    pub zram: bool,
+}
+
+impl SwapFacts {
+    /// Swap is on now or will come back at boot.
+    pub fn any(&self) -> bool {
+        !self.active.is_empty() || !self.fstab.is_empty() || self.dphys_swapfile || self.zram
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub os_id: String,
+    pub os_version_id: String,
+    pub os_codename: String,
+    pub os_pretty: String,
+    pub arch: Arch,
+    pub kernel: String,
+    /// Device-tree model string, e.g. "Raspberry Pi 4 Model B Rev 1.4".
+    pub pi_model: Option<String>,
+    /// Where cmdline.txt lives: `/boot/firmware` (Bookworm and later) or `/boot` (older).
+    pub boot_dir: Option<String>,
+    /// Contents of `<boot_dir>/cmdline.txt`.
+    pub cmdline_txt: Option<String>,
+    /// The running kernel's command line.
+    pub kernel_cmdline: String,
+    /// The memory cgroup controller is enabled in the running kernel.
+    pub memory_cgroup: bool,
+    pub swap: SwapFacts,
+    pub machine_id: String,
+    pub boot_id: String,
+    pub mem_total_kib: u64,
+    /// Seconds the host's clock is ahead (+) or behind (−) this machine.
+    pub clock_offset_secs: f64,
+    /// `nf_tables`, `legacy`, or None when iptables is not installed.
+    pub iptables_mode: Option<String>,
+    /// Container runtimes found, with versions.
+    pub runtimes: BTreeMap<String, String>,
+    /// Kubernetes binaries found (k3s, kubeadm, kubelet), with versions.
+    pub kubernetes: BTreeMap<String, String>,
+    /// Accounts that still have their image's default password (e.g. "pi").
+    pub default_password_users: Vec<String>,
+    /// Kernel features Kubernetes needs that are live (loaded as modules or built in).
+    pub modules_loaded: Vec<String>,
+    /// Current values of the Kubernetes sysctls (missing keys are absent).
+    pub sysctl: BTreeMap<String, String>,
+    /// Contents of /etc/hosts.
+    pub etc_hosts: String,
+    /// apt source files (path → contents) for the mirror phase.
+    pub apt_sources: BTreeMap<String, String>,
+}
+
+impl HostFacts {
+    pub fn is_pi(&self) -> bool {
+        self.pi_model.as_deref().is_some_and(|m| m.starts_with("Raspberry Pi"))
+    }
+}
+
+/// Modules Kubernetes networking needs.
+pub const MODULES: [&str; 2] = ["overlay", "br_netfilter"];
+/// Sysctls Kubernetes networking needs, with their wanted values.
+pub const SYSCTLS: [(&str, &str); 3] = [
+    ("net.bridge.bridge-nf-call-iptables", "1"),
+    ("net.bridge.bridge-nf-call-ip6tables", "1"),
+    ("net.ipv4.ip_forward", "1"),
+];
+
+/// Default passwords of common Pi images: (user, password).
+const DEFAULT_PASSWORDS: [(&str, &str); 3] = [("pi", "raspberry"), ("pirate", "hypriot"), ("ubuntu", "ubuntu")];
+
+/// Gathers all facts with one remote command (run as root: reading /etc/shadow needs it).
+pub async fn gather(host: &Host) -> Result<HostFacts, FactsError> {
+    let before = now();
+    let out = host.run_ok(&Cmd::read_script(script()).timeout(Duration::from_secs(60))).await?;
+    let after = now();
+    parse(&out, (before + after) / 2.0).map_err(|reason| FactsError::Parse { host: host.name.clone(), reason })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FactsError {
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error("{host}: unexpected facts output: {reason}")]
+    Parse { host: String, reason: String },
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// The facts script. Sections are `@@name` lines followed by their raw value lines.
+fn script() -> String {
+    let mut s = String::from(
+        r#"LC_ALL=C; export LC_ALL
+sec() { echo "@@$1"; }
+sec now; date +%s.%N
+sec hostname; hostname 2>/dev/null || cat /etc/hostname
+sec os_release; cat /etc/os-release 2>/dev/null
+sec arch; uname -m
+sec kernel; uname -r
+sec model; for f in /sys/firmware/devicetree/base/model /proc/device-tree/model; do
+  if [ -r "$f" ]; then tr -d '\000' < "$f"; echo; break; fi; done
+sec boot_dir; for d in /boot/firmware /boot; do
+  if [ -f "$d/cmdline.txt" ]; then echo "$d"; break; fi; done
+sec cmdline_txt; for d in /boot/firmware /boot; do
+  if [ -f "$d/cmdline.txt" ]; then cat "$d/cmdline.txt"; break; fi; done
+sec kernel_cmdline; cat /proc/cmdline
+sec cgroups; cat /proc/cgroups 2>/dev/null
+sec cgroup2_controllers; cat /sys/fs/cgroup/cgroup.controllers 2>/dev/null
+sec swaps; tail -n +2 /proc/swaps 2>/dev/null
+sec fstab_swap; grep -Ev '^[[:space:]]*#' /etc/fstab 2>/dev/null | awk '$3 == "swap"'
+sec dphys; if [ -x /sbin/dphys-swapfile ] || [ -x /usr/sbin/dphys-swapfile ]; then
+  systemctl is-enabled dphys-swapfile 2>/dev/null; systemctl is-active dphys-swapfile 2>/dev/null; fi
+sec zram; for u in zramswap zram-config nvzramconfig; do
+  if systemctl is-enabled "$u" >/dev/null 2>&1; then echo "$u"; fi; done
+  if [ -f /etc/systemd/zram-generator.conf ] || [ -f /usr/lib/systemd/zram-generator.conf ]; then echo zram-generator; fi
+sec machine_id; cat /etc/machine-id 2>/dev/null
+sec boot_id; cat /proc/sys/kernel/random/boot_id
+sec meminfo; grep '^MemTotal:' /proc/meminfo
+sec iptables; iptables --version 2>/dev/null
+sec runtimes
+for b in containerd docker crio; do
+  if command -v "$b" >/dev/null 2>&1; then echo "$b $("$b" --version 2>/dev/null | head -n1)"; fi; done
+sec kubernetes
+for b in k3s kubeadm kubelet; do
+  if command -v "$b" >/dev/null 2>&1; then echo "$b $("$b" --version 2>/dev/null | head -n1)"; fi; done
+sec modules; grep -qw overlay /proc/filesystems && echo overlay
+  [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] && echo br_netfilter
+sec sysctl
+for k in net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables net.ipv4.ip_forward; do
+  f=/proc/sys/$(echo "$k" | tr . /); [ -r "$f" ] && echo "$k=$(cat "$f")"; done
+sec etc_hosts; cat /etc/hosts 2>/dev/null
+sec apt_sources; for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+  [ -f "$f" ] && { echo "@@@file $f"; cat "$f"; }; done
+sec default_password
+"#,
+    );
+    // The shadow hash is compared on the host (perl's crypt() uses libc, which knows yescrypt
+    // and sha512-crypt) and passed through the environment, so it never leaves the host.
+    for (user, pw) in DEFAULT_PASSWORDS {
+        s.push_str(&format!(
+            "h=$(getent shadow {user} 2>/dev/null | cut -d: -f2); \
+             if [ -n \"$h\" ] && H=\"$h\" perl -e 'exit(crypt(\"{pw}\", $ENV{{H}}) eq $ENV{{H}} ? 0 : 1)' 2>/dev/null; \
+             then echo {user}; fi\n"
+        ));
+    }
+    s.push_str("sec end\n");
+    s
+}
+
+fn parse(out: &str, local_mid: f64) -> Result<HostFacts, String> {
+    let mut sections: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut current: Option<&str> = None;
+    for line in out.lines() {
+        if let Some(name) = line.strip_prefix("@@").filter(|n| !n.starts_with('@')) {
+            current = Some(name.trim());
+            sections.entry(name.trim()).or_default();
+        } else if let Some(c) = current {
+            sections.entry(c).or_default().push(line);
+        }
+    }
+    if !sections.contains_key("end") {
+        return Err("the facts script did not finish (missing end marker)".into());
+    }
+    let text = |k: &str| sections.get(k).map(|v| v.join("\n")).unwrap_or_default();
+    let first = |k: &str| sections.get(k).and_then(|v| v.first()).map(|s| s.trim().to_string()).unwrap_or_default();
+    let opt = |k: &str| Some(first(k)).filter(|s| !s.is_empty());
+
+    let os: BTreeMap<String, String> = sections
+        .get("os_release")
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect();
+    let os_field = |k: &str| os.get(k).cloned().unwrap_or_default();
+
+    let remote_now: f64 = first("now").parse().map_err(|_| "no clock reading".to_string())?;
+    let mem_total_kib = first("meminfo").split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let dphys = sections.get("dphys").into_iter().flatten().any(|l| matches!(l.trim(), "enabled" | "active"));
+    let versioned = |k: &str| -> BTreeMap<String, String> {
+        sections
+            .get(k)
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(b, v)| (b.to_string(), v.trim().to_string()))
+            .collect()
+    };
+    let mut modules: Vec<String> = sections
+        .get("modules")
+        .into_iter()
+        .flatten()
+        .map(|m| m.trim().to_string())
+        .filter(|m| MODULES.contains(&m.as_str()))
+        .collect();
+    modules.sort();
+    modules.dedup();
+
+    let mut apt_sources = BTreeMap::new();
+    let mut cur_file: Option<String> = None;
+    for l in sections.get("apt_sources").into_iter().flatten() {
+        if let Some(f) = l.strip_prefix("@@@file ") {
+            cur_file = Some(f.to_string());
+            apt_sources.insert(f.to_string(), String::new());
+        } else if let Some(f) = &cur_file {
+            let body = apt_sources.entry(f.clone()).or_default();
+            body.push_str(l);
+            body.push('\n');
+        }
+    }
+
+    Ok(HostFacts {
+        hostname: first("hostname"),
+        os_id: os_field("ID"),
+        os_version_id: os_field("VERSION_ID"),
+        os_codename: os_field("VERSION_CODENAME"),
+        os_pretty: os_field("PRETTY_NAME"),
+        arch: Arch::parse(&first("arch")),
+        kernel: first("kernel"),
+        pi_model: opt("model"),
+        boot_dir: opt("boot_dir"),
+        cmdline_txt: sections.get("cmdline_txt").filter(|v| !v.is_empty()).map(|v| v.join("\n")),
+        kernel_cmdline: first("kernel_cmdline"),
+        memory_cgroup: memory_cgroup_live(&text("cgroups"), &text("cgroup2_controllers")),
+        swap: SwapFacts {
+            active: sections.get("swaps").into_iter().flatten().filter(|l| !l.trim().is_empty()).map(|l| l.split_whitespace().next().unwrap_or("").to_string()).collect(),
+            fstab: sections.get("fstab_swap").into_iter().flatten().filter(|l| !l.trim().is_empty()).map(|l| l.trim().to_string()).collect(),
+            dphys_swapfile: dphys,
+            zram: sections.get("zram").is_some_and(|v| v.iter().any(|l| !l.trim().is_empty())),
+        },
+        machine_id: first("machine_id"),
+        boot_id: first("boot_id"),
+        mem_total_kib,
+        clock_offset_secs: remote_now - local_mid,
+        iptables_mode: {
+            let v = first("iptables");
+            if v.contains("nf_tables") {
+                Some("nf_tables".into())
+            } else if v.is_empty() {
+                None
+            } else {
+                Some("legacy".into())
+            }
+        },
+        runtimes: versioned("runtimes"),
+        kubernetes: versioned("kubernetes"),
+        default_password_users: sections.get("default_password").into_iter().flatten().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
+        modules_loaded: modules,
+        sysctl: sections
+            .get("sysctl")
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect(),
+        etc_hosts: text("etc_hosts"),
+        apt_sources,
+    })
+}
+
+/// cgroup v1 (`/proc/cgroups` "enabled" column) or v2 (`cgroup.controllers`) says memory is on.
+fn memory_cgroup_live(proc_cgroups: &str, v2_controllers: &str) -> bool {
+    if v2_controllers.split_whitespace().any(|c| c == "memory") {
+        return true;
+    }
+    proc_cgroups.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 4 && f[0] == "memory" && f[3] == "1"
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_cgroup_reading() {
+        let off = "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t1\t1\t1\nmemory\t0\t1\t0\n";
+        let on = "memory\t4\t12\t1\n";
+        assert!(!memory_cgroup_live(off, ""));
+        assert!(memory_cgroup_live(on, ""));
+        assert!(memory_cgroup_live(off, "cpuset cpu io memory pids"));
+    }
+
+    #[test]
+    fn parse_minimal_output() {
+        let out = "@@now\n100.5\n@@hostname\nrasp01\n@@arch\narmv6l\n@@swaps\n/var/swap file 102396 0 -2\n@@dphys\nenabled\nactive\n@@default_password\npi\n@@end\n";
+        let f = parse(out, 100.0).expect("parses");
+        assert_eq!(f.hostname, "rasp01");
+        assert_eq!(f.arch, Arch::Armv6);
+        assert_eq!(f.swap.active, vec!["/var/swap"]);
+        assert!(f.swap.dphys_swapfile && f.swap.any());
+        assert_eq!(f.default_password_users, vec!["pi"]);
+        assert!((f.clock_offset_secs - 0.5).abs() < 1e-9);
+        assert!(parse("@@now\n1\n", 0.0).is_err(), "a cut-off output is an error");
+    }
+}

@@ -1,0 +1,353 @@
+//! Lab nodes: their disks (overlay on the base tree), identity (hostname, host key, network),
+//! the launcher that boots them with systemd-nspawn, and power control.
+
+use std::fs;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use miette::{miette, IntoDiagnostic, Result, WrapErr};
+
+use super::state::{LabPaths, LabState, NodePaths, NodeState};
+use super::util::{alive, children, is_mounted, read_pid, run, signal, wait_until, write_atomic};
+use super::{base, firmware, net};
+
+/// nspawn's exit code when the container asked for a reboot.
+const EXIT_REBOOT: i32 = 133;
+/// How long a clean halt may take before the power is pulled.
+const HALT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn launcher_markers<'a>(lab: &'a str, node: &'a str) -> [&'a str; 3] {
+    ["__boot", lab, node]
+}
+
+/// The launcher's pid if it is running.
+pub fn launcher_pid(lab: &str, node: &str) -> Option<u32> {
+    let pid = read_pid(&LabPaths::new(lab).node(node).launcher_pid())?;
+    alive(pid, &launcher_markers(lab, node)).then_some(pid)
+}
+
+/// Mounts the node's disk (overlay: base tree below, the node's own changes above).
+fn mount_disk(state: &LabState, paths: &NodePaths) -> Result<()> {
+    let merged = paths.merged();
+    if is_mounted(&merged) {
+        return Ok(());
+    }
+    for dir in [paths.upper(), paths.work(), merged.clone()] {
+        fs::create_dir_all(&dir)
+            .into_diagnostic()
+            .wrap_err_with(|| format!("creating {}", dir.display()))?;
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        base::path(state.arch).display(),
+        paths.upper().display(),
+        paths.work().display()
+    );
+    run(Command::new("mount")
+        .args(["-t", "overlay", "pikube-lab", "-o", &options])
+        .arg(&merged))
+    .wrap_err_with(|| format!("mounting the disk of node at {}", merged.display()))
+    .map(drop)
+}
+
+pub fn unmount_disk(paths: &NodePaths) -> Result<()> {
+    let merged = paths.merged();
+    if is_mounted(&merged) {
+        run(Command::new("umount").arg(&merged))
+            .wrap_err_with(|| format!("unmounting {}", merged.display()))?;
+    }
+    Ok(())
+}
+
+/// Gives a new node its identity, once: a fresh-image hostname, its own ed25519 host key, the
+/// static lab address, and the lab client key for root and pi. Later boots keep whatever the
+/// node's disk holds by then.
+pub fn provision(state: &LabState, node: &NodeState, client_pub: &str) -> Result<()> {
+    let paths = LabPaths::new(&state.name).node(&node.name);
+    mount_disk(state, &paths)?;
+    if paths.provisioned().exists() {
+        return Ok(());
+    }
+    let tree = paths.merged();
+    let write = |rel: &str, contents: &str, mode: u32| -> Result<()> {
+        let path = tree.join(rel);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).into_diagnostic()?;
+        }
+        fs::write(&path, contents)
+            .and_then(|_| fs::set_permissions(&path, fs::Permissions::from_mode(mode)))
+            .into_diagnostic()
+            .wrap_err_with(|| format!("writing {}", path.display()))
+    };
+
+    // Not the node name: like a freshly flashed card, so pikube's hostname step has work to do.
+    let hostname = if node.layout.is_some() {
+        "raspberrypi"
+    } else {
+        "debian"
+    };
+    write("etc/hostname", &format!("{hostname}\n"), 0o644)?;
+    write("etc/hosts", &base::hosts(hostname), 0o644)?;
+    // No gateway: the lab has no way out. Carrier loss (`lab cut`) must not drop the address.
+    write(
+        "etc/systemd/network/10-lab.network",
+        &format!(
+            "[Match]\nName=eth0\n\n[Network]\nAddress={}/24\nLinkLocalAddressing=no\n\
+             IPv6AcceptRA=no\nConfigureWithoutCarrier=yes\nIgnoreCarrierLoss=yes\n",
+            node.address
+        ),
+        0o644,
+    )?;
+
+    let key = paths.host_key();
+    let _ = fs::remove_file(&key);
+    let _ = fs::remove_file(key.with_extension("pub"));
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C"])
+        .arg(format!("root@{hostname}"))
+        .arg("-f")
+        .arg(&key))
+    .wrap_err("generating the node's host key")?;
+    let private = fs::read_to_string(&key).into_diagnostic()?;
+    let public = fs::read_to_string(key.with_extension("pub")).into_diagnostic()?;
+    write("etc/ssh/ssh_host_ed25519_key", &private, 0o600)?;
+    write("etc/ssh/ssh_host_ed25519_key.pub", &public, 0o644)?;
+
+    write("root/.ssh/authorized_keys", client_pub, 0o600)?;
+    fs::set_permissions(tree.join("root/.ssh"), fs::Permissions::from_mode(0o700))
+        .into_diagnostic()?;
+    let (uid, gid) = user_ids(&tree, "pi")?;
+    write("home/pi/.ssh/authorized_keys", client_pub, 0o600)?;
+    let pi_ssh = tree.join("home/pi/.ssh");
+    fs::set_permissions(&pi_ssh, fs::Permissions::from_mode(0o700)).into_diagnostic()?;
+    for path in [pi_ssh.clone(), pi_ssh.join("authorized_keys")] {
+        chown(&path, Some(uid), Some(gid))
+            .into_diagnostic()
+            .wrap_err_with(|| format!("chown {}", path.display()))?;
+    }
+
+    if let Some(layout) = node.layout {
+        firmware::write_boot_files(&tree, layout, &seed(state, node))?;
+    }
+    fs::write(paths.provisioned(), "").into_diagnostic()
+}
+
+/// The node's `<address> ssh-ed25519 …` known_hosts line.
+pub fn known_host(state: &LabState, node: &NodeState) -> Result<String> {
+    let path = LabPaths::new(&state.name)
+        .node(&node.name)
+        .host_key()
+        .with_extension("pub");
+    let public = fs::read_to_string(&path)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("reading {}", path.display()))?;
+    let mut words = public.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some(kind), Some(key)) => Ok(format!("{} {kind} {key}\n", node.address)),
+        _ => Err(miette!("malformed host key {}", path.display())),
+    }
+}
+
+fn user_ids(tree: &Path, user: &str) -> Result<(u32, u32)> {
+    let passwd = fs::read_to_string(tree.join("etc/passwd")).into_diagnostic()?;
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&user) && f.len() > 3)
+        .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+        .ok_or_else(|| miette!("the base tree has no user {user}"))
+}
+
+/// Seed for a node's stable board identity (serial, PARTUUID).
+fn seed(state: &LabState, node: &NodeState) -> String {
+    format!("{}/{}/{}", state.name, node.name, node.machine_id)
+}
+
+/// Powers a node on: starts its launcher (detached) unless it already runs.
+pub fn power_on(state: &LabState, node: &NodeState) -> Result<()> {
+    let paths = LabPaths::new(&state.name).node(&node.name);
+    let _ = fs::remove_file(paths.powered_off());
+    if launcher_pid(&state.name, &node.name).is_some() {
+        return Ok(());
+    }
+    let exe = std::env::current_exe()
+        .into_diagnostic()
+        .wrap_err("locating the pikube binary to start the node launcher")?;
+    let argv = [
+        exe.to_string_lossy().into_owned(),
+        "lab".into(),
+        "__boot".into(),
+        state.name.clone(),
+        node.name.clone(),
+    ];
+    super::util::spawn_detached(&argv, &paths.console_log())?;
+    // The launcher writes its own pid file; waiting for it makes `status` right away accurate.
+    if !wait_until(Duration::from_secs(10), || {
+        launcher_pid(&state.name, &node.name).is_some()
+    }) {
+        return Err(miette!(
+            "the launcher of node {} did not start; see {}",
+            node.name,
+            paths.console_log().display()
+        ));
+    }
+    Ok(())
+}
+
+/// The nspawn process of a running node and the container's PID 1 (the node's systemd).
+fn container_pids(launcher: u32) -> (Option<u32>, Option<u32>) {
+    let nspawn = children(launcher)
+        .into_iter()
+        .find(|(_, comm)| comm == "systemd-nspawn")
+        .map(|(pid, _)| pid);
+    let init = nspawn.and_then(|n| children(n).into_iter().next().map(|(pid, _)| pid));
+    (nspawn, init)
+}
+
+/// Stops a node. `clean` asks systemd in the node to halt (SIGTERM to nspawn); otherwise (or
+/// when the halt takes too long) the power is pulled: SIGKILL to the node's PID 1. Either way
+/// the launcher sees the powered-off marker and does not boot the node again.
+pub fn power_off(lab: &str, node: &str, clean: bool) -> Result<()> {
+    let paths = LabPaths::new(lab).node(node);
+    if paths.dir.is_dir() {
+        fs::write(paths.powered_off(), "").into_diagnostic()?;
+    }
+    let Some(launcher) = launcher_pid(lab, node) else {
+        return Ok(());
+    };
+    let gone = || launcher_pid(lab, node).is_none();
+    if clean {
+        if let (Some(nspawn), _) = container_pids(launcher) {
+            signal(nspawn, "TERM");
+        }
+        if wait_until(HALT_TIMEOUT, gone) {
+            return Ok(());
+        }
+        eprintln!("node {node} did not halt within {HALT_TIMEOUT:?}; pulling the power");
+    }
+    match container_pids(launcher) {
+        (_, Some(init)) => signal(init, "KILL"),
+        (Some(nspawn), None) => signal(nspawn, "KILL"),
+        (None, None) => signal(launcher, "KILL"),
+    }
+    if wait_until(Duration::from_secs(15), gone) {
+        return Ok(());
+    }
+    // Last resort: take the launcher and nspawn down too (the node may be wedged in setup).
+    if let (Some(nspawn), _) = container_pids(launcher) {
+        signal(nspawn, "KILL");
+    }
+    signal(launcher, "KILL");
+    if wait_until(Duration::from_secs(5), gone) {
+        Ok(())
+    } else {
+        Err(miette!(
+            "could not stop node {node} (launcher pid {launcher})"
+        ))
+    }
+}
+
+/// The cgroup v1 named `systemd` hierarchy and (on hybrid hosts) the unified one: nspawn and the
+/// node's systemd need a cgroup of their own in each, or nodes trample each other's units.
+fn cgroup_dirs(lab: &str, node: &str) -> Vec<std::path::PathBuf> {
+    ["systemd", "unified"]
+        .iter()
+        .map(|h| Path::new("/sys/fs/cgroup").join(h))
+        .filter(|h| h.join("cgroup.procs").exists())
+        .map(|h| h.join("pikube-lab").join(format!("{lab}-{node}")))
+        .collect()
+}
+
+/// Removes a stopped node's cgroups (children first; cgroup dirs only allow rmdir).
+pub fn remove_cgroups(lab: &str, node: &str) {
+    fn rmdir_tree(dir: &Path) {
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    rmdir_tree(&entry.path());
+                }
+            }
+        }
+        let _ = fs::remove_dir(dir);
+    }
+    for dir in cgroup_dirs(lab, node) {
+        rmdir_tree(&dir);
+    }
+}
+
+/// The launcher (`pikube lab __boot LAB NODE`): runs in its own session and cgroup and boots the
+/// node until it powers off; a reboot inside the node (nspawn exit 133) boots it again, with
+/// the Pi firmware emulated afresh from the node's current cmdline.txt.
+pub fn boot(lab: &str, node_name: &str) -> Result<()> {
+    let state = LabState::require(lab)?;
+    let node = state.node(node_name)?.clone();
+    let paths = LabPaths::new(lab).node(node_name);
+    for dir in cgroup_dirs(lab, node_name) {
+        fs::create_dir_all(&dir)
+            .and_then(|_| fs::write(dir.join("cgroup.procs"), std::process::id().to_string()))
+            .into_diagnostic()
+            .wrap_err_with(|| format!("moving the launcher into cgroup {}", dir.display()))?;
+    }
+    write_atomic(
+        &paths.launcher_pid(),
+        format!("{}\n", std::process::id()).as_bytes(),
+        0o644,
+    )?;
+    let result = boot_loop(&state, &node, &paths);
+    let _ = fs::remove_file(paths.launcher_pid());
+    if let Err(e) = &result {
+        eprintln!("pikube-lab: node {node_name}: {e:?}");
+    }
+    result
+}
+
+fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()> {
+    let netns = net::netns_path(&net::node_netns(&state.name, &node.name));
+    loop {
+        if paths.powered_off().exists() {
+            return Ok(());
+        }
+        mount_disk(state, paths)?;
+        let firmware_args = match node.layout {
+            Some(layout) => firmware::prepare_boot(
+                &paths.merged(),
+                layout,
+                &seed(state, node),
+                &paths.firmware(),
+            )?,
+            None => Vec::new(),
+        };
+        eprintln!("pikube-lab: booting {}", node.name);
+        let status = Command::new("systemd-nspawn")
+            .args([
+                "--boot",
+                "--register=no",
+                "--keep-unit",
+                "--quiet",
+                "--console=read-only",
+                "--link-journal=no",
+                "--resolv-conf=off",
+                "--timezone=off",
+            ])
+            .arg(format!("--uuid={}", node.machine_id))
+            .arg(format!("--network-namespace-path={netns}"))
+            .arg(format!("--directory={}", paths.merged().display()))
+            .arg(format!("--machine={}-{}", state.name, node.name))
+            .args(&firmware_args)
+            .stdin(Stdio::null())
+            .status()
+            .into_diagnostic()
+            .wrap_err("running systemd-nspawn")?;
+        match status.code() {
+            Some(EXIT_REBOOT) if !paths.powered_off().exists() => {
+                eprintln!("pikube-lab: {} rebooting", node.name);
+            }
+            _ => {
+                eprintln!("pikube-lab: {} stopped ({status})", node.name);
+                return Ok(());
+            }
+        }
+    }
+}

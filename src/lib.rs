@@ -1,0 +1,17 @@
+//! pikube: one declarative cluster file → prepared hosts → Kubernetes.
+//!
+//! The pipeline shows in the module list:
+//! `config` (cluster file) → `ssh` (connect) → `facts` (one round trip per host)
+//! → `phases` (plan/apply, dry-run guarded through `remote`) → verify.
+//! `lab` builds local test nodes; it is a user feature, not test scaffolding.
+
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod facts;
+pub mod fleet;
+pub mod lab;
+pub mod phases;
+pub mod remote;
+pub mod sdcard;
+pub mod ssh;

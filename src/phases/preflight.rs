@@ -1,0 +1,19 @@
+//! Stops hosts with blocking preflight findings (see `check`) before anything changes.
+
+use futures::future::BoxFuture;
+
+use crate::check;
+use crate::fleet::Fleet;
+
+pub fn run(fleet: &Fleet) -> BoxFuture<'_, ()> {
+    Box::pin(async move {
+        let findings = check::findings(fleet);
+        for f in check::blocking(&findings) {
+            if let Some(node) = fleet.nodes.iter().find(|n| n.name() == f.host) {
+                if node.host.is_some() {
+                    node.fail(format!("preflight: {} (fix: {})", f.message, f.fix));
+                }
+            }
+        }
+    })
+}

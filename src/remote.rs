@@ -1,0 +1,322 @@
+//! The one typed interface for remote commands: quoting, sudo, timeouts and the dry-run guard.
+//!
+//! Phases never build ad-hoc SSH strings. They describe a [`Cmd`] (read-only or mutating) and
+//! hand it to a [`Host`]. In [`Mode::DryRun`] (`pikube plan`) a mutating command is recorded as
+//! a planned change and not sent; trying to `run` one directly is refused, so a phase cannot
+//! change a host during `plan` by accident.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::ssh::{Output, Session, SshError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Apply,
+    DryRun,
+}
+
+/// A password for sudo; never printed.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// POSIX shell single-quoting.
+pub fn quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b)) {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One remote command.
+#[derive(Debug, Clone)]
+pub struct Cmd {
+    script: String,
+    mutates: bool,
+    root: bool,
+    timeout: Duration,
+    stdin: Option<Vec<u8>>,
+}
+
+impl Cmd {
+    /// A read-only program invocation; arguments are quoted.
+    pub fn read(program: &str, args: &[&str]) -> Cmd {
+        Cmd::new(argv(program, args), false)
+    }
+    /// A mutating program invocation; arguments are quoted. Guarded in dry-run.
+    pub fn change(program: &str, args: &[&str]) -> Cmd {
+        Cmd::new(argv(program, args), true)
+    }
+    /// A read-only shell snippet written by pikube (never containing user input unquoted).
+    pub fn read_script(script: impl Into<String>) -> Cmd {
+        Cmd::new(script.into(), false)
+    }
+    /// A mutating shell snippet written by pikube. Guarded in dry-run.
+    pub fn change_script(script: impl Into<String>) -> Cmd {
+        Cmd::new(script.into(), true)
+    }
+    fn new(script: String, mutates: bool) -> Cmd {
+        Cmd { script, mutates, root: true, timeout: DEFAULT_TIMEOUT, stdin: None }
+    }
+    /// Run as the login user instead of root.
+    pub fn as_login_user(mut self) -> Cmd {
+        self.root = false;
+        self
+    }
+    pub fn timeout(mut self, t: Duration) -> Cmd {
+        self.timeout = t;
+        self
+    }
+    pub fn stdin(mut self, data: Vec<u8>) -> Cmd {
+        self.stdin = Some(data);
+        self
+    }
+    pub fn mutates(&self) -> bool {
+        self.mutates
+    }
+    pub fn script(&self) -> &str {
+        &self.script
+    }
+}
+
+fn argv(program: &str, args: &[&str]) -> String {
+    let mut s = quote(program);
+    for a in args {
+        s.push(' ');
+        s.push_str(&quote(a));
+    }
+    s
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("{host}: `{command}` failed (exit {status}): {stderr}")]
+    Failed { host: String, command: String, status: String, stderr: String },
+    #[error("{host}: sudo refused: {reason}")]
+    Sudo { host: String, reason: String },
+    #[error("{host}: internal error: mutating command attempted in plan mode: {command}")]
+    DryRunViolation { host: String, command: String },
+}
+
+/// One planned or applied change on a host, as shown by `plan` and `up`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Change {
+    pub host: String,
+    pub phase: String,
+    pub what: String,
+}
+
+/// Where changes are collected, shared by all hosts of a run.
+#[derive(Debug, Default, Clone)]
+pub struct Journal(Arc<Mutex<Vec<Change>>>);
+
+impl Journal {
+    pub fn push(&self, c: Change) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+    }
+    pub fn changes(&self) -> Vec<Change> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A connected host with its privileges and the run's mode.
+pub struct Host {
+    pub name: String,
+    session: Mutex<Session>,
+    login_is_root: bool,
+    sudo_password: Option<Secret>,
+    mode: Mode,
+    journal: Journal,
+    phase: Mutex<String>,
+}
+
+impl Host {
+    pub fn new(
+        name: String,
+        session: Session,
+        login_user: &str,
+        sudo_password: Option<Secret>,
+        mode: Mode,
+        journal: Journal,
+    ) -> Host {
+        Host {
+            name,
+            session: Mutex::new(session),
+            login_is_root: login_user == "root",
+            sudo_password,
+            mode,
+            journal,
+            phase: Mutex::new(String::new()),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn session(&self) -> Session {
+        self.session.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Swap in a new connection (after a reboot).
+    pub fn replace_session(&self, s: Session) {
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    /// Name of the phase now running on this host, used to label recorded changes.
+    pub fn set_phase(&self, phase: &str) {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase.to_string();
+    }
+
+    /// Runs a command and returns its output whatever the exit status.
+    /// Refuses mutating commands in dry-run mode: use [`Host::apply`] for changes.
+    pub async fn run(&self, cmd: &Cmd) -> Result<Output, RemoteError> {
+        if cmd.mutates && self.mode == Mode::DryRun {
+            return Err(RemoteError::DryRunViolation { host: self.name.clone(), command: cmd.script.clone() });
+        }
+        let (line, stdin) = self.wrap(cmd);
+        let out = self.session().exec(&line, stdin.as_deref(), cmd.timeout).await?;
+        if cmd.root && !self.login_is_root && out.status == Some(1) {
+            let err = out.stderr_str();
+            if err.contains("sudo:") && (err.contains("password") || err.contains("not in the sudoers")) {
+                return Err(RemoteError::Sudo {
+                    host: self.name.clone(),
+                    reason: sudo_reason(&err, self.sudo_password.is_some()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs a command and fails unless it exits 0; returns stdout.
+    pub async fn run_ok(&self, cmd: &Cmd) -> Result<String, RemoteError> {
+        let out = self.run(cmd).await?;
+        if !out.success() {
+            return Err(self.failed(cmd, &out));
+        }
+        Ok(out.stdout_str())
+    }
+
+    /// Records `what` as a change of the current phase and, unless planning, runs `cmd`.
+    pub async fn apply(&self, what: impl Into<String>, cmd: &Cmd) -> Result<(), RemoteError> {
+        self.record(what.into());
+        if self.mode == Mode::DryRun {
+            return Ok(());
+        }
+        self.run_ok(cmd).await.map(|_| ())
+    }
+
+    /// Makes `path` hold exactly `content` with `mode` (octal), writing only when the checksum
+    /// differs. Returns whether it changed (or would change, when planning).
+    pub async fn ensure_file(&self, path: &str, content: &[u8], mode: u32) -> Result<bool, RemoteError> {
+        let want = hex::encode(Sha256::digest(content));
+        let probe = Cmd::read_script(format!(
+            "if [ -f {p} ]; then sha256sum < {p} | cut -d' ' -f1; stat -c %a {p}; fi",
+            p = quote(path)
+        ));
+        let have = self.run_ok(&probe).await?;
+        let mut lines = have.lines();
+        let (sum, perm) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+        if sum == want && perm == format!("{mode:o}") {
+            return Ok(false);
+        }
+        let verb = if sum.is_empty() { "create" } else { "update" };
+        let write = Cmd::change_script(format!(
+            "set -e; d=$(dirname {p}); mkdir -p \"$d\"; t=$(mktemp \"$d/.pikube.XXXXXX\"); \
+             cat > \"$t\"; chmod {m:o} \"$t\"; mv -f \"$t\" {p}",
+            p = quote(path),
+            m = mode
+        ))
+        .stdin(content.to_vec())
+        .timeout(Duration::from_secs(600));
+        self.apply(format!("{verb} {path}"), &write).await?;
+        Ok(true)
+    }
+
+    pub fn record(&self, what: String) {
+        let phase = self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.journal.push(Change { host: self.name.clone(), phase, what });
+    }
+
+    fn failed(&self, cmd: &Cmd, out: &Output) -> RemoteError {
+        let stderr = out.stderr_str();
+        let stderr = stderr.trim();
+        RemoteError::Failed {
+            host: self.name.clone(),
+            command: first_line(&cmd.script),
+            status: out.status.map_or("none".into(), |s| s.to_string()),
+            stderr: if stderr.is_empty() { first_line(out.stdout_str().trim()) } else { stderr.to_string() },
+        }
+    }
+
+    /// The command line actually sent, and the stdin (sudo password first when needed).
+    fn wrap(&self, cmd: &Cmd) -> (String, Option<Vec<u8>>) {
+        let shell = format!("sh -c {}", quote(&cmd.script));
+        if !cmd.root || self.login_is_root {
+            return (shell, cmd.stdin.clone());
+        }
+        match &self.sudo_password {
+            // -S reads the password from stdin; -p '' keeps the prompt out of stderr.
+            Some(pw) => {
+                let mut stdin = format!("{}\n", pw.expose()).into_bytes();
+                stdin.extend_from_slice(cmd.stdin.as_deref().unwrap_or_default());
+                (format!("sudo -S -p '' -- {shell}"), Some(stdin))
+            }
+            None => (format!("sudo -n -- {shell}"), cmd.stdin.clone()),
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    let l = s.lines().next().unwrap_or("").trim();
+    if l.chars().count() > 120 { format!("{}…", l.chars().take(120).collect::<String>()) } else { l.to_string() }
+}
+
+fn sudo_reason(stderr: &str, had_password: bool) -> String {
+    if stderr.contains("not in the sudoers") {
+        "the login user may not use sudo; log in as root or add the user to the sudo group".into()
+    } else if had_password {
+        "the sudo password was rejected; check ssh.sudo_password".into()
+    } else {
+        "sudo wants a password; set ssh.sudo_password (e.g. {env: PIKUBE_SUDO_PASSWORD}) or allow NOPASSWD".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote;
+
+    #[test]
+    fn quoting_survives_the_shell() {
+        for s in ["plain", "with space", "it's", "$(rm -rf /)", "", "a\"b", "tab\there"] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", quote(s)))
+                .output()
+                .expect("sh runs");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), s);
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Test harness around `pikube lab`: real nodes, torn down when the test ends.
+#![allow(dead_code)] // each test binary uses a different part of it
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pikube");
+
+/// Returns why lab tests cannot run here, or None when they can.
+pub fn lab_unavailable() -> Option<String> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string()));
+    if uid.as_deref() != Some("0") {
+        return Some("lab tests need root (network namespaces, systemd-nspawn)".into());
+    }
+    for tool in ["systemd-nspawn", "debootstrap", "ip"] {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()));
+        if !found {
+            return Some(format!("{tool} is not installed (run .ci/run or scripts/test to install the lab packages)"));
+        }
+    }
+    None
+}
+
+/// Skips the calling test with a visible reason when lab tests cannot run.
+#[macro_export]
+macro_rules! require_lab {
+    () => {
+        if let Some(why) = common::lab_unavailable() {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+}
+
+pub struct Lab {
+    pub name: String,
+}
+
+impl Lab {
+    /// `pikube lab up` with the given extra flags; panics with the lab's output on failure.
+    pub fn up(name: &str, subnet_octet: u8, args: &[&str]) -> Lab {
+        // Clear leftovers of an interrupted earlier run of the same test.
+        let _ = Command::new(BIN).args(["lab", "down", "--name", name]).output();
+        let lab = Lab { name: name.to_string() };
+        let subnet = format!("10.77.{subnet_octet}.0/24");
+        let out = Command::new(BIN)
+            .args(["lab", "up", "--name", name, "--subnet", &subnet])
+            .args(args)
+            .output()
+            .expect("run pikube lab up");
+        assert!(out.status.success(), "lab up failed:\n{}", text(&out));
+        lab
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        PathBuf::from("/var/lib/pikube/lab").join(&self.name)
+    }
+
+    pub fn cluster_file(&self) -> PathBuf {
+        self.dir().join("cluster.yaml")
+    }
+
+    /// Runs pikube inside the lab network (as a user would with `pikube lab exec`).
+    pub fn pikube(&self, args: &[&str]) -> Output {
+        self.pikube_env(args, &[])
+    }
+
+    pub fn pikube_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["lab", "exec", "--name", &self.name, "--", BIN]).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run pikube in the lab")
+    }
+
+    /// Runs a shell command on a node as root; returns (exit ok, stdout).
+    pub fn ssh(&self, node: &str, script: &str) -> (bool, String) {
+        let out = Command::new(BIN)
+            .args(["lab", "ssh", "--name", &self.name, node, "--", script])
+            .output()
+            .expect("run lab ssh");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Like `ssh` but panics unless the command succeeds.
+    pub fn sh(&self, node: &str, script: &str) -> String {
+        let out = Command::new(BIN)
+            .args(["lab", "ssh", "--name", &self.name, node, "--", script])
+            .output()
+            .expect("run lab ssh");
+        assert!(out.status.success(), "on {node}: `{script}` failed:\n{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn lab(&self, verb: &str, node: &str) {
+        let out = Command::new(BIN).args(["lab", verb, "--name", &self.name, node]).output().expect("run lab verb");
+        assert!(out.status.success(), "lab {verb} {node} failed:\n{}", text(&out));
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::env::var_os("PIKUBE_KEEP_LAB").is_none() {
+            let _ = Command::new(BIN).args(["lab", "down", "--name", &self.name]).output();
+        }
+    }
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit: {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

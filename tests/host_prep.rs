@@ -1,0 +1,228 @@
+//! `check`, `plan` and `up` (host preparation) against real lab nodes.
+//! Needs root and systemd-nspawn; otherwise each test prints `SKIP:` and returns.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{stdout, text, Lab, BIN};
+
+fn findings(out: &std::process::Output) -> Vec<(String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("check --json: {e}\n{}", text(out)));
+    v["findings"]
+        .as_array()
+        .expect("findings array")
+        .iter()
+        .map(|f| (f["host"].as_str().unwrap_or("").to_string(), f["code"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+fn has(f: &[(String, String)], host: &str, code: &str) -> bool {
+    f.iter().any(|(h, c)| h == host && c == code)
+}
+
+#[test]
+fn check_finds_cloned_machine_id_swap_and_default_password() {
+    require_lab!();
+    let lab = Lab::up("tchk", 31, &["--nodes", "3", "--pi", "bookworm"]);
+    // Plant the faults a user meets: a cloned card's machine-id, swap in fstab.
+    let id = lab.sh("node1", "cat /etc/machine-id");
+    lab.sh("node2", &format!("echo {id} > /etc/machine-id"));
+    lab.sh("node3", "echo '/var/swapfile none swap sw 0 0' >> /etc/fstab");
+
+    let out = lab.pikube(&["check", "--json", "-f", lab.cluster_file().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "duplicate machine-id is an error:\n{}", text(&out));
+    let f = findings(&out);
+    assert!(has(&f, "node1", "duplicate-machine-id") && has(&f, "node2", "duplicate-machine-id"), "{f:?}");
+    assert!(!has(&f, "node3", "duplicate-machine-id"), "{f:?}");
+    assert!(has(&f, "node3", "swap-on") && !has(&f, "node1", "swap-on"), "{f:?}");
+    for n in ["node1", "node2", "node3"] {
+        assert!(has(&f, n, "default-password"), "lab images keep pi/raspberry: {f:?}");
+        assert!(has(&f, n, "memory-cgroup-off"), "Pi kernels start without memory cgroup: {f:?}");
+    }
+    assert!(has(&f, "node1", "duplicate-hostname"), "all cards say raspberrypi: {f:?}");
+
+    // The table form names the fix.
+    let table = lab.pikube(&["check", "-f", lab.cluster_file().to_str().unwrap()]);
+    let t = stdout(&table);
+    assert!(t.contains("systemd-machine-id-setup") && t.contains("Raspberry Pi 4 Model B"), "{t}");
+
+    // `up` refuses the cloned hosts but prepares the healthy one.
+    let up = lab.pikube(&["up", "-f", lab.cluster_file().to_str().unwrap()]);
+    assert_eq!(up.status.code(), Some(1), "{}", text(&up));
+    let o = stdout(&up);
+    assert!(o.contains("node1 (10.77.31.11): FAILED") && o.contains("node2 (10.77.31.12): FAILED"), "{o}");
+    assert!(o.contains("node3 (10.77.31.13): changed"), "{o}");
+    assert_eq!(lab.sh("node3", "hostname"), "node3");
+    assert_eq!(lab.sh("node1", "hostname"), "raspberrypi", "a refused host is left alone");
+}
+
+#[test]
+fn sudo_with_password_as_non_root_user() {
+    require_lab!();
+    let lab = Lab::up("tsudo", 32, &["--nodes", "1", "--pi", "bookworm"]);
+    let file = lab.dir().join("pi-user.yaml");
+    let yaml = std::fs::read_to_string(lab.cluster_file()).expect("cluster file").replace(
+        "  user: root\n",
+        "  user: pi\n  sudo_password: {env: LAB_SUDO_PW}\n",
+    );
+    std::fs::write(&file, yaml).expect("write variant");
+    let f = file.to_str().unwrap();
+
+    let wrong = lab.pikube_env(&["check", "-f", f], &[("LAB_SUDO_PW", "not-the-password")]);
+    assert_ne!(wrong.status.code(), Some(0));
+    let o = stdout(&wrong) + &String::from_utf8_lossy(&wrong.stderr);
+    assert!(o.contains("sudo password was rejected"), "{o}");
+    assert!(!o.contains("not-the-password"), "a secret was printed:\n{o}");
+
+    let right = lab.pikube_env(&["check", "--json", "-f", f], &[("LAB_SUDO_PW", "raspberry")]);
+    let found = findings(&right);
+    assert!(has(&found, "node1", "default-password"), "root-only facts came through sudo: {found:?}");
+    assert!(!String::from_utf8_lossy(&right.stdout).contains("raspberry\""), "no password in output");
+
+    let missing = lab.pikube(&["check", "-f", f]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("LAB_SUDO_PW is not set"));
+}
+
+#[test]
+fn up_prepares_both_pi_boot_layouts_reboots_only_where_needed_and_converges() {
+    require_lab!();
+    let lab = Lab::up("tup", 33, &["--nodes", "3", "--pi", "mixed"]);
+    let f = lab.cluster_file();
+    let f = f.to_str().unwrap();
+    // node3 (bookworm) already has the flags and runs with them: it must not be rebooted.
+    lab.sh("node3", "sed -i '1s/$/ cgroup_enable=cpuset cgroup_enable=memory cgroup_memory=1/' /boot/firmware/cmdline.txt");
+    lab.ssh("node3", "systemctl reboot");
+    wait_for(&lab, "node3", "grep -E '^memory.*1$' /proc/cgroups");
+    let boot_before: Vec<String> = (1..=3).map(|i| lab.sh(&format!("node{i}"), "cat /proc/sys/kernel/random/boot_id")).collect();
+    let legacy_before = lab.sh("node2", "cat /boot/cmdline.txt");
+
+    // plan lists the changes and changes nothing.
+    let plan = lab.pikube(&["plan", "-f", f]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    let p = stdout(&plan);
+    assert!(p.contains("update /boot/firmware/cmdline.txt") && p.contains("update /boot/cmdline.txt"), "{p}");
+    assert!(p.contains("set hostname raspberrypi → node1") && p.contains("reboot"), "{p}");
+    assert_eq!(lab.sh("node1", "hostname"), "raspberrypi", "plan changed a hostname");
+    assert_eq!(lab.sh("node2", "cat /boot/cmdline.txt"), legacy_before, "plan changed cmdline.txt");
+
+    let up = lab.pikube(&["up", "-f", f]);
+    assert!(up.status.success(), "{}", text(&up));
+    let u = stdout(&up);
+    assert!(u.contains("applied") && u.contains("verified"), "{u}");
+
+    for (i, layout) in [(1, "/boot/firmware"), (2, "/boot"), (3, "/boot/firmware")] {
+        let n = format!("node{i}");
+        assert_eq!(lab.sh(&n, "hostname"), n);
+        assert!(lab.sh(&n, "cat /etc/hosts").contains(&format!("127.0.1.1\t{n}")));
+        let cmdline = lab.sh(&n, &format!("cat {layout}/cmdline.txt"));
+        assert_eq!(cmdline.matches("cgroup_enable=memory").count(), 1, "{n}: {cmdline}");
+        assert_eq!(cmdline.lines().count(), 1, "cmdline.txt must stay one line");
+        assert!(lab.sh(&n, "cat /proc/cgroups").lines().any(|l| l.starts_with("memory") && l.ends_with('1')));
+        assert!(lab.sh(&n, "cat /etc/apt/sources.list.d/pikube-mirror.list").contains("http://10.77.33.1:8080/debian"));
+        assert_eq!(lab.sh(&n, "sysctl -n net.ipv4.ip_forward"), "1");
+    }
+    assert!(!lab.ssh("node1", "test -e /boot/cmdline.txt").0, "bookworm node got a stray /boot/cmdline.txt");
+    let boot_after: Vec<String> = (1..=3).map(|i| lab.sh(&format!("node{i}"), "cat /proc/sys/kernel/random/boot_id")).collect();
+    assert_ne!(boot_before[0], boot_after[0], "node1 needed a reboot");
+    assert_ne!(boot_before[1], boot_after[1], "node2 needed a reboot");
+    assert_eq!(boot_before[2], boot_after[2], "node3 did not need a reboot");
+    // The mirror really serves the nodes: packages install from it.
+    lab.sh("node1", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy >/dev/null && haproxy -v | head -n1");
+
+    let again = lab.pikube(&["up", "-f", f]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(stdout(&again).contains("Up: no changes"), "{}", stdout(&again));
+    let boot_final: Vec<String> = (1..=3).map(|i| lab.sh(&format!("node{i}"), "cat /proc/sys/kernel/random/boot_id")).collect();
+    assert_eq!(boot_after, boot_final, "a no-op run rebooted something");
+    let plan_again = lab.pikube(&["plan", "-f", f]);
+    assert!(stdout(&plan_again).contains("Plan: no changes"), "{}", stdout(&plan_again));
+}
+
+#[test]
+fn host_stopped_mid_run_is_named_others_finish_and_rerun_converges() {
+    require_lab!();
+    let lab = Lab::up("tstop", 34, &["--nodes", "3", "--pi", "bookworm"]);
+    let f = lab.cluster_file();
+    let child = Command::new(BIN)
+        .args(["lab", "exec", "--name", &lab.name, "--", BIN, "up", "--reboot-timeout", "30", "-f"])
+        .arg(&f)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start up");
+    // Pull node2's power once pikube has started changing it.
+    wait_for(&lab, "node2", "test \"$(hostname)\" = node2");
+    lab.lab("stop", "node2");
+    let out = child.wait_with_output().expect("up finishes");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let o = stdout(&out);
+    assert!(o.contains("node2 (10.77.34.12): FAILED"), "{o}");
+    assert!(o.contains("1 host(s) failed: node2"), "{o}");
+    assert!(o.contains("node1 (10.77.34.11): changed") && o.contains("node3 (10.77.34.13): changed"), "{o}");
+    assert_eq!(lab.sh("node1", "hostname"), "node1");
+
+    lab.lab("start", "node2");
+    wait_for(&lab, "node2", "true");
+    let again = lab.pikube(&["up", "-f", f.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", text(&again));
+    let a = stdout(&again);
+    assert!(a.contains("node1 (10.77.34.11): no changes") && a.contains("node2 (10.77.34.12): changed"), "{a}");
+    assert!(lab.sh("node2", "cat /proc/cgroups").lines().any(|l| l.starts_with("memory") && l.ends_with('1')));
+}
+
+#[test]
+fn changed_host_key_is_refused_even_with_accept_new() {
+    require_lab!();
+    let lab = Lab::up("tkey", 35, &["--nodes", "1"]);
+    let f = lab.cluster_file();
+    let ok = lab.pikube(&["check", "-f", f.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    // The host is "reinstalled": new host keys.
+    lab.sh("node1", "rm -f /etc/ssh/ssh_host_* && ssh-keygen -q -A && systemctl restart ssh");
+    let accept_new = lab.dir().join("accept-new.yaml");
+    let yaml = std::fs::read_to_string(&f).expect("read").replace("  user: root\n", "  user: root\n  host_key_policy: accept-new\n");
+    std::fs::write(&accept_new, yaml).expect("write");
+    for file in [f.clone(), accept_new] {
+        let out = lab.pikube(&["check", "--json", "-f", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(findings(&out).contains(&("node1".to_string(), "host-key-changed".to_string())), "{}", text(&out));
+        let up = lab.pikube(&["up", "-f", file.to_str().unwrap()]);
+        assert_eq!(up.status.code(), Some(1));
+        assert!(stdout(&up).contains("CHANGED"), "{}", text(&up));
+    }
+}
+
+#[test]
+fn unknown_host_key_strict_refuses_accept_new_records() {
+    require_lab!();
+    let lab = Lab::up("tnew", 36, &["--nodes", "1"]);
+    let empty = lab.dir().join("empty_known_hosts");
+    std::fs::write(&empty, "").expect("write");
+    let yaml = std::fs::read_to_string(lab.cluster_file()).expect("read");
+    let kh = lab.dir().join("known_hosts");
+    let strict = yaml.replace(kh.to_str().unwrap(), empty.to_str().unwrap());
+    let file = lab.dir().join("strict.yaml");
+    std::fs::write(&file, &strict).expect("write");
+    let out = lab.pikube(&["check", "--json", "-f", file.to_str().unwrap()]);
+    assert!(findings(&out).contains(&("node1".into(), "host-key-unknown".into())), "{}", text(&out));
+
+    std::fs::write(&file, strict.replace("  user: root\n", "  user: root\n  host_key_policy: accept-new\n")).expect("write");
+    let out = lab.pikube(&["check", "-f", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(std::fs::read_to_string(&empty).expect("read").contains("10.77.36.11"), "key recorded");
+}
+
+/// Polls a node until `script` succeeds there (60 s at most).
+fn wait_for(lab: &Lab, node: &str, script: &str) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if lab.ssh(node, script).0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!("{node}: `{script}` did not succeed within 60 s");
+}
