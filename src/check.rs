@@ -89,7 +89,8 @@ pub fn findings(fleet: &Fleet) -> Vec<Finding> {
             add(name, Severity::Warning, "memory-cgroup-off", "the memory cgroup is disabled in the running kernel".into(), fix);
         }
         for user in &f.default_password_users {
-            add(name, Severity::Warning, "default-password", format!("user {user} still has the image's default password"), "run `sudo passwd <user>` (or `sudo passwd -l <user>` to lock it); anyone on the network can log in");
+            let fix = format!("run `sudo passwd {user}` (or `sudo passwd -l {user}` to lock it): anyone on the network can log in");
+            add(name, Severity::Warning, "default-password", format!("user {user} still has the image's default password"), &fix);
         }
         if f.clock_offset_secs.abs() > MAX_CLOCK_SKEW_SECS {
             add(name, Severity::Warning, "clock-skew", format!("clock is {:+.1} s off this machine", f.clock_offset_secs), "Pis have no RTC: enable time sync (`timedatectl set-ntp true`, systemd-timesyncd or chrony)");

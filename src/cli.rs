@@ -223,11 +223,16 @@ async fn converge(target: Target, mode: Mode, json: bool, reboot_timeout: u64) -
             }
         }
         let hosts_changed = fleet.nodes.iter().filter(|n| changes.iter().any(|c| c.host == n.name())).count();
+        let healthy = fleet.nodes.len() - failures.len();
         let summary = match (mode, changes.len()) {
             (Mode::DryRun, 0) => "Plan: no changes; the hosts match the cluster file.".to_string(),
             (Mode::DryRun, n) => format!("Plan: {n} change(s) on {hosts_changed} host(s). Run `pikube up` to apply."),
-            (Mode::Apply, 0) => "Up: no changes; every host already converged and verified.".to_string(),
-            (Mode::Apply, n) => format!("Up: {n} change(s) applied on {hosts_changed} host(s) and verified."),
+            (Mode::Apply, 0) if failures.is_empty() => {
+                "Up: no changes; every host already converged and verified.".to_string()
+            }
+            (Mode::Apply, n) => {
+                format!("Up: {n} change(s) applied; {healthy} of {} host(s) converged and verified.", fleet.nodes.len())
+            }
         };
         writeln!(out, "\n{summary} ({:.1}s)", started.elapsed().as_secs_f64()).ok();
         if !failures.is_empty() {

@@ -228,9 +228,10 @@ impl Host {
         self.run_ok(cmd).await.map(|_| ())
     }
 
-    /// Makes `path` hold exactly `content` with `mode` (octal), writing only when the checksum
-    /// differs. Returns whether it changed (or would change, when planning).
-    pub async fn ensure_file(&self, path: &str, content: &[u8], mode: u32) -> Result<bool, RemoteError> {
+    /// Makes `path` hold exactly `content` (and `mode`, when given), writing only when the
+    /// checksum differs. Returns whether it changed (or would change, when planning).
+    /// `mode: None` leaves permissions alone: FAT boot partitions refuse chmod.
+    pub async fn ensure_file(&self, path: &str, content: &[u8], mode: Option<u32>) -> Result<bool, RemoteError> {
         let want = hex::encode(Sha256::digest(content));
         let probe = Cmd::read_script(format!(
             "if [ -f {p} ]; then sha256sum < {p} | cut -d' ' -f1; stat -c %a {p}; fi",
@@ -239,15 +240,15 @@ impl Host {
         let have = self.run_ok(&probe).await?;
         let mut lines = have.lines();
         let (sum, perm) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-        if sum == want && perm == format!("{mode:o}") {
+        if sum == want && mode.is_none_or(|m| perm == format!("{m:o}")) {
             return Ok(false);
         }
         let verb = if sum.is_empty() { "create" } else { "update" };
+        let chmod = mode.map(|m| format!("chmod {m:o} \"$t\"; ")).unwrap_or_default();
         let write = Cmd::change_script(format!(
             "set -e; d=$(dirname {p}); mkdir -p \"$d\"; t=$(mktemp \"$d/.pikube.XXXXXX\"); \
-             cat > \"$t\"; chmod {m:o} \"$t\"; mv -f \"$t\" {p}",
+             cat > \"$t\"; {chmod}sync \"$t\" 2>/dev/null || true; mv -f \"$t\" {p}",
             p = quote(path),
-            m = mode
         ))
         .stdin(content.to_vec())
         .timeout(Duration::from_secs(600));
@@ -255,8 +256,12 @@ impl Host {
         Ok(true)
     }
 
+    /// Notes a change in the journal; when applying, also shows it live on stderr.
     pub fn record(&self, what: String) {
         let phase = self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if self.mode == Mode::Apply {
+            eprintln!("    {}: {what}", self.name);
+        }
         self.journal.push(Change { host: self.name.clone(), phase, what });
     }
 

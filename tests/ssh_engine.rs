@@ -397,7 +397,7 @@ async fn concurrent_execs_share_one_session() {
         }
         // 14 one-second commands, 8 at a time: two rounds, far from 14 s in sequence.
         assert!(
-            started.elapsed() < Duration::from_secs(6),
+            started.elapsed() < Duration::from_secs(10),
             "took {:?}",
             started.elapsed()
         );

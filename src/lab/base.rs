@@ -88,7 +88,7 @@ pub fn ensure(arch: Arch) -> Result<PathBuf> {
         &log,
     )
     .wrap_err("debootstrap of the lab base tree failed")?;
-    fix_up(&tmp, &log).wrap_err("preparing the lab base tree")?;
+    fix_up(&tmp, arch, &log).wrap_err("preparing the lab base tree")?;
     fs::rename(&tmp, &done)
         .into_diagnostic()
         .wrap_err_with(|| format!("moving {} into place", tmp.display()))?;
@@ -103,9 +103,29 @@ pub fn ensure(arch: Arch) -> Result<PathBuf> {
 /// Turns a fresh debootstrap into a "fresh image": no identity of its own (machine id, host
 /// keys come per node), networkd for the static lab address, key-only root and a `pi` user with
 /// the default password and password-protected sudo, like a fresh Raspberry Pi image.
-fn fix_up(root: &Path, log: &Path) -> Result<()> {
+fn fix_up(root: &Path, arch: Arch, log: &Path) -> Result<()> {
     let chroot = |args: &[&str]| run_logged(Command::new("chroot").arg(root).args(args), log);
-    chroot(&["systemctl", "enable", "systemd-networkd.service"])?;
+    match arch {
+        Arch::Amd64 => chroot(&["systemctl", "enable", "systemd-networkd.service"])?,
+        // Under qemu-user, networkd dies on an unsupported netlink protocol (the lab configures
+        // arm64 nodes' eth0 from outside instead), and units with credentials fail to set them
+        // up; clearing LoadCredential= lets them run.
+        Arch::Arm64 => {
+            for unit in [
+                "systemd-sysusers.service",
+                "systemd-tmpfiles-setup.service",
+                "systemd-tmpfiles-setup-dev.service",
+            ] {
+                let dir = root.join("etc/systemd/system").join(format!("{unit}.d"));
+                fs::create_dir_all(&dir).into_diagnostic()?;
+                fs::write(
+                    dir.join("pikube-lab-qemu-user.conf"),
+                    "[Service]\nLoadCredential=\n",
+                )
+                .into_diagnostic()?;
+            }
+        }
+    }
     chroot(&["passwd", "--lock", "root"])?;
     chroot(&[
         "useradd",

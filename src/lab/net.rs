@@ -3,8 +3,11 @@
 //! the root namespace, and there is no default route or NAT: nodes reach only each other and
 //! the bridge address.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use miette::{miette, Result, WrapErr};
 
@@ -60,8 +63,9 @@ pub fn ensure_lab(lab: &str, bridge_ip: &str) -> Result<()> {
 }
 
 /// Creates a node's netns and its veth (created inside the lab netns, so no end ever appears in
-/// the root namespace) unless the netns exists.
-pub fn ensure_node(lab: &str, node: &str) -> Result<()> {
+/// the root namespace) unless the netns exists. With `address`, eth0 is configured from here,
+/// for nodes whose own networkd cannot run (arm64 under qemu-user).
+pub fn ensure_node(lab: &str, node: &str, address: Option<&str>) -> Result<()> {
     let (lab_ns, ns, port) = (lab_netns(lab), node_netns(lab, node), bridge_port(node));
     if exists(&ns) {
         return Ok(());
@@ -74,7 +78,20 @@ pub fn ensure_node(lab: &str, node: &str) -> Result<()> {
             &ns,
         ])?;
         ip(&["-n", &lab_ns, "link", "set", &port, "master", "br0"])?;
-        ip(&["-n", &lab_ns, "link", "set", &port, "up"])
+        ip(&["-n", &lab_ns, "link", "set", &port, "up"])?;
+        if let Some(address) = address {
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{address}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        }
+        Ok(())
     };
     setup().wrap_err_with(|| format!("creating the network of node {node}"))
 }
@@ -182,6 +199,52 @@ fn overlaps(a: (u32, u8), b: (u32, u8)) -> bool {
     let len = a.1.min(b.1);
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     a.0 & mask == b.0 & mask
+}
+
+/// `__wait-ssh`: prints `ready <addr>` as each sshd answers, `pending <addr>` for the rest on
+/// timeout.
+pub fn wait_ssh(timeout: Duration, addresses: &[String]) -> Result<()> {
+    let mut pending: Vec<SocketAddr> = addresses
+        .iter()
+        .map(|a| {
+            format!("{a}:22")
+                .parse()
+                .map_err(|_| miette!("bad address {a:?}"))
+        })
+        .collect::<Result<_>>()?;
+    let deadline = Instant::now() + timeout;
+    while !pending.is_empty() && Instant::now() < deadline {
+        pending.retain(|addr| {
+            let ready = ssh_banner(addr);
+            if ready {
+                println!("ready {}", addr.ip());
+            }
+            !ready
+        });
+        if !pending.is_empty() {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    for addr in &pending {
+        println!("pending {}", addr.ip());
+    }
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(miette!("{} node(s) did not answer SSH", pending.len()))
+    }
+}
+
+fn ssh_banner(addr: &SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+    let mut banner = [0u8; 4];
+    let ok = stream.read_exact(&mut banner).is_ok() && &banner == b"SSH-";
+    // Say goodbye properly so sshd does not log a protocol error for every probe.
+    let _ = stream.write_all(b"SSH-2.0-pikube-lab-probe\r\n");
+    ok
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use miette::{miette, IntoDiagnostic, Result, WrapErr};
 
-use super::state::{LabPaths, LabState, NodePaths, NodeState};
+use super::state::{Arch, LabPaths, LabState, NodePaths, NodeState};
 use super::util::{alive, children, is_mounted, read_pid, run, signal, wait_until, write_atomic};
 use super::{base, firmware, net};
 
@@ -172,11 +172,8 @@ pub fn power_on(state: &LabState, node: &NodeState) -> Result<()> {
     if launcher_pid(&state.name, &node.name).is_some() {
         return Ok(());
     }
-    let exe = std::env::current_exe()
-        .into_diagnostic()
-        .wrap_err("locating the pikube binary to start the node launcher")?;
     let argv = [
-        exe.to_string_lossy().into_owned(),
+        super::util::self_exe()?,
         "lab".into(),
         "__boot".into(),
         state.name.clone(),
@@ -206,10 +203,17 @@ fn container_pids(launcher: u32) -> (Option<u32>, Option<u32>) {
     (nspawn, init)
 }
 
-/// Stops a node. `clean` asks systemd in the node to halt (SIGTERM to nspawn); otherwise (or
-/// when the halt takes too long) the power is pulled: SIGKILL to the node's PID 1. Either way
-/// the launcher sees the powered-off marker and does not boot the node again.
-pub fn power_off(lab: &str, node: &str, clean: bool) -> Result<()> {
+/// How to stop a node.
+#[derive(Debug, Clone, Copy)]
+pub enum PowerOff {
+    /// Ask systemd in the node to shut down, pulling the power if that takes too long.
+    Halt(Arch),
+    /// Pull the plug: SIGKILL to the node's PID 1.
+    Pull,
+}
+
+/// Stops a node; the launcher sees the powered-off marker and does not boot it again.
+pub fn power_off(lab: &str, node: &str, how: PowerOff) -> Result<()> {
     let paths = LabPaths::new(lab).node(node);
     if paths.dir.is_dir() {
         fs::write(paths.powered_off(), "").into_diagnostic()?;
@@ -218,9 +222,23 @@ pub fn power_off(lab: &str, node: &str, clean: bool) -> Result<()> {
         return Ok(());
     };
     let gone = || launcher_pid(lab, node).is_none();
-    if clean {
-        if let (Some(nspawn), _) = container_pids(launcher) {
-            signal(nspawn, "TERM");
+    if let PowerOff::Halt(arch) = how {
+        match (arch, container_pids(launcher)) {
+            // nspawn turns SIGTERM into systemd's halt signal (SIGRTMIN+3).
+            (Arch::Amd64, (Some(nspawn), _)) => signal(nspawn, "TERM"),
+            // qemu-user shifts real-time signals (the node would get SIGRTMIN+2, emergency
+            // mode), so ask the node's systemctl from inside its namespaces instead.
+            (Arch::Arm64, (_, Some(init))) => {
+                let _ = Command::new("nsenter")
+                    .args(["--target", &init.to_string()])
+                    .args(["--mount", "--uts", "--ipc", "--net", "--pid", "--"])
+                    .args(["systemctl", "poweroff", "--no-block"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            _ => {}
         }
         if wait_until(HALT_TIMEOUT, gone) {
             return Ok(());
@@ -330,6 +348,9 @@ fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()
                 "--link-journal=no",
                 "--resolv-conf=off",
                 "--timezone=off",
+                // The node owns its network namespace; networkd (and keepalived) need this to
+                // configure it, and nspawn only grants it by itself for networks it creates.
+                "--capability=CAP_NET_ADMIN",
             ])
             .arg(format!("--uuid={}", node.machine_id))
             .arg(format!("--network-namespace-path={netns}"))

@@ -46,7 +46,7 @@ impl PiMode {
             PiMode::None => None,
             PiMode::Bookworm => Some(PiLayout::Bookworm),
             PiMode::Legacy => Some(PiLayout::Legacy),
-            PiMode::Mixed if index % 2 == 0 => Some(PiLayout::Bookworm),
+            PiMode::Mixed if index.is_multiple_of(2) => Some(PiLayout::Bookworm),
             PiMode::Mixed => Some(PiLayout::Legacy),
         }
     }
@@ -176,6 +176,12 @@ impl LabState {
                 known.join(", ")
             )
         })
+    }
+
+    /// The address the lab sets on a node's eth0 from outside, for arches whose networkd cannot
+    /// run in the node (see `base`); `None` when the node's networkd does it.
+    pub fn outside_address<'a>(&self, node: &'a NodeState) -> Option<&'a str> {
+        (self.arch == Arch::Arm64).then_some(node.address.as_str())
     }
 
     pub fn bridge_ip(&self) -> String {

@@ -204,3 +204,22 @@ pub fn spawn_detached(argv: &[String], log: &Path) -> Result<()> {
         .map(drop)
         .map_err(|e| miette!("could not start `{}`: {e}", argv.join(" ")))
 }
+
+/// This binary, for re-executing hidden subcommands. If it was replaced on disk while running
+/// (a rebuild), the old image stays reachable through /proc as long as we live, and the
+/// callers only need it until their child has started.
+pub fn self_exe() -> Result<String> {
+    match std::env::current_exe() {
+        Ok(path) if path.is_file() => Ok(path.to_string_lossy().into_owned()),
+        _ => {
+            let proc_exe = format!("/proc/{}/exe", std::process::id());
+            if Path::new(&proc_exe).exists() {
+                Ok(proc_exe)
+            } else {
+                Err(miette!(
+                    "cannot locate the pikube binary to start a helper process"
+                ))
+            }
+        }
+    }
+}

@@ -33,6 +33,9 @@ pub async fn run_all(fleet: &Fleet) {
         if fleet.mode == Mode::DryRun && !phase.in_plan {
             continue;
         }
+        if fleet.mode == Mode::Apply {
+            eprintln!("==> {}", phase.name);
+        }
         for n in fleet.nodes.iter().filter(|n| n.ok()) {
             if let Some(h) = &n.host {
                 h.set_phase(phase.name);

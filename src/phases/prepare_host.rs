@@ -35,7 +35,7 @@ async fn prepare(cluster: &Cluster, node: &Node, host: &Host, f: &HostFacts) -> 
     }
     let hosts = etc_hosts(&f.etc_hosts, &f.hostname, name, cluster);
     if hosts != f.etc_hosts {
-        host.ensure_file("/etc/hosts", hosts.as_bytes(), 0o644).await?;
+        host.ensure_file("/etc/hosts", hosts.as_bytes(), Some(0o644)).await?;
     }
 
     disable_swap(host, f).await?;
@@ -43,7 +43,7 @@ async fn prepare(cluster: &Cluster, node: &Node, host: &Host, f: &HostFacts) -> 
     if let (true, Some(dir), Some(current)) = (f.is_pi(), &f.boot_dir, &f.cmdline_txt) {
         let wanted = with_cgroup_flags(current);
         if wanted != *current {
-            host.ensure_file(&format!("{dir}/cmdline.txt"), wanted.as_bytes(), 0o755).await?;
+            host.ensure_file(&format!("{dir}/cmdline.txt"), wanted.as_bytes(), None).await?;
             node.want_reboot();
         } else if !f.memory_cgroup {
             // The flags are there but not live: an earlier run stopped before its reboot.
@@ -52,13 +52,13 @@ async fn prepare(cluster: &Cluster, node: &Node, host: &Host, f: &HostFacts) -> 
     }
 
     let modules: String = MODULES.iter().map(|m| format!("{m}\n")).collect();
-    host.ensure_file(MODULES_FILE, format!("# Written by pikube: Kubernetes needs these at boot.\n{modules}").as_bytes(), 0o644).await?;
+    host.ensure_file(MODULES_FILE, format!("# Written by pikube: Kubernetes needs these at boot.\n{modules}").as_bytes(), Some(0o644)).await?;
     for m in MODULES.iter().filter(|m| !f.modules_loaded.iter().any(|l| l == *m)) {
         host.apply(format!("load kernel module {m}"), &Cmd::change("modprobe", &[m])).await?;
     }
 
     let sysctls: String = SYSCTLS.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
-    host.ensure_file(SYSCTL_FILE, format!("# Written by pikube: Kubernetes networking.\n{sysctls}").as_bytes(), 0o644).await?;
+    host.ensure_file(SYSCTL_FILE, format!("# Written by pikube: Kubernetes networking.\n{sysctls}").as_bytes(), Some(0o644)).await?;
     let stale: Vec<&str> =
         SYSCTLS.iter().filter(|(k, v)| f.sysctl.get(*k).map(String::as_str) != Some(*v)).map(|(k, _)| *k).collect();
     if !stale.is_empty() {
@@ -103,7 +103,7 @@ async fn configure_apt(cluster: &Cluster, host: &Host, f: &HostFacts) -> Result<
         cluster.spec.proxy.as_ref().and_then(|p| p.http.as_ref()).map(|p| p.value.clone())
     });
     if let Some(p) = proxy {
-        host.ensure_file(APT_PROXY_FILE, format!("Acquire::http::Proxy \"{p}\";\n").as_bytes(), 0o644).await?;
+        host.ensure_file(APT_PROXY_FILE, format!("Acquire::http::Proxy \"{p}\";\n").as_bytes(), Some(0o644)).await?;
     }
     let Some(mirror) = &pk.mirror else { return Ok(()) };
     let components = if pk.components.is_empty() { "main".to_string() } else { pk.components.join(" ") };
@@ -113,7 +113,7 @@ async fn configure_apt(cluster: &Cluster, host: &Host, f: &HostFacts) -> Result<
          deb {options}{} {} {components}\n",
         mirror.value, f.os_codename
     );
-    let mut changed = host.ensure_file(MIRROR_FILE, list.as_bytes(), 0o644).await?;
+    let mut changed = host.ensure_file(MIRROR_FILE, list.as_bytes(), Some(0o644)).await?;
     for (path, body) in &f.apt_sources {
         if path != MIRROR_FILE && points_at_distro_archive(body) {
             let cmd = Cmd::change("mv", &[path, &format!("{path}.pikube-disabled")]);

@@ -23,6 +23,7 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
         if fleet.mode == Mode::DryRun {
             return Ok(());
         }
+        eprintln!("    {}: waiting for it to come back (up to {}s)", node.name(), fleet.reboot_timeout.as_secs());
         host.session().close().await;
         let started = Instant::now();
         loop {

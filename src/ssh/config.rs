@@ -11,8 +11,8 @@ use super::{HostKeyPolicy, Target};
 /// Longest ProxyJump chain followed; a longer one is almost surely a loop in the ssh config.
 const MAX_JUMPS: usize = 8;
 
-/// A parsed OpenSSH client config. Only the options pikube uses are kept; other options are
-/// ignored, `Match` blocks are skipped and `Include` is ignored, each with a warning.
+/// A parsed OpenSSH client config. Only the options pikube uses are kept and other options
+/// are ignored; `Match` blocks and `Include` lines are skipped with a warning.
 #[derive(Debug, Clone, Default)]
 pub struct SshConfig {
     blocks: Vec<Block>,
@@ -291,7 +291,6 @@ struct Hop {
 
 /// The cluster file's key replaces the ssh config's keys for the target itself; for a jump host
 /// it is only tried after them (the bastion often takes the same key as the nodes).
-#[derive(PartialEq, Eq)]
 enum Role {
     Target,
     Jump,

@@ -195,13 +195,25 @@ mod tests {
         parse_public_key_base64(b64).expect("test key")
     }
 
-    fn scratch(name: &str, text: &str) -> std::path::PathBuf {
+    /// A known_hosts file in its own directory, removed on drop.
+    struct Scratch {
+        dir: std::path::PathBuf,
+        path: std::path::PathBuf,
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn scratch(name: &str, text: &str) -> Scratch {
         let dir = std::env::temp_dir().join(format!("pikube-kh-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("scratch dir");
         let path = dir.join("known_hosts");
         fs::write(&path, text).expect("scratch file");
-        path
+        Scratch { dir, path }
     }
 
     #[test]
@@ -221,26 +233,27 @@ mod tests {
              @revoked pi3 ssh-ed25519 {KEY_B}\n\
              @cert-authority pi4 ssh-ed25519 {KEY_B}\n"
         );
-        let path = scratch("verdicts", &text);
-        assert_eq!(check(&path, "pi1", &key(KEY_A)), Ok(Verdict::Known));
+        let scratch = scratch("verdicts", &text);
+        let path = &scratch.path;
+        assert_eq!(check(path, "pi1", &key(KEY_A)), Ok(Verdict::Known));
         assert_eq!(
-            check(&path, "10.0.0.1", &key(KEY_B)),
+            check(path, "10.0.0.1", &key(KEY_B)),
             Ok(Verdict::Changed { line: 4 })
         );
-        assert_eq!(check(&path, "[pi2]:2222", &key(KEY_B)), Ok(Verdict::Known));
-        assert_eq!(check(&path, "pi2", &key(KEY_B)), Ok(Verdict::Unknown));
-        assert_eq!(check(&path, "x.lan", &key(KEY_A)), Ok(Verdict::Known));
-        assert_eq!(check(&path, "bad.lan", &key(KEY_A)), Ok(Verdict::Unknown));
+        assert_eq!(check(path, "[pi2]:2222", &key(KEY_B)), Ok(Verdict::Known));
+        assert_eq!(check(path, "pi2", &key(KEY_B)), Ok(Verdict::Unknown));
+        assert_eq!(check(path, "x.lan", &key(KEY_A)), Ok(Verdict::Known));
+        assert_eq!(check(path, "bad.lan", &key(KEY_A)), Ok(Verdict::Unknown));
         assert_eq!(
-            check(&path, "pi3", &key(KEY_B)),
+            check(path, "pi3", &key(KEY_B)),
             Ok(Verdict::Revoked { line: 7 })
         );
-        assert_eq!(check(&path, "pi4", &key(KEY_B)), Ok(Verdict::Unknown));
+        assert_eq!(check(path, "pi4", &key(KEY_B)), Ok(Verdict::Unknown));
         assert_eq!(
             check(&path.with_file_name("missing"), "pi1", &key(KEY_A)),
             Ok(Verdict::Unknown)
         );
-        assert_eq!(known_algorithms(&path, "pi1"), vec![Algorithm::Ed25519]);
+        assert_eq!(known_algorithms(path, "pi1"), vec![Algorithm::Ed25519]);
     }
 
     #[test]
@@ -249,27 +262,29 @@ mod tests {
         let text = format!(
             "|1|O33ESRMWPVkMYIwJ1Uw+n877jTo=|nuuC5vEqXlEZ/8BXQR7m619W6Ak= ssh-ed25519 {KEY_B}\n"
         );
-        let path = scratch("hashed", &text);
-        assert_eq!(check(&path, "example.com", &key(KEY_B)), Ok(Verdict::Known));
+        let scratch = scratch("hashed", &text);
+        let path = &scratch.path;
+        assert_eq!(check(path, "example.com", &key(KEY_B)), Ok(Verdict::Known));
         assert_eq!(
-            check(&path, "example.com", &key(KEY_A)),
+            check(path, "example.com", &key(KEY_A)),
             Ok(Verdict::Changed { line: 1 })
         );
         assert_eq!(
-            check(&path, "example.org", &key(KEY_A)),
+            check(path, "example.org", &key(KEY_A)),
             Ok(Verdict::Unknown)
         );
     }
 
     #[test]
     fn learn_appends_after_a_missing_newline() {
-        let path = scratch("learn", &format!("pi1 ssh-ed25519 {KEY_A}"));
-        learn(&path, "[pi2]:2222", &key(KEY_B)).expect("learn");
-        let text = fs::read_to_string(&path).expect("read back");
+        let scratch = scratch("learn", &format!("pi1 ssh-ed25519 {KEY_A}"));
+        let path = &scratch.path;
+        learn(path, "[pi2]:2222", &key(KEY_B)).expect("learn");
+        let text = fs::read_to_string(path).expect("read back");
         assert_eq!(
             text,
             format!("pi1 ssh-ed25519 {KEY_A}\n[pi2]:2222 ssh-ed25519 {KEY_B}\n")
         );
-        assert_eq!(check(&path, "[pi2]:2222", &key(KEY_B)), Ok(Verdict::Known));
+        assert_eq!(check(path, "[pi2]:2222", &key(KEY_B)), Ok(Verdict::Known));
     }
 }

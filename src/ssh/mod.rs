@@ -4,7 +4,7 @@
 //! - [`Target`] is everything needed to reach one host, already merged from the cluster file
 //!   and `~/.ssh/config` (see [`config::resolve`]).
 //! - [`Session::connect`] authenticates (agent keys, then identity files), checks the host key
-//!   against known_hosts under a [`HostKeyPolicy`], and follows one ProxyJump hop if set.
+//!   against known_hosts under a [`HostKeyPolicy`], and goes through the ProxyJump hop(s) if set.
 //! - [`Session::exec`] runs one already-quoted command line on a new channel, optionally
 //!   feeding stdin, bounded by a timeout. It never logs stdin (it may carry a sudo password).
 

@@ -164,7 +164,8 @@ impl Session {
 
     /// Runs `command` (already quoted for the remote shell) on a new channel, feeds it `stdin`
     /// then EOF, and collects its output. `timeout` covers the command itself, not the wait for a
-    /// free channel; on expiry the command gets SIGTERM and its channel is closed.
+    /// free channel; on expiry the command is sent SIGTERM (sshd honours that for non-root
+    /// logins only) and its channel is closed.
     pub async fn exec(
         &self,
         command: &str,
@@ -424,9 +425,12 @@ fn verify_host_key(
 async fn authenticate(handle: &mut Handle<Verifier>, target: &Target) -> Result<(), SshError> {
     let mut tried = Vec::new();
     let mut rsa = RsaHash::default();
-    let agent = target.use_agent && std::env::var_os("SSH_AUTH_SOCK").is_some();
-    if agent && with_agent(handle, target, &mut rsa, &mut tried).await {
-        return Ok(());
+    if target.use_agent {
+        if std::env::var_os("SSH_AUTH_SOCK").is_none() {
+            tried.push("agent (SSH_AUTH_SOCK not set)".into());
+        } else if with_agent(handle, target, &mut rsa, &mut tried).await {
+            return Ok(());
+        }
     }
     for path in &target.identity_files {
         if handle.is_closed() {

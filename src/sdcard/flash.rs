@@ -1,0 +1,467 @@
+//! `pikube flash`: write an image to a card with verification, then customise it for a node.
+//!
+//! Safety first: the disk holding `/` is never a target; mounted, swapped-on and non-removable
+//! disks (and partitions) need `--force`; overwriting needs a typed "yes" or `--yes`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, IsTerminal, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::customize;
+use super::image::{self, Written};
+use super::node::{self, CustomizeArgs, NodeConfig};
+use super::source;
+use super::Error;
+use crate::config::Cluster;
+
+#[derive(Debug, clap::Args)]
+pub struct FlashArgs {
+    /// Image to write: .img, .img.xz, .img.gz or .zip.
+    #[arg(long, value_name = "IN")]
+    pub image: PathBuf,
+    /// Target: a whole-disk block device (e.g. /dev/sdb, /dev/mmcblk0) or a regular file.
+    #[arg(long, value_name = "DEV")]
+    pub device: PathBuf,
+    /// Customise the card for this cluster-file host after writing.
+    #[arg(long, value_name = "NAME", conflicts_with = "batch")]
+    pub node: Option<String>,
+    /// Cluster file.
+    #[arg(
+        short = 'f',
+        long = "file",
+        env = "PIKUBE_FILE",
+        default_value = "cluster.yaml"
+    )]
+    pub file: PathBuf,
+    /// Do not ask before overwriting the target.
+    #[arg(long)]
+    pub yes: bool,
+    /// Allow mounted, non-removable or partition targets (never the disk holding `/`).
+    #[arg(long)]
+    pub force: bool,
+    /// One card per cluster host, in file order: prompts to insert each card.
+    #[arg(long)]
+    pub batch: bool,
+    #[command(flatten)]
+    pub customize: CustomizeArgs,
+}
+
+/// The target's kind, decided once from its metadata.
+enum Target {
+    /// A regular file (or a path that does not exist yet).
+    File { exists: bool },
+    /// A block device, known by its sysfs name (e.g. `sdb`, `loop3`, `sdb1`).
+    Block {
+        name: String,
+        disk: String,
+        partition: bool,
+        size: u64,
+    },
+}
+
+fn sysfs_block(major: u32, minor: u32) -> Option<PathBuf> {
+    std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()
+}
+
+/// (device name, whole-disk name, is-partition) of a block device number.
+fn block_names(major: u32, minor: u32) -> Option<(String, String, bool)> {
+    let sys = sysfs_block(major, minor)?;
+    let name = sys.file_name()?.to_string_lossy().into_owned();
+    if sys.join("partition").exists() {
+        let disk = sys.parent()?.file_name()?.to_string_lossy().into_owned();
+        Some((name, disk, true))
+    } else {
+        Some((name.clone(), name, false))
+    }
+}
+
+/// Whole disks under a device, following device-mapper/md `slaves` (LVM, LUKS, RAID on top).
+fn underlying_disks(major: u32, minor: u32) -> Vec<String> {
+    let Some((name, disk, _)) = block_names(major, minor) else {
+        return Vec::new();
+    };
+    let mut out = vec![disk.clone()];
+    let mut todo = vec![name];
+    let mut seen = 0;
+    while let Some(n) = todo.pop() {
+        seen += 1;
+        if seen > 64 {
+            break;
+        }
+        let Ok(dir) = std::fs::read_dir(format!("/sys/class/block/{n}/slaves")) else {
+            continue;
+        };
+        for e in dir.flatten() {
+            let slave = e.file_name().to_string_lossy().into_owned();
+            let parent = std::fs::canonicalize(e.path())
+                .ok()
+                .filter(|p| p.join("partition").exists())
+                .and_then(|p| {
+                    p.parent()
+                        .and_then(|d| d.file_name())
+                        .map(|d| d.to_string_lossy().into_owned())
+                });
+            out.push(parent.unwrap_or_else(|| slave.clone()));
+            todo.push(slave);
+        }
+    }
+    out
+}
+
+fn parse_dev(s: &str) -> Option<(u32, u32)> {
+    let (a, b) = s.split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Mounts from /proc/self/mountinfo as (major, minor, mount point).
+fn mounts() -> Vec<(u32, u32, String)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (ma, mi) = parse_dev(f.get(2)?)?;
+            Some((ma, mi, f.get(4)?.to_string()))
+        })
+        .collect()
+}
+
+fn dev_numbers(meta: &std::fs::Metadata) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = meta.rdev();
+    (libc::major(rdev), libc::minor(rdev))
+}
+
+/// Why the target must not be written (or needs --force), as user-facing refusals.
+fn check_block(
+    dev: &Path,
+    name: &str,
+    disk: &str,
+    partition: bool,
+    force: bool,
+) -> Result<(), String> {
+    let root_disks: Vec<String> = mounts()
+        .iter()
+        .filter(|(_, _, at)| at == "/")
+        .flat_map(|(ma, mi, _)| underlying_disks(*ma, *mi))
+        .collect();
+    if root_disks.iter().any(|d| d == disk) {
+        return Err(format!(
+            "refusing {}: disk {disk} holds the root filesystem `/`",
+            dev.display()
+        ));
+    }
+    let mut problems = Vec::new();
+    if partition {
+        problems.push(format!(
+            "{name} is a partition of {disk}; flash the whole disk /dev/{disk}"
+        ));
+    }
+    // Mounted anywhere: the disk itself, any of its partitions, or anything stacked on them.
+    let mounted: Vec<String> = mounts()
+        .iter()
+        .filter(|(ma, mi, _)| underlying_disks(*ma, *mi).iter().any(|d| d == disk))
+        .map(|(_, _, at)| at.clone())
+        .collect();
+    // Also by device path in /proc/mounts, for filesystems whose mountinfo numbers are virtual.
+    let by_path: Vec<String> = std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let src = f.next()?;
+            let at = f.next()?;
+            let base = Path::new(src).file_name()?.to_string_lossy().into_owned();
+            let hit = src.starts_with("/dev/") && (base == disk || is_partition_name(&base, disk));
+            hit.then(|| at.to_string())
+        })
+        .collect();
+    let mut all_mounts: Vec<String> = mounted.into_iter().chain(by_path).collect();
+    all_mounts.sort();
+    all_mounts.dedup();
+    if !all_mounts.is_empty() {
+        problems.push(format!(
+            "{disk} (or a partition of it) is mounted at {}",
+            all_mounts.join(", ")
+        ));
+    }
+    let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
+    if swaps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .any(|s| {
+            let base = Path::new(s)
+                .file_name()
+                .map(|b| b.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            base == disk || is_partition_name(&base, disk)
+        })
+    {
+        problems.push(format!("{disk} (or a partition of it) is in use as swap"));
+    }
+    // Built-in SD slots (mmcblk) report removable=0; loop devices are files in disguise.
+    let removable =
+        std::fs::read_to_string(format!("/sys/block/{disk}/removable")).unwrap_or_default();
+    let card_like = disk.starts_with("mmcblk") || disk.starts_with("loop");
+    if removable.trim() != "1" && !card_like {
+        problems.push(format!(
+            "{disk} is not a removable disk (/sys/block/{disk}/removable is not 1)"
+        ));
+    }
+    if problems.is_empty() || force {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing {}: {}; pass --force if you are sure",
+        dev.display(),
+        problems.join("; ")
+    ))
+}
+
+/// `sdb1` of `sdb`, `mmcblk0p1` of `mmcblk0`, `loop0p1` of `loop0`.
+fn is_partition_name(name: &str, disk: &str) -> bool {
+    name.strip_prefix(disk)
+        .map(|rest| {
+            let rest = rest.strip_prefix('p').unwrap_or(rest);
+            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit())
+        })
+        .unwrap_or(false)
+}
+
+fn inspect(dev: &Path, force: bool) -> Result<Target, String> {
+    let meta = match std::fs::metadata(dev) {
+        Ok(m) => m,
+        // A mistyped /dev/sdX must not become a regular file in /dev.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && dev.starts_with("/dev") => {
+            return Err(format!("{}: no such device", dev.display()))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Target::File { exists: false }),
+        Err(e) => return Err(format!("cannot inspect {}: {e}", dev.display())),
+    };
+    let ft = meta.file_type();
+    if ft.is_file() {
+        return Ok(Target::File { exists: true });
+    }
+    if !ft.is_block_device() {
+        return Err(format!(
+            "{} is neither a block device nor a regular file",
+            dev.display()
+        ));
+    }
+    let (ma, mi) = dev_numbers(&meta);
+    let (name, disk, partition) = block_names(ma, mi)
+        .ok_or_else(|| format!("{} ({ma}:{mi}) is not in /sys/dev/block", dev.display()))?;
+    check_block(dev, &name, &disk, partition, force)?;
+    let sectors =
+        std::fs::read_to_string(format!("/sys/class/block/{name}/size")).unwrap_or_default();
+    let size = sectors.trim().parse::<u64>().unwrap_or(0) * 512;
+    Ok(Target::Block {
+        name,
+        disk,
+        partition,
+        size,
+    })
+}
+
+fn confirm(question: &str) -> Result<(), String> {
+    if !io::stdin().is_terminal() {
+        return Err(format!(
+            "{question}: no terminal to confirm on; pass --yes to overwrite without asking"
+        ));
+    }
+    eprint!("{question}? Type 'yes' to continue: ");
+    let _ = io::stderr().flush();
+    let mut answer = String::new();
+    io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| format!("cannot read the answer: {e}"))?;
+    if answer.trim() == "yes" {
+        Ok(())
+    } else {
+        Err("not confirmed; nothing was written".into())
+    }
+}
+
+/// Re-reads what was written, bypassing the page cache, and hashes it.
+fn read_back(dev: &Path, len: u64) -> Result<[u8; 32], String> {
+    let mut f =
+        File::open(dev).map_err(|e| format!("cannot reopen {} to verify: {e}", dev.display()))?;
+    // Cached pages would only prove that memory holds the image; drop them so the read hits
+    // the medium. Dirty pages (rewritten by someone else since) stay and are read as they are.
+    // SAFETY: plain syscall on a valid open descriptor.
+    unsafe {
+        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+    }
+    f.seek(SeekFrom::Start(0))
+        .map_err(|e| format!("cannot seek {}: {e}", dev.display()))?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut left = len;
+    let started = std::time::Instant::now();
+    let pb = image::progress_bar(len, "verify");
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = f
+            .read(&mut buf[..want])
+            .map_err(|e| format!("read-back of {} failed: {e}", dev.display()))?;
+        if n == 0 {
+            return Err(format!(
+                "read-back of {} ended {left} bytes early: the target is smaller than the image",
+                dev.display()
+            ));
+        }
+        hash.update(&buf[..n]);
+        pb.inc(n as u64);
+        pb.set_message(image::rate_message(len - left + n as u64, started));
+        left -= n as u64;
+    }
+    pb.finish_and_clear();
+    Ok(hash.finalize().into())
+}
+
+/// Writes, verifies and optionally customises one card.
+fn flash_one(args: &FlashArgs, node: Option<&NodeConfig>) -> Result<(), String> {
+    let dev = &args.device;
+    let target = inspect(dev, args.force)?;
+    let what = match &target {
+        Target::File { .. } => format!("file {}", dev.display()),
+        Target::Block {
+            name, disk, size, ..
+        } => {
+            let model = std::fs::read_to_string(format!("/sys/block/{disk}/device/model"))
+                .unwrap_or_default();
+            format!(
+                "{} ({name}, {:.1} GB{})",
+                dev.display(),
+                *size as f64 / 1e9,
+                if model.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", model.trim())
+                }
+            )
+        }
+    };
+    let exists = !matches!(target, Target::File { exists: false });
+    if exists && !args.yes {
+        confirm(&format!("Overwrite {what} with {}", args.image.display()))?;
+    }
+    let src = source::open(&args.image)?;
+    println!(
+        "writing {} ({}{}) to {what}",
+        args.image.display(),
+        src.format.as_str(),
+        src.inner_name
+            .as_ref()
+            .map(|n| format!(", entry {n}"))
+            .unwrap_or_default()
+    );
+    if let Target::Block { size, .. } = &target {
+        if *size > 0 && src.format == source::Format::Raw && src.total > *size {
+            return Err(format!(
+                "the image ({} bytes) is larger than {what}",
+                src.total
+            ));
+        }
+    }
+    let mut out = match &target {
+        // A file target becomes exactly the image; a device keeps whatever lies past it.
+        Target::File { .. } => image::create_private(dev),
+        // O_EXCL on a block device: the kernel refuses if anything mounted or claimed it
+        // since the checks above (closing the check-then-write race).
+        Target::Block { .. } => OpenOptions::new()
+            .write(true)
+            .custom_flags(if args.force { 0 } else { libc::O_EXCL })
+            .open(dev),
+    }
+    .map_err(|e| format!("cannot open {} for writing: {e}", dev.display()))?;
+    let label = node.map_or("flash", |n| n.hostname.as_str());
+    let written: Written = image::write_image(src, &mut out, label)?;
+    drop(out);
+    println!(
+        "wrote {} bytes in {:.1}s ({:.1} MB/s); verifying",
+        written.bytes,
+        written.elapsed.as_secs_f64(),
+        written.mb_per_s()
+    );
+    let back = read_back(dev, written.bytes)?;
+    if back != written.sha256 {
+        return Err(format!(
+            "verification FAILED: sha256 written {} but read back {} — the card or reader is faulty; do not use this card",
+            hex::encode(written.sha256),
+            hex::encode(back)
+        ));
+    }
+    println!("verified: sha256 {}", hex::encode(written.sha256));
+    if let Some(node) = node {
+        let report = customize::apply(dev, node)?;
+        image::print_report(dev, &node.hostname, &report);
+    }
+    if let Target::Block {
+        partition: false, ..
+    } = target
+    {
+        reread_partitions(dev);
+    }
+    Ok(())
+}
+
+/// Asks the kernel to re-read the new partition table, so the card's partitions show up
+/// without re-plugging. Best effort: a busy or partitionless device just keeps the old view.
+fn reread_partitions(dev: &Path) {
+    if let Ok(f) = File::open(dev) {
+        // BLKRRPART = _IO(0x12, 95); SAFETY: plain ioctl without arguments on an open fd.
+        unsafe {
+            libc::ioctl(f.as_raw_fd(), 0x125f as _);
+        }
+    }
+}
+
+pub fn flash(args: FlashArgs) -> Result<(), Error> {
+    if args.batch {
+        return batch(&args);
+    }
+    let node = match &args.node {
+        Some(name) => {
+            let cluster = Cluster::load(&args.file)?;
+            let host = node::find_host(&cluster, name)?;
+            Some(node::node_config(&cluster, host, &args.customize)?)
+        }
+        None => None,
+    };
+    Ok(flash_one(&args, node.as_ref())?)
+}
+
+fn batch(args: &FlashArgs) -> Result<(), Error> {
+    let cluster = Cluster::load(&args.file)?;
+    let nodes = cluster
+        .hosts()
+        .map(|h| node::node_config(&cluster, h, &args.customize))
+        .collect::<Result<Vec<_>, String>>()?;
+    let stdin = io::stdin();
+    for (i, node) in nodes.iter().enumerate() {
+        eprint!(
+            "[{}/{}] insert the card for {} into {}, then press Enter: ",
+            i + 1,
+            nodes.len(),
+            node.hostname,
+            args.device.display()
+        );
+        let _ = io::stderr().flush();
+        let mut line = String::new();
+        match stdin.lock().read_line(&mut line) {
+            Ok(0) | Err(_) => {
+                return Err(format!("stopped before {}: no more input", node.hostname).into())
+            }
+            Ok(_) => {}
+        }
+        flash_one(args, Some(node)).map_err(|e| format!("{}: {e}", node.hostname))?;
+        println!("card for {} is ready; remove it", node.hostname);
+    }
+    Ok(())
+}
