@@ -169,8 +169,12 @@ fn host_stopped_mid_run_is_named_others_finish_and_rerun_converges() {
     let again = lab.pikube(&["up", "-f", f.to_str().unwrap()]);
     assert!(again.status.success(), "{}", text(&again));
     let a = stdout(&again);
-    assert!(a.contains("node1 (10.77.34.11): no changes") && a.contains("node2 (10.77.34.12): changed"), "{a}");
+    // Whatever node2 missed (it depends on when the power went) is done now, and verified.
+    assert!(a.contains("node1 (10.77.34.11): no changes") && !a.contains("FAILED"), "{a}");
+    assert_eq!(lab.sh("node2", "hostname"), "node2");
     assert!(lab.sh("node2", "cat /proc/cgroups").lines().any(|l| l.starts_with("memory") && l.ends_with('1')));
+    let third = lab.pikube(&["up", "-f", f.to_str().unwrap()]);
+    assert!(stdout(&third).contains("Up: no changes"), "{}", text(&third));
 }
 
 #[test]

@@ -357,6 +357,9 @@ fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()
             .arg(format!("--directory={}", paths.merged().display()))
             .arg(format!("--machine={}-{}", state.name, node.name))
             .args(&firmware_args)
+            // Like a real host, the node may set its own network sysctls (ip_forward,
+            // bridge-nf-call-*): nspawn keeps /proc/sys/net read-only for a netns it did not make.
+            .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network")
             .stdin(Stdio::null())
             .status()
             .into_diagnostic()

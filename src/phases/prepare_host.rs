@@ -42,8 +42,7 @@ async fn prepare(cluster: &Cluster, node: &Node, host: &Host, f: &HostFacts) -> 
 
     if let (true, Some(dir), Some(current)) = (f.is_pi(), &f.boot_dir, &f.cmdline_txt) {
         let wanted = with_cgroup_flags(current);
-        if wanted != *current {
-            host.ensure_file(&format!("{dir}/cmdline.txt"), wanted.as_bytes(), None).await?;
+        if host.ensure_file(&format!("{dir}/cmdline.txt"), wanted.as_bytes(), None).await? {
             node.want_reboot();
         } else if !f.memory_cgroup {
             // The flags are there but not live: an earlier run stopped before its reboot.
@@ -148,9 +147,6 @@ pub fn with_cgroup_flags(cmdline: &str) -> String {
             out.push_str(flag);
             words.push(flag);
         }
-    }
-    if out == line && cmdline.ends_with('\n') && cmdline.lines().count() == 1 {
-        return cmdline.to_string();
     }
     out.push('\n');
     out
