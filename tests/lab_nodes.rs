@@ -3,6 +3,7 @@
 //! These need root and systemd-nspawn; without them each test prints `SKIP:` and passes. Every
 //! test owns its lab name and subnet (tests run in parallel) and tears the lab down on drop.
 
+use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -25,11 +26,14 @@ fn can_run_labs(test: &str) -> bool {
     match (root, nspawn) {
         (true, true) => true,
         (false, _) => {
-            println!("SKIP: {test}: lab nodes need root");
+            let _ = writeln!(std::io::stderr(), "SKIP: {test}: lab nodes need root");
             false
         }
         (_, false) => {
-            println!("SKIP: {test}: systemd-nspawn is missing (apt-get install systemd-container)");
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP: {test}: systemd-nspawn is missing (apt-get install systemd-container)"
+            );
             false
         }
     }

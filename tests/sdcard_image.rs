@@ -3,6 +3,7 @@
 
 mod sdcard_support;
 
+use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
 
@@ -145,7 +146,7 @@ fn bookworm_mbr_gets_userconf_and_firstrun() {
                 "crypt(3) rejects the userconf.txt hash"
             );
         } else {
-            eprintln!("SKIP crypt check: python3 crypt module unavailable");
+            let _ = writeln!(std::io::stderr(), "SKIP crypt check: python3 crypt module unavailable");
         }
     }
     let firstrun = mread(&out_img, "firstrun.sh").expect("firstrun.sh");
