@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -217,6 +218,47 @@ fn unknown_host_key_strict_refuses_accept_new_records() {
     let out = lab.pikube(&["check", "-f", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(std::fs::read_to_string(&empty).expect("read").contains("10.77.36.11"), "key recorded");
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_and_a_rerun_converges() {
+    require_lab!();
+    let lab = Lab::up("tint", 37, &["--nodes", "2", "--pi", "bookworm"]);
+    let f = lab.cluster_file();
+    let child = Command::new(BIN)
+        .args(["lab", "exec", "--name", &lab.name, "--", BIN, "up", "-f"])
+        .arg(&f)
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start up");
+    wait_for(&lab, "node1", "test \"$(hostname)\" = node1");
+    // What a terminal's Ctrl-C does: SIGINT to the foreground process group.
+    let pgid = format!("-{}", child.id());
+    assert!(Command::new("kill").args(["-INT", "--", &pgid]).status().expect("kill").success());
+    let out = child.wait_with_output().expect("up exits");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"), "{}", text(&out));
+
+    let again = lab.pikube(&["up", "-f", f.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(stdout(&again).contains("2 of 2 host(s) converged") || stdout(&again).contains("Up: no changes"), "{}", text(&again));
+}
+
+#[test]
+fn plan_shows_the_apt_proxy_and_refuses_nothing_else() {
+    require_lab!();
+    let lab = Lab::up("tprx", 38, &["--nodes", "1"]);
+    let file = lab.dir().join("proxy.yaml");
+    let yaml = std::fs::read_to_string(lab.cluster_file()).expect("read")
+        .replace("  trusted: true\n", "  trusted: true\n  proxy: http://10.77.38.1:3142\n");
+    std::fs::write(&file, yaml).expect("write");
+    let plan = lab.pikube(&["plan", "-f", file.to_str().unwrap()]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    assert!(stdout(&plan).contains("create /etc/apt/apt.conf.d/80pikube-proxy"), "{}", stdout(&plan));
+    assert!(!lab.ssh("node1", "test -e /etc/apt/apt.conf.d/80pikube-proxy").0, "plan wrote a file");
+    assert_eq!(lab.sh("node1", "hostname"), "debian", "plan changed the hostname");
 }
 
 /// Polls a node until `script` succeeds there (60 s at most).

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -601,13 +602,24 @@ pub(super) fn exec(name: &str, command: &[String]) -> Result<()> {
 /// Runs an interactive child with our stdio and exits with its status, so `lab ssh`/`lab exec`
 /// behave like the command they wrap.
 fn pass_through(mut cmd: Command) -> Result<()> {
-    let status = cmd
-        .status()
+    let mut child = cmd
+        .spawn()
         .map_err(|e| miette!("could not run {:?}: {e}", cmd.get_program()))?;
+    // Like system(3): Ctrl-C belongs to the child (it gets it from the terminal too); we wait
+    // for it to finish cleanly and pass its status on instead of dying first.
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+    let status = child
+        .wait()
+        .map_err(|e| miette!("waiting for {:?}: {e}", cmd.get_program()))?;
     if status.success() {
         return Ok(());
     }
-    std::process::exit(status.code().unwrap_or(1))
+    // A child killed by a signal exits like a shell reports it: 128 + signal number.
+    std::process::exit(status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1))
 }
 
 pub(super) fn stop(name: &str, node_name: &str) -> Result<()> {

@@ -34,9 +34,7 @@ async fn prepare(cluster: &Cluster, node: &Node, host: &Host, f: &HostFacts) -> 
         host.apply(format!("set hostname {} → {name}", f.hostname), &cmd).await?;
     }
     let hosts = etc_hosts(&f.etc_hosts, &f.hostname, name, cluster);
-    if hosts != f.etc_hosts {
-        host.ensure_file("/etc/hosts", hosts.as_bytes(), Some(0o644)).await?;
-    }
+    host.ensure_file("/etc/hosts", hosts.as_bytes(), Some(0o644)).await?;
 
     disable_swap(host, f).await?;
 
