@@ -31,21 +31,13 @@ pub fn root(arch: Arch) -> PathBuf {
 /// Returns the mirror root, downloading and indexing the packages first if the cache has none.
 pub fn ensure(arch: Arch) -> Result<PathBuf> {
     let done = root(arch);
-    if done
-        .join("debian/dists")
-        .join(SUITE)
-        .join("Release")
-        .is_file()
-    {
+    let built = || done.join("debian/dists").join(SUITE).join("Release").is_file();
+    if built() {
         return Ok(done);
     }
     let _lock = CacheLock::acquire(&format!("mirror-{}", arch.debian()))?;
-    if done
-        .join("debian/dists")
-        .join(SUITE)
-        .join("Release")
-        .is_file()
-    {
+    // Another `lab up` may have built it while we waited for the lock.
+    if built() {
         return Ok(done);
     }
     let tmp = done.with_extension("tmp");
