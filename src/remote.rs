@@ -48,21 +48,16 @@ pub fn quote(s: &str) -> String {
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// One remote command.
+/// One remote command, run as root (through sudo when the login user is not root).
 #[derive(Debug, Clone)]
 pub struct Cmd {
     script: String,
     mutates: bool,
-    root: bool,
     timeout: Duration,
     stdin: Option<Vec<u8>>,
 }
 
 impl Cmd {
-    /// A read-only program invocation; arguments are quoted.
-    pub fn read(program: &str, args: &[&str]) -> Cmd {
-        Cmd::new(argv(program, args), false)
-    }
     /// A mutating program invocation; arguments are quoted. Guarded in dry-run.
     pub fn change(program: &str, args: &[&str]) -> Cmd {
         Cmd::new(argv(program, args), true)
@@ -76,12 +71,7 @@ impl Cmd {
         Cmd::new(script.into(), true)
     }
     fn new(script: String, mutates: bool) -> Cmd {
-        Cmd { script, mutates, root: true, timeout: DEFAULT_TIMEOUT, stdin: None }
-    }
-    /// Run as the login user instead of root.
-    pub fn as_login_user(mut self) -> Cmd {
-        self.root = false;
-        self
+        Cmd { script, mutates, timeout: DEFAULT_TIMEOUT, stdin: None }
     }
     pub fn timeout(mut self, t: Duration) -> Cmd {
         self.timeout = t;
@@ -90,12 +80,6 @@ impl Cmd {
     pub fn stdin(mut self, data: Vec<u8>) -> Cmd {
         self.stdin = Some(data);
         self
-    }
-    pub fn mutates(&self) -> bool {
-        self.mutates
-    }
-    pub fn script(&self) -> &str {
-        &self.script
     }
 }
 
@@ -198,7 +182,7 @@ impl Host {
         }
         let (line, stdin) = self.wrap(cmd);
         let out = self.session().exec(&line, stdin.as_deref(), cmd.timeout).await?;
-        if cmd.root && !self.login_is_root && out.status == Some(1) {
+        if !self.login_is_root && out.status == Some(1) {
             let err = out.stderr_str();
             if err.contains("sudo:") && (err.contains("password") || err.contains("not in the sudoers")) {
                 return Err(RemoteError::Sudo {
@@ -279,7 +263,7 @@ impl Host {
     /// The command line actually sent, and the stdin (sudo password first when needed).
     fn wrap(&self, cmd: &Cmd) -> (String, Option<Vec<u8>>) {
         let shell = format!("sh -c {}", quote(&cmd.script));
-        if !cmd.root || self.login_is_root {
+        if self.login_is_root {
             return (shell, cmd.stdin.clone());
         }
         match &self.sudo_password {
