@@ -335,7 +335,9 @@ fn discovers_pis_in_namespaces_and_writes_addresses() {
     assert!(
         table.contains("ADDRESS")
             && table.contains("Raspberry Pi")
-            && table.contains("rasp02 (by mac)"),
+            && table.contains("rasp02 (by mac)")
+            // rasp04 was found by its mDNS name; now its written address identifies it.
+            && table.contains("rasp04 (by address)"),
         "{table}"
     );
     assert!(table.contains("no missing addresses"), "{table}");

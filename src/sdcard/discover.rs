@@ -367,25 +367,27 @@ async fn sweep(
     found
 }
 
-/// Matches by `mac:` first (unambiguous), then by host name == discovered hostname.
+/// Matches by `mac:` first (unambiguous), then by an address already in the file, then by
+/// host name == discovered hostname.
 pub fn match_hosts(cluster: &Cluster, found: &mut [Found]) {
     for f in found.iter_mut() {
-        let by_mac = cluster.hosts().find(|h| {
-            let hm = h.mac.as_ref().and_then(|m| normalize_mac(&m.value));
-            hm.is_some() && hm == f.mac
-        });
-        let (host, how) = match by_mac {
-            Some(h) => (Some(h), "mac"),
-            None => (
-                f.hostname.as_ref().and_then(|n| {
-                    cluster
-                        .hosts()
-                        .find(|h| h.name.value.eq_ignore_ascii_case(n))
-                }),
-                "hostname",
-            ),
+        let ip = f.address.to_string();
+        let by_mac = || {
+            cluster.hosts().find(|h| {
+                let hm = h.mac.as_ref().and_then(|m| normalize_mac(&m.value));
+                hm.is_some() && hm == f.mac
+            })
         };
-        if let Some(h) = host {
+        let by_address = || cluster.hosts().find(|h| h.address() == ip);
+        let by_name = || {
+            let n = f.hostname.as_ref()?;
+            cluster.hosts().find(|h| h.name.value.eq_ignore_ascii_case(n))
+        };
+        let matched = by_mac()
+            .map(|h| (h, "mac"))
+            .or_else(|| by_address().map(|h| (h, "address")))
+            .or_else(|| by_name().map(|h| (h, "hostname")));
+        if let Some((h, how)) = matched {
             f.host = Some(h.name.value.clone());
             f.matched_by = Some(how);
         }
@@ -413,35 +415,8 @@ fn print_table(cidr: &str, port: u16, found: &[Found]) {
             ]
         })
         .collect();
-    let header = [
-        "ADDRESS",
-        "MAC",
-        "VENDOR",
-        "HOSTNAME",
-        "CLUSTER HOST",
-        "SSH BANNER",
-    ];
-    let widths: Vec<usize> = (0..6)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: &[&str]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(&header);
-    for r in &rows {
-        line(&r.iter().map(String::as_str).collect::<Vec<_>>());
-    }
+    let header = ["ADDRESS", "MAC", "VENDOR", "HOSTNAME", "CLUSTER HOST", "SSH BANNER"];
+    print!("{}", crate::check::render_table(&header, &rows));
 }
 
 /// Inserts `address:` lines under the matched hosts' `name:` lines, leaving the rest of the
