@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 
 use crate::check::{self, Severity};
-use crate::config::{Cluster, ClusterFile, EXAMPLE};
+use crate::config::{Cluster, ClusterFile, FileArg, EXAMPLE};
 use crate::fleet::Fleet;
 use crate::lab;
 use crate::phases;
@@ -24,9 +24,8 @@ struct Cli {
 
 #[derive(Debug, clap::Args)]
 struct Target {
-    /// Cluster file.
-    #[arg(short = 'f', long = "file", env = "PIKUBE_FILE", default_value = "cluster.yaml")]
-    file: PathBuf,
+    #[command(flatten)]
+    cluster: FileArg,
     /// Hosts worked on at the same time.
     #[arg(long, default_value_t = 10)]
     parallel: usize,
@@ -138,7 +137,7 @@ fn init(file: &Path, force: bool) -> miette::Result<ExitCode> {
 }
 
 async fn check(target: Target, json: bool) -> miette::Result<ExitCode> {
-    let cluster = Cluster::load(&target.file)?;
+    let cluster = Cluster::load(&target.cluster.file)?;
     let fleet = Fleet::connect(cluster, Mode::DryRun, target.parallel).await?;
     let findings = check::findings(&fleet);
     fleet.close().await;
@@ -193,7 +192,7 @@ fn facts_table(fleet: &Fleet) -> String {
 
 async fn converge(target: Target, mode: Mode, json: bool, reboot_timeout: u64) -> miette::Result<ExitCode> {
     let started = Instant::now();
-    let cluster = Cluster::load(&target.file)?;
+    let cluster = Cluster::load(&target.cluster.file)?;
     let mut fleet = Fleet::connect(cluster, mode, target.parallel).await?;
     fleet.reboot_timeout = std::time::Duration::from_secs(reboot_timeout);
     phases::run_all(&fleet).await;

@@ -256,6 +256,14 @@ impl ConfigErrors {
     }
 }
 
+/// `-f/--file`: the cluster file, for every command that reads one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FileArg {
+    /// Cluster file.
+    #[arg(short = 'f', long = "file", env = "PIKUBE_FILE", default_value = "cluster.yaml")]
+    pub file: PathBuf,
+}
+
 /// A loaded, validated cluster file plus where it came from (relative paths resolve against it).
 #[derive(Debug, Clone)]
 pub struct Cluster {

@@ -16,7 +16,7 @@ use super::image::{self, Written};
 use super::node::{self, CustomizeArgs, NodeConfig};
 use super::source;
 use super::Error;
-use crate::config::Cluster;
+use crate::config::{Cluster, FileArg};
 
 #[derive(Debug, clap::Args)]
 pub struct FlashArgs {
@@ -29,14 +29,8 @@ pub struct FlashArgs {
     /// Customise the card for this cluster-file host after writing.
     #[arg(long, value_name = "NAME", conflicts_with = "batch")]
     pub node: Option<String>,
-    /// Cluster file.
-    #[arg(
-        short = 'f',
-        long = "file",
-        env = "PIKUBE_FILE",
-        default_value = "cluster.yaml"
-    )]
-    pub file: PathBuf,
+    #[command(flatten)]
+    pub cluster: FileArg,
     /// Do not ask before overwriting the target.
     #[arg(long)]
     pub yes: bool,
@@ -428,7 +422,7 @@ pub fn flash(args: FlashArgs) -> Result<(), Error> {
     }
     let node = match &args.node {
         Some(name) => {
-            let cluster = Cluster::load(&args.file)?;
+            let cluster = Cluster::load(&args.cluster.file)?;
             let host = node::find_host(&cluster, name)?;
             Some(node::node_config(&cluster, host, &args.customize)?)
         }
@@ -438,7 +432,7 @@ pub fn flash(args: FlashArgs) -> Result<(), Error> {
 }
 
 fn batch(args: &FlashArgs) -> Result<(), Error> {
-    let cluster = Cluster::load(&args.file)?;
+    let cluster = Cluster::load(&args.cluster.file)?;
     let nodes = cluster
         .hosts()
         .map(|h| node::node_config(&cluster, h, &args.customize))

@@ -15,7 +15,7 @@ use super::customize::{self, Report};
 use super::node::{self, CustomizeArgs};
 use super::source::{self, Source};
 use super::Error;
-use crate::config::Cluster;
+use crate::config::{Cluster, FileArg};
 
 const CHUNK: usize = 4 << 20;
 
@@ -32,14 +32,8 @@ pub struct PrepareArgs {
         conflicts_with = "all"
     )]
     pub out: Option<PathBuf>,
-    /// Cluster file.
-    #[arg(
-        short = 'f',
-        long = "file",
-        env = "PIKUBE_FILE",
-        default_value = "cluster.yaml"
-    )]
-    pub file: PathBuf,
+    #[command(flatten)]
+    pub cluster: FileArg,
     /// The cluster-file host to prepare the image for.
     #[arg(
         long,
@@ -184,7 +178,7 @@ pub fn print_report(target: &Path, node: &str, r: &Report) {
 }
 
 pub fn prepare(args: PrepareArgs) -> Result<(), Error> {
-    let cluster = Cluster::load(&args.file)?;
+    let cluster = Cluster::load(&args.cluster.file)?;
     let jobs: Vec<(String, PathBuf)> = match (&args.node, &args.out, args.all, &args.out_dir) {
         (Some(n), Some(out), false, _) => vec![(n.clone(), out.clone())],
         (None, None, true, Some(dir)) => {
