@@ -30,6 +30,16 @@ fn check_finds_cloned_machine_id_swap_and_default_password() {
     // Plant the faults a user meets: a cloned card's machine-id, swap in fstab.
     let id = lab.sh("node1", "cat /etc/machine-id");
     lab.sh("node2", &format!("echo {id} > /etc/machine-id"));
+    // Raspberry Pi OS's own swap: the real dphys-swapfile package, from the lab mirror (small
+    // swap file; containers cannot turn it on, but it is installed and enabled at boot).
+    lab.sh(
+        "node3",
+        "echo 'deb [trusted=yes] http://10.77.31.1:8080/debian bookworm main' > /etc/apt/sources.list.d/by-hand.list \
+         && echo CONF_SWAPSIZE=8 > /etc/dphys-swapfile && apt-get update -qq \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Options::=--force-confold dphys-swapfile >/dev/null \
+         && systemctl is-enabled dphys-swapfile",
+    );
+    // After it: dphys-swapfile's own setup drops swap lines from fstab.
     lab.sh("node3", "echo '/var/swapfile none swap sw 0 0' >> /etc/fstab");
 
     let out = lab.pikube(&["check", "--json", "-f", lab.cluster_file().to_str().unwrap()]);
@@ -38,6 +48,8 @@ fn check_finds_cloned_machine_id_swap_and_default_password() {
     assert!(has(&f, "node1", "duplicate-machine-id") && has(&f, "node2", "duplicate-machine-id"), "{f:?}");
     assert!(!has(&f, "node3", "duplicate-machine-id"), "{f:?}");
     assert!(has(&f, "node3", "swap-on") && !has(&f, "node1", "swap-on"), "{f:?}");
+    let swap_finding = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(swap_finding.contains("dphys-swapfile") && swap_finding.contains("fstab: /var/swapfile"), "{swap_finding}");
     for n in ["node1", "node2", "node3"] {
         assert!(has(&f, n, "default-password"), "lab images keep pi/raspberry: {f:?}");
         assert!(has(&f, n, "memory-cgroup-off"), "Pi kernels start without memory cgroup: {f:?}");
@@ -56,6 +68,10 @@ fn check_finds_cloned_machine_id_swap_and_default_password() {
     assert!(o.contains("node1 (10.77.31.11): FAILED") && o.contains("node2 (10.77.31.12): FAILED"), "{o}");
     assert!(o.contains("node3 (10.77.31.13): changed"), "{o}");
     assert_eq!(lab.sh("node3", "hostname"), "node3");
+    // Swap is off for good: dphys-swapfile disabled and its file gone, the fstab line commented.
+    assert!(!lab.ssh("node3", "systemctl is-enabled dphys-swapfile").0);
+    assert!(!lab.ssh("node3", "test -e /var/swap").0);
+    assert!(lab.sh("node3", "grep swapfile /etc/fstab").starts_with('#'));
     assert_eq!(lab.sh("node1", "hostname"), "raspberrypi", "a refused host is left alone");
 }
 
