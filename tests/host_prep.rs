@@ -277,6 +277,28 @@ fn plan_shows_the_apt_proxy_and_refuses_nothing_else() {
     assert_eq!(lab.sh("node1", "hostname"), "debian", "plan changed the hostname");
 }
 
+#[test]
+fn unreachable_and_wrong_key_are_findings_with_fixes() {
+    require_lab!();
+    let lab = Lab::up("tbad", 39, &["--nodes", "2"]);
+    lab.lab("stop", "node2");
+    let wrong = lab.dir().join("wrong_key");
+    let made = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&wrong).status().expect("ssh-keygen");
+    assert!(made.success());
+    let yaml = std::fs::read_to_string(lab.cluster_file()).expect("read").replace(
+        "    address: 10.77.39.11\n",
+        &format!("    address: 10.77.39.11\n    ssh: {{key: {}, agent: false}}\n", wrong.display()),
+    );
+    let file = lab.dir().join("bad.yaml");
+    std::fs::write(&file, yaml).expect("write");
+    let out = lab.pikube(&["check", "--json", "-f", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let f = findings(&out);
+    assert!(has(&f, "node1", "auth-failed") && has(&f, "node2", "unreachable"), "{f:?}");
+    let table = stdout(&lab.pikube(&["check", "-f", file.to_str().unwrap()]));
+    assert!(table.contains("ssh-copy-id") && table.contains("10.77.39.12:22"), "{table}");
+}
+
 /// Polls a node until `script` succeeds there (60 s at most).
 fn wait_for(lab: &Lab, node: &str, script: &str) {
     let start = Instant::now();
