@@ -125,7 +125,7 @@ pub fn findings(fleet: &Fleet) -> Vec<Finding> {
             add(h, Severity::Warning, "duplicate-hostname", format!("hostname {hn:?} is shared by {}", hosts.join(", ")), "`pikube up` sets each host's name from the cluster file");
         }
     }
-    out.sort_by(|a, b| (host_order(fleet, &a.host), a.severity).cmp(&(host_order(fleet, &b.host), b.severity)));
+    out.sort_by_key(|f| (host_order(fleet, &f.host), f.severity));
     out
 }
 

@@ -346,15 +346,7 @@ fn flash_one(args: &FlashArgs, node: Option<&NodeConfig>) -> Result<(), String> 
         confirm(&format!("Overwrite {what} with {}", args.image.display()))?;
     }
     let src = source::open(&args.image)?;
-    println!(
-        "writing {} ({}{}) to {what}",
-        args.image.display(),
-        src.format.as_str(),
-        src.inner_name
-            .as_ref()
-            .map(|n| format!(", entry {n}"))
-            .unwrap_or_default()
-    );
+    println!("writing {} to {what}: {}", args.image.display(), src.describe());
     if let Target::Block { size, .. } = &target {
         if *size > 0 && src.format == source::Format::Raw && src.total > *size {
             return Err(format!(

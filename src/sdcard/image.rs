@@ -213,15 +213,7 @@ pub fn prepare(args: PrepareArgs) -> Result<(), Error> {
             .into());
         }
         let src = source::open(&args.image)?;
-        println!(
-            "{}: {}{}",
-            args.image.display(),
-            src.format.as_str(),
-            src.inner_name
-                .as_ref()
-                .map(|n| format!(" (entry {n})"))
-                .unwrap_or_default()
-        );
+        println!("{}: {}", args.image.display(), src.describe());
         let mut file =
             create_private(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
         let result = write_image(src, &mut file, &node.hostname).and_then(|written| {

@@ -63,6 +63,14 @@ impl Read for Source {
 }
 
 impl Source {
+    /// What the input is, for messages: `xz-compressed image`, or with the zip entry named.
+    pub fn describe(&self) -> String {
+        match &self.inner_name {
+            Some(n) => format!("{} (entry {n})", self.format.as_str()),
+            None => self.format.as_str().to_string(),
+        }
+    }
+
     /// Surfaces errors of the zip worker thread (a truncated or corrupt archive ends the pipe
     /// early; only the worker knows why).
     pub fn finish(self) -> io::Result<()> {
