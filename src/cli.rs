@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 
 use crate::check::{self, Severity};
-use crate::config::{Cluster, ClusterFile, FileArg, EXAMPLE};
+use crate::config::{Cluster, ClusterFile, FileArg, Role, EXAMPLE};
 use crate::fleet::Fleet;
 use crate::lab;
 use crate::phases;
@@ -65,6 +65,42 @@ enum Command {
         /// Seconds a rebooted host may take to answer SSH again (slow SD cards need more).
         #[arg(long, default_value_t = 300)]
         reboot_timeout: u64,
+        /// Seconds each k3s node may take to become Ready before its logs are shown.
+        #[arg(long, default_value_t = 300)]
+        ready_timeout: u64,
+    },
+    /// Show each host's Kubernetes state: service, Ready, node IP (exit 1 when not all Ready).
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// (Re)write build/<cluster>-config.yml from a server, or merge it into ~/.kube/config.
+    Kubeconfig {
+        #[command(flatten)]
+        target: Target,
+        /// Merge into ~/.kube/config (or the first file of $KUBECONFIG) under a context named
+        /// after the cluster, and make it the current context.
+        #[arg(long)]
+        merge: bool,
+    },
+    /// Tear Kubernetes down: all nodes, or drain, delete and reset only the --limit ones.
+    Down {
+        #[command(flatten)]
+        target: Target,
+        /// Only these hosts (repeat the flag); they are drained and deleted from the cluster first.
+        #[arg(long, value_name = "HOST")]
+        limit: Vec<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Download and verify the pinned k3s release files into the cache (or check the airgap dir).
+    Artifacts {
+        #[command(flatten)]
+        cluster: FileArg,
+        /// Architectures to fetch: amd64, arm64, armhf (repeat the flag) [default: all three].
+        #[arg(long, value_name = "ARCH")]
+        arch: Vec<String>,
     },
     #[command(flatten)]
     Cards(sdcard::CardCommand),
@@ -120,8 +156,14 @@ async fn dispatch(command: Command) -> miette::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { target, json } => check(target, json).await,
-        Command::Plan { target, json } => converge(target, Mode::DryRun, json, 0).await,
-        Command::Up { target, reboot_timeout } => converge(target, Mode::Apply, false, reboot_timeout).await,
+        Command::Plan { target, json } => converge(target, Mode::DryRun, json, Timeouts { reboot: 0, ready: 0 }).await,
+        Command::Up { target, reboot_timeout, ready_timeout } => {
+            converge(target, Mode::Apply, false, Timeouts { reboot: reboot_timeout, ready: ready_timeout }).await
+        }
+        Command::Status { target } => status(target).await,
+        Command::Kubeconfig { target, merge } => kubeconfig(target, merge).await,
+        Command::Down { target, limit, yes } => down(target, limit, yes).await,
+        Command::Artifacts { cluster, arch } => fetch_artifacts(cluster, arch),
         Command::Cards(command) => sdcard::run(command).await.map(|()| ExitCode::SUCCESS),
         Command::Lab { command } => lab::run(command).await.map(|()| ExitCode::SUCCESS),
     }
@@ -190,11 +232,17 @@ fn facts_table(fleet: &Fleet) -> String {
     check::render_table(&["HOST", "ADDRESS", "ROLE", "OS", "ARCH", "MODEL", "RAM"], &rows)
 }
 
-async fn converge(target: Target, mode: Mode, json: bool, reboot_timeout: u64) -> miette::Result<ExitCode> {
+struct Timeouts {
+    reboot: u64,
+    ready: u64,
+}
+
+async fn converge(target: Target, mode: Mode, json: bool, timeouts: Timeouts) -> miette::Result<ExitCode> {
     let started = Instant::now();
     let cluster = Cluster::load(&target.cluster.file)?;
     let mut fleet = Fleet::connect(cluster, mode, target.parallel).await?;
-    fleet.reboot_timeout = std::time::Duration::from_secs(reboot_timeout);
+    fleet.reboot_timeout = std::time::Duration::from_secs(timeouts.reboot);
+    fleet.ready_timeout = std::time::Duration::from_secs(timeouts.ready);
     phases::run_all(&fleet).await;
     fleet.close().await;
     let changes = fleet.journal.changes();
@@ -248,4 +296,134 @@ async fn converge(target: Target, mode: Mode, json: bool, reboot_timeout: u64) -
         }
     }
     Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Connects to the servers only (what `kubeconfig` and `status` need from the API).
+async fn connect_servers(target: &Target, mode: Mode) -> miette::Result<Fleet> {
+    let mut cluster = Cluster::load(&target.cluster.file)?;
+    cluster.spec.hosts.value.retain(|h| h.role.value == Role::Server);
+    Fleet::connect(cluster, mode, target.parallel).await
+}
+
+async fn kubeconfig(target: Target, merge: bool) -> miette::Result<ExitCode> {
+    let fleet = connect_servers(&target, Mode::DryRun).await?;
+    let api = fleet.healthy(Role::Server).next().map(|(_, h)| h);
+    let Some(api) = api else {
+        let why: Vec<String> = fleet.failures().iter().map(|(h, e)| format!("{h}: {e}")).collect();
+        miette::bail!(help = "start a server and retry", "no server answered: {}", why.join("; "));
+    };
+    let to = merge.then(|| {
+        std::env::var_os("KUBECONFIG")
+            .and_then(|k| std::env::split_paths(&k).next())
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".kube/config"))
+    });
+    let result = phases::write_kubeconfig(&fleet.cluster, api, to.as_deref()).await;
+    fleet.close().await;
+    let (path, changed) = result.map_err(|e| miette::miette!("{e}"))?;
+    let name = fleet.cluster.name();
+    match (merge, changed) {
+        (true, _) => println!("merged context {name} into {} (now the current context)", path.display()),
+        (false, true) => println!("wrote {}", path.display()),
+        (false, false) => println!("{} is up to date", path.display()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(target: Target) -> miette::Result<ExitCode> {
+    let cluster = Cluster::load(&target.cluster.file)?;
+    let fleet = Fleet::connect(cluster, Mode::DryRun, target.parallel).await?;
+    let api = fleet
+        .healthy(Role::Server)
+        .find(|(n, _)| n.facts().is_some_and(|f| f.services.get("k3s").is_some_and(|s| s.active)))
+        .map(|(_, h)| h);
+    let nodes = match api {
+        Some(h) => crate::k3s::nodes(h).await.map_err(|e| eprintln!("warning: {e}")).unwrap_or_default(),
+        None => Default::default(),
+    };
+    fleet.close().await;
+    let mut all_ready = true;
+    let rows: Vec<[String; 5]> = fleet
+        .nodes
+        .iter()
+        .map(|n| {
+            let unit = match n.role() {
+                Role::Loadbalancer => "haproxy",
+                r => crate::k3s::unit_name(r),
+            };
+            let service = match (n.failure(), n.facts().and_then(|f| f.services.get(unit).cloned())) {
+                (Some(_), _) => "unreachable".to_string(),
+                (None, Some(s)) if s.active => format!("{unit} active"),
+                (None, Some(s)) if s.enabled => format!("{unit} inactive"),
+                _ => format!("{unit} not installed"),
+            };
+            let ready = match (n.role(), nodes.get(n.name())) {
+                (Role::Loadbalancer, _) => "-".to_string(),
+                (_, Some(s)) if s.ready => "Ready".to_string(),
+                (_, Some(_)) => "NotReady".to_string(),
+                (_, None) => "not registered".to_string(),
+            };
+            if n.role() != Role::Loadbalancer && ready != "Ready" {
+                all_ready = false;
+            }
+            [n.name().to_string(), n.role().as_str().to_string(), n.spec.address().to_string(), service, ready]
+        })
+        .collect();
+    print!("{}", check::render_table(&["HOST", "ROLE", "ADDRESS", "SERVICE", "NODE"], &rows));
+    println!("\nendpoint: {}", fleet.cluster.endpoint().url());
+    Ok(if all_ready { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn down(target: Target, limit: Vec<String>, yes: bool) -> miette::Result<ExitCode> {
+    let cluster = Cluster::load(&target.cluster.file)?;
+    for l in &limit {
+        if !cluster.hosts().any(|h| &h.name.value == l) {
+            miette::bail!(help = "name hosts as written under `hosts:`", "--limit {l}: no such host in {}", cluster.file.display());
+        }
+    }
+    let what = if limit.is_empty() { format!("the whole cluster {}", cluster.name()) } else { limit.join(", ") };
+    if !yes {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            miette::bail!(help = "add --yes to confirm", "refusing to tear down {what} without confirmation");
+        }
+        eprint!("Tear down Kubernetes on {what}? Workloads there are lost. Type yes: ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer).ok();
+        if answer.trim() != "yes" {
+            eprintln!("nothing done");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let started = Instant::now();
+    let fleet = Fleet::connect(cluster, Mode::Apply, target.parallel).await?;
+    let result = crate::down::run(&fleet, &limit).await;
+    fleet.close().await;
+    result.map_err(|e| miette::miette!("{e}"))?;
+    let failures = fleet.failures();
+    for (h, e) in &failures {
+        println!("{h}: FAILED\n  error: {e}");
+    }
+    println!("\nDown: {what} ({:.1}s)", started.elapsed().as_secs_f64());
+    Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn fetch_artifacts(file: FileArg, arches: Vec<String>) -> miette::Result<ExitCode> {
+    use crate::facts::Arch;
+    let cluster = Cluster::load(&file.file)?;
+    let Some(version) = cluster.version() else {
+        miette::bail!(help = "add `kubernetes: {version: v1.31.4+k3s1}`", "the cluster file pins no kubernetes.version");
+    };
+    let arches = if arches.is_empty() { vec!["amd64".into(), "arm64".into(), "armhf".into()] } else { arches };
+    for a in arches {
+        let arch = match a.as_str() {
+            "amd64" | "x86_64" => Arch::X86_64,
+            "arm64" | "aarch64" => Arch::Aarch64,
+            "armhf" | "arm" | "armv7" => Arch::Armv7,
+            other => miette::bail!(help = "use amd64, arm64 or armhf", "unknown architecture {other:?}"),
+        };
+        let bin = crate::artifacts::binary_for(&cluster, version, &arch, false)
+            .map_err(|e| miette::miette!(help = e.hint(), "{e}"))?;
+        println!("{a}: {} ({} bytes, sha256 {}) verified", bin.path.display(), bin.size, bin.sha256);
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -99,7 +99,29 @@ pub struct HostFacts {
     pub etc_hosts: String,
     /// apt source files (path → contents) for the mirror phase.
     pub apt_sources: BTreeMap<String, String>,
+    /// IPv4 addresses with their interface and prefix length.
+    pub ipv4: Vec<Ipv4Addr>,
+    /// Which of the packages pikube installs (haproxy, keepalived) are installed.
+    pub packages: Vec<String>,
+    /// State of the services pikube manages, by unit name.
+    pub services: BTreeMap<String, ServiceState>,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Ipv4Addr {
+    pub iface: String,
+    pub address: String,
+    pub prefix: u8,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceState {
+    pub enabled: bool,
+    pub active: bool,
+}
+
+/// Units whose state the facts report.
+pub const SERVICES: [&str; 4] = ["k3s", "k3s-agent", "haproxy", "keepalived"];
 
 impl HostFacts {
     pub fn is_pi(&self) -> bool {
@@ -183,6 +205,10 @@ for k in net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables 
 sec etc_hosts; cat /etc/hosts 2>/dev/null
 sec apt_sources; for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
   [ -f "$f" ] && { echo "@@@file $f"; cat "$f"; }; done
+sec ipv4; ip -o -4 addr show 2>/dev/null | awk '{print $2, $4}'
+sec packages; dpkg-query -W -f='${Package} ${db:Status-Status}\n' haproxy keepalived 2>/dev/null | awk '$2 == "installed" {print $1}'
+sec services; for u in k3s k3s-agent haproxy keepalived; do
+  e=$(systemctl is-enabled "$u" 2>/dev/null); a=$(systemctl is-active "$u" 2>/dev/null); echo "$u ${e:-none} ${a:-none}"; done
 sec default_password
 "#,
     );
@@ -307,6 +333,26 @@ fn parse(out: &str, local_mid: f64) -> Result<HostFacts, String> {
             .collect(),
         etc_hosts: text("etc_hosts"),
         apt_sources,
+        ipv4: sections
+            .get("ipv4")
+            .into_iter()
+            .flatten()
+            .filter_map(|l| {
+                let (iface, cidr) = l.trim().split_once(' ')?;
+                let (address, prefix) = cidr.split_once('/')?;
+                Some(Ipv4Addr { iface: iface.to_string(), address: address.to_string(), prefix: prefix.parse().ok()? })
+            })
+            .collect(),
+        packages: sections.get("packages").into_iter().flatten().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
+        services: sections
+            .get("services")
+            .into_iter()
+            .flatten()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 3).then(|| (f[0].to_string(), ServiceState { enabled: f[1] == "enabled", active: f[2] == "active" }))
+            })
+            .collect(),
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 
-use crate::config::{Cluster, HostSpec, SecretSource};
+use crate::config::{Cluster, HostSpec, Role, SecretSource};
 use crate::facts::{self, HostFacts};
 use crate::remote::{Host, Journal, Mode, Secret};
 use crate::ssh::config::{resolve, SshConfig, Wanted};
@@ -25,6 +25,8 @@ pub struct Node {
     pub failed: Mutex<Option<String>>,
     /// Set by a phase that changed something only a reboot makes live.
     pub needs_reboot: AtomicBool,
+    /// Set when the k3s binary changed, so a running k3s must restart to use it.
+    pub k3s_binary_changed: AtomicBool,
 }
 
 impl Node {
@@ -52,6 +54,9 @@ impl Node {
     pub fn wants_reboot(&self) -> bool {
         self.needs_reboot.load(Ordering::SeqCst)
     }
+    pub fn role(&self) -> Role {
+        self.spec.role.value
+    }
     pub fn set_facts(&self, f: HostFacts) {
         *self.facts.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
     }
@@ -65,6 +70,8 @@ pub struct Fleet {
     pub parallel: usize,
     /// How long a rebooted host may take to answer SSH again.
     pub reboot_timeout: Duration,
+    /// How long k3s nodes may take to become Ready.
+    pub ready_timeout: Duration,
 }
 
 impl Fleet {
@@ -99,6 +106,7 @@ impl Fleet {
                         facts: Mutex::new(None),
                         failed: Mutex::new(failed),
                         needs_reboot: AtomicBool::new(false),
+                        k3s_binary_changed: AtomicBool::new(false),
                     };
                     if let Some(h) = &node.host {
                         match facts::gather(h).await {
@@ -112,7 +120,7 @@ impl Fleet {
             .buffered(parallel)
             .collect::<Vec<_>>()
             .await;
-        Ok(Fleet { cluster, nodes, journal, mode, parallel, reboot_timeout: Duration::from_secs(300) })
+        Ok(Fleet { cluster, nodes, journal, mode, parallel, reboot_timeout: Duration::from_secs(300), ready_timeout: Duration::from_secs(300) })
     }
 
     /// Runs `f` on every healthy node, at most `parallel` at a time; an error marks that node
@@ -120,7 +128,7 @@ impl Fleet {
     pub async fn each<'a, F, Fut>(&'a self, f: F)
     where
         F: Fn(&'a Node, &'a Host) -> Fut,
-        Fut: Future<Output = Result<(), String>> + 'a,
+        Fut: Future<Output = Result<(), String>>,
     {
         // A plain loop (not stream combinators) keeps the future provably Send for BoxFuture.
         let permits = tokio::sync::Semaphore::new(self.parallel);
@@ -137,6 +145,11 @@ impl Fleet {
             });
         }
         futures::future::join_all(tasks).await;
+    }
+
+    /// Healthy nodes with `role`, in cluster-file order.
+    pub fn healthy(&self, role: Role) -> impl Iterator<Item = (&Node, &Host)> {
+        self.nodes.iter().filter(move |n| n.role() == role && n.ok()).filter_map(|n| n.host.as_ref().map(|h| (n, h)))
     }
 
     pub fn failures(&self) -> Vec<(&str, String)> {

@@ -5,12 +5,17 @@
 //! → `phases` (plan/apply, dry-run guarded through `remote`) → verify.
 //! `lab` builds local test nodes; it is a user feature, not test scaffolding.
 
+pub mod artifacts;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod down;
 pub mod facts;
 pub mod fleet;
+pub mod k3s;
+pub mod kubeconfig;
 pub mod lab;
+pub mod local;
 pub mod phases;
 pub mod remote;
 pub mod sdcard;

@@ -44,6 +44,53 @@ pub struct ClusterFile {
     /// Container registry mirrors, e.g. `docker.io: [https://mirror.example]`.
     #[serde(default)]
     pub registry_mirrors: BTreeMap<String, Vec<String>>,
+    /// Manifests applied at cluster milestones and shell commands run around phases.
+    #[serde(default)]
+    pub hooks: Hooks,
+}
+
+/// Cluster hooks (manifests from `dir`) and host hooks (shell commands around phases).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Directory of hook manifests (default `hooks` next to the cluster file):
+    /// `k3s-post-master-up.yml` or `post-master-up.yml` is applied once the servers are up and
+    /// before agents join; `k3s-pre-master-down.yml` or `pre-master-down.yml` before `pikube down`.
+    #[schemars(with = "Option<String>")]
+    pub dir: Option<Spanned<String>>,
+    /// Shell commands run as root on selected hosts before or after a phase of `up`.
+    #[serde(default)]
+    pub hosts: Vec<HostHook>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostHook {
+    /// Phase name as `pikube up` prints it after `==>`, e.g. `k3s agents`.
+    #[schemars(with = "String")]
+    pub phase: Spanned<String>,
+    /// `before` or `after` the phase.
+    pub when: HookWhen,
+    /// Host names and/or roles (`server`, `agent`, `loadbalancer`) to run on; default all hosts.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub on: Vec<Spanned<String>>,
+    /// The shell command (run with `sh -c` as root).
+    pub run: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HookWhen {
+    Before,
+    After,
+}
+
+impl HostHook {
+    pub fn applies_to(&self, host: &HostSpec) -> bool {
+        self.on.is_empty()
+            || self.on.iter().any(|o| o.value == host.name.value || o.value == host.role.value.as_str())
+    }
 }
 
 /// SSH settings; all optional. Cluster-wide under `ssh:`, per host under `hosts[].ssh:`.
@@ -143,10 +190,20 @@ pub struct Kubernetes {
     /// `k3s` (default) or `kubeadm`.
     #[serde(default)]
     pub distribution: Distribution,
-    /// Pinned version, e.g. `v1.31.4+k3s1`.
-    pub version: Option<String>,
+    /// Pinned version, e.g. `v1.31.4+k3s1`. Without it `up` prepares the hosts only.
+    #[schemars(with = "Option<String>")]
+    pub version: Option<Spanned<String>>,
     /// Stable API endpoint; required for HA (more than one server) and for `loadbalancer` hosts.
     pub endpoint: Option<Endpoint>,
+    /// Airgap: a directory holding the k3s release files for the pinned version (`k3s`,
+    /// `k3s-arm64`, `k3s-armhf` and their `sha256sum-<arch>.txt`). Without it pikube downloads
+    /// them once into `~/.cache/pikube/k3s/<version>/` on this machine.
+    #[schemars(with = "Option<String>")]
+    pub artifacts: Option<Spanned<String>>,
+    /// Where releases are downloaded from when `artifacts` is not set
+    /// (default `https://github.com/k3s-io/k3s/releases/download`).
+    #[schemars(with = "Option<String>")]
+    pub download_url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -213,6 +270,26 @@ pub struct Proxy {
     /// Hosts/CIDRs that bypass the proxy. Cluster addresses are added automatically.
     #[serde(default)]
     pub no_proxy: Vec<String>,
+}
+
+/// The resolved API endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiEndpoint {
+    pub mode: EndpointMode,
+    pub address: String,
+    pub port: u16,
+    /// The virtual IP keepalived holds: on the servers (`vip`) or on two load balancers.
+    pub vip: Option<String>,
+}
+
+impl ApiEndpoint {
+    pub fn url(&self) -> String {
+        if self.address.contains(':') {
+            format!("https://[{}]:{}", self.address, self.port)
+        } else {
+            format!("https://{}:{}", self.address, self.port)
+        }
+    }
 }
 
 /// A cluster file error located at `file:line:column`, with a hint on how to fix it.
@@ -333,6 +410,34 @@ impl Cluster {
             return p.to_path_buf();
         }
         self.file.parent().unwrap_or(Path::new(".")).join(p)
+    }
+
+    pub fn with_role(&self, role: Role) -> impl Iterator<Item = &HostSpec> {
+        self.hosts().filter(move |h| h.role.value == role)
+    }
+
+    /// The pinned Kubernetes version; None means "prepare the hosts only".
+    pub fn version(&self) -> Option<&str> {
+        self.spec.kubernetes.version.as_ref().map(|v| v.value.as_str())
+    }
+
+    /// The API endpoint every agent and the kubeconfig use.
+    pub fn endpoint(&self) -> ApiEndpoint {
+        let ep = self.spec.kubernetes.endpoint.as_ref();
+        let mode = ep.map_or(EndpointMode::None, |e| e.mode.value);
+        let given = ep.and_then(|e| e.address.as_ref()).map(|a| a.value.clone());
+        let first = |role| self.with_role(role).next().map(|h| h.address().to_string()).unwrap_or_default();
+        let address = given.clone().unwrap_or_else(|| match mode {
+            EndpointMode::Loadbalancer => first(Role::Loadbalancer),
+            _ => first(Role::Server),
+        });
+        let balancers = self.with_role(Role::Loadbalancer).count();
+        let vip = match mode {
+            EndpointMode::Vip => given,
+            EndpointMode::Loadbalancer if balancers > 1 => given,
+            _ => None,
+        };
+        ApiEndpoint { mode, address, port: ep.map_or(6443, |e| e.port), vip }
     }
 
     /// The SSH settings for a host: its own overrides on top of the cluster-wide ones.

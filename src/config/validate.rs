@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use serde_saphyr::Spanned;
 
-use super::{is_ip, ClusterFile, EndpointMode, Problem, Role};
+use super::{is_ip, ClusterFile, Distribution, EndpointMode, Problem, Role};
 
 pub(crate) fn check(spec: &ClusterFile, addresses_required: bool) -> Vec<Problem> {
     let mut out = Vec::new();
@@ -152,7 +152,62 @@ pub(crate) fn check(spec: &ClusterFile, addresses_required: bool) -> Vec<Problem
         }
     }
 
-    for url in [&spec.packages.mirror, &spec.packages.proxy]
+    if balancers.len() > 2 {
+        problem(
+            balancers[2].role.referenced,
+            format!("{} loadbalancer hosts; pikube runs one or two", balancers.len()),
+            "keep one load balancer, or two sharing a virtual IP (`kubernetes.endpoint.address`)",
+        );
+    }
+    if let (2, Some(ep)) = (balancers.len(), endpoint) {
+        if ep.mode.value == EndpointMode::Loadbalancer && ep.address.as_ref().is_none_or(|a| !is_ip(&a.value)) {
+            problem(
+                ep.mode.referenced,
+                "two loadbalancer hosts need a virtual IP they share".into(),
+                "add `address:` with a free IP in their subnet; keepalived moves it to the healthy load balancer",
+            );
+        }
+    }
+
+    let k8s = &spec.kubernetes;
+    if let Some(v) = &k8s.version {
+        match k8s.distribution {
+            Distribution::Kubeadm => problem(
+                v.referenced,
+                "distribution `kubeadm` is not implemented yet".into(),
+                "use `distribution: k3s`, or remove `version:` to only prepare the hosts",
+            ),
+            Distribution::K3s if !is_k3s_version(&v.value) => problem(
+                v.referenced,
+                format!("{:?} is not a k3s release version", v.value),
+                "write the release tag, e.g. v1.31.4+k3s1 (see github.com/k3s-io/k3s/releases)",
+            ),
+            Distribution::K3s => {}
+        }
+    }
+
+    let known_phases = crate::phases::names();
+    for hook in &spec.hooks.hosts {
+        if !known_phases.contains(&hook.phase.value.as_str()) {
+            problem(
+                hook.phase.referenced,
+                format!("unknown phase {:?}", hook.phase.value),
+                &format!("use one of: {}", known_phases.join(", ")),
+            );
+        }
+        for on in &hook.on {
+            let is_role = ["server", "agent", "loadbalancer"].contains(&on.value.as_str());
+            if !is_role && !hosts.iter().any(|h| h.name.value == on.value) {
+                problem(
+                    on.referenced,
+                    format!("{:?} is neither a host name nor a role", on.value),
+                    "name hosts from `hosts:` or the roles server, agent, loadbalancer",
+                );
+            }
+        }
+    }
+
+    for url in [&spec.packages.mirror, &spec.packages.proxy, &k8s.download_url]
         .into_iter()
         .chain(spec.proxy.iter().flat_map(|p| [&p.http, &p.https]))
         .flatten()
@@ -185,6 +240,16 @@ fn check_url(u: &Spanned<String>, problem: &mut impl FnMut(serde_saphyr::Locatio
             "write it like http://mirror.lan/debian or http://proxy.lan:3128",
         );
     }
+}
+
+/// `v1.31.4+k3s1`
+fn is_k3s_version(v: &str) -> bool {
+    let Some((semver, build)) = v.strip_prefix('v').and_then(|r| r.split_once("+k3s")) else { return false };
+    let parts: Vec<&str> = semver.split('.').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && !build.is_empty()
+        && build.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn is_dns_label(s: &str) -> bool {

@@ -99,7 +99,7 @@ pub(super) fn up(args: UpArgs) -> Result<()> {
     if arch == Arch::Arm64 {
         check_arm64_emulation()?;
     }
-    let lab = match existing {
+    let mut lab = match existing {
         Some(lab) => {
             check_same_shape(&lab, &args)?;
             println!("lab {name:?} exists; making sure it is up");
@@ -107,6 +107,18 @@ pub(super) fn up(args: UpArgs) -> Result<()> {
         }
         None => new_lab(name, &args)?,
     };
+    // Kubernetes settings only shape the cluster file, so a re-run may change them.
+    if let Some(dir) = &args.k3s_artifacts {
+        let dir = fs::canonicalize(dir).into_diagnostic().wrap_err_with(|| format!("--k3s-artifacts {}", dir.display()))?;
+        lab.kubernetes.artifacts = Some(dir.display().to_string());
+        lab.kubernetes.version = Some(args.k3s_version.clone().unwrap_or_else(|| "v1.31.4+k3s1".into()));
+    } else if let Some(v) = &args.k3s_version {
+        lab.kubernetes.version = Some(v.clone());
+    }
+    if args.vip {
+        lab.kubernetes.vip = true;
+    }
+    lab.save()?;
     let started = Instant::now();
     base::ensure(lab.arch)?;
     let mirror_root = mirror::ensure(lab.arch)?;
@@ -173,6 +185,9 @@ fn check_same_shape(lab: &LabState, args: &UpArgs) -> Result<()> {
     if args.servers.is_some_and(|s| s != lab.servers) {
         diffs.push(format!("{} servers", lab.servers));
     }
+    if args.loadbalancers.is_some_and(|l| l != lab.loadbalancers) {
+        diffs.push(format!("{} load balancers", lab.loadbalancers));
+    }
     if args.pi.is_some_and(|p| p != lab.pi) {
         diffs.push(format!("--pi {:?}", lab.pi).to_lowercase());
     }
@@ -216,11 +231,19 @@ fn new_lab(name: &str, args: &UpArgs) -> Result<LabState> {
             "subnet {prefix}.0/24 is used by lab {other:?}; choose another with --subnet"
         ));
     }
+    let loadbalancers = args.loadbalancers.unwrap_or(0);
+    if servers + loadbalancers > nodes {
+        return Err(miette!("--servers plus --loadbalancers must not exceed --nodes ({nodes})"));
+    }
+    if loadbalancers > 0 && args.vip {
+        return Err(miette!("choose --loadbalancers or --vip for the API endpoint, not both"));
+    }
     let lab = LabState::new(
         name,
         &prefix,
         nodes,
         servers,
+        loadbalancers,
         args.pi.unwrap_or(PiMode::None),
         args.arch.unwrap_or(Arch::Amd64),
         args.clone_machine_id,
@@ -300,13 +323,31 @@ fn pikube_hint(lab: &LabState) -> String {
     )
 }
 
+fn kubernetes_section(lab: &LabState) -> String {
+    let k = &lab.kubernetes;
+    let Some(version) = &k.version else { return String::new() };
+    let mut out = format!("kubernetes:\n  version: {version}\n");
+    if let Some(dir) = &k.artifacts {
+        let _ = writeln!(out, "  artifacts: {dir}");
+    }
+    if lab.loadbalancers > 0 {
+        out.push_str("  endpoint:\n    mode: loadbalancer\n");
+        if lab.loadbalancers > 1 {
+            let _ = writeln!(out, "    address: {}.10", lab.prefix);
+        }
+    } else if k.vip {
+        let _ = writeln!(out, "  endpoint:\n    mode: vip\n    address: {}.10", lab.prefix);
+    }
+    out
+}
+
 /// The lab in pikube's cluster file format.
 fn cluster_file(lab: &LabState) -> String {
     let paths = LabPaths::new(&lab.name);
     let mut out = format!(
         "# Written by `pikube lab up` for lab \"{}\" ({}). Run pikube against it from inside the\n\
          # lab network:  {}\n\
-         name: {}\nssh:\n  user: root\n  key: {}\n  known_hosts: {}\npackages:\n  mirror: {}\n  trusted: true\nhosts:\n",
+         name: {}\nssh:\n  user: root\n  key: {}\n  known_hosts: {}\npackages:\n  mirror: {}\n  trusted: true\n{}hosts:\n",
         lab.name,
         plural(lab.nodes.len(), "node"),
         pikube_hint(lab),
@@ -314,6 +355,7 @@ fn cluster_file(lab: &LabState) -> String {
         paths.client_key().display(),
         paths.known_hosts().display(),
         lab.mirror_url(),
+        kubernetes_section(lab),
     );
     for node in &lab.nodes {
         let _ = write!(

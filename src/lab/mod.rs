@@ -82,6 +82,18 @@ pub struct UpArgs {
     /// How many of the first nodes are servers; the rest are agents [default: 1].
     #[arg(long)]
     pub servers: Option<usize>,
+    /// How many nodes after the servers are API load balancers (HAProxy) [default: 0].
+    #[arg(long)]
+    pub loadbalancers: Option<usize>,
+    /// Put the API endpoint on a keepalived virtual IP (<subnet>.10) held by the servers.
+    #[arg(long)]
+    pub vip: bool,
+    /// Install k3s from this artifact directory (airgap layout: `k3s`, `sha256sum-amd64.txt`).
+    #[arg(long, value_name = "DIR")]
+    pub k3s_artifacts: Option<PathBuf>,
+    /// k3s version the lab's cluster file pins [default: v1.31.4+k3s1 when --k3s-artifacts is given].
+    #[arg(long)]
+    pub k3s_version: Option<String>,
     /// Make nodes look like Raspberry Pis: boot files, model, firmware command line [default: none].
     #[arg(long, value_enum)]
     pub pi: Option<PiMode>,

@@ -97,8 +97,24 @@ pub struct LabState {
     pub arch: Arch,
     pub pi: PiMode,
     pub servers: usize,
+    /// Nodes after the servers that are HAProxy load balancers.
+    #[serde(default)]
+    pub loadbalancers: usize,
     pub clone_machine_id: bool,
     pub nodes: Vec<NodeState>,
+    /// Kubernetes settings written into the lab's cluster file.
+    #[serde(default)]
+    pub kubernetes: LabKubernetes,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabKubernetes {
+    /// k3s artifact directory (airgap), e.g. with the k3s stand-in for tests.
+    pub artifacts: Option<String>,
+    pub version: Option<String>,
+    /// Keepalived VIP on the servers (`<prefix>.10`) instead of a load balancer node.
+    #[serde(default)]
+    pub vip: bool,
 }
 
 impl LabState {
@@ -107,6 +123,7 @@ impl LabState {
         prefix: &str,
         nodes: usize,
         servers: usize,
+        loadbalancers: usize,
         pi: PiMode,
         arch: Arch,
         clone_machine_id: bool,
@@ -117,7 +134,14 @@ impl LabState {
                 let node = format!("node{}", i + 1);
                 NodeState {
                     address: format!("{prefix}.{}", 11 + i),
-                    role: if i < servers { "server" } else { "agent" }.to_string(),
+                    role: if i < servers {
+                        "server"
+                    } else if i < servers + loadbalancers {
+                        "loadbalancer"
+                    } else {
+                        "agent"
+                    }
+                    .to_string(),
                     layout: pi.layout(i),
                     machine_id: if clone_machine_id {
                         shared_id.clone()
@@ -134,8 +158,10 @@ impl LabState {
             arch,
             pi,
             servers,
+            loadbalancers,
             clone_machine_id,
             nodes,
+            kubernetes: LabKubernetes::default(),
         }
     }
 

@@ -2,35 +2,67 @@
 //! prints is exactly what `up` would do: every mutation goes through `remote::Host::apply`
 //! (or `ensure_file`), which only records it when planning.
 
+mod cluster_hooks;
+mod k3s_agents;
+mod k3s_artifacts;
+mod k3s_servers;
+mod kubeconfig;
+mod load_balancer;
 mod preflight;
 mod prepare_host;
+mod readiness;
 mod reboot;
 mod verify;
+mod virtual_ip;
 
 use futures::future::BoxFuture;
 
-use crate::fleet::Fleet;
-use crate::remote::Mode;
+use crate::config::HookWhen;
+use crate::fleet::{Fleet, Node};
+use crate::remote::{Cmd, Host, Mode};
 
 pub struct Phase {
     pub name: &'static str,
-    /// Whether the phase also runs in plan mode (verification needs the changes made).
+    /// Whether the phase also runs in plan mode (waiting and verifying need the changes made).
     pub in_plan: bool,
+    /// Part of the Kubernetes install: skipped when the cluster file pins no version.
+    pub kubernetes: bool,
     pub run: for<'a> fn(&'a Fleet) -> BoxFuture<'a, ()>,
+}
+
+const fn phase(name: &'static str, in_plan: bool, kubernetes: bool, run: for<'a> fn(&'a Fleet) -> BoxFuture<'a, ()>) -> Phase {
+    Phase { name, in_plan, kubernetes, run }
 }
 
 /// Every phase, in execution order. The one place that lists them.
 pub const PHASES: &[Phase] = &[
-    Phase { name: "preflight", in_plan: true, run: preflight::run },
-    Phase { name: "prepare hosts", in_plan: true, run: prepare_host::run },
-    Phase { name: "reboot", in_plan: true, run: reboot::run },
-    Phase { name: "verify", in_plan: false, run: verify::run },
+    phase("preflight", true, false, preflight::run),
+    phase("prepare hosts", true, false, prepare_host::run),
+    phase("reboot", true, false, reboot::run),
+    phase("verify", false, false, verify::run),
+    phase("k3s artifacts", true, true, k3s_artifacts::run),
+    phase("load balancer", true, true, load_balancer::run),
+    phase("virtual ip", true, true, virtual_ip::run),
+    phase("k3s servers", true, true, k3s_servers::run),
+    phase("post-master-up", true, true, cluster_hooks::post_master_up),
+    phase("k3s agents", true, true, k3s_agents::run),
+    phase("ready", false, true, readiness::run),
+    phase("kubeconfig", false, true, kubeconfig::run),
 ];
+
+/// Phase names, for validating host hooks.
+pub fn names() -> Vec<&'static str> {
+    PHASES.iter().map(|p| p.name).collect()
+}
+
+pub use cluster_hooks::pre_master_down;
+pub use kubeconfig::write_local as write_kubeconfig;
 
 /// Runs all phases over the fleet. Hosts that fail drop out; the others go on.
 pub async fn run_all(fleet: &Fleet) {
+    let kubernetes = fleet.cluster.version().is_some();
     for phase in PHASES {
-        if fleet.mode == Mode::DryRun && !phase.in_plan {
+        if (fleet.mode == Mode::DryRun && !phase.in_plan) || (phase.kubernetes && !kubernetes) {
             continue;
         }
         if fleet.mode == Mode::Apply {
@@ -41,6 +73,33 @@ pub async fn run_all(fleet: &Fleet) {
                 h.set_phase(phase.name);
             }
         }
+        host_hooks(fleet, phase.name, HookWhen::Before).await;
         (phase.run)(fleet).await;
+        host_hooks(fleet, phase.name, HookWhen::After).await;
     }
+    if !kubernetes && fleet.mode == Mode::Apply {
+        eprintln!("==> Kubernetes not installed: the cluster file pins no kubernetes.version");
+    }
+}
+
+/// The cluster file's shell commands for this phase, on the hosts they name.
+async fn host_hooks(fleet: &Fleet, phase: &str, when: HookWhen) {
+    let hooks: Vec<_> =
+        fleet.cluster.spec.hooks.hosts.iter().filter(|h| h.phase.value == phase && h.when == when).collect();
+    if hooks.is_empty() {
+        return;
+    }
+    let label = if when == HookWhen::Before { "before" } else { "after" };
+    fleet
+        .each(|node: &Node, host: &Host| {
+            let hooks = hooks.clone();
+            async move {
+                for hook in hooks.iter().filter(|h| h.applies_to(&node.spec)) {
+                    let cmd = Cmd::change_script(hook.run.clone()).timeout(std::time::Duration::from_secs(600));
+                    host.apply(format!("hook {label} {phase}: {}", hook.run), &cmd).await.map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+        })
+        .await;
 }

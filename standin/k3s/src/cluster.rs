@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const VERSION: &str = "v1.31.4+k3s1";
 /// A node is NotReady after this long without a heartbeat (real: node-monitor-grace-period 40s;
@@ -26,110 +26,223 @@ pub struct NodeReg {
     pub arch: String,
 }
 
-#[derive(Clone, Debug)]
+/// A node record. All stamps are wall-clock unix milliseconds (servers share a clock in the
+/// lab), so replicas can merge them: `updated` orders writes (last writer wins) and
+/// `last_seen` (newest heartbeat wins) gives readiness.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct NodeRec {
     pub reg: NodeReg,
+    /// creation time, unix seconds
     pub created: u64,
-    pub last_seen: Instant,
+    pub last_seen: u64,
     pub unschedulable: bool,
+    pub updated: u64,
+    /// tombstone: a deleted node stays deleted when replicas merge
+    #[serde(default)]
+    pub deleted: bool,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ObjRec {
     pub applied: Value,
     pub created: u64,
     pub uid: String,
+    #[serde(default)]
+    pub updated: u64,
 }
 
-#[derive(Default)]
+/// The whole replicated state (STAND-IN multi-master replication instead of etcd): every
+/// server holds all of it, pushes each write to its peers and pulls peers every second.
+/// The same type is the wire form (`/v1-standin/state`, `/v1-standin/merge`) and the
+/// on-disk form (`<data-dir>/server/db/standin-state.json`).
+#[derive(Default, Serialize, Deserialize, Clone, Debug)]
 pub struct State {
+    #[serde(default)]
     pub nodes: BTreeMap<String, NodeRec>,
     /// key: "<group>/<Kind>/<namespace>/<name>"
+    #[serde(default)]
     pub objects: BTreeMap<String, ObjRec>,
-}
-
-/// Wire form of the state for replication to joined servers.
-#[derive(Serialize, Deserialize)]
-pub struct Export {
-    pub nodes: Vec<(NodeReg, u64, u64, bool)>, // reg, created, seen_ago_ms, unschedulable
-    pub objects: BTreeMap<String, ObjRec>,
+    /// server URL → unix ms it was (re)registered as a member
+    #[serde(default)]
+    pub members: BTreeMap<String, u64>,
+    /// bumped on every change (drives persistence); not replicated
+    #[serde(skip)]
+    pub gen: u64,
 }
 
 impl State {
+    fn stamp_after(prev: u64) -> u64 {
+        crate::util::now_ms().max(prev + 1)
+    }
+
     /// Registration (`register`) creates the node; a plain status update for a node that
     /// was deleted is refused, as a running kubelet does not re-register a deleted Node.
     /// Returns Ok(true) when the node was created.
     pub fn heartbeat(&mut self, reg: NodeReg, register: bool) -> Result<bool, ()> {
-        let now = Instant::now();
+        let now = crate::util::now_ms();
+        self.gen += 1;
         match self.nodes.get_mut(&reg.name) {
-            Some(n) => {
-                n.reg = reg;
-                n.last_seen = now;
+            Some(n) if !n.deleted => {
+                n.last_seen = n.last_seen.max(now);
+                if register || n.reg != reg {
+                    n.reg = reg;
+                    n.updated = Self::stamp_after(n.updated);
+                }
                 Ok(false)
             }
-            None if !register => Err(()),
-            None => {
+            _ if !register => Err(()),
+            old => {
+                let updated = Self::stamp_after(old.map(|o| o.updated).unwrap_or(0));
                 let name = reg.name.clone();
                 self.nodes.insert(
                     name,
-                    NodeRec { reg, created: crate::util::now_unix(), last_seen: now, unschedulable: false },
+                    NodeRec { reg, created: crate::util::now_unix(), last_seen: now, unschedulable: false, updated, deleted: false },
                 );
                 Ok(true)
             }
         }
     }
 
-    pub fn export(&self) -> Export {
-        Export {
-            nodes: self
-                .nodes
-                .values()
-                .map(|n| (n.reg.clone(), n.created, n.last_seen.elapsed().as_millis() as u64, n.unschedulable))
-                .collect(),
-            objects: self.objects.clone(),
+    pub fn node(&self, name: &str) -> Option<&NodeRec> {
+        self.nodes.get(name).filter(|n| !n.deleted)
+    }
+
+    pub fn live_nodes(&self) -> impl Iterator<Item = &NodeRec> {
+        self.nodes.values().filter(|n| !n.deleted)
+    }
+
+    /// Delete a node (leaves a tombstone). Returns false when there is no such node.
+    pub fn delete_node(&mut self, name: &str) -> bool {
+        match self.nodes.get_mut(name) {
+            Some(n) if !n.deleted => {
+                n.deleted = true;
+                n.updated = Self::stamp_after(n.updated);
+                self.gen += 1;
+                true
+            }
+            _ => false,
         }
     }
 
-    pub fn import(&mut self, e: Export) {
-        let now = Instant::now();
-        self.nodes = e
-            .nodes
-            .into_iter()
-            .map(|(reg, created, ago, unsched)| {
-                let last_seen = now.checked_sub(Duration::from_millis(ago)).unwrap_or(now);
-                (reg.name.clone(), NodeRec { reg, created, last_seen, unschedulable: unsched })
-            })
-            .collect();
-        self.objects = e.objects;
+    /// Cordon/uncordon. Returns Some(changed), None when there is no such node.
+    pub fn cordon(&mut self, name: &str, want: bool) -> Option<bool> {
+        let n = self.nodes.get_mut(name).filter(|n| !n.deleted)?;
+        let changed = n.unschedulable != want;
+        if changed {
+            n.unschedulable = want;
+            n.updated = Self::stamp_after(n.updated);
+            self.gen += 1;
+        }
+        Some(changed)
+    }
+
+    pub fn add_member(&mut self, url: &str) {
+        let prev = self.members.get(url).copied().unwrap_or(0);
+        self.members.insert(url.to_string(), Self::stamp_after(prev));
+        self.gen += 1;
+    }
+
+    /// A copy holding only the named node / object / member (what a write pushes to peers).
+    pub fn part(&self, node: Option<&str>, object: Option<&str>, member: Option<&str>) -> State {
+        let mut p = State::default();
+        if let Some(n) = node.and_then(|n| self.nodes.get_key_value(n)) {
+            p.nodes.insert(n.0.clone(), n.1.clone());
+        }
+        if let Some(o) = object.and_then(|o| self.objects.get_key_value(o)) {
+            p.objects.insert(o.0.clone(), o.1.clone());
+        }
+        if let Some(m) = member.and_then(|m| self.members.get_key_value(m)) {
+            p.members.insert(m.0.clone(), *m.1);
+        }
+        p
+    }
+
+    /// Merge a peer's (full or partial) state: last writer wins per record by `updated`,
+    /// tombstones included; `last_seen` takes the newest heartbeat. Returns true on change.
+    pub fn merge(&mut self, other: State) -> bool {
+        let mut changed = false;
+        for (k, r) in other.nodes {
+            match self.nodes.get_mut(&k) {
+                None => {
+                    self.nodes.insert(k, r);
+                    changed = true;
+                }
+                Some(l) if r.updated > l.updated => {
+                    let seen = l.last_seen.max(r.last_seen);
+                    *l = r;
+                    l.last_seen = seen;
+                    changed = true;
+                }
+                Some(l) => {
+                    if r.last_seen > l.last_seen {
+                        l.last_seen = r.last_seen;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        for (k, r) in other.objects {
+            match self.objects.get(&k) {
+                Some(l) if l.updated >= r.updated => {}
+                _ => {
+                    self.objects.insert(k, r);
+                    changed = true;
+                }
+            }
+        }
+        for (k, t) in other.members {
+            match self.members.get(&k) {
+                Some(l) if *l >= t => {}
+                _ => {
+                    self.members.insert(k, t);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.gen += 1;
+        }
+        changed
     }
 
     pub fn node_list(&self) -> Value {
         json!({
             "apiVersion": "v1",
-            "kind": "List",
-            "items": self.nodes.values().map(node_json).collect::<Vec<_>>(),
-            "metadata": {"resourceVersion": ""}
+            "kind": "NodeList",
+            "items": self.live_nodes().map(node_json).collect::<Vec<_>>(),
+            "metadata": {"resourceVersion": self.resource_version()}
         })
     }
 
-    /// Store a manifest document; returns created|configured|unchanged.
-    pub fn apply(&mut self, doc: Value) -> Result<(String, &'static str), String> {
+    /// A resourceVersion-like string: the newest write stamp.
+    pub fn resource_version(&self) -> String {
+        let n = self.nodes.values().map(|n| n.updated).max().unwrap_or(0);
+        let o = self.objects.values().map(|o| o.updated).max().unwrap_or(0);
+        n.max(o).to_string()
+    }
+
+    /// Store a manifest document; returns (store key, display name, created|configured|unchanged).
+    pub fn apply(&mut self, doc: Value) -> Result<(String, String, &'static str), String> {
         let (key, display) = object_key(&doc)?;
         let res = match self.objects.get_mut(&key) {
             Some(o) if o.applied == doc => "unchanged",
             Some(o) => {
                 o.applied = doc;
+                o.updated = Self::stamp_after(o.updated);
                 "configured"
             }
             None => {
                 self.objects.insert(
-                    key,
-                    ObjRec { applied: doc, created: crate::util::now_unix(), uid: uuid() },
+                    key.clone(),
+                    ObjRec { applied: doc, created: crate::util::now_unix(), uid: uuid(), updated: crate::util::now_ms() },
                 );
                 "created"
             }
         };
-        Ok((display, res))
+        if res != "unchanged" {
+            self.gen += 1;
+        }
+        Ok((key, display, res))
     }
 }
 
@@ -200,7 +313,22 @@ pub fn object_json(o: &ObjRec) -> Value {
 }
 
 pub fn ready(n: &NodeRec) -> bool {
-    n.last_seen.elapsed() < GRACE
+    crate::util::now_ms().saturating_sub(n.last_seen) < GRACE.as_millis() as u64
+}
+
+/// kubectl's STATUS column for a node.
+pub fn node_status(n: &NodeRec) -> String {
+    let mut s = if ready(n) { "Ready".to_string() } else { "NotReady".to_string() };
+    if n.unschedulable {
+        s.push_str(",SchedulingDisabled");
+    }
+    s
+}
+
+/// Stable uid for a node record (name + creation time).
+pub fn node_uid(n: &NodeRec) -> String {
+    let h = crate::net::sha256_hex(format!("{}/{}", n.reg.name, n.created).as_bytes());
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 pub fn roles(labels: &BTreeMap<String, String>) -> String {
@@ -256,6 +384,8 @@ pub fn node_json(n: &NodeRec) -> Value {
             "labels": r.labels,
             "annotations": {"k3s.io/internal-ip": r.internal_ip, "k3s.io/hostname": r.name, "k3s.io/standin": "true"},
             "creationTimestamp": ts,
+            "uid": node_uid(n),
+            "resourceVersion": n.updated.to_string(),
         },
         "spec": spec,
         "status": {
@@ -281,18 +411,68 @@ mod tests {
     fn apply_results_and_keys() {
         let mut s = State::default();
         let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}});
-        assert_eq!(s.apply(d.clone()).unwrap(), ("deployment.apps/web".into(), "created"));
-        assert_eq!(s.apply(d.clone()).unwrap().1, "unchanged");
+        assert_eq!(s.apply(d.clone()).unwrap(), ("apps/Deployment/default/web".into(), "deployment.apps/web".into(), "created"));
+        assert_eq!(s.apply(d.clone()).unwrap().2, "unchanged");
         let mut d2 = d.clone();
         d2["spec"] = json!({"replicas": 2});
-        assert_eq!(s.apply(d2).unwrap().1, "configured");
+        assert_eq!(s.apply(d2).unwrap().2, "configured");
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}});
-        assert_eq!(s.apply(ns).unwrap().0, "namespace/x");
+        assert_eq!(s.apply(ns).unwrap().1, "namespace/x");
         assert!(s.apply(json!({"kind": "X"})).is_err());
         assert!(kind_matches("deploy", "Deployment", "apps"));
         assert!(kind_matches("deployments.apps", "Deployment", "apps"));
         assert!(!kind_matches("deployments.extensions", "Deployment", "apps"));
         assert!(kind_matches("ingresses", "Ingress", "networking.k8s.io"));
         assert!(kind_matches("networkpolicies", "NetworkPolicy", "networking.k8s.io"));
+    }
+
+    fn reg(name: &str) -> NodeReg {
+        NodeReg {
+            name: name.into(),
+            internal_ip: "127.0.0.1".into(),
+            external_ip: None,
+            labels: BTreeMap::new(),
+            taints: vec![],
+            os_image: "x".into(),
+            kernel: "k".into(),
+            arch: "amd64".into(),
+        }
+    }
+
+    #[test]
+    fn merge_is_last_writer_wins_with_tombstones() {
+        let (mut a, mut b) = (State::default(), State::default());
+        a.heartbeat(reg("n1"), true).unwrap();
+        assert!(b.merge(a.clone()));
+        assert!(!b.merge(a.clone()), "idempotent");
+        // a heartbeat on b only moves last_seen forward
+        std::thread::sleep(Duration::from_millis(3));
+        b.heartbeat(reg("n1"), false).unwrap();
+        let seen_b = b.nodes["n1"].last_seen;
+        assert!(a.merge(b.clone()));
+        assert_eq!(a.nodes["n1"].last_seen, seen_b);
+        // cordon on b, delete on a later: the delete wins everywhere and is not undone
+        b.cordon("n1", true).unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(a.delete_node("n1"));
+        let (a0, b0) = (a.clone(), b.clone());
+        a.merge(b0);
+        b.merge(a0);
+        assert!(a.node("n1").is_none() && b.node("n1").is_none());
+        assert!(b.heartbeat(reg("n1"), false).is_err(), "deleted node does not come back by heartbeat");
+        // re-registration resurrects with a newer stamp
+        std::thread::sleep(Duration::from_millis(3));
+        assert_eq!(b.heartbeat(reg("n1"), true), Ok(true));
+        a.merge(b.clone());
+        assert!(a.node("n1").is_some());
+        // objects and members
+        b.apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}})).unwrap();
+        b.add_member("https://127.0.0.2:6443");
+        a.merge(b.clone());
+        assert!(a.objects.contains_key("/ConfigMap/default/c"));
+        assert!(a.members.contains_key("https://127.0.0.2:6443"));
+        let js = serde_json::to_string(&a).unwrap();
+        let back: State = serde_json::from_str(&js).unwrap();
+        assert_eq!(back.nodes, a.nodes);
     }
 }

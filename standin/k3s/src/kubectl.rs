@@ -11,6 +11,20 @@ struct Kube {
     url: String,
     ca: String,
     token: String,
+    /// client certificate + key (PEM) from client-certificate(-data) / client-key(-data)
+    ident: Option<net::Identity>,
+}
+
+/// `<key>-data` (base64) or `<key>` (a file path) from a kubeconfig user or cluster.
+fn data_or_file(v: &Value, key: &str) -> Result<Option<String>, String> {
+    if let Some(b) = v.get(format!("{key}-data")).and_then(Value::as_str) {
+        let raw = util::b64dec(b).ok_or(format!("error: bad {key}-data"))?;
+        return Ok(Some(String::from_utf8(raw).map_err(|e| e.to_string())?));
+    }
+    match v.get(key).and_then(Value::as_str) {
+        Some(f) => std::fs::read_to_string(f).map(Some).map_err(|e| format!("error: unable to read {key} {f}: {e}")),
+        None => Ok(None),
+    }
 }
 
 fn load_kubeconfig(path: &str) -> Result<Kube, String> {
@@ -18,15 +32,21 @@ fn load_kubeconfig(path: &str) -> Result<Kube, String> {
     let v: Value = serde_saphyr::from_str(&text).map_err(|e| format!("error: error loading config file \"{path}\": {e}"))?;
     let cluster = v.pointer("/clusters/0/cluster").ok_or("error: no clusters in kubeconfig")?;
     let url = cluster.get("server").and_then(Value::as_str).ok_or("error: no server in kubeconfig")?.to_string();
-    let ca_b64 = cluster.get("certificate-authority-data").and_then(Value::as_str).ok_or("error: no certificate-authority-data")?;
-    let ca = String::from_utf8(util::b64dec(ca_b64).ok_or("error: bad certificate-authority-data")?).map_err(|e| e.to_string())?;
-    let token = v.pointer("/users/0/user/token").and_then(Value::as_str).unwrap_or("").to_string();
-    Ok(Kube { url, ca, token })
+    let ca = data_or_file(cluster, "certificate-authority")?.ok_or("error: no certificate-authority-data")?;
+    let user = v.pointer("/users/0/user").cloned().unwrap_or(Value::Null);
+    let token = user.get("token").and_then(Value::as_str).unwrap_or("").to_string();
+    let ident = match (data_or_file(&user, "client-certificate")?, data_or_file(&user, "client-key")?) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("error: client-certificate and client-key must be given together".into()),
+    };
+    Ok(Kube { url, ca, token, ident })
 }
 
 impl Kube {
     async fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Value), String> {
-        let r = net::request(&self.url, &Trust::Ca(self.ca.clone()), method, path, Some(&self.token), body)
+        let bearer = (!self.token.is_empty()).then_some(self.token.as_str());
+        let r = net::request_as(&self.url, &Trust::Ca(self.ca.clone()), self.ident.as_ref(), method, path, bearer, body)
             .await
             .map_err(|e| {
                 let hp = self.url.trim_start_matches("https://").trim_end_matches('/');
@@ -290,7 +310,7 @@ fn age_of(v: &Value) -> String {
     human_age(secs)
 }
 
-fn parse_rfc3339(s: &str) -> Option<u64> {
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
     // YYYY-MM-DDTHH:MM:SSZ
     let y: i64 = s.get(0..4)?.parse().ok()?;
     let m: i64 = s.get(5..7)?.parse().ok()?;

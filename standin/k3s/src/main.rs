@@ -1,6 +1,7 @@
 //! k3s STAND-IN: a test double of the `k3s` binary for pikube's lab tests.
 //! It is NOT Kubernetes: no containers, no kubelet, no etcd. See README.md.
 
+mod api;
 mod cli;
 mod cluster;
 mod kubectl;

@@ -1,5 +1,6 @@
-//! Minimal HTTPS (HTTP/1.1, one request per connection) server and client on
-//! rustls + tokio-rustls, plus the cluster CA / serving-cert handling.
+//! Minimal HTTPS (HTTP/1.1, one request per connection, `Connection: close` on every
+//! response) server and client on rustls + tokio-rustls, plus the cluster CA, serving-cert
+//! and admin client-cert handling. k3s STAND-IN code, not the real k3s.
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sha2::{Digest, Sha256};
@@ -90,19 +91,46 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// Admin client certificate (CN=system:admin, O=system:masters), as real k3s puts into
+    /// k3s.yaml. Returns (cert PEM, PKCS#8 key PEM).
+    pub fn client_admin(&self) -> (String, String) {
+        let ca_key = rcgen::KeyPair::from_pem(&self.key_pem).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params(&self.cn), ca_key);
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::OrganizationName, "system:masters");
+        p.distinguished_name.push(rcgen::DnType::CommonName, "system:admin");
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyEncipherment];
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
 pub fn pem_to_der(pem: &str) -> CertificateDer<'static> {
     use rustls::pki_types::pem::PemObject;
     CertificateDer::from_pem_slice(pem.as_bytes()).expect("CA PEM")
 }
 
+/// TLS server config. Client certificates are requested but optional (like kube-apiserver
+/// with --client-ca-file): a certificate that is sent must chain to `client_ca_pem`.
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    client_ca_pem: &str,
 ) -> Arc<rustls::ServerConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pem_to_der(client_ca_pem)).expect("client CA");
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()
+        .expect("client verifier");
     let mut c = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .expect("server cert");
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -166,7 +194,21 @@ impl rustls::client::danger::ServerCertVerifier for AnyName {
     }
 }
 
-fn client_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, String> {
+/// A client identity: (certificate chain PEM, private key PEM).
+pub type Identity = (String, String);
+
+fn client_config(trust: &Trust, ident: Option<&Identity>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let ident = match ident {
+        Some((c, k)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(c.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("error: bad client-certificate-data: {e}"))?;
+            let key = PrivateKeyDer::from_pem_slice(k.as_bytes()).map_err(|e| format!("error: bad client-key-data: {e}"))?;
+            Some((chain, key))
+        }
+        None => None,
+    };
     let b = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap();
@@ -182,17 +224,23 @@ fn client_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, String> {
         roots.add(pem_to_der(&Ca::generate().cert_pem)).unwrap();
     }
     let roots = Arc::new(roots);
-    let c = match trust {
-        Trust::Ca(_) => b.with_root_certificates(roots).with_no_client_auth(),
+    let wb = match trust {
+        Trust::Ca(_) => b.with_root_certificates(roots),
         _ => {
             let v = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
                 .build()
                 .map_err(|e| e.to_string())?;
             b.dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyName(v, matches!(trust, Trust::Insecure))))
-                .with_no_client_auth()
         }
     };
+    let mut c = match ident {
+        Some((chain, key)) => wb
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("error: tls: private key does not match public key ({e})"))?,
+        None => wb.with_no_client_auth(),
+    };
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(c))
 }
 
@@ -247,6 +295,13 @@ pub async fn read_request<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Re
     let mut parts = first.split_whitespace();
     let method = parts.next().unwrap_or("").to_string();
     let path = parts.next().unwrap_or("/").to_string();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        let body = read_chunked(s, body).await?;
+        return Ok(Request { method, path, headers, body });
+    }
     let len: usize = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
@@ -267,6 +322,59 @@ pub async fn read_request<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Re
     Ok(Request { method, path, headers, body })
 }
 
+/// Decode a `Transfer-Encoding: chunked` body; `buf` holds bytes already read past the head.
+async fn read_chunked<S: AsyncRead + Unpin>(s: &mut S, mut buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut tmp = [0u8; 8192];
+    loop {
+        // chunk-size line
+        let line_end = loop {
+            if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+                break p;
+            }
+            let n = s.read(&mut tmp).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "eof in chunk size"));
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        };
+        let line = String::from_utf8_lossy(&buf[..line_end]).to_string();
+        let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| std::io::Error::other("bad chunk size"))?;
+        buf.drain(..line_end + 2);
+        if size == 0 {
+            // trailers until an empty line; tolerate a peer that stops right after "0\r\n"
+            loop {
+                if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+                    let empty = p == 0;
+                    buf.drain(..p + 2);
+                    if empty {
+                        return Ok(out);
+                    }
+                    continue;
+                }
+                let n = s.read(&mut tmp).await?;
+                if n == 0 {
+                    return Ok(out);
+                }
+                buf.extend_from_slice(&tmp[..n]);
+            }
+        }
+        if out.len() + size > 16 * 1024 * 1024 {
+            return Err(std::io::Error::other("body too large"));
+        }
+        while buf.len() < size + 2 {
+            let n = s.read(&mut tmp).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "eof in chunk"));
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        }
+        out.extend_from_slice(&buf[..size]);
+        buf.drain(..size + 2);
+    }
+}
+
 pub async fn write_response<S: AsyncWrite + Unpin>(
     s: &mut S,
     status: u16,
@@ -278,9 +386,15 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
         201 => "Created",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        415 => "Unsupported Media Type",
         409 => "Conflict",
+        500 => "Internal Server Error",
         502 => "Bad Gateway",
+        503 => "Service Unavailable",
         _ => "Error",
     };
     let head = format!(
@@ -330,8 +444,21 @@ pub async fn request(
     bearer: Option<&str>,
     body: &[u8],
 ) -> Result<Response, String> {
+    request_as(url, trust, None, method, path, bearer, body).await
+}
+
+/// One HTTPS request, optionally presenting a client certificate.
+pub async fn request_as(
+    url: &str,
+    trust: &Trust,
+    ident: Option<&Identity>,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &[u8],
+) -> Result<Response, String> {
     let (host, port) = parse_url(url)?;
-    let cfg = client_config(trust)?;
+    let cfg = client_config(trust, ident)?;
     let conn = tokio_rustls::TlsConnector::from(cfg);
     let tcp = tokio::time::timeout(
         std::time::Duration::from_secs(5),
@@ -398,6 +525,28 @@ mod tests {
         assert!(parse_url("http://x:6443").is_err());
         assert!(parse_url("https://:6443").is_err());
     }
+    #[tokio::test(flavor = "current_thread")]
+    async fn request_bodies_plain_and_chunked() {
+        let mut r: &[u8] = b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        let q = read_request(&mut r).await.unwrap();
+        assert_eq!((q.method.as_str(), q.path.as_str(), q.body.as_slice()), ("POST", "/x", &b"hello"[..]));
+        let mut r: &[u8] = b"PATCH /api/v1/nodes/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3;ext=1\r\n:1}\r\n0\r\n\r\n";
+        let q = read_request(&mut r).await.unwrap();
+        assert_eq!(q.body, br#"{"a":1}"#);
+        let mut r: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+        assert!(read_request(&mut r).await.is_err());
+    }
+
+    #[test]
+    fn admin_client_cert_builds() {
+        let ca = Ca::generate();
+        let (c, k) = ca.client_admin();
+        assert!(c.starts_with("-----BEGIN CERTIFICATE-----") && k.contains("PRIVATE KEY"));
+        assert!(client_config(&Trust::Ca(ca.cert_pem.clone()), Some(&(c, k.clone()))).is_ok());
+        let (other, _) = Ca::generate().client_admin();
+        assert!(client_config(&Trust::Ca(ca.cert_pem.clone()), Some(&(other, k))).is_err(), "key must match cert");
+    }
+
     #[test]
     fn ca_hash_is_stable_and_serving_cert_builds() {
         let ca = Ca::generate();

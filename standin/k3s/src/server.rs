@@ -11,21 +11,6 @@ use std::sync::{Arc, Mutex};
 
 pub const BANNER: &str = "k3s STAND-IN (test double for pikube's lab tests)";
 
-enum Mode {
-    /// Holds the authoritative state (first server, `--cluster-init` or sqlite).
-    Primary,
-    /// Joined another server: reads from a replica pulled every 2 s, writes forwarded.
-    Replica { upstream: String, ca_pem: String },
-}
-
-struct Srv {
-    state: Mutex<State>,
-    ca: Ca,
-    password: String,
-    agent_password: Option<String>,
-    mode: Mode,
-}
-
 fn write_file(path: &Path, content: &str, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(d) = path.parent() {
@@ -202,6 +187,149 @@ async fn fetch_ca(url: &str, tok: &cli::Token) -> Result<String, String> {
     Ok(pem)
 }
 
+/// Where a server keeps the replicated state and member list (real k3s: etcd/sqlite in
+/// `<data-dir>/server/db`).
+pub const STATE_FILE: &str = "db/standin-state.json";
+
+fn load_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
+    std::fs::read(p).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Write a file atomically with the given mode (created with it, then renamed into place).
+fn write_atomic(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+    f.write_all(content)?;
+    f.sync_all().ok();
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+/// `https://<advertise-address | first node-ip | local ip>:<https-listen-port>`
+fn self_url(o: &Opts, port: u16) -> String {
+    let host = o
+        .get("advertise-address")
+        .map(String::from)
+        .or_else(|| o.list("node-ip").first().cloned())
+        .unwrap_or_else(local_ip);
+    if host.contains(':') {
+        format!("https://[{host}]:{port}")
+    } else {
+        format!("https://{host}:{port}")
+    }
+}
+
+pub type Resp = (u16, &'static str, Vec<u8>);
+
+pub struct Srv {
+    pub state: Mutex<State>,
+    pub ca: Ca,
+    pub password: String,
+    pub agent_password: Option<String>,
+    /// this server's own URL in the member list
+    pub self_url: String,
+}
+
+impl Srv {
+    fn peers(&self) -> Vec<String> {
+        self.state.lock().unwrap().members.keys().filter(|u| **u != self.self_url).cloned().collect()
+    }
+    fn trust(&self) -> Trust {
+        Trust::CaAnyName(self.ca.cert_pem.clone())
+    }
+}
+
+/// Best-effort push of a written record to every peer (anti-entropy repairs misses).
+/// With `wait`, the write's response waits (at most 1.5 s) for the pushes, so a client
+/// that reads from another server right after sees its write whenever peers are up.
+pub async fn push(srv: &Arc<Srv>, part: State, wait: bool) {
+    let peers = srv.peers();
+    if peers.is_empty() {
+        return;
+    }
+    let body = Arc::new(serde_json::to_vec(&part).unwrap());
+    let tasks: Vec<_> = peers
+        .into_iter()
+        .map(|p| {
+            let (srv, body) = (srv.clone(), body.clone());
+            tokio::spawn(async move {
+                let _ = net::request(&p, &srv.trust(), "POST", "/v1-standin/merge", Some(&srv.password), &body).await;
+            })
+        })
+        .collect();
+    if wait {
+        let all = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(1500), all).await;
+    }
+}
+
+/// Anti-entropy: every second pull the full state from each peer and merge it.
+async fn sync_loop(srv: Arc<Srv>) {
+    let mut down = std::collections::BTreeSet::new();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let peers = srv.peers();
+        let tasks: Vec<_> = peers
+            .iter()
+            .map(|p| {
+                let (srv, p) = (srv.clone(), p.clone());
+                tokio::spawn(async move {
+                    net::request(&p, &srv.trust(), "GET", "/v1-standin/state", Some(&srv.password), b"").await
+                })
+            })
+            .collect();
+        for (p, t) in peers.iter().zip(tasks) {
+            let res = match t.await {
+                Ok(Ok(r)) if r.status == 200 => serde_json::from_slice::<State>(&r.body).map_err(|e| e.to_string()),
+                Ok(Ok(r)) => Err(format!("HTTP {}", r.status)),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(e.to_string()),
+            };
+            match res {
+                Ok(st) => {
+                    srv.state.lock().unwrap().merge(st);
+                    if down.remove(p) {
+                        log("info", &format!("STAND-IN replication: peer {p} is reachable again"));
+                    }
+                }
+                Err(e) => {
+                    if down.insert(p.clone()) {
+                        log("warning", &format!("STAND-IN replication: peer {p} unreachable, will keep retrying: {e}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Persist state + member list at most once per second when it changed.
+async fn persist_loop(srv: Arc<Srv>, file: PathBuf) {
+    let mut written = u64::MAX;
+    loop {
+        let snap = {
+            let st = srv.state.lock().unwrap();
+            (st.gen != written).then(|| (st.gen, serde_json::to_vec(&*st).unwrap()))
+        };
+        if let Some((g, bytes)) = snap {
+            match write_atomic(&file, &bytes, 0o600) {
+                Ok(()) => written = g,
+                Err(e) => log("warning", &format!("STAND-IN: writing {}: {e}", file.display())),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 pub async fn run_server(o: Opts) -> ! {
     common_start(&o);
     let data_dir = PathBuf::from(o.get("data-dir").unwrap_or("/var/lib/rancher/k3s"));
@@ -214,13 +342,23 @@ pub async fn run_server(o: Opts) -> ! {
     let token_opt = token_value(&o, "token", "token-file");
     let agent_token = token_value(&o, "agent-token", "agent-token-file");
     let join = o.get("server").map(String::from);
-    if join.is_some() && o.flag("cluster-init") {
+    let server_dir = data_dir.join("server");
+    let state_file = server_dir.join(STATE_FILE);
+    let ca_file = server_dir.join("tls/standin-ca.json");
+    let local_ca: Option<Ca> = load_json(&ca_file);
+    let local_state: Option<State> = load_json(&state_file);
+    let has_data = local_ca.is_some() && local_state.is_some();
+    if join.is_some() && o.flag("cluster-init") && !has_data {
         log("warning", "STAND-IN: --cluster-init is ignored because --server is set (this server joins the existing cluster)");
     }
     let etcd = join.is_some() || o.flag("cluster-init");
-    let server_dir = data_dir.join("server");
+    let me_url = self_url(&o, port);
 
-    let (ca, password, mode) = if let Some(url) = &join {
+    // A joining server with no local data bootstraps from --server. With local data (a
+    // restart) it starts from that, like real k3s with existing etcd data: --server need
+    // not be reachable then.
+    let fresh_join = join.as_ref().filter(|_| !has_data).cloned();
+    let (ca, password) = if let Some(url) = &fresh_join {
         net::parse_url(url).unwrap_or_else(|e| fatal(&e));
         let Some(t) = token_opt.clone() else {
             fatal("starting kubernetes: preparing server: token is required to join a cluster")
@@ -244,11 +382,11 @@ pub async fn run_server(o: Opts) -> ! {
             ));
         }
         let ca: Ca = serde_json::from_slice(&r.body).unwrap_or_else(|e| fatal(&format!("bad bootstrap data: {e}")));
-        log("info", &format!("Joined cluster via {url}; replicating cluster state from it"));
-        (ca, tok.password, Mode::Replica { upstream: url.clone(), ca_pem })
+        write_file(&ca_file, &serde_json::to_string(&ca).unwrap(), 0o600)
+            .unwrap_or_else(|e| fatal(&format!("writing {}: {e}", ca_file.display())));
+        (ca, tok.password)
     } else {
-        let ca_file = server_dir.join("tls/standin-ca.json");
-        let ca = match std::fs::read(&ca_file).ok().and_then(|b| serde_json::from_slice::<Ca>(&b).ok()) {
+        let ca = match local_ca {
             Some(c) => c,
             None => {
                 let c = Ca::generate();
@@ -275,12 +413,18 @@ pub async fn run_server(o: Opts) -> ! {
             }
             None => existing.map(|e| e.password).unwrap_or_else(|| net::random_hex(16)),
         };
-        if !etcd {
-            log("info", "Configuring sqlite3 database connection pooling (STAND-IN: state is in memory)");
+        if has_data && etcd {
+            log("info", &format!(
+                "Found existing cluster data in {} (STAND-IN: replicated state, not etcd); starting from it{}",
+                state_file.display(),
+                if join.is_some() || o.flag("cluster-init") { "; --server / --cluster-init are ignored, as with real k3s" } else { "" }
+            ));
+        } else if !etcd {
+            log("info", "Configuring sqlite3 database connection pooling (STAND-IN: state in standin-state.json)");
         } else {
-            log("info", "Starting etcd for new cluster (STAND-IN: state is in memory)");
+            log("info", "Starting etcd for new cluster (STAND-IN: replicated state, not etcd)");
         }
-        (ca, password, Mode::Primary)
+        (ca, password)
     };
 
     // token files, as real k3s writes them
@@ -312,51 +456,75 @@ pub async fn run_server(o: Opts) -> ! {
     }
     sans.extend(o.list("tls-san"));
     let (chain, key) = ca.serving(&sans);
-    let tls = tokio_rustls::TlsAcceptor::from(net::server_config(chain, key));
+    let tls = tokio_rustls::TlsAcceptor::from(net::server_config(chain, key, &ca.cert_pem));
 
     let listener = tokio::net::TcpListener::bind((bind.as_str(), port))
         .await
         .unwrap_or_else(|e| fatal(&format!("starting kubernetes: preparing server: listen tcp {bind}:{port}: {e}")));
     log("info", &format!("Serving HTTPS on {bind}:{port} (STAND-IN API)"));
 
-    // kubeconfig
+    // kubeconfig with an admin client certificate (CN=system:admin, O=system:masters), as
+    // real k3s writes it; kept in <data-dir>/server/tls/client-admin.{crt,key}
+    let (crt_f, key_f) = (server_dir.join("tls/client-admin.crt"), server_dir.join("tls/client-admin.key"));
+    let (admin_crt, admin_key) = match (std::fs::read_to_string(&crt_f), std::fs::read_to_string(&key_f)) {
+        (Ok(c), Ok(k)) if has_data || fresh_join.is_none() => (c, k),
+        _ => {
+            let (c, k) = ca.client_admin();
+            write_file(&crt_f, &c, 0o644).ok();
+            write_file(&key_f, &k, 0o600).ok();
+            (c, k)
+        }
+    };
     let kc_path = PathBuf::from(o.get("write-kubeconfig").unwrap_or("/etc/rancher/k3s/k3s.yaml"));
     let mode_str = o.get("write-kubeconfig-mode").unwrap_or("0600");
     let kc_mode = u32::from_str_radix(mode_str, 8).unwrap_or_else(|_| fatal(&format!("invalid write-kubeconfig-mode {mode_str}")));
     let host = if bind == "0.0.0.0" || bind == "::" { "127.0.0.1".to_string() } else { bind.clone() };
     let kc = format!(
-        "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://{host}:{port}\n  name: default\ncontexts:\n- context:\n    cluster: default\n    user: default\n  name: default\ncurrent-context: default\nkind: Config\npreferences: {{}}\nusers:\n- name: default\n  user:\n    token: {password}\n",
-        crate::util::b64enc(ca.cert_pem.as_bytes())
+        "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://{host}:{port}\n  name: default\ncontexts:\n- context:\n    cluster: default\n    user: default\n  name: default\ncurrent-context: default\nkind: Config\npreferences: {{}}\nusers:\n- name: default\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+        crate::util::b64enc(ca.cert_pem.as_bytes()),
+        crate::util::b64enc(admin_crt.as_bytes()),
+        crate::util::b64enc(admin_key.as_bytes()),
     );
     write_file(&kc_path, &kc, kc_mode).unwrap_or_else(|e| fatal(&format!("writing kubeconfig: {e}")));
     log("info", &format!("Wrote kubeconfig {}", kc_path.display()));
 
     let srv = Arc::new(Srv {
-        state: Mutex::new(State::default()),
+        state: Mutex::new(local_state.unwrap_or_default()),
         ca,
         password: password.clone(),
         agent_password: agent_token.map(|a| cli::parse_token(&a).map(|t| t.password).unwrap_or(a)),
-        mode,
+        self_url: me_url.clone(),
     });
-
-    // replica pull loop
-    if let Mode::Replica { upstream, ca_pem } = &srv.mode {
-        let (s2, up, ca_pem) = (srv.clone(), upstream.clone(), ca_pem.clone());
-        tokio::spawn(async move {
-            loop {
-                match net::request(&up, &Trust::CaAnyName(ca_pem.clone()), "GET", "/v1-standin/state", Some(&s2.password), b"").await {
-                    Ok(r) if r.status == 200 => {
-                        if let Ok(e) = serde_json::from_slice::<cluster::Export>(&r.body) {
-                            s2.state.lock().unwrap().import(e);
-                        }
-                    }
-                    Ok(r) => log("warning", &format!("STAND-IN replication from {up} failed: HTTP {}", r.status)),
-                    Err(e) => log("warning", &format!("STAND-IN replication from {up} failed: {e}")),
-                }
-                tokio::time::sleep(cluster::HEARTBEAT).await;
-            }
-        });
+    if etcd && !srv.state.lock().unwrap().members.contains_key(&me_url) {
+        srv.state.lock().unwrap().add_member(&me_url);
     }
+
+    // a fresh joiner registers itself as a member and receives the member list + state
+    if let Some(url) = &fresh_join {
+        let body = serde_json::to_vec(&json!({"url": me_url})).unwrap();
+        let r = net::request(url, &srv.trust(), "POST", "/v1-standin/members", Some(&password), &body)
+            .await
+            .unwrap_or_else(|e| fatal(&format!("starting kubernetes: preparing server: failed to join cluster: {e}")));
+        if r.status != 200 {
+            fatal(&format!("starting kubernetes: preparing server: failed to join cluster via {url}: HTTP {}", r.status));
+        }
+        let st: State = serde_json::from_slice(&r.body).unwrap_or_else(|e| fatal(&format!("bad member data: {e}")));
+        let members: Vec<String> = {
+            let mut s = srv.state.lock().unwrap();
+            s.merge(st);
+            s.members.keys().cloned().collect()
+        };
+        let bytes = serde_json::to_vec(&*srv.state.lock().unwrap()).unwrap();
+        write_atomic(&state_file, &bytes, 0o600).unwrap_or_else(|e| fatal(&format!("writing {}: {e}", state_file.display())));
+        log("info", &format!("Joined cluster via {url} as member {me_url} (STAND-IN multi-master replication; members: {})", members.join(", ")));
+    } else {
+        // a restarted member announces itself (its peers usually know it already)
+        let part = srv.state.lock().unwrap().part(None, None, Some(&me_url));
+        push(&srv, part, false).await;
+    }
+
+    tokio::spawn(persist_loop(srv.clone(), state_file));
+    tokio::spawn(sync_loop(srv.clone()));
 
     // the server's own node (a k3s server also runs an agent unless --disable-agent)
     if !o.flag("disable-agent") {
@@ -364,39 +532,24 @@ pub async fn run_server(o: Opts) -> ! {
         tokio::spawn(async move {
             let mut first = true;
             loop {
-                let ok = match &s2.mode {
-                    Mode::Primary => {
-                        let r = s2.state.lock().unwrap().heartbeat(me.clone(), first);
-                        if r.is_err() {
-                            log("error", &format!("Error updating node status, will retry: nodes \"{}\" not found", me.name));
-                        }
-                        r.is_ok()
-                    }
-                    Mode::Replica { upstream, ca_pem } => {
-                        let body = serde_json::to_vec(&me).unwrap();
-                        let path = if first { "/v1-standin/heartbeat?register=1" } else { "/v1-standin/heartbeat" };
-                        match net::request(upstream, &Trust::CaAnyName(ca_pem.clone()), "POST", path, Some(&s2.password), &body).await {
-                            Err(e) => {
-                                log("warning", &format!("node heartbeat failed: {e}"));
-                                false
-                            }
-                            Ok(r) if r.status == 404 => {
-                                log("error", &format!("Error updating node status, will retry: nodes \"{}\" not found", me.name));
-                                false
-                            }
-                            Ok(r) => r.status == 200,
+                let r = s2.state.lock().unwrap().heartbeat(me.clone(), first);
+                match r {
+                    Ok(_) => {
+                        let part = s2.state.lock().unwrap().part(Some(&me.name), None, None);
+                        push(&s2, part, false).await;
+                        if first {
+                            log("info", &format!("Node {} registered (STAND-IN kubelet heartbeat every 2s)", me.name));
+                            first = false;
                         }
                     }
-                };
-                if first && ok {
-                    log("info", &format!("Node {} registered (STAND-IN kubelet heartbeat every 2s)", me.name));
-                    first = false;
+                    Err(()) => log("error", &format!("Error updating node status, will retry: nodes \"{}\" not found", me.name)),
                 }
                 tokio::time::sleep(cluster::HEARTBEAT).await;
             }
         });
     }
     log("info", "k3s is up and running");
+    crate::util::sd_notify_ready();
 
     loop {
         let (tcp, _) = match listener.accept().await {
@@ -408,22 +561,26 @@ pub async fn run_server(o: Opts) -> ! {
             let Ok(Ok(mut s)) = tokio::time::timeout(std::time::Duration::from_secs(10), tls.accept(tcp)).await else {
                 return;
             };
-            let Ok(req) = net::read_request(&mut s).await else { return };
-            let (code, ctype, body) = handle(&srv, req).await;
+            // the verifier only lets through certificates that chain to the cluster CA
+            let client_cert = s.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+            let Ok(Ok(req)) = tokio::time::timeout(std::time::Duration::from_secs(30), net::read_request(&mut s)).await else {
+                return;
+            };
+            let (code, ctype, body) = handle(&srv, req, client_cert).await;
             let _ = net::write_response(&mut s, code, ctype, &body).await;
         });
     }
 }
 
-fn j(code: u16, v: Value) -> (u16, &'static str, Vec<u8>) {
+pub fn j(code: u16, v: Value) -> Resp {
     (code, "application/json", serde_json::to_vec(&v).unwrap())
 }
 
-fn status_err(code: u16, reason: &str, msg: &str) -> (u16, &'static str, Vec<u8>) {
-    j(code, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "message": msg, "code": code}))
+pub fn status_err(code: u16, reason: &str, msg: &str) -> Resp {
+    j(code, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": msg, "reason": reason, "code": code}))
 }
 
-async fn handle(srv: &Srv, req: net::Request) -> (u16, &'static str, Vec<u8>) {
+async fn handle(srv: &Arc<Srv>, req: net::Request, client_cert: bool) -> Resp {
     let path = req.path.split('?').next().unwrap_or("").to_string();
     match (req.method.as_str(), path.as_str()) {
         ("GET", "/cacerts") => return (200, "text/plain", srv.ca.cert_pem.as_bytes().to_vec()),
@@ -431,59 +588,78 @@ async fn handle(srv: &Srv, req: net::Request) -> (u16, &'static str, Vec<u8>) {
         _ => {}
     }
     let bearer = req.header("authorization").and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
-    let is_server = bearer == srv.password;
-    let is_agent = srv.agent_password.as_deref() == Some(bearer);
-    let allowed = is_server || (is_agent && path == "/v1-standin/heartbeat");
+    let is_server = !bearer.is_empty() && bearer == srv.password;
+    let is_agent = !bearer.is_empty() && srv.agent_password.as_deref() == Some(bearer);
+    let allowed = client_cert || is_server || (is_agent && path == "/v1-standin/heartbeat");
     if !allowed {
         return status_err(401, "Unauthorized", "Unauthorized");
     }
-    if path == "/v1-k3s/server-bootstrap" && req.method == "GET" {
-        return j(200, serde_json::to_value(&srv.ca).unwrap());
-    }
-    // joined servers forward writes to the server they joined
-    if let Mode::Replica { upstream, ca_pem } = &srv.mode {
-        if req.method != "GET" {
-            return match net::request(upstream, &Trust::CaAnyName(ca_pem.clone()), &req.method, &req.path, Some(bearer), &req.body).await {
-                Ok(r) => (r.status, "application/json", r.body),
-                Err(e) => status_err(502, "ServiceUnavailable", &format!("STAND-IN: upstream server {upstream} unreachable: {e}")),
-            };
-        }
-    }
-    let mut st = srv.state.lock().unwrap();
     let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // server-to-server endpoints need the server token
+    if matches!(seg.as_slice(), ["v1-k3s", "server-bootstrap"] | ["v1-standin", "members" | "state" | "merge"]) && !is_server {
+        return status_err(401, "Unauthorized", "Unauthorized");
+    }
     match (req.method.as_str(), seg.as_slice()) {
-        ("GET", ["v1-standin", "state"]) => j(200, serde_json::to_value(st.export()).unwrap()),
+        ("GET", ["v1-k3s", "server-bootstrap"]) => j(200, serde_json::to_value(&srv.ca).unwrap()),
+        ("POST", ["v1-standin", "members"]) => {
+            let Some(url) = serde_json::from_slice::<Value>(&req.body).ok().and_then(|v| v["url"].as_str().map(String::from)) else {
+                return status_err(400, "BadRequest", "member url missing");
+            };
+            let (full, part) = {
+                let mut st = srv.state.lock().unwrap();
+                if !st.members.contains_key(&srv.self_url) {
+                    st.add_member(&srv.self_url);
+                }
+                st.add_member(&url);
+                let mut part = st.part(None, None, Some(&url));
+                part.members.insert(srv.self_url.clone(), st.members[&srv.self_url]);
+                (serde_json::to_value(&*st).unwrap(), part)
+            };
+            log("info", &format!("STAND-IN: server {url} joined the cluster as a member"));
+            // not waited for: the new member is still waiting for this answer
+            push(srv, part, false).await;
+            j(200, full)
+        }
+        ("GET", ["v1-standin", "state"]) => j(200, serde_json::to_value(&*srv.state.lock().unwrap()).unwrap()),
+        ("POST", ["v1-standin", "merge"]) => match serde_json::from_slice::<State>(&req.body) {
+            Ok(part) => {
+                srv.state.lock().unwrap().merge(part);
+                j(200, json!({"ok": true}))
+            }
+            Err(e) => status_err(400, "BadRequest", &e.to_string()),
+        },
         ("POST", ["v1-standin", "heartbeat"]) => match serde_json::from_slice::<NodeReg>(&req.body) {
             Ok(reg) => {
                 let name = reg.name.clone();
                 let register = req.path.contains("register=1");
-                match st.heartbeat(reg, register) {
-                    Ok(true) => {
-                        log("info", &format!("Node {name} registered"));
+                let (r, part) = {
+                    let mut st = srv.state.lock().unwrap();
+                    let r = st.heartbeat(reg, register);
+                    (r, st.part(Some(&name), None, None))
+                };
+                match r {
+                    Ok(created) => {
+                        if created {
+                            log("info", &format!("Node {name} registered"));
+                        }
+                        push(srv, part, true).await;
                         j(200, json!({"ok": true}))
                     }
-                    Ok(false) => j(200, json!({"ok": true})),
                     Err(()) => status_err(404, "NotFound", &format!("nodes \"{name}\" not found")),
                 }
             }
             Err(e) => status_err(400, "BadRequest", &e.to_string()),
         },
-        ("GET", ["api", "v1", "nodes"]) => j(200, st.node_list()),
-        ("GET", ["api", "v1", "nodes", name]) => match st.nodes.get(*name) {
-            Some(n) => j(200, cluster::node_json(n)),
-            None => status_err(404, "NotFound", &format!("nodes \"{name}\" not found")),
-        },
-        ("DELETE", ["api", "v1", "nodes", name]) => match st.nodes.remove(*name) {
-            Some(_) => j(200, json!({"kind": "Status", "status": "Success"})),
-            None => status_err(404, "NotFound", &format!("nodes \"{name}\" not found")),
-        },
         ("POST", ["v1-standin", "cordon", name]) => {
             let v: Value = serde_json::from_slice(&req.body).unwrap_or(json!({}));
             let want = v.get("unschedulable").and_then(Value::as_bool).unwrap_or(true);
-            match st.nodes.get_mut(*name) {
-                Some(n) => {
-                    let changed = n.unschedulable != want;
-                    n.unschedulable = want;
+            let (r, part) = {
+                let mut st = srv.state.lock().unwrap();
+                (st.cordon(name, want), st.part(Some(name), None, None))
+            };
+            match r {
+                Some(changed) => {
+                    push(srv, part, true).await;
                     j(200, json!({"changed": changed}))
                 }
                 None => status_err(404, "NotFound", &format!("nodes \"{name}\" not found")),
@@ -493,12 +669,24 @@ async fn handle(srv: &Srv, req: net::Request) -> (u16, &'static str, Vec<u8>) {
             let Ok(doc) = serde_json::from_slice::<Value>(&req.body) else {
                 return status_err(400, "BadRequest", "invalid document");
             };
-            match st.apply(doc) {
-                Ok((display, result)) => j(200, json!({"name": display, "result": result})),
+            let (r, part) = {
+                let mut st = srv.state.lock().unwrap();
+                let r = st.apply(doc);
+                let part = r.as_ref().ok().map(|(k, _, _)| st.part(None, Some(k), None));
+                (r, part)
+            };
+            match r {
+                Ok((_, display, result)) => {
+                    if let Some(p) = part.filter(|_| result != "unchanged") {
+                        push(srv, p, true).await;
+                    }
+                    j(200, json!({"name": display, "result": result}))
+                }
                 Err(e) => status_err(400, "BadRequest", &e),
             }
         }
         ("GET", ["v1-standin", "objects"]) => {
+            let st = srv.state.lock().unwrap();
             let items: Vec<Value> = st
                 .objects
                 .iter()
@@ -506,7 +694,7 @@ async fn handle(srv: &Srv, req: net::Request) -> (u16, &'static str, Vec<u8>) {
                 .collect();
             j(200, json!({"items": items}))
         }
-        _ => status_err(404, "NotFound", "the server could not find the requested resource"),
+        _ => crate::api::handle(srv, &req, &path).await,
     }
 }
 
@@ -553,6 +741,7 @@ pub async fn run_agent(o: Opts) -> ! {
     };
     log("info", &format!("Node {} registered with {url} (STAND-IN kubelet heartbeat every 2s)", me.name));
     log("info", "k3s agent is up and running");
+    crate::util::sd_notify_ready();
     loop {
         tokio::time::sleep(cluster::HEARTBEAT).await;
         match net::request(&url, &Trust::CaAnyName(ca_pem.clone()), "POST", "/v1-standin/heartbeat", Some(&tok.password), &body).await {

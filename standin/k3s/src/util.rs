@@ -9,6 +9,41 @@ pub fn now_unix() -> u64 {
         .as_secs()
 }
 
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// systemd `Type=notify` (sd_notify(3)): send `READY=1` to $NOTIFY_SOCKET as a unix
+/// datagram. A name starting with '@' is an abstract socket. Without NOTIFY_SOCKET this
+/// does nothing, as with the real k3s.
+pub fn sd_notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let path = path.to_string_lossy().to_string();
+    if path.is_empty() {
+        return;
+    }
+    let res = (|| -> std::io::Result<()> {
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let sock = UnixDatagram::unbound()?;
+        let addr = match path.strip_prefix('@') {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                SocketAddr::from_abstract_name(name.as_bytes())?
+            }
+            None => SocketAddr::from_pathname(&path)?,
+        };
+        sock.send_to_addr(b"READY=1", &addr)?;
+        Ok(())
+    })();
+    match res {
+        Ok(()) => log("info", "STAND-IN: sent READY=1 to systemd (NOTIFY_SOCKET)"),
+        Err(e) => log("warning", &format!("STAND-IN: failed to notify systemd at NOTIFY_SOCKET={path}: {e}")),
+    }
+}
+
 /// RFC 3339 UTC timestamp (no chrono dependency).
 pub fn rfc3339(secs: u64) -> String {
     let days = (secs / 86400) as i64;

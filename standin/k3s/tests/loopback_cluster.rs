@@ -224,3 +224,311 @@ fn cli_strictness_and_version() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--server is required"));
 }
+
+// ---------------------------------------------------------------- HA, real kubectl, notify
+
+fn free_port_on(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("k3s-standin-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("empty.yaml"), "").unwrap();
+    dir
+}
+
+/// Server args on a loopback address; `extra` adds --cluster-init or --server/--token.
+fn server_args(dir: &Path, name: &str, ip: &str, port: u16, extra: &[&str]) -> Vec<String> {
+    let d = |s: &str| dir.join(s).to_string_lossy().to_string();
+    let mut a: Vec<String> = [
+        "server", "--config", &d("empty.yaml"), "--bind-address", ip, "--https-listen-port", &port.to_string(),
+        "--data-dir", &d(name), "--write-kubeconfig", &d(&format!("{name}.yaml")), "--node-name", name, "--node-ip", ip,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn spawn_s(args: &[String], log: &Path) -> Proc {
+    let v: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn(&v, log)
+}
+
+/// (a) 3 servers + 1 agent (through server 2); the first server dies, the others keep
+/// serving and the agent stays Ready; a joined server restarts while the server it joined
+/// through is down; the first server restarts from its data dir and catches up.
+#[test]
+fn ha_failover_without_a_primary() {
+    let dir = test_dir("ha");
+    let d = |s: &str| dir.join(s).to_string_lossy().to_string();
+    let (ip1, ip2, ip3) = ("127.0.0.11", "127.0.0.12", "127.0.0.13");
+    let (p1, p2, p3) = (free_port_on(ip1), free_port_on(ip2), free_port_on(ip3));
+    let s1_args = server_args(&dir, "h1", ip1, p1, &["--cluster-init", "--token", "ha-secret"]);
+    let mut s1 = spawn_s(&s1_args, &dir.join("h1.log"));
+    let kc1 = dir.join("h1.yaml");
+    wait_for("h1 Ready", Duration::from_secs(20), || kc1.exists() && status_of(&kc1, "h1").as_deref() == Some("Ready"));
+    let full = std::fs::read_to_string(dir.join("h1/server/node-token")).unwrap().trim().to_string();
+    let url1 = format!("https://{ip1}:{p1}");
+    let url2 = format!("https://{ip2}:{p2}");
+    let s2_args = server_args(&dir, "h2", ip2, p2, &["--server", &url1, "--token", &full]);
+    let mut s2 = spawn_s(&s2_args, &dir.join("h2.log"));
+    let _s3 = spawn_s(&server_args(&dir, "h3", ip3, p3, &["--server", &url1, "--token", &full]), &dir.join("h3.log"));
+    // the agent only ever talks to server 2 (pikube points agents at an LB/VIP)
+    let _agent = spawn(
+        &["agent", "--config", &d("empty.yaml"), "--server", &url2, "--token", &full, "--node-name", "ha-ag",
+          "--node-ip", "127.0.0.21", "--data-dir", &d("ag")],
+        &dir.join("ag.log"),
+    );
+    let (kc2, kc3) = (dir.join("h2.yaml"), dir.join("h3.yaml"));
+    let all_ready = |kc: &Path, names: &[&str]| names.iter().all(|n| status_of(kc, n).as_deref() == Some("Ready"));
+    wait_for("all four nodes Ready on every server", Duration::from_secs(25), || {
+        kc2.exists() && kc3.exists() && [&kc1, &kc2, &kc3].iter().all(|kc| all_ready(kc, &["h1", "h2", "h3", "ha-ag"]))
+    });
+    let h2log = std::fs::read_to_string(dir.join("h2.log")).unwrap();
+    assert!(h2log.contains("STAND-IN multi-master replication"), "{h2log}");
+
+    // the kubeconfig of one server works on another (shared CA, admin client cert)
+    let kc1_on_3 = dir.join("kc1-on-3.yaml");
+    std::fs::write(&kc1_on_3, std::fs::read_to_string(&kc1).unwrap().replace(&url1, &format!("https://{ip3}:{p3}"))).unwrap();
+    assert!(all_ready(&kc1_on_3, &["h1", "ha-ag"]));
+
+    // a write on server 1 reaches the others
+    std::fs::write(dir.join("before.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: before\ndata:\n  a: b\n").unwrap();
+    let o = kubectl(&kc1, &["apply", "-f", &d("before.yaml")]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "configmap/before created\n");
+    wait_for("configmap on server 3", Duration::from_secs(10), || kubectl(&kc3, &["get", "cm", "before"]).status.success());
+
+    // kill the FIRST server
+    let _ = s1.0.kill();
+    let _ = s1.0.wait();
+    let t_kill = Instant::now();
+    for kc in [&kc2, &kc3] {
+        let o = kubectl(kc, &["get", "nodes"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // writes keep working on the survivors
+    std::fs::write(dir.join("during.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: during\n").unwrap();
+    let o = kubectl(&kc3, &["apply", "-f", &d("during.yaml")]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "configmap/during created\n", "{}", String::from_utf8_lossy(&o.stderr));
+    let o = kubectl(&kc2, &["cordon", "ha-ag"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "node/ha-ag cordoned\n");
+    wait_for("h1 NotReady after the grace period", Duration::from_secs(25), || {
+        status_of(&kc2, "h1").as_deref() == Some("NotReady") && status_of(&kc3, "h1").as_deref() == Some("NotReady")
+    });
+    assert!(t_kill.elapsed() >= Duration::from_secs(8), "NotReady only after the grace period");
+    assert_eq!(status_of(&kc3, "ha-ag").as_deref(), Some("Ready,SchedulingDisabled"));
+    assert!(all_ready(&kc3, &["h2", "h3"]));
+
+    // a joined server restarts while the server it joined through is down: it starts from
+    // its local data (like real k3s with existing etcd data) and syncs with its peers
+    let _ = s2.0.kill();
+    let _ = s2.0.wait();
+    let _s2b = spawn_s(&s2_args, &dir.join("h2b.log"));
+    wait_for("h2 back, with the object written while it was down", Duration::from_secs(20), || {
+        kubectl(&kc2, &["get", "cm", "during"]).status.success()
+    });
+    wait_for("agent Ready again via h2", Duration::from_secs(20), || {
+        status_of(&kc3, "ha-ag").as_deref() == Some("Ready,SchedulingDisabled")
+            && status_of(&kc2, "h2").as_deref() == Some("Ready")
+    });
+
+    // restart server 1 from its data dir: it rejoins, is Ready, and has the new state
+    let state_file = dir.join("h1/server/db/standin-state.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&state_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let _s1b = spawn_s(&s1_args, &dir.join("h1b.log"));
+    wait_for("h1 Ready again on all servers", Duration::from_secs(20), || {
+        [&kc1, &kc2, &kc3].iter().all(|kc| status_of(kc, "h1").as_deref() == Some("Ready"))
+    });
+    wait_for("server 1 sees what was written while it was down", Duration::from_secs(10), || {
+        kubectl(&kc1, &["get", "cm", "during"]).status.success()
+            && status_of(&kc1, "ha-ag").as_deref() == Some("Ready,SchedulingDisabled")
+    });
+    let o = kubectl(&kc1, &["get", "cm", "before", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["data"]["a"], "b");
+
+    // a deleted node stays deleted everywhere (tombstones survive anti-entropy)
+    let o = kubectl(&kc3, &["delete", "node", "ha-ag"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "node \"ha-ag\" deleted\n");
+    std::thread::sleep(Duration::from_secs(3));
+    for kc in [&kc1, &kc2, &kc3] {
+        assert_eq!(status_of(kc, "ha-ag"), None);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn real_kubectl(bin: &str, kc: &Path, cache: &Path, args: &[&str]) -> Output {
+    Command::new(bin)
+        .arg("--kubeconfig")
+        .arg(kc)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn kc_field(kc: &str, key: &str) -> String {
+    kc.lines().find_map(|l| l.trim().strip_prefix(&format!("{key}: "))).unwrap().to_string()
+}
+
+/// (b) the real kubectl client against the stand-in with the client-cert kubeconfig.
+/// Extra kubectl binaries (e.g. Debian's 1.20) can be listed in STANDIN_EXTRA_KUBECTL
+/// (colon-separated paths).
+#[test]
+fn real_kubectl_with_client_cert_kubeconfig() {
+    let mut bins: Vec<String> = vec![];
+    if Command::new("kubectl").arg("version").arg("--client").output().is_ok_and(|o| o.status.success()) {
+        bins.push("kubectl".into());
+    } else {
+        eprintln!("SKIP: `kubectl` is not on PATH; the real-kubectl checks were not run");
+    }
+    bins.extend(std::env::var("STANDIN_EXTRA_KUBECTL").unwrap_or_default().split(':').filter(|s| !s.is_empty()).map(String::from));
+    if bins.is_empty() {
+        return;
+    }
+    let dir = test_dir("kubectl");
+    let d = |s: &str| dir.join(s).to_string_lossy().to_string();
+    let ip = "127.0.0.1";
+    let (pa, pb) = (free_port_on(ip), free_port_on(ip));
+    let _a = spawn_s(&server_args(&dir, "ka", ip, pa, &["--token", "kc-secret", "--write-kubeconfig-mode", "0640"]), &dir.join("ka.log"));
+    // a second, unrelated cluster: its admin cert is signed by another CA
+    let _b = spawn_s(&server_args(&dir, "kb", ip, pb, &["--token", "other"]), &dir.join("kb.log"));
+    let _agent = spawn(
+        &["agent", "--config", &d("empty.yaml"), "--server", &format!("https://{ip}:{pa}"), "--token", "kc-secret",
+          "--node-name", "kc-ag", "--node-ip", ip, "--data-dir", &d("ag")],
+        &dir.join("ag.log"),
+    );
+    let (kca, kcb) = (dir.join("ka.yaml"), dir.join("kb.yaml"));
+    wait_for("ka and kc-ag Ready", Duration::from_secs(20), || {
+        kca.exists() && kcb.exists() && status_of(&kca, "ka").as_deref() == Some("Ready") && status_of(&kca, "kc-ag").as_deref() == Some("Ready")
+    });
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&kca).unwrap().permissions().mode() & 0o777, 0o640);
+    let a = std::fs::read_to_string(&kca).unwrap();
+    let b = std::fs::read_to_string(&kcb).unwrap();
+    assert!(a.contains("client-certificate-data: ") && a.contains("client-key-data: ") && !a.contains("token:"), "{a}");
+    assert!(a.contains(&format!("server: https://127.0.0.1:{pa}")));
+    let (a_crt, a_key) = (kc_field(&a, "client-certificate-data"), kc_field(&a, "client-key-data"));
+    let (b_crt, b_key) = (kc_field(&b, "client-certificate-data"), kc_field(&b, "client-key-data"));
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let wrong_ca = write("wrong-ca.yaml", a.replace(&a_crt, &b_crt).replace(&a_key, &b_key));
+    let wrong_key = write("wrong-key.yaml", a.replace(&a_key, &b_key));
+    let no_creds = write(
+        "no-creds.yaml",
+        a.lines().filter(|l| !l.contains("client-certificate-data") && !l.contains("client-key-data")).collect::<Vec<_>>().join("\n")
+            .replace("  user:\n", "  user: {}\n") + "\n",
+    );
+    let bad_token = write("bad-token.yaml", a.replace(&format!("client-certificate-data: {a_crt}"), "token: not-the-token")
+        .lines().filter(|l| !l.contains("client-key-data")).collect::<Vec<_>>().join("\n") + "\n");
+
+    for bin in &bins {
+        let cache = dir.join(format!("cache-{}", bin.replace('/', "_")));
+        let run = |kc: &Path, args: &[&str]| real_kubectl(bin, kc, &cache, args);
+        let o = run(&kca, &["get", "nodes"]);
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(o.status.success(), "{bin}: {}", String::from_utf8_lossy(&o.stderr));
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert_eq!(header, ["NAME", "STATUS", "ROLES", "AGE", "VERSION"], "{bin}: {out}");
+        for n in ["ka", "kc-ag"] {
+            let l = out.lines().find(|l| l.split_whitespace().next() == Some(n)).unwrap_or_else(|| panic!("{bin}: {n} missing: {out}"));
+            assert_eq!(l.split_whitespace().nth(1), Some("Ready"), "{bin}: {out}");
+        }
+        assert!(out.contains("control-plane,master") && out.contains("<none>") && out.contains("v1.31.4+k3s1"), "{bin}: {out}");
+
+        let o = run(&kca, &["get", "nodes", "-o", "wide"]);
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(out.lines().next().unwrap().contains("INTERNAL-IP") && out.contains("KERNEL-VERSION") && out.contains("containerd://standin"), "{bin}: {out}");
+        assert!(out.lines().any(|l| l.starts_with("kc-ag") && l.contains("127.0.0.1")), "{bin}: {out}");
+
+        let o = run(&kca, &["get", "nodes", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{bin}: {e}"));
+        let items = v["items"].as_array().unwrap();
+        assert_eq!(items.len(), 2, "{bin}");
+        assert!(items.iter().all(|n| n["status"]["conditions"][0]["status"] == "True"));
+
+        let o = run(&kca, &["get", "node", "kc-ag"]);
+        assert!(String::from_utf8_lossy(&o.stdout).contains("kc-ag"), "{bin}");
+        let o = run(&kca, &["get", "node", "nope"]);
+        assert!(String::from_utf8_lossy(&o.stderr).contains("(NotFound): nodes \"nope\" not found"), "{bin}");
+        let o = run(&kca, &["get", "--raw", "/readyz"]);
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "ok", "{bin}");
+        let o = run(&kca, &["version"]);
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        // 1.20 prints version.Info{...GitVersion:"v1.31.4+k3s1"...}, newer ones a plain line
+        let server_line = out.lines().find(|l| l.starts_with("Server Version:")).unwrap_or_default();
+        assert!(server_line.contains("v1.31.4+k3s1"), "{bin}: {out}");
+
+        // refused: another cluster's cert, a key that does not match, no credentials, bad token
+        for kc in [&wrong_ca, &wrong_key, &no_creds, &bad_token] {
+            let o = run(kc, &["get", "nodes"]);
+            assert!(!o.status.success(), "{bin} {}: {}", kc.display(), String::from_utf8_lossy(&o.stdout));
+            assert!(!String::from_utf8_lossy(&o.stdout).contains("Ready"));
+        }
+        let o = run(&bad_token, &["get", "nodes"]);
+        assert!(String::from_utf8_lossy(&o.stderr).contains("Unauthorized"), "{bin}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    // the stand-in's own kubectl refuses the same bad kubeconfigs
+    for kc in [&wrong_ca, &wrong_key, &no_creds] {
+        assert!(!kubectl(kc, &["get", "nodes"]).status.success(), "{}", kc.display());
+    }
+    let o = Command::new(BIN).args(["kubectl", "get", "nodes"]).env("KUBECONFIG", &kca).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("kc-ag"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// (c) systemd Type=notify: READY=1 on $NOTIFY_SOCKET (path and abstract '@' sockets).
+#[test]
+fn systemd_notify_ready() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = test_dir("notify");
+    let d = |s: &str| dir.join(s).to_string_lossy().to_string();
+    let sock_path = dir.join("notify.sock");
+    let srv_sock = UnixDatagram::bind(&sock_path).unwrap();
+    srv_sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let abstract_name = format!("k3s-standin-notify-{}", std::process::id());
+    let ag_sock = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).unwrap();
+        UnixDatagram::bind_addr(&addr).unwrap()
+    };
+    ag_sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let port = free_port();
+    let args = server_args(&dir, "ns1", "127.0.0.1", port, &["--token", "n-secret"]);
+    let f = std::fs::File::create(dir.join("ns1.log")).unwrap();
+    let _s = Proc(Command::new(BIN).args(&args).env("NOTIFY_SOCKET", &sock_path).stdout(Stdio::null()).stderr(f).spawn().unwrap());
+    let mut buf = [0u8; 64];
+    let n = srv_sock.recv(&mut buf).expect("server READY=1");
+    assert_eq!(&buf[..n], b"READY=1");
+    // the server answers by the time it said READY
+    let kc = dir.join("ns1.yaml");
+    assert!(kubectl(&kc, &["version"]).status.success());
+
+    let f = std::fs::File::create(dir.join("nag.log")).unwrap();
+    let _a = Proc(
+        Command::new(BIN)
+            .args(["agent", "--config", &d("empty.yaml"), "--server", &format!("https://127.0.0.1:{port}"), "--token", "n-secret",
+                   "--node-name", "n-ag", "--node-ip", "127.0.0.1", "--data-dir", &d("nag")])
+            .env("NOTIFY_SOCKET", format!("@{abstract_name}"))
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .unwrap(),
+    );
+    let n = ag_sock.recv(&mut buf).expect("agent READY=1");
+    assert_eq!(&buf[..n], b"READY=1");
+    // READY means registered: the node is listed right away
+    assert!(status_of(&kc, "n-ag").is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+}

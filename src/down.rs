@@ -1,0 +1,106 @@
+//! `pikube down`: the reverse of `up` for Kubernetes. The pre-master-down hook runs first;
+//! with `--limit` the named nodes are drained, deleted from the API and reset one at a time;
+//! without it agents are reset in parallel, then servers one at a time (last the first).
+//! Host preparation (hostname, swap, cgroups) stays: it is harmless and slow to redo.
+
+use crate::config::Role;
+use crate::fleet::{Fleet, Node};
+use crate::k3s::{self, BIN, LINKS};
+use crate::phases;
+use crate::remote::{Cmd, Host};
+
+/// Resets the named nodes (all k3s nodes when `limit` is empty).
+pub async fn run(fleet: &Fleet, limit: &[String]) -> Result<(), String> {
+    let api = fleet
+        .healthy(Role::Server)
+        .find(|(n, _)| !limit.iter().any(|l| l == n.name()) && has_k3s(n))
+        .or_else(|| fleet.healthy(Role::Server).find(|(n, _)| has_k3s(n)))
+        .map(|(_, h)| h);
+    let whole = limit.is_empty();
+    if whole {
+        if let Some(api) = api {
+            phases::pre_master_down(&fleet.cluster, api).await?;
+        }
+        reset_all(fleet, Role::Agent).await;
+        let servers: Vec<&Node> = fleet.nodes.iter().filter(|n| n.role() == Role::Server).collect();
+        for node in servers.into_iter().rev() {
+            if let Some(host) = node.host.as_ref().filter(|_| node.ok()) {
+                if let Err(e) = reset(node, host).await {
+                    node.fail(e);
+                }
+            }
+        }
+        if fleet.failures().is_empty() {
+            for path in [k3s::token_path(&fleet.cluster), fleet.cluster.kubeconfig_path()] {
+                if std::fs::remove_file(&path).is_ok() {
+                    eprintln!("    removed {}", path.display());
+                }
+            }
+        }
+        return Ok(());
+    }
+    for name in limit {
+        let node = fleet.nodes.iter().find(|n| n.name() == name).ok_or_else(|| format!("no host named {name:?}"))?;
+        let Some(host) = node.host.as_ref().filter(|_| node.ok()) else { continue };
+        let result = async {
+            if let Some(api) = api.filter(|a| a.name != node.name()) {
+                remove_from_api(api, name).await?;
+            }
+            reset(node, host).await
+        }
+        .await;
+        if let Err(e) = result {
+            node.fail(e);
+        }
+    }
+    Ok(())
+}
+
+fn has_k3s(n: &Node) -> bool {
+    n.facts().is_some_and(|f| f.services.get(k3s::unit_name(n.role())).is_some_and(|s| s.enabled || s.active))
+}
+
+async fn reset_all(fleet: &Fleet, role: Role) {
+    fleet
+        .each(|node: &Node, host: &Host| async move {
+            if node.role() != role {
+                return Ok(());
+            }
+            reset(node, host).await
+        })
+        .await;
+}
+
+/// Drains the node (evicting its pods) and deletes it from the API.
+async fn remove_from_api(api: &Host, name: &str) -> Result<(), String> {
+    let drain = Cmd::change_script(format!(
+        "{BIN} kubectl drain {name} --ignore-daemonsets --delete-emptydir-data --force --timeout=120s"
+    ))
+    .timeout(std::time::Duration::from_secs(150));
+    api.apply(format!("drain {name}"), &drain).await.map_err(|e| e.to_string())?;
+    let delete = Cmd::change_script(format!("{BIN} kubectl delete node {name} --ignore-not-found"));
+    api.apply(format!("delete node {name}"), &delete).await.map_err(|e| e.to_string())
+}
+
+/// Stops k3s and removes what `up` installed for it, as k3s's uninstall script does.
+async fn reset(node: &Node, host: &Host) -> Result<(), String> {
+    let facts = node.facts().ok_or("no facts gathered")?;
+    let installed = facts.kubernetes.contains_key("k3s")
+        || ["k3s", "k3s-agent"].iter().any(|u| facts.services.get(*u).is_some_and(|s| s.enabled || s.active));
+    if !installed || node.role() == Role::Loadbalancer {
+        return Ok(());
+    }
+    let links: String = LINKS.iter().map(|l| format!("[ \"$(readlink /usr/local/bin/{l})\" = k3s ] && rm -f /usr/local/bin/{l}; ")).collect();
+    let script = format!(
+        "for u in k3s k3s-agent; do systemctl disable --now \"$u\" 2>/dev/null || true; done; \
+         pkill -x k3s 2>/dev/null || true; sleep 1; pkill -9 -x k3s 2>/dev/null || true; \
+         rm -f /etc/systemd/system/k3s.service /etc/systemd/system/k3s.service.env \
+               /etc/systemd/system/k3s-agent.service /etc/systemd/system/k3s-agent.service.env; \
+         systemctl daemon-reload; \
+         rm -rf /etc/rancher/k3s /var/lib/rancher/k3s /var/lib/kubelet /run/k3s /var/lib/pikube/hooks; \
+         {links}rm -f {BIN}"
+    );
+    host.apply("stop k3s and remove it (uninstall)", &Cmd::change_script(script).timeout(std::time::Duration::from_secs(120)))
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,388 @@
+//! What pikube writes for k3s and how it asks k3s about the cluster: paths, config.yaml,
+//! registries.yaml, systemd units equivalent to the official installer's, the join token,
+//! and node status. The phases in `phases/k3s_*.rs` decide when; this module says what.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::config::{ApiEndpoint, Cluster, EndpointMode, HostSpec, Role};
+use crate::facts::HostFacts;
+use crate::remote::{quote, Cmd, Host, Mode, RemoteError};
+
+pub const BIN: &str = "/usr/local/bin/k3s";
+/// The installer links these to k3s when they do not exist yet.
+pub const LINKS: [&str; 3] = ["kubectl", "crictl", "ctr"];
+pub const CONFIG: &str = "/etc/rancher/k3s/config.yaml";
+pub const REGISTRIES: &str = "/etc/rancher/k3s/registries.yaml";
+pub const REMOTE_KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
+/// Written by a k3s server; holds the cluster's join token.
+pub const SERVER_TOKEN: &str = "/var/lib/rancher/k3s/server/token";
+
+/// The systemd unit a role runs: `k3s` for servers, `k3s-agent` for agents.
+pub fn unit_name(role: Role) -> &'static str {
+    if role == Role::Server { "k3s" } else { "k3s-agent" }
+}
+
+pub fn unit_path(role: Role) -> String {
+    format!("/etc/systemd/system/{}.service", unit_name(role))
+}
+
+pub fn env_path(role: Role) -> String {
+    format!("/etc/systemd/system/{}.service.env", unit_name(role))
+}
+
+/// The unit the official install script writes (same limits, restart policy and notify type).
+pub fn unit(role: Role) -> String {
+    let (description, command, after) = if role == Role::Server {
+        ("Lightweight Kubernetes", "server", "")
+    } else {
+        ("Lightweight Kubernetes (agent)", "agent", "")
+    };
+    format!(
+        "# Written by pikube; equivalent to the unit of the official k3s installer.\n\
+         [Unit]\n\
+         Description={description}\n\
+         Documentation=https://k3s.io\n\
+         Wants=network-online.target\n\
+         After=network-online.target{after}\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n\
+         \n\
+         [Service]\n\
+         Type=notify\n\
+         EnvironmentFile=-/etc/default/%N\n\
+         EnvironmentFile=-/etc/sysconfig/%N\n\
+         EnvironmentFile=-{env}\n\
+         KillMode=process\n\
+         Delegate=yes\n\
+         User=root\n\
+         LimitNOFILE=1048576\n\
+         LimitNPROC=infinity\n\
+         LimitCORE=infinity\n\
+         TasksMax=infinity\n\
+         TimeoutStartSec=0\n\
+         Restart=always\n\
+         RestartSec=5s\n\
+         ExecStartPre=-/sbin/modprobe br_netfilter\n\
+         ExecStartPre=-/sbin/modprobe overlay\n\
+         ExecStart={BIN} {command}\n",
+        env = env_path(role),
+    )
+}
+
+/// Proxy environment for k3s and the containerd it embeds. Cluster-internal traffic must
+/// bypass the proxy, so host addresses, the endpoint and the pod/service CIDRs are added.
+pub fn env_file(cluster: &Cluster) -> String {
+    let mut out = String::from("# Written by pikube (proxy settings of the cluster file).\n");
+    let Some(p) = &cluster.spec.proxy else { return out };
+    for (k, v) in [("HTTP_PROXY", &p.http), ("HTTPS_PROXY", &p.https)] {
+        if let Some(v) = v {
+            let _ = writeln!(out, "{k}={}", v.value);
+        }
+    }
+    let mut no_proxy: Vec<String> =
+        ["127.0.0.1", "localhost", "10.42.0.0/16", "10.43.0.0/16", ".svc", ".cluster.local"].map(String::from).to_vec();
+    no_proxy.extend(cluster.hosts().map(|h| h.address().to_string()));
+    no_proxy.push(cluster.endpoint().address);
+    no_proxy.extend(p.no_proxy.iter().cloned());
+    no_proxy.dedup();
+    let _ = writeln!(out, "NO_PROXY={}", no_proxy.join(","));
+    out
+}
+
+/// registries.yaml for the cluster file's registry mirrors; None when there are none.
+pub fn registries(cluster: &Cluster) -> Option<String> {
+    let mirrors = &cluster.spec.registry_mirrors;
+    if mirrors.is_empty() {
+        return None;
+    }
+    let mut out = String::from("# Written by pikube (registry_mirrors of the cluster file).\nmirrors:\n");
+    for (registry, endpoints) in mirrors {
+        let _ = writeln!(out, "  {}:\n    endpoint:", yaml_str(registry));
+        for e in endpoints {
+            let _ = writeln!(out, "      - {}", yaml_str(e));
+        }
+    }
+    Some(out)
+}
+
+/// JSON strings are valid YAML scalars and escape everything that needs it.
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// How this host takes part: the first server initialises, the others join through the endpoint.
+pub enum Join<'a> {
+    Init { cluster_init: bool },
+    Via(&'a ApiEndpoint),
+}
+
+/// /etc/rancher/k3s/config.yaml (mode 0600: it holds the token).
+pub fn config_yaml(cluster: &Cluster, host: &HostSpec, node_ip: &str, token: &str, join: Join) -> String {
+    let endpoint = cluster.endpoint();
+    let mut out = String::from("# Written by pikube: `pikube up` overwrites changes. Holds the join token (mode 0600).\n");
+    let _ = writeln!(out, "node-name: {}", yaml_str(&host.name.value));
+    let _ = writeln!(out, "node-ip: {}", yaml_str(node_ip));
+    let _ = writeln!(out, "token: {}", yaml_str(token));
+    match join {
+        Join::Init { cluster_init } => {
+            if cluster_init {
+                out.push_str("cluster-init: true\n");
+            }
+        }
+        Join::Via(ep) => {
+            let _ = writeln!(out, "server: {}", yaml_str(&join_url(ep)));
+        }
+    }
+    if host.role.value == Role::Server {
+        out.push_str("write-kubeconfig-mode: \"0600\"\n");
+        out.push_str("tls-san:\n");
+        let mut sans = vec![endpoint.address.clone()];
+        if let Some(v) = &endpoint.vip {
+            sans.push(v.clone());
+        }
+        sans.push(host.name.value.clone());
+        sans.dedup();
+        for s in sans {
+            let _ = writeln!(out, "  - {}", yaml_str(&s));
+        }
+        if endpoint.mode == EndpointMode::Vip && endpoint.port != 6443 {
+            let _ = writeln!(out, "https-listen-port: {}", endpoint.port);
+        }
+    }
+    if !host.labels.is_empty() {
+        out.push_str("node-label:\n");
+        for (k, v) in &host.labels {
+            let _ = writeln!(out, "  - {}", yaml_str(&format!("{k}={v}")));
+        }
+    }
+    if !host.taints.is_empty() {
+        out.push_str("node-taint:\n");
+        for t in &host.taints {
+            let _ = writeln!(out, "  - {}", yaml_str(&t.value));
+        }
+    }
+    out
+}
+
+/// The URL joining nodes use: always the cluster's endpoint, so LB/VIP routing is used.
+pub fn join_url(ep: &ApiEndpoint) -> String {
+    ep.url()
+}
+
+/// The node IP from the cluster file: the host's address, resolved when it is a name, and
+/// checked against the host's interfaces (not guessed from the first interface).
+pub fn node_ip(host: &HostSpec, facts: &HostFacts) -> Result<String, String> {
+    let address = host.address();
+    let candidates: Vec<String> = if address.parse::<std::net::IpAddr>().is_ok() {
+        vec![address.to_string()]
+    } else {
+        (address, 22)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {address} for the node IP: {e}"))?
+            .map(|a| a.ip().to_string())
+            .collect()
+    };
+    if facts.ipv4.is_empty() {
+        return candidates.into_iter().next().ok_or_else(|| format!("{address} resolves to nothing"));
+    }
+    candidates
+        .iter()
+        .find(|c| facts.ipv4.iter().any(|a| &a.address == *c) || c.contains(':'))
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "address {address} ({}) is not on any of the host's interfaces ({}); use the host's own IP as `address:`",
+                candidates.join(", "),
+                facts.ipv4.iter().map(|a| format!("{} {}", a.iface, a.address)).collect::<Vec<_>>().join(", ")
+            )
+        })
+}
+
+/// The cluster's join token, kept in the local state directory (0600) and never printed.
+/// An existing cluster's token is adopted from its first server; otherwise a new one is made.
+pub async fn token(cluster: &Cluster, first_server: Option<&Host>, mode: Mode) -> Result<String, String> {
+    let path = token_path(cluster);
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let adopted = match first_server {
+        Some(h) => {
+            let out = h
+                .run(&Cmd::read_script(format!("cat {} 2>/dev/null", SERVER_TOKEN)))
+                .await
+                .map_err(|e| e.to_string())?;
+            // K10<ca-hash>::server:<secret> — the secret part is what config.yaml carries.
+            let full = out.stdout_str().trim().to_string();
+            (!full.is_empty()).then(|| full.rsplit_once("::server:").map_or(full.clone(), |(_, s)| s.to_string()))
+        }
+        None => None,
+    };
+    let token = match adopted {
+        Some(t) => t,
+        None => {
+            let mut b = [0u8; 24];
+            getrandom::fill(&mut b).map_err(|e| format!("no randomness for the token: {e}"))?;
+            hex::encode(b)
+        }
+    };
+    if mode == Mode::Apply {
+        crate::local::write_secret(&path, token.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(token)
+}
+
+pub fn token_path(cluster: &Cluster) -> PathBuf {
+    cluster.state_dir().join("token")
+}
+
+/// What the API says about one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub ready: bool,
+    pub internal_ip: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Nodes as seen by the API of `server` (through its local kubeconfig).
+pub async fn nodes(server: &Host) -> Result<BTreeMap<String, NodeStatus>, String> {
+    let out = server
+        .run(&Cmd::read_script(format!("{BIN} kubectl get nodes -o json")).timeout(std::time::Duration::from_secs(20)))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.success() {
+        return Err(format!("`k3s kubectl get nodes` failed: {}", out.stderr_str().trim()));
+    }
+    parse_nodes(&out.stdout_str())
+}
+
+fn parse_nodes(json: &str) -> Result<BTreeMap<String, NodeStatus>, String> {
+    let v: Value = serde_json::from_str(json).map_err(|e| format!("unexpected node list: {e}"))?;
+    let mut out = BTreeMap::new();
+    for item in v.get("items").and_then(Value::as_array).into_iter().flatten() {
+        let Some(name) = item.pointer("/metadata/name").and_then(Value::as_str) else { continue };
+        let conditions = item.pointer("/status/conditions").and_then(Value::as_array);
+        let ready = conditions.into_iter().flatten().any(|c| {
+            c.get("type").and_then(Value::as_str) == Some("Ready") && c.get("status").and_then(Value::as_str) == Some("True")
+        });
+        let internal_ip = item
+            .pointer("/status/addresses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
+            .and_then(|a| a.get("address").and_then(Value::as_str))
+            .unwrap_or("")
+            .to_string();
+        let labels = item
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
+            .unwrap_or_default();
+        out.insert(name.to_string(), NodeStatus { ready, internal_ip, labels });
+    }
+    Ok(out)
+}
+
+/// The last lines a failing k3s unit logged, for error messages instead of a silent hang.
+pub async fn diagnostics(host: &Host, role: Role) -> String {
+    let unit = unit_name(role);
+    let cmd = Cmd::read_script(format!(
+        "systemctl status {u} --no-pager -n 0 2>&1 | head -n 3; journalctl -u {u} --no-pager -n 12 -o cat 2>&1",
+        u = quote(unit)
+    ));
+    match host.run(&cmd).await {
+        Ok(out) => out
+            .stdout_str()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| format!("\n      | {l}"))
+            .collect(),
+        Err(e) => format!("\n      | (could not read the {unit} log: {e})"),
+    }
+}
+
+/// Starts (or restarts) a k3s unit without waiting for it: readiness is polled with a bound.
+pub async fn start(host: &Host, role: Role, restart: bool, reason: &str) -> Result<(), RemoteError> {
+    let unit = unit_name(role);
+    let verb = if restart { "restart" } else { "start" };
+    let cmd = Cmd::change_script(format!("systemctl daemon-reload && systemctl enable -q {unit} && systemctl {verb} --no-block {unit}"));
+    host.apply(format!("{verb} {unit} ({reason})"), &cmd).await
+}
+
+/// Waits until `host` can open a TCP connection to the endpoint (the path agents and joining
+/// servers take), so a join starts only once it can succeed.
+pub async fn wait_for_endpoint(host: &Host, ep: &ApiEndpoint, timeout: std::time::Duration) -> Result<(), String> {
+    let probe = Cmd::read_script(format!(
+        "timeout 3 bash -c {} 2>&1",
+        quote(&format!("</dev/tcp/{}/{}", ep.address, ep.port))
+    ));
+    let started = std::time::Instant::now();
+    loop {
+        let out = host.run(&probe).await.map_err(|e| e.to_string())?;
+        if out.success() {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            let why = out.stdout_str();
+            let why = why.trim();
+            return Err(format!(
+                "the API endpoint {}:{} does not answer from here after {}s{}\n  hint: check the load balancer / VIP hosts and that a server is up (`pikube status`)",
+                ep.address,
+                ep.port,
+                timeout.as_secs(),
+                if why.is_empty() { String::new() } else { format!(" ({why})") }
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Polls `api` until `name` is Ready, for at most `timeout`; on timeout the error carries the
+/// node's own k3s log lines.
+pub async fn wait_ready(api: &Host, node_host: &Host, role: Role, name: &str, timeout: std::time::Duration) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    loop {
+        let last = match nodes(api).await {
+            Ok(n) => match n.get(name) {
+                Some(s) if s.ready => return Ok(()),
+                Some(_) => "registered but NotReady".to_string(),
+                None => "not registered".to_string(),
+            },
+            Err(e) => e,
+        };
+        if started.elapsed() > timeout {
+            return Err(format!(
+                "{name} not Ready after {}s ({last}); last lines of {}:{}",
+                timeout.as_secs(),
+                unit_name(role),
+                diagnostics(node_host, role).await
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_list_parsing() {
+        let j = r#"{"items":[{"metadata":{"name":"n1","labels":{"a":"b"}},"status":{"conditions":[{"type":"Ready","status":"True"}],"addresses":[{"type":"InternalIP","address":"10.0.0.1"}]}},
+                   {"metadata":{"name":"n2"},"status":{"conditions":[{"type":"Ready","status":"Unknown"}]}}]}"#;
+        let n = parse_nodes(j).unwrap();
+        assert!(n["n1"].ready);
+        assert_eq!(n["n1"].internal_ip, "10.0.0.1");
+        assert_eq!(n["n1"].labels["a"], "b");
+        assert!(!n["n2"].ready);
+    }
+}

@@ -1,0 +1,80 @@
+//! Waits, with a bound, until every server and agent is Ready in the API and registered with
+//! the node IP from the cluster file. A node that is not gets its own k3s log lines in the
+//! error instead of a silent hang.
+
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+
+use crate::config::Role;
+use crate::fleet::{Fleet, Node};
+use crate::k3s;
+
+pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        let members: Vec<&Node> = fleet.nodes.iter().filter(|n| n.role() != Role::Loadbalancer && n.ok()).collect();
+        if members.is_empty() {
+            return;
+        }
+        let Some((api_node, api)) = fleet.healthy(Role::Server).next() else {
+            members.iter().for_each(|n| n.fail("no healthy server to ask whether this node is Ready".into()));
+            return;
+        };
+        let started = Instant::now();
+        loop {
+            match k3s::nodes(api).await {
+                Ok(status) => {
+                    let pending: Vec<&&Node> =
+                        members.iter().filter(|n| !status.get(n.name()).is_some_and(|s| s.ready)).collect();
+                    if pending.is_empty() {
+                        check_node_ips(&members, &status);
+                        eprintln!("    all {} nodes Ready ({:.1}s)", members.len(), started.elapsed().as_secs_f64());
+                        return;
+                    }
+                    if started.elapsed() > fleet.ready_timeout {
+                        for n in pending {
+                            let state = if status.contains_key(n.name()) { "NotReady" } else { "not registered" };
+                            let log = match &n.host {
+                                Some(h) => k3s::diagnostics(h, n.role()).await,
+                                None => String::new(),
+                            };
+                            n.fail(format!(
+                                "{state} after {}s; last lines of {}:{log}",
+                                fleet.ready_timeout.as_secs(),
+                                k3s::unit_name(n.role())
+                            ));
+                        }
+                        return;
+                    }
+                }
+                Err(last_error) => {
+                    if started.elapsed() > fleet.ready_timeout {
+                        let log = k3s::diagnostics(api, Role::Server).await;
+                        for n in &members {
+                            n.fail(format!("the API on {} did not answer: {last_error}{log}", api_node.name()));
+                        }
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    })
+}
+
+/// A node registered under another IP than its cluster-file address is a misconfiguration
+/// that breaks the overlay network later; say so now.
+fn check_node_ips(members: &[&Node], status: &std::collections::BTreeMap<String, k3s::NodeStatus>) {
+    for n in members {
+        let Some(facts) = n.facts() else { continue };
+        let Ok(want) = k3s::node_ip(&n.spec, &facts) else { continue };
+        if let Some(s) = status.get(n.name()) {
+            if !s.internal_ip.is_empty() && s.internal_ip != want {
+                n.fail(format!(
+                    "registered with InternalIP {} but its address is {want}; re-run `pikube up` to restart it with node-ip {want}",
+                    s.internal_ip
+                ));
+            }
+        }
+    }
+}
