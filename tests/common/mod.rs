@@ -123,3 +123,58 @@ pub fn text(out: &Output) -> String {
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// An airgap artifact directory holding the k3s STAND-IN (standin/k3s, a labelled test double:
+/// real k3s cannot be downloaded here) exactly as a user would lay out real release files.
+pub fn standin_artifacts() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let manifest = root.join("standin/k3s/Cargo.toml");
+        let out = Command::new(env!("CARGO"))
+            .args(["build", "--locked", "--quiet", "--manifest-path"])
+            .arg(&manifest)
+            .output()
+            .expect("run cargo build for the k3s stand-in");
+        assert!(out.status.success(), "building the k3s stand-in failed:\n{}", text(&out));
+        let dir = root.join("target/standin-artifacts");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(root.join("standin/k3s/target/debug/k3s"), dir.join("k3s")).unwrap();
+        let sum = Command::new("sha256sum").arg("k3s").current_dir(&dir).output().expect("sha256sum");
+        std::fs::write(dir.join("sha256sum-amd64.txt"), &sum.stdout).unwrap();
+        dir
+    })
+    .clone()
+}
+
+/// `kubectl` on PATH (the real client), or None with a visible SKIP line.
+pub fn real_kubectl() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("kubectl")).find(|k| k.exists()));
+    if found.is_none() {
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"SKIP: the real kubectl client is not installed (scripts/test installs kubernetes-client)\n",
+        );
+    }
+    found
+}
+
+impl Lab {
+    /// Runs a program inside the lab network (like `pikube lab exec`).
+    pub fn exec(&self, program: &str, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(["lab", "exec", "--name", &self.name, "--", program])
+            .args(args)
+            .output()
+            .expect("run lab exec")
+    }
+
+    /// The real kubectl against the cluster's kubeconfig, from inside the lab network.
+    pub fn kubectl(&self, kubectl: &std::path::Path, args: &[&str]) -> Output {
+        let kubeconfig = self.dir().join(format!("build/{}-config.yml", self.name));
+        let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap(), "--request-timeout=5s"];
+        all.extend_from_slice(args);
+        self.exec(kubectl.to_str().unwrap(), &all)
+    }
+}

@@ -1,0 +1,406 @@
+//! Kubernetes bring-up on lab hosts: one server, HA behind a HAProxy node, HA on a keepalived
+//! VIP, failover, hooks, kubeconfig and teardown. Everything is real (systemd, sshd, apt,
+//! haproxy, keepalived, the lab network) except the k3s binary: a labelled STAND-IN installed
+//! through the same airgap artifact directory a user fills with real release files.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{real_kubectl, standin_artifacts, stdout, text, Lab, BIN};
+
+fn up(lab: &Lab) -> Output {
+    let file = lab.cluster_file();
+    lab.pikube(&["up", "-f", file.to_str().unwrap(), "--ready-timeout", "90"])
+}
+
+fn up_ok(lab: &Lab) -> String {
+    let out = up(lab);
+    assert!(out.status.success(), "pikube up failed:\n{}", text(&out));
+    format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !f() {
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    started.elapsed()
+}
+
+/// NAME → STATUS as the real kubectl shows them through the cluster's endpoint;
+/// None when the endpoint does not answer.
+fn nodes_via_endpoint(lab: &Lab, kubectl: &Path) -> Option<BTreeMap<String, String>> {
+    let out = lab.kubectl(kubectl, &["get", "nodes", "--no-headers"]);
+    out.status.success().then(|| {
+        stdout(&out)
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((f.next()?.to_string(), f.next()?.to_string()))
+            })
+            .collect()
+    })
+}
+
+/// Node statuses from a server's own API (used when kubectl is not installed).
+fn nodes_on(lab: &Lab, server: &str) -> BTreeMap<String, String> {
+    let (_, out) = lab.ssh(server, "k3s kubectl get nodes --no-headers");
+    out.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_string(), f.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// Does the endpoint answer? With kubectl: a full authenticated `get nodes`; else k3s's /ping.
+fn endpoint_answers(lab: &Lab, kubectl: Option<&Path>, url: &str) -> bool {
+    match kubectl {
+        Some(k) => nodes_via_endpoint(lab, k).is_some(),
+        None => stdout(&lab.exec("curl", &["-sk", "--max-time", "3", &format!("{url}/ping")])) == "pong",
+    }
+}
+
+fn all_ready(nodes: &BTreeMap<String, String>, names: &[&str]) -> bool {
+    names.iter().all(|n| nodes.get(*n).map(String::as_str) == Some("Ready"))
+}
+
+fn append_to_cluster_file(lab: &Lab, yaml: &str) {
+    let mut text = std::fs::read_to_string(lab.cluster_file()).unwrap();
+    text.push_str(yaml);
+    std::fs::write(lab.cluster_file(), text).unwrap();
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
+    require_lab!();
+    let artifacts = standin_artifacts();
+    let lab = Lab::up("k3s-single", 41, &["--nodes", "2", "--k3s-artifacts", artifacts.to_str().unwrap()]);
+    let file = lab.cluster_file();
+    let file_arg = file.to_str().unwrap();
+
+    // A corrupt artifact is refused before anything reaches a node.
+    let bad = lab.dir().join("bad-artifacts");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::copy(artifacts.join("k3s"), bad.join("k3s")).unwrap();
+    std::fs::write(bad.join("sha256sum-amd64.txt"), format!("{}  k3s\n", "0".repeat(64))).unwrap();
+    let good_file = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, good_file.replace(artifacts.to_str().unwrap(), bad.to_str().unwrap())).unwrap();
+    let out = up(&lab);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stdout(&out).contains("checksum mismatch"), "{}", text(&out));
+    assert!(stdout(&out).contains("hint: the file is corrupt or from another release"), "{}", text(&out));
+    assert!(!lab.ssh("node1", "test -e /usr/local/bin/k3s").0, "nothing may be pushed from a bad artifact dir");
+    std::fs::write(&file, &good_file).unwrap();
+
+    // Hooks: a cluster manifest after the servers are up, a shell command before agents join.
+    let hooks = lab.dir().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::write(
+        hooks.join("k3s-post-master-up.yml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-hook\n  namespace: kube-system\ndata:\n  who: pikube\n",
+    )
+    .unwrap();
+    std::fs::write(hooks.join("post-master-up.yml"), "this generic file must lose to the k3s-specific one: [").unwrap();
+    std::fs::write(
+        hooks.join("pre-master-down.yml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: goodbye\ndata:\n  bye: \"1\"\n",
+    )
+    .unwrap();
+    append_to_cluster_file(
+        &lab,
+        "hooks:\n  hosts:\n    - phase: k3s agents\n      when: before\n      on: [agent]\n      run: date +%s.%N > /root/before-agents\n",
+    );
+
+    // plan names the k3s phases per host and changes nothing.
+    let out = lab.pikube(&["plan", "-f", file_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan = stdout(&out);
+    for line in [
+        "[k3s artifacts] create /usr/local/bin/k3s",
+        "[k3s servers] create /etc/rancher/k3s/config.yaml",
+        "[k3s servers] start k3s (not running)",
+        "[post-master-up] apply post-master-up hook k3s-post-master-up.yml",
+        "[k3s agents] hook before k3s agents: date +%s.%N > /root/before-agents",
+        "[k3s agents] start k3s-agent (not running)",
+    ] {
+        assert!(plan.contains(line), "plan lacks {line:?}:\n{plan}");
+    }
+    assert!(!lab.ssh("node1", "test -e /usr/local/bin/k3s").0, "plan must not install anything");
+
+    let log = up_ok(&lab);
+    let token = std::fs::read_to_string(lab.dir().join(".pikube/k3s-single/token")).unwrap();
+    assert_eq!(mode_of(&lab.dir().join(".pikube/k3s-single/token")), 0o600);
+    assert!(!log.contains(token.trim()), "the join token must never be printed");
+
+    // The node's files: pikube's own config, 0600 because it holds the token; node-ip from the file.
+    let config = lab.sh("node1", "cat /etc/rancher/k3s/config.yaml");
+    assert!(config.contains("node-ip: \"10.77.41.11\""), "{config}");
+    assert!(config.contains("tls-san:\n  - \"10.77.41.11\""), "{config}");
+    assert!(!config.contains("cluster-init"), "a single server keeps the default datastore:\n{config}");
+    assert_eq!(lab.sh("node1", "stat -c %a /etc/rancher/k3s/config.yaml"), "600");
+    assert_eq!(lab.sh("node1", "systemctl is-enabled k3s"), "enabled");
+    assert!(lab.sh("node2", "cat /etc/rancher/k3s/config.yaml").contains("server: \"https://10.77.41.11:6443\""));
+    assert!(lab.sh("node1", "k3s --version").contains("STAND-IN") || lab.sh("node1", "k3s --version").contains("standin"));
+
+    // Hooks ran: the k3s-specific manifest (the broken generic one would have failed) and the
+    // host hook, before the agent's k3s was started.
+    assert!(lab.ssh("node1", "k3s kubectl get configmap from-hook -n kube-system").0, "{log}");
+    let hook_ran: f64 = lab.sh("node2", "cat /root/before-agents").parse().unwrap();
+    let agent_started: f64 = lab
+        .sh("node2", "date -d \"$(systemctl show -p ActiveEnterTimestamp --value k3s-agent)\" +%s")
+        .parse()
+        .unwrap();
+    assert!(hook_ran <= agent_started + 1.0, "host hook ran after the agent started");
+
+    // The kubeconfig: 0600, endpoint = the single server, named after the cluster.
+    let kubeconfig = lab.dir().join("build/k3s-single-config.yml");
+    assert_eq!(mode_of(&kubeconfig), 0o600);
+    let kc = std::fs::read_to_string(&kubeconfig).unwrap();
+    assert!(kc.contains("server: https://10.77.41.11:6443") && kc.contains("current-context: k3s-single"), "{kc}");
+    if let Some(kubectl) = real_kubectl() {
+        let nodes = nodes_via_endpoint(&lab, &kubectl).expect("kubectl reaches the endpoint");
+        assert!(all_ready(&nodes, &["node1", "node2"]), "{nodes:?}");
+    } else {
+        assert!(all_ready(&nodes_on(&lab, "node1"), &["node1", "node2"]));
+    }
+
+    // `kubeconfig --merge` adds a context to an existing ~/.kube/config, keeping the others.
+    let home = lab.dir().join("home");
+    std::fs::create_dir_all(home.join(".kube")).unwrap();
+    std::fs::write(
+        home.join(".kube/config"),
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: work\n  cluster:\n    server: https://work.example:6443\ncontexts:\n- name: work\n  context:\n    cluster: work\n    user: work\ncurrent-context: work\nusers:\n- name: work\n  user:\n    token: abc\n",
+    )
+    .unwrap();
+    let out = lab.pikube_env(&["kubeconfig", "-f", file_arg, "--merge"], &[("HOME", home.to_str().unwrap())]);
+    assert!(out.status.success(), "{}", text(&out));
+    let merged = std::fs::read_to_string(home.join(".kube/config")).unwrap();
+    assert!(merged.contains("name: work") && merged.contains("current-context: k3s-single"), "{merged}");
+    assert_eq!(mode_of(&home.join(".kube/config")), 0o600);
+
+    // Converged: a second up changes nothing (host hooks still run, as k0sctl's do).
+    let out = up(&lab);
+    assert!(out.status.success(), "{}", text(&out));
+    let again = stdout(&out);
+    assert!(again.contains("node1 (10.77.41.11): no changes"), "{again}");
+    assert!(!again.contains("start k3s") && !again.contains("post-master-up hook"), "{again}");
+
+    // status shows both nodes Ready.
+    let out = lab.pikube(&["status", "-f", file_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains("k3s-agent active  Ready"), "{}", text(&out));
+
+    // down --limit drains and deletes the agent from the API, then resets it; up brings it back.
+    let out = lab.pikube(&["down", "-f", file_arg, "--limit", "node2", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!nodes_on(&lab, "node1").contains_key("node2"), "node2 still registered");
+    assert!(!lab.ssh("node2", "test -e /usr/local/bin/k3s || test -e /etc/rancher/k3s").0, "node2 not reset");
+    up_ok(&lab);
+    assert!(all_ready(&nodes_on(&lab, "node1"), &["node1", "node2"]));
+
+    // Whole teardown: the pre-master-down hook first, then every node reset.
+    let out = lab.pikube(&["down", "-f", file_arg]);
+    assert_eq!(out.status.code(), Some(2), "down without --yes (and no terminal) must refuse:\n{}", text(&out));
+    let out = lab.pikube(&["down", "-f", file_arg, "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node1: apply pre-master-down hook pre-master-down.yml"), "{}", text(&out));
+    for node in ["node1", "node2"] {
+        assert!(!lab.ssh(node, "systemctl is-active k3s k3s-agent").0, "{node} still runs k3s");
+        assert!(!lab.ssh(node, "test -e /var/lib/rancher/k3s").0, "{node} keeps k3s data");
+    }
+    assert!(!kubeconfig.exists() && !lab.dir().join(".pikube/k3s-single/token").exists());
+}
+
+#[test]
+fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
+    require_lab!();
+    let artifacts = standin_artifacts();
+    let lab = Lab::up(
+        "k3s-lb",
+        42,
+        &["--nodes", "6", "--servers", "3", "--loadbalancers", "1", "--k3s-artifacts", artifacts.to_str().unwrap()],
+    );
+    let log = up_ok(&lab);
+
+    // Servers joined one at a time: each waited for before the next one started.
+    let pos = |s: &str| log.find(s).unwrap_or_else(|| panic!("{s:?} missing from:\n{log}"));
+    assert!(pos("node1: waiting until Ready") < pos("node2: start k3s"));
+    assert!(pos("node2: waiting until Ready") < pos("node3: start k3s"));
+    assert!(pos("node3: waiting until Ready") < pos("node5: start k3s-agent"));
+
+    // The seed's HAProxy semantics, validated and live on the load balancer.
+    let cfg = lab.sh("node4", "cat /etc/haproxy/haproxy.cfg");
+    assert!(cfg.contains("option tcp-check") && cfg.contains("balance roundrobin"), "{cfg}");
+    assert!(cfg.contains("inter 10s downinter 5s rise 2 fall 2 slowstart 60s maxconn 250 maxqueue 256 weight 100"), "{cfg}");
+    for s in ["node1 10.77.42.11:6443", "node2 10.77.42.12:6443", "node3 10.77.42.13:6443"] {
+        assert!(cfg.contains(s), "{cfg}");
+    }
+    assert_eq!(lab.sh("node4", "systemctl is-active haproxy"), "active");
+    assert!(lab.sh("node1", "cat /etc/rancher/k3s/config.yaml").contains("cluster-init: true"));
+    for n in ["node2", "node3", "node5", "node6"] {
+        assert!(
+            lab.sh(n, "cat /etc/rancher/k3s/config.yaml").contains("server: \"https://10.77.42.14:6443\""),
+            "{n} must join through the load balancer"
+        );
+    }
+    let kc = std::fs::read_to_string(lab.dir().join("build/k3s-lb-config.yml")).unwrap();
+    assert!(kc.contains("server: https://10.77.42.14:6443"), "{kc}");
+
+    let kubectl = real_kubectl();
+    let all = ["node1", "node2", "node3", "node5", "node6"];
+    let url = "https://10.77.42.14:6443";
+    if let Some(k) = &kubectl {
+        let nodes = nodes_via_endpoint(&lab, k).expect("kubectl reaches the load balancer");
+        assert!(all_ready(&nodes, &all), "{nodes:?}");
+        assert!(!nodes.contains_key("node4"), "the load balancer is not a Kubernetes node");
+    }
+
+    // Failover: pull the power of the first server. The endpoint keeps answering, and the
+    // agents, whose heartbeats go through the load balancer, stay Ready.
+    lab.lab("stop", "node1");
+    let took = wait_until("the endpoint to answer without node1", Duration::from_secs(20), || {
+        endpoint_answers(&lab, kubectl.as_deref(), url)
+    });
+    eprintln!("endpoint answered {took:?} after node1 went down");
+    wait_until("node1 NotReady with the agents still Ready", Duration::from_secs(40), || {
+        let nodes = match &kubectl {
+            Some(k) => nodes_via_endpoint(&lab, k).unwrap_or_default(),
+            None => nodes_on(&lab, "node2"),
+        };
+        nodes.get("node1").map(String::as_str) == Some("NotReady")
+            && all_ready(&nodes, &["node2", "node3", "node5", "node6"])
+    });
+
+    // With node1 back, up converges and a further up is a no-op.
+    lab.lab("start", "node1");
+    up_ok(&lab);
+    let nodes = match &kubectl {
+        Some(k) => nodes_via_endpoint(&lab, k).unwrap(),
+        None => nodes_on(&lab, "node1"),
+    };
+    assert!(all_ready(&nodes, &all), "{nodes:?}");
+    let out = up(&lab);
+    assert!(stdout(&out).contains("Up: no changes"), "{}", text(&out));
+}
+
+#[test]
+fn ha_cluster_on_a_keepalived_vip_fails_over() {
+    require_lab!();
+    let artifacts = standin_artifacts();
+    let lab = Lab::up("k3s-vip", 43, &["--nodes", "5", "--servers", "3", "--vip", "--k3s-artifacts", artifacts.to_str().unwrap()]);
+    up_ok(&lab);
+    let vip = "10.77.43.10";
+    let holders = || -> Vec<&str> {
+        // A powered-off node does not answer and holds nothing.
+        ["node1", "node2", "node3"].into_iter().filter(|n| lab.ssh(n, "ip -4 -o addr show").1.contains(vip)).collect()
+    };
+    let before = holders();
+    assert_eq!(before.len(), 1, "exactly one server holds the VIP: {before:?}");
+    assert_eq!(lab.sh("node1", "stat -c %a /etc/keepalived/keepalived.conf"), "600");
+    for n in ["node4", "node5"] {
+        assert!(lab.sh(n, "cat /etc/rancher/k3s/config.yaml").contains(&format!("server: \"https://{vip}:6443\"")));
+    }
+    assert!(lab.sh("node2", "cat /etc/rancher/k3s/config.yaml").contains(&format!("  - \"{vip}\"")), "VIP in tls-san");
+    let kubectl = real_kubectl();
+    let url = format!("https://{vip}:6443");
+    if let Some(k) = &kubectl {
+        let nodes = nodes_via_endpoint(&lab, k).expect("kubectl reaches the VIP");
+        assert!(all_ready(&nodes, &["node1", "node2", "node3", "node4", "node5"]), "{nodes:?}");
+    }
+
+    // Pull the power of the VIP holder: another server takes the address within seconds.
+    let holder = before[0];
+    lab.lab("stop", holder);
+    let took = wait_until("the VIP endpoint to answer again", Duration::from_secs(20), || {
+        endpoint_answers(&lab, kubectl.as_deref(), &url)
+    });
+    eprintln!("VIP endpoint answered {took:?} after {holder} went down");
+    let after = holders();
+    assert!(after.len() == 1 && after[0] != holder, "VIP moved from {holder} to {after:?}");
+
+    lab.lab("start", holder);
+    up_ok(&lab);
+    let out = up(&lab);
+    assert!(stdout(&out).contains("Up: no changes"), "{}", text(&out));
+}
+
+/// Download path (no airgap dir): files come from `download_url` once into the cache and are
+/// verified. Served on loopback only.
+#[test]
+fn artifacts_are_downloaded_once_and_verified() {
+    let artifacts = standin_artifacts();
+    // The URL escapes the tag's `+` as %2B; the server decodes it, as GitHub does.
+    let tag_dir = tempdir("serve").join("v1.31.4+k3s1");
+    std::fs::create_dir_all(&tag_dir).unwrap();
+    for f in ["k3s", "sha256sum-amd64.txt"] {
+        std::fs::copy(artifacts.join(f), tag_dir.join(f)).unwrap();
+    }
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut server = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
+        .current_dir(tag_dir.parent().unwrap())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 http.server");
+    let dir = tempdir("download");
+    let cluster = dir.join("cluster.yaml");
+    std::fs::write(
+        &cluster,
+        format!(
+            "name: dl\nhosts:\n  - name: a\n    address: 127.0.0.1\n    role: server\nkubernetes:\n  version: v1.31.4+k3s1\n  download_url: http://127.0.0.1:{port}\n"
+        ),
+    )
+    .unwrap();
+    let cache = dir.join("cache");
+    let fetch = || {
+        Command::new(BIN)
+            .args(["artifacts", "-f", cluster.to_str().unwrap(), "--arch", "amd64"])
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .unwrap()
+    };
+    wait_until("the loopback HTTP server", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let out = fetch();
+    let cached = cache.join("pikube/k3s/v1.31.4+k3s1/k3s");
+    assert!(out.status.success() && cached.exists(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("downloading"), "{}", text(&out));
+    assert!(stdout(&out).contains("verified"), "{}", text(&out));
+
+    // Second run: from the cache, no download.
+    let _ = server.kill();
+    let out = fetch();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("downloading"), "{}", text(&out));
+
+    // A corrupted cached binary is caught.
+    std::fs::write(&cached, b"truncated").unwrap();
+    let out = fetch();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"), "{}", text(&out));
+    let _ = server.wait();
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("pikube-k3s-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
