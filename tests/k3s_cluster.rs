@@ -117,6 +117,13 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: goodbye\ndata:\n  bye: \"1\"\n",
     )
     .unwrap();
+    // Labels and taints from the cluster file.
+    let with_labels = std::fs::read_to_string(&file).unwrap().replace(
+        "    address: 10.77.41.12\n    role: agent\n",
+        "    address: 10.77.41.12\n    role: agent\n    labels:\n      disk: ssd\n    taints: [\"dedicated=edge:NoSchedule\"]\n",
+    );
+    assert!(with_labels.contains("disk: ssd"), "the lab's cluster file changed shape:\n{with_labels}");
+    std::fs::write(&file, with_labels).unwrap();
     append_to_cluster_file(
         &lab,
         "hooks:\n  hosts:\n    - phase: k3s agents\n      when: before\n      on: [agent]\n      run: date +%s.%N > /root/before-agents\n",
@@ -138,6 +145,23 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     }
     assert!(!lab.ssh("node1", "test -e /usr/local/bin/k3s").0, "plan must not install anything");
 
+    // A node that never becomes Ready is named, with its service's own log lines, within the
+    // bound instead of a hang. (A drop-in makes the agent fail the way a bad flag does.)
+    lab.sh(
+        "node2",
+        "mkdir -p /etc/systemd/system/k3s-agent.service.d && printf '[Service]\\nExecStart=\\nExecStart=/usr/local/bin/k3s agent --not-a-k3s-flag\\n' > /etc/systemd/system/k3s-agent.service.d/broken.conf",
+    );
+    let started = Instant::now();
+    let out = lab.pikube(&["up", "-f", file_arg, "--ready-timeout", "15"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(started.elapsed() < Duration::from_secs(90), "the readiness wait must be bounded");
+    let report = stdout(&out);
+    assert!(report.contains("node2 (10.77.41.12): FAILED"), "{report}");
+    assert!(report.contains("not registered after 15s; last lines of k3s-agent:"), "{report}");
+    assert!(report.contains("flag provided but not defined: -not-a-k3s-flag"), "{report}");
+    assert!(report.contains("node1 (10.77.41.11): changed"), "the healthy server still converges:\n{report}");
+    lab.sh("node2", "rm -r /etc/systemd/system/k3s-agent.service.d");
+
     let log = up_ok(&lab);
     let token = std::fs::read_to_string(lab.dir().join(".pikube/k3s-single/token")).unwrap();
     assert_eq!(mode_of(&lab.dir().join(".pikube/k3s-single/token")), 0o600);
@@ -152,6 +176,10 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     assert_eq!(lab.sh("node1", "systemctl is-enabled k3s"), "enabled");
     assert!(lab.sh("node2", "cat /etc/rancher/k3s/config.yaml").contains("server: \"https://10.77.41.11:6443\""));
     assert!(lab.sh("node1", "k3s --version").contains("STAND-IN") || lab.sh("node1", "k3s --version").contains("standin"));
+
+    let node2 = lab.sh("node1", "k3s kubectl get node node2 -o json");
+    assert!(node2.contains("\"disk\": \"ssd\"") || node2.contains("\"disk\":\"ssd\""), "{node2}");
+    assert!(node2.contains("dedicated") && node2.contains("NoSchedule"), "{node2}");
 
     // Hooks ran: the k3s-specific manifest (the broken generic one would have failed) and the
     // host hook, before the agent's k3s was started.
