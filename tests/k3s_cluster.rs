@@ -157,7 +157,7 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     assert!(started.elapsed() < Duration::from_secs(90), "the readiness wait must be bounded");
     let report = stdout(&out);
     assert!(report.contains("node2 (10.77.41.12): FAILED"), "{report}");
-    assert!(report.contains("not registered after 15s; last lines of k3s-agent:"), "{report}");
+    assert!(report.contains("k3s service not active after 15s; last lines of k3s-agent:"), "{report}");
     assert!(report.contains("flag provided but not defined: -not-a-k3s-flag"), "{report}");
     assert!(report.contains("node1 (10.77.41.11): changed"), "the healthy server still converges:\n{report}");
     lab.sh("node2", "rm -r /etc/systemd/system/k3s-agent.service.d");

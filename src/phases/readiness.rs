@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 use crate::config::Role;
 use crate::fleet::{Fleet, Node};
 use crate::k3s;
+use crate::remote::Cmd;
 
 pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     Box::pin(async move {
@@ -24,8 +25,13 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
         loop {
             match k3s::nodes(api).await {
                 Ok(status) => {
-                    let pending: Vec<&&Node> =
-                        members.iter().filter(|n| !status.get(n.name()).is_some_and(|s| s.ready)).collect();
+                    // Ready in the API is not enough right after a restart: the old heartbeat is
+                    // still fresh. The unit must also be active (k3s notifies once registered).
+                    let inactive = inactive_units(&members).await;
+                    let pending: Vec<&&Node> = members
+                        .iter()
+                        .filter(|n| !status.get(n.name()).is_some_and(|s| s.ready) || inactive.contains(&n.name()))
+                        .collect();
                     if pending.is_empty() {
                         check_node_ips(&members, &status);
                         eprintln!("    all {} nodes Ready ({:.1}s)", members.len(), started.elapsed().as_secs_f64());
@@ -33,7 +39,13 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                     }
                     if started.elapsed() > fleet.ready_timeout {
                         for n in pending {
-                            let state = if status.contains_key(n.name()) { "NotReady" } else { "not registered" };
+                            let state = if inactive.contains(&n.name()) {
+                                "k3s service not active"
+                            } else if status.contains_key(n.name()) {
+                                "NotReady"
+                            } else {
+                                "not registered"
+                            };
                             let log = match &n.host {
                                 Some(h) => k3s::diagnostics(h, n.role()).await,
                                 None => String::new(),
@@ -60,6 +72,17 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     })
+}
+
+/// Members whose k3s unit is not active (failed, or still starting).
+async fn inactive_units<'a>(members: &[&'a Node]) -> Vec<&'a str> {
+    let checks = members.iter().map(|n| async move {
+        let host = n.host.as_ref()?;
+        let unit = k3s::unit_name(n.role());
+        let out = host.run(&Cmd::read_script(format!("systemctl is-active {unit}"))).await.ok()?;
+        (out.stdout_str().trim() != "active").then(|| n.name())
+    });
+    futures::future::join_all(checks).await.into_iter().flatten().collect()
 }
 
 /// A node registered under another IP than its cluster-file address is a misconfiguration
