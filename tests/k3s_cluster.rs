@@ -37,26 +37,22 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Dur
 /// None when the endpoint does not answer.
 fn nodes_via_endpoint(lab: &Lab, kubectl: &Path) -> Option<BTreeMap<String, String>> {
     let out = lab.kubectl(kubectl, &["get", "nodes", "--no-headers"]);
-    out.status.success().then(|| {
-        stdout(&out)
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                Some((f.next()?.to_string(), f.next()?.to_string()))
-            })
-            .collect()
-    })
+    out.status.success().then(|| node_table(&stdout(&out)))
 }
 
-/// Node statuses from a server's own API (used when kubectl is not installed).
-fn nodes_on(lab: &Lab, server: &str) -> BTreeMap<String, String> {
-    let (_, out) = lab.ssh(server, "k3s kubectl get nodes --no-headers");
-    out.lines()
+/// `get nodes --no-headers` output → NAME → STATUS.
+fn node_table(text: &str) -> BTreeMap<String, String> {
+    text.lines()
         .filter_map(|l| {
             let mut f = l.split_whitespace();
             Some((f.next()?.to_string(), f.next()?.to_string()))
         })
         .collect()
+}
+
+/// Node statuses from a server's own API (used when kubectl is not installed).
+fn nodes_on(lab: &Lab, server: &str) -> BTreeMap<String, String> {
+    node_table(&lab.ssh(server, "k3s kubectl get nodes --no-headers").1)
 }
 
 /// Does the endpoint answer? With kubectl: a full authenticated `get nodes`; else k3s's /ping.

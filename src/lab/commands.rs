@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use miette::{miette, IntoDiagnostic, Result, WrapErr};
 
-use super::state::{self, Arch, LabPaths, LabState, PiMode, MIRROR_PORT, STATE_DIR};
+use super::state::{self, Arch, LabPaths, LabState, PiMode, Shape, MIRROR_PORT, STATE_DIR};
 use super::util::{self, alive, have, is_root, read_pid, signal, wait_until};
 use super::{base, mirror, net, node, SshArgs, UpArgs};
 
@@ -241,12 +241,14 @@ fn new_lab(name: &str, args: &UpArgs) -> Result<LabState> {
     let lab = LabState::new(
         name,
         &prefix,
-        nodes,
-        servers,
-        loadbalancers,
-        args.pi.unwrap_or(PiMode::None),
-        args.arch.unwrap_or(Arch::Amd64),
-        args.clone_machine_id,
+        Shape {
+            nodes,
+            servers,
+            loadbalancers,
+            pi: args.pi.unwrap_or(PiMode::None),
+            arch: args.arch.unwrap_or(Arch::Amd64),
+            clone_machine_id: args.clone_machine_id,
+        },
     );
     // Recorded before anything is built, so `lab down` can clean up whatever part exists.
     lab.save()?;

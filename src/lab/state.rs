@@ -117,17 +117,19 @@ pub struct LabKubernetes {
     pub vip: bool,
 }
 
+/// What `lab up` was asked to build.
+pub struct Shape {
+    pub nodes: usize,
+    pub servers: usize,
+    pub loadbalancers: usize,
+    pub pi: PiMode,
+    pub arch: Arch,
+    pub clone_machine_id: bool,
+}
+
 impl LabState {
-    pub fn new(
-        name: &str,
-        prefix: &str,
-        nodes: usize,
-        servers: usize,
-        loadbalancers: usize,
-        pi: PiMode,
-        arch: Arch,
-        clone_machine_id: bool,
-    ) -> LabState {
+    pub fn new(name: &str, prefix: &str, shape: Shape) -> LabState {
+        let Shape { nodes, servers, loadbalancers, pi, arch, clone_machine_id } = shape;
         let shared_id = machine_id(name, "shared");
         let nodes = (0..nodes)
             .map(|i| {
