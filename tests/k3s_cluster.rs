@@ -122,7 +122,7 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     std::fs::write(&file, with_labels).unwrap();
     append_to_cluster_file(
         &lab,
-        "hooks:\n  hosts:\n    - phase: k3s agents\n      when: before\n      on: [agent]\n      run: date +%s.%N > /root/before-agents\n",
+        "registry_mirrors:\n  docker.io: [\"https://registry.lab:5000\"]\nhooks:\n  hosts:\n    - phase: k3s agents\n      when: before\n      on: [agent]\n      run: date +%s.%N > /root/before-agents\n",
     );
 
     // plan names the k3s phases per host and changes nothing.
@@ -171,6 +171,9 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     assert_eq!(lab.sh("node1", "stat -c %a /etc/rancher/k3s/config.yaml"), "600");
     assert_eq!(lab.sh("node1", "systemctl is-enabled k3s"), "enabled");
     assert!(lab.sh("node2", "cat /etc/rancher/k3s/config.yaml").contains("server: \"https://10.77.41.11:6443\""));
+    let registries = lab.sh("node2", "cat /etc/rancher/k3s/registries.yaml");
+    assert!(registries.contains("\"docker.io\":\n    endpoint:\n      - \"https://registry.lab:5000\""), "{registries}");
+    assert!(lab.sh("node2", "journalctl -u k3s-agent -o cat").contains("Using private registry config file"));
     assert!(lab.sh("node1", "k3s --version").contains("STAND-IN") || lab.sh("node1", "k3s --version").contains("standin"));
 
     let node2 = lab.sh("node1", "k3s kubectl get node node2 -o json");
