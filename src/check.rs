@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::artifacts::{self, ArtifactError};
+use crate::config::Role;
 use crate::facts::Arch;
 use crate::fleet::Fleet;
 
@@ -45,6 +47,9 @@ pub fn findings(fleet: &Fleet) -> Vec<Finding> {
         out.push(Finding { host: host.to_string(), severity, code, message, fix: fix.to_string() });
     };
 
+    let version = fleet.cluster.version();
+    let airgap = fleet.cluster.spec.kubernetes.artifacts.is_some();
+    let mut artifacts_checked: BTreeMap<String, Option<(String, String)>> = BTreeMap::new();
     for node in &fleet.nodes {
         let name = node.name();
         if node.host.is_none() {
@@ -99,7 +104,24 @@ pub fn findings(fleet: &Fleet) -> Vec<Finding> {
             add(name, Severity::Info, "runtime-present", format!("{rt} already installed: {v}"), "");
         }
         for (k, v) in &f.kubernetes {
-            add(name, Severity::Info, "kubernetes-present", format!("{k} already installed: {v}"), "");
+            match version {
+                // pikube's own install of the pinned release is not news.
+                Some(want) if k == "k3s" && v.contains(want) => {}
+                Some(want) if k == "k3s" => add(name, Severity::Info, "kubernetes-present", format!("k3s already installed: {v}"), &format!("`pikube up` replaces it with the pinned {want}")),
+                _ => add(name, Severity::Info, "kubernetes-present", format!("{k} already installed: {v}"), ""),
+            }
+        }
+        // Airgap files are checked before anything changes, so a bad file stops `up` early.
+        if let (Some(want), true, true) = (version, airgap, node.role() != Role::Loadbalancer) {
+            let verdict = artifacts_checked.entry(f.arch.as_str().to_string()).or_insert_with(|| {
+                match artifacts::binary_for(&fleet.cluster, want, &f.arch, true) {
+                    Ok(_) | Err(ArtifactError::Unsupported(_)) => None,
+                    Err(e) => Some((e.to_string(), e.hint())),
+                }
+            });
+            if let Some((message, fix)) = verdict.clone() {
+                add(name, Severity::Error, "k3s-artifact", message, &fix);
+            }
         }
     }
 

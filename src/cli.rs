@@ -298,15 +298,17 @@ async fn converge(target: Target, mode: Mode, json: bool, timeouts: Timeouts) ->
     Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// Connects to the servers only (what `kubeconfig` and `status` need from the API).
-async fn connect_servers(target: &Target, mode: Mode) -> miette::Result<Fleet> {
-    let mut cluster = Cluster::load(&target.cluster.file)?;
-    cluster.spec.hosts.value.retain(|h| h.role.value == Role::Server);
-    Fleet::connect(cluster, mode, target.parallel).await
+/// Connects to the servers only (what `kubeconfig` needs), returning the whole cluster too:
+/// the endpoint may be a load balancer host the servers-only fleet does not list.
+async fn connect_servers(target: &Target, mode: Mode) -> miette::Result<(Fleet, Cluster)> {
+    let whole = Cluster::load(&target.cluster.file)?;
+    let mut servers = whole.clone();
+    servers.spec.hosts.value.retain(|h| h.role.value == Role::Server);
+    Ok((Fleet::connect(servers, mode, target.parallel).await?, whole))
 }
 
 async fn kubeconfig(target: Target, merge: bool) -> miette::Result<ExitCode> {
-    let fleet = connect_servers(&target, Mode::DryRun).await?;
+    let (fleet, cluster) = connect_servers(&target, Mode::DryRun).await?;
     let api = fleet.healthy(Role::Server).next().map(|(_, h)| h);
     let Some(api) = api else {
         let why: Vec<String> = fleet.failures().iter().map(|(h, e)| format!("{h}: {e}")).collect();
@@ -317,10 +319,10 @@ async fn kubeconfig(target: Target, merge: bool) -> miette::Result<ExitCode> {
             .and_then(|k| std::env::split_paths(&k).next())
             .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".kube/config"))
     });
-    let result = phases::write_kubeconfig(&fleet.cluster, api, to.as_deref()).await;
+    let result = phases::write_kubeconfig(&cluster, api, to.as_deref()).await;
     fleet.close().await;
     let (path, changed) = result.map_err(|e| miette::miette!("{e}"))?;
-    let name = fleet.cluster.name();
+    let name = cluster.name();
     match (merge, changed) {
         (true, _) => println!("merged context {name} into {} (now the current context)", path.display()),
         (false, true) => println!("wrote {}", path.display()),

@@ -37,18 +37,15 @@ pub fn env_path(role: Role) -> String {
 
 /// The unit the official install script writes (same limits, restart policy and notify type).
 pub fn unit(role: Role) -> String {
-    let (description, command, after) = if role == Role::Server {
-        ("Lightweight Kubernetes", "server", "")
-    } else {
-        ("Lightweight Kubernetes (agent)", "agent", "")
-    };
+    let (description, command) =
+        if role == Role::Server { ("Lightweight Kubernetes", "server") } else { ("Lightweight Kubernetes (agent)", "agent") };
     format!(
         "# Written by pikube; equivalent to the unit of the official k3s installer.\n\
          [Unit]\n\
          Description={description}\n\
          Documentation=https://k3s.io\n\
          Wants=network-online.target\n\
-         After=network-online.target{after}\n\
+         After=network-online.target\n\
          \n\
          [Install]\n\
          WantedBy=multi-user.target\n\
@@ -116,7 +113,8 @@ fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }
 
-/// How this host takes part: the first server initialises, the others join through the endpoint.
+/// How this host takes part: the first server initialises, the others join through the
+/// endpoint (never a server's own address, so the LB/VIP path is what joins use).
 pub enum Join<'a> {
     Init { cluster_init: bool },
     Via(&'a ApiEndpoint),
@@ -136,7 +134,7 @@ pub fn config_yaml(cluster: &Cluster, host: &HostSpec, node_ip: &str, token: &st
             }
         }
         Join::Via(ep) => {
-            let _ = writeln!(out, "server: {}", yaml_str(&join_url(ep)));
+            let _ = writeln!(out, "server: {}", yaml_str(&ep.url()));
         }
     }
     if host.role.value == Role::Server {
@@ -168,11 +166,6 @@ pub fn config_yaml(cluster: &Cluster, host: &HostSpec, node_ip: &str, token: &st
         }
     }
     out
-}
-
-/// The URL joining nodes use: always the cluster's endpoint, so LB/VIP routing is used.
-pub fn join_url(ep: &ApiEndpoint) -> String {
-    ep.url()
 }
 
 /// The node IP from the cluster file: the host's address, resolved when it is a name, and

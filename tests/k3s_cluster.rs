@@ -95,7 +95,8 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     let out = up(&lab);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(stdout(&out).contains("checksum mismatch"), "{}", text(&out));
-    assert!(stdout(&out).contains("hint: the file is corrupt or from another release"), "{}", text(&out));
+    assert!(stdout(&out).contains("fix: the file is corrupt or from another release"), "{}", text(&out));
+    assert!(!stdout(&out).contains("[prepare hosts]"), "preflight stops the hosts before any change:\n{}", text(&out));
     assert!(!lab.ssh("node1", "test -e /usr/local/bin/k3s").0, "nothing may be pushed from a bad artifact dir");
     std::fs::write(&file, &good_file).unwrap();
 
@@ -282,8 +283,15 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
             "{n} must join through the load balancer"
         );
     }
-    let kc = std::fs::read_to_string(lab.dir().join("build/k3s-lb-config.yml")).unwrap();
+    let kc_path = lab.dir().join("build/k3s-lb-config.yml");
+    let kc = std::fs::read_to_string(&kc_path).unwrap();
     assert!(kc.contains("server: https://10.77.42.14:6443"), "{kc}");
+    // `pikube kubeconfig` (re)writes the same file: it talks to servers only, and still
+    // points the kubeconfig at the load balancer.
+    std::fs::remove_file(&kc_path).unwrap();
+    let out = lab.pikube(&["kubeconfig", "-f", lab.cluster_file().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&kc_path).unwrap(), kc);
 
     let kubectl = real_kubectl();
     let all = ["node1", "node2", "node3", "node5", "node6"];

@@ -566,7 +566,7 @@ pub(super) fn status(name: &str) -> Result<()> {
         lab.mirror_url()
     );
     println!(
-        "{:<8} {:<15} {:<7} {:<8} {:<8} PI",
+        "{:<8} {:<15} {:<12} {:<8} {:<8} PI",
         "NODE", "ADDRESS", "ROLE", "STATE", "PID"
     );
     for node in &lab.nodes {
@@ -577,7 +577,7 @@ pub(super) fn status(name: &str) -> Result<()> {
             (Some(_), _) => "running",
         };
         println!(
-            "{:<8} {:<15} {:<7} {:<8} {:<8} {}",
+            "{:<8} {:<15} {:<12} {:<8} {:<8} {}",
             node.name,
             node.address,
             node.role,
