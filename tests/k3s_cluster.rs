@@ -439,3 +439,39 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Two load balancers share a keepalived VIP, so the load balancer is no single point of failure.
+#[test]
+fn two_load_balancers_share_a_vip() {
+    require_lab!();
+    let artifacts = standin_artifacts();
+    let lab = Lab::up(
+        "k3s-2lb",
+        44,
+        &["--nodes", "4", "--servers", "1", "--loadbalancers", "2", "--k3s-artifacts", artifacts.to_str().unwrap()],
+    );
+    up_ok(&lab);
+    let vip = "10.77.44.10";
+    let holders = || -> Vec<&str> {
+        ["node2", "node3"].into_iter().filter(|n| lab.ssh(n, "ip -4 -o addr show").1.contains(vip)).collect()
+    };
+    let before = holders();
+    assert_eq!(before.len(), 1, "exactly one load balancer holds the VIP: {before:?}");
+    for lb in ["node2", "node3"] {
+        assert_eq!(lab.sh(lb, "systemctl is-active haproxy keepalived"), "active\nactive");
+    }
+    assert!(lab.sh("node4", "cat /etc/rancher/k3s/config.yaml").contains(&format!("server: \"https://{vip}:6443\"")));
+    let kubectl = real_kubectl();
+    let url = format!("https://{vip}:6443");
+    assert!(endpoint_answers(&lab, kubectl.as_deref(), &url));
+
+    lab.lab("stop", before[0]);
+    let took = wait_until("the VIP to move to the other load balancer", Duration::from_secs(20), || {
+        endpoint_answers(&lab, kubectl.as_deref(), &url)
+    });
+    eprintln!("endpoint answered {took:?} after {} went down", before[0]);
+    let after = holders();
+    assert!(after.len() == 1 && after[0] != before[0], "VIP moved from {} to {after:?}", before[0]);
+    lab.lab("start", before[0]);
+    up_ok(&lab);
+}
