@@ -343,8 +343,14 @@ pub async fn wait_for_endpoint(host: &Host, ep: &ApiEndpoint, timeout: std::time
 /// node's own k3s log lines.
 pub async fn wait_ready(api: &Host, node_host: &Host, role: Role, name: &str, timeout: std::time::Duration) -> Result<(), String> {
     let started = std::time::Instant::now();
+    let unit = unit_name(role);
+    let active = Cmd::read_script(format!("systemctl is-active {unit}"));
     loop {
+        // After a restart the API still shows the old heartbeat as Ready; the unit turns
+        // active only once the new process has registered (k3s notifies systemd).
+        let unit_active = node_host.run(&active).await.is_ok_and(|o| o.stdout_str().trim() == "active");
         let last = match nodes(api).await {
+            Ok(_) if !unit_active => format!("{unit} not active yet"),
             Ok(n) => match n.get(name) {
                 Some(s) if s.ready => return Ok(()),
                 Some(_) => "registered but NotReady".to_string(),
@@ -354,13 +360,12 @@ pub async fn wait_ready(api: &Host, node_host: &Host, role: Role, name: &str, ti
         };
         if started.elapsed() > timeout {
             return Err(format!(
-                "{name} not Ready after {}s ({last}); last lines of {}:{}",
+                "{name} not Ready after {}s ({last}); last lines of {unit}:{}",
                 timeout.as_secs(),
-                unit_name(role),
                 diagnostics(node_host, role).await
             ));
         }
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 
