@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{real_kubectl, standin_artifacts, stdout, text, Lab, BIN};
+use common::{real_kubectl, standin_artifacts, standin_release, stdout, text, Lab, BIN};
 
 fn up(lab: &Lab) -> Output {
     let file = lab.cluster_file();
@@ -328,6 +328,32 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
     assert!(all_ready(&nodes, &all), "{nodes:?}");
     let out = up(&lab);
     assert!(stdout(&out).contains("Up: no changes"), "{}", text(&out));
+
+    // Rolling upgrade: pin a new release; servers restart one at a time, each awaited.
+    let v2 = standin_release("v1.31.5+k3s1");
+    let file = std::fs::read_to_string(lab.cluster_file()).unwrap();
+    let upgraded = file
+        .replace("version: v1.31.4+k3s1", "version: v1.31.5+k3s1")
+        .replace(artifacts.to_str().unwrap(), v2.to_str().unwrap());
+    assert_ne!(file, upgraded);
+    std::fs::write(lab.cluster_file(), upgraded).unwrap();
+    let log = up_ok(&lab);
+    let pos = |s: &str| log.find(s).unwrap_or_else(|| panic!("{s:?} missing from:\n{log}"));
+    assert!(pos("node1: restart k3s") < pos("node1: waiting until Ready"));
+    assert!(pos("node1: waiting until Ready") < pos("node2: restart k3s"));
+    assert!(pos("node2: waiting until Ready") < pos("node3: restart k3s"));
+    assert!(pos("node3: waiting until Ready") < pos("node5: restart k3s-agent"));
+    let versions: BTreeMap<String, String> = lab
+        .sh("node2", "k3s kubectl get nodes --no-headers")
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.first()?.to_string(), format!("{} {}", f.get(1)?, f.get(4)?)))
+        })
+        .collect();
+    for n in all {
+        assert_eq!(versions.get(n).map(String::as_str), Some("Ready v1.31.5+k3s1"), "{versions:?}");
+    }
 }
 
 #[test]

@@ -127,24 +127,32 @@ pub fn stdout(out: &Output) -> String {
 /// An airgap artifact directory holding the k3s STAND-IN (standin/k3s, a labelled test double:
 /// real k3s cannot be downloaded here) exactly as a user would lay out real release files.
 pub fn standin_artifacts() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let manifest = root.join("standin/k3s/Cargo.toml");
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "--locked", "--quiet", "--manifest-path"])
-            .arg(&manifest)
-            .output()
-            .expect("run cargo build for the k3s stand-in");
-        assert!(out.status.success(), "building the k3s stand-in failed:\n{}", text(&out));
-        let dir = root.join("target/standin-artifacts");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(root.join("standin/k3s/target/debug/k3s"), dir.join("k3s")).unwrap();
-        let sum = Command::new("sha256sum").arg("k3s").current_dir(&dir).output().expect("sha256sum");
-        std::fs::write(dir.join("sha256sum-amd64.txt"), &sum.stdout).unwrap();
-        dir
-    })
-    .clone()
+    standin_release("v1.31.4+k3s1")
+}
+
+/// The stand-in built as release `version` (set at build time, as k3s's own version is), in
+/// its own artifact directory; for upgrade tests.
+pub fn standin_release(version: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, dir)) = built.iter().find(|(v, _)| v == version) {
+        return dir.clone();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "--locked", "--quiet", "--manifest-path"])
+        .arg(root.join("standin/k3s/Cargo.toml"))
+        .env("STANDIN_K3S_VERSION", version)
+        .output()
+        .expect("run cargo build for the k3s stand-in");
+    assert!(out.status.success(), "building the k3s stand-in failed:\n{}", text(&out));
+    let dir = root.join("target/standin-artifacts").join(version);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(root.join("standin/k3s/target/debug/k3s"), dir.join("k3s")).unwrap();
+    let sum = Command::new("sha256sum").arg("k3s").current_dir(&dir).output().expect("sha256sum");
+    std::fs::write(dir.join("sha256sum-amd64.txt"), &sum.stdout).unwrap();
+    built.push((version.to_string(), dir.clone()));
+    dir
 }
 
 /// `kubectl` on PATH (the real client), or None with a visible SKIP line.

@@ -85,7 +85,7 @@ fn node_row(n: &NodeRec) -> Value {
     let r = &n.reg;
     let age = human_age(now_unix().saturating_sub(n.created));
     json!({
-        "cells": [r.name, cluster::node_status(n), cluster::roles(&r.labels), age, VERSION,
+        "cells": [r.name, cluster::node_status(n), cluster::roles(&r.labels), age, r.kubelet_version(),
                   r.internal_ip, r.external_ip.clone().unwrap_or_else(|| "<none>".into()), r.os_image, r.kernel,
                   "containerd://standin"],
         "object": partial(&js["metadata"]),

@@ -6,7 +6,12 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub const VERSION: &str = "v1.31.4+k3s1";
+/// Set at build time like real k3s (which takes it from `-ldflags -X …version.Version`):
+/// `STANDIN_K3S_VERSION=v1.31.5+k3s1 cargo build` makes a second release for upgrade tests.
+pub const VERSION: &str = match option_env!("STANDIN_K3S_VERSION") {
+    Some(v) => v,
+    None => "v1.31.4+k3s1",
+};
 /// A node is NotReady after this long without a heartbeat (real: node-monitor-grace-period 40s;
 /// shortened for tests).
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -24,6 +29,15 @@ pub struct NodeReg {
     pub os_image: String,
     pub kernel: String,
     pub arch: String,
+    /// The kubelet version of this node's own binary (nodes differ during a rolling upgrade).
+    #[serde(default)]
+    pub version: String,
+}
+
+impl NodeReg {
+    pub fn kubelet_version(&self) -> &str {
+        if self.version.is_empty() { VERSION } else { &self.version }
+    }
 }
 
 /// A node record. All stamps are wall-clock unix milliseconds (servers share a clock in the
@@ -395,8 +409,8 @@ pub fn node_json(n: &NodeRec) -> Value {
                 "architecture": r.arch,
                 "containerRuntimeVersion": "containerd://standin",
                 "kernelVersion": r.kernel,
-                "kubeProxyVersion": VERSION,
-                "kubeletVersion": VERSION,
+                "kubeProxyVersion": r.kubelet_version(),
+                "kubeletVersion": r.kubelet_version(),
                 "operatingSystem": "linux",
                 "osImage": r.os_image,
             }
@@ -436,6 +450,7 @@ mod tests {
             os_image: "x".into(),
             kernel: "k".into(),
             arch: "amd64".into(),
+            version: VERSION.into(),
         }
     }
 

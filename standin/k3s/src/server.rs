@@ -131,6 +131,7 @@ fn node_reg(o: &Opts, data_dir: &Path, server_role: Option<bool>) -> NodeReg {
         os_image,
         kernel,
         arch: arch.into(),
+        version: cluster::VERSION.into(),
     }
 }
 
