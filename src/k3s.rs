@@ -243,6 +243,8 @@ pub struct NodeStatus {
     pub ready: bool,
     pub internal_ip: String,
     pub labels: BTreeMap<String, String>,
+    /// `key[=value]:Effect`, as the cluster file writes them.
+    pub taints: Vec<String>,
 }
 
 /// Nodes as seen by the API of `server` (through its local kubeconfig).
@@ -280,7 +282,20 @@ fn parse_nodes(json: &str) -> Result<BTreeMap<String, NodeStatus>, String> {
             .and_then(Value::as_object)
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
             .unwrap_or_default();
-        out.insert(name.to_string(), NodeStatus { ready, internal_ip, labels });
+        let taints = item
+            .pointer("/spec/taints")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                let field = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("");
+                match field("value") {
+                    "" => format!("{}:{}", field("key"), field("effect")),
+                    v => format!("{}={v}:{}", field("key"), field("effect")),
+                }
+            })
+            .collect();
+        out.insert(name.to_string(), NodeStatus { ready, internal_ip, labels, taints });
     }
     Ok(out)
 }
@@ -375,12 +390,13 @@ mod tests {
 
     #[test]
     fn node_list_parsing() {
-        let j = r#"{"items":[{"metadata":{"name":"n1","labels":{"a":"b"}},"status":{"conditions":[{"type":"Ready","status":"True"}],"addresses":[{"type":"InternalIP","address":"10.0.0.1"}]}},
+        let j = r#"{"items":[{"metadata":{"name":"n1","labels":{"a":"b"}},"spec":{"taints":[{"key":"d","value":"e","effect":"NoSchedule"},{"key":"x","effect":"NoExecute"}]},"status":{"conditions":[{"type":"Ready","status":"True"}],"addresses":[{"type":"InternalIP","address":"10.0.0.1"}]}},
                    {"metadata":{"name":"n2"},"status":{"conditions":[{"type":"Ready","status":"Unknown"}]}}]}"#;
         let n = parse_nodes(j).unwrap();
         assert!(n["n1"].ready);
         assert_eq!(n["n1"].internal_ip, "10.0.0.1");
         assert_eq!(n["n1"].labels["a"], "b");
+        assert_eq!(n["n1"].taints, ["d=e:NoSchedule", "x:NoExecute"]);
         assert!(!n["n2"].ready);
     }
 }

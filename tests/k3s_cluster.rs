@@ -229,6 +229,23 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(stdout(&out).contains("k3s-agent active  Ready"), "{}", text(&out));
 
+    // Labels and taints changed in the file later reach the existing node through the API
+    // (k3s itself applies them only when a node registers).
+    let changed = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("      disk: ssd\n", "      disk: hdd\n")
+        .replace("[\"dedicated=edge:NoSchedule\"]", "[\"dedicated=edge:NoSchedule\", \"zone=b:PreferNoSchedule\"]");
+    assert!(changed.contains("disk: hdd") && changed.contains("zone=b"));
+    std::fs::write(&file, changed).unwrap();
+    let report = stdout(&up(&lab));
+    assert!(report.contains("[ready] label node node2: disk=hdd"), "{report}");
+    assert!(report.contains("[ready] taint node node2: zone=b:PreferNoSchedule"), "{report}");
+    let node2 = lab.sh("node1", "k3s kubectl get node node2 -o json");
+    assert!(node2.contains("\"hdd\"") && node2.contains("PreferNoSchedule"), "{node2}");
+    let out = up(&lab);
+    assert!(stdout(&out).contains("node1 (10.77.41.11): no changes"), "{}", text(&out));
+    assert!(!stdout(&out).contains("label node"), "{}", text(&out));
+
     // down --limit drains and deletes the agent from the API, then resets it; up brings it back.
     let out = lab.pikube(&["down", "-f", file_arg, "--limit", "node2", "--yes"]);
     assert!(out.status.success(), "{}", text(&out));

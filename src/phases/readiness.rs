@@ -2,6 +2,7 @@
 //! the node IP from the cluster file. A node that is not gets its own k3s log lines in the
 //! error instead of a silent hang.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -9,7 +10,7 @@ use futures::future::BoxFuture;
 use crate::config::Role;
 use crate::fleet::{Fleet, Node};
 use crate::k3s;
-use crate::remote::Cmd;
+use crate::remote::{quote, Cmd};
 
 pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     Box::pin(async move {
@@ -34,6 +35,7 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                         .collect();
                     if pending.is_empty() {
                         check_node_ips(&members, &status);
+                        reconcile_labels_and_taints(api, &members, &status).await;
                         eprintln!("    all {} nodes Ready ({:.1}s)", members.len(), started.elapsed().as_secs_f64());
                         return;
                     }
@@ -74,6 +76,34 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     })
 }
 
+/// k3s applies `node-label`/`node-taint` only when a node registers, so a label or taint
+/// added to the cluster file later is set through the API. Ones removed from the file stay
+/// (pikube cannot tell them from labels set by others).
+async fn reconcile_labels_and_taints(api: &crate::remote::Host, members: &[&Node], status: &BTreeMap<String, k3s::NodeStatus>) {
+    for n in members {
+        let Some(s) = status.get(n.name()) else { continue };
+        let labels: Vec<String> = n
+            .spec
+            .labels
+            .iter()
+            .filter(|(k, v)| s.labels.get(*k) != Some(*v))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let taints: Vec<String> =
+            n.spec.taints.iter().map(|t| t.value.clone()).filter(|t| !s.taints.contains(t)).collect();
+        for (verb, changes) in [("label", labels), ("taint", taints)] {
+            if changes.is_empty() {
+                continue;
+            }
+            let args: Vec<String> = changes.iter().map(|c| quote(c)).collect();
+            let cmd = Cmd::change_script(format!("{} kubectl {verb} node {} {} --overwrite", k3s::BIN, quote(n.name()), args.join(" ")));
+            if let Err(e) = api.apply(format!("{verb} node {}: {}", n.name(), changes.join(" ")), &cmd).await {
+                n.fail(format!("cannot {verb} the node: {e}"));
+            }
+        }
+    }
+}
+
 /// Members whose k3s unit is not active (failed, or still starting).
 async fn inactive_units<'a>(members: &[&'a Node]) -> Vec<&'a str> {
     let checks = members.iter().map(|n| async move {
@@ -87,7 +117,7 @@ async fn inactive_units<'a>(members: &[&'a Node]) -> Vec<&'a str> {
 
 /// A node registered under another IP than its cluster-file address is a misconfiguration
 /// that breaks the overlay network later; say so now.
-fn check_node_ips(members: &[&Node], status: &std::collections::BTreeMap<String, k3s::NodeStatus>) {
+fn check_node_ips(members: &[&Node], status: &BTreeMap<String, k3s::NodeStatus>) {
     for n in members {
         let Some(facts) = n.facts() else { continue };
         let Ok(want) = k3s::node_ip(&n.spec, &facts) else { continue };

@@ -98,6 +98,11 @@ impl State {
         match self.nodes.get_mut(&reg.name) {
             Some(n) if !n.deleted => {
                 n.last_seen = n.last_seen.max(now);
+                // Like a kubelet, labels and taints count only when the Node is created;
+                // later changes go through the API (`kubectl label/taint`).
+                let mut reg = reg;
+                reg.labels = n.reg.labels.clone();
+                reg.taints = n.reg.taints.clone();
                 if register || n.reg != reg {
                     n.reg = reg;
                     n.updated = Self::stamp_after(n.updated);
@@ -148,6 +153,74 @@ impl State {
             self.gen += 1;
         }
         Some(changed)
+    }
+
+    /// `kubectl label`: value None removes the key. Returns Some(changed), None for no node.
+    pub fn label(&mut self, name: &str, want: &BTreeMap<String, Option<String>>, overwrite: bool) -> Option<Result<bool, String>> {
+        let n = self.nodes.get_mut(name).filter(|n| !n.deleted)?;
+        let mut labels = n.reg.labels.clone();
+        for (k, v) in want {
+            match v {
+                Some(v) => {
+                    if let Some(old) = labels.get(k).filter(|old| *old != v) {
+                        if !overwrite {
+                            return Some(Err(format!("error: '{k}' already has a value ({old}), and --overwrite is false")));
+                        }
+                    }
+                    labels.insert(k.clone(), v.clone());
+                }
+                None => {
+                    labels.remove(k);
+                }
+            }
+        }
+        Some(Ok(self.set_node_meta(name, Some(labels), None)))
+    }
+
+    /// `kubectl taint`: add `key[=value]:Effect`, remove `key[:Effect]-`.
+    pub fn taint(&mut self, name: &str, add: &[String], remove: &[String], overwrite: bool) -> Option<Result<bool, String>> {
+        let n = self.nodes.get(name).filter(|n| !n.deleted)?;
+        let key_effect = |t: &str| -> (String, String) {
+            let (kv, effect) = t.rsplit_once(':').unwrap_or((t, ""));
+            (kv.split_once('=').map_or(kv, |(k, _)| k).to_string(), effect.to_string())
+        };
+        let mut taints = n.reg.taints.clone();
+        for t in remove {
+            let (k, e) = key_effect(t);
+            taints.retain(|x| {
+                let (xk, xe) = key_effect(x);
+                !(xk == k && (e.is_empty() || xe == e))
+            });
+        }
+        for t in add {
+            let (k, e) = key_effect(t);
+            if let Some(pos) = taints.iter().position(|x| key_effect(x) == (k.clone(), e.clone())) {
+                if taints[pos] != *t && !overwrite {
+                    return Some(Err(format!("error: node {name} already has {k} taint(s) with same effect(s) and --overwrite is false")));
+                }
+                taints[pos] = t.clone();
+            } else {
+                taints.push(t.clone());
+            }
+        }
+        Some(Ok(self.set_node_meta(name, None, Some(taints))))
+    }
+
+    fn set_node_meta(&mut self, name: &str, labels: Option<BTreeMap<String, String>>, taints: Option<Vec<String>>) -> bool {
+        let Some(n) = self.nodes.get_mut(name) else { return false };
+        let before = (n.reg.labels.clone(), n.reg.taints.clone());
+        if let Some(l) = labels {
+            n.reg.labels = l;
+        }
+        if let Some(t) = taints {
+            n.reg.taints = t;
+        }
+        let changed = before != (n.reg.labels.clone(), n.reg.taints.clone());
+        if changed {
+            n.updated = Self::stamp_after(n.updated);
+            self.gen += 1;
+        }
+        changed
     }
 
     pub fn add_member(&mut self, url: &str) {
@@ -438,6 +511,27 @@ mod tests {
         assert!(!kind_matches("deployments.extensions", "Deployment", "apps"));
         assert!(kind_matches("ingresses", "Ingress", "networking.k8s.io"));
         assert!(kind_matches("networkpolicies", "NetworkPolicy", "networking.k8s.io"));
+    }
+
+    #[test]
+    fn labels_and_taints_change_only_through_the_api() {
+        let mut st = State::default();
+        let mut r = reg("n1");
+        r.labels.insert("disk".into(), "ssd".into());
+        st.heartbeat(r.clone(), true).unwrap();
+        let mut later = r.clone();
+        later.labels.insert("disk".into(), "hdd".into());
+        st.heartbeat(later, true).unwrap();
+        assert_eq!(st.node("n1").unwrap().reg.labels["disk"], "ssd", "a restart does not relabel");
+        let want: BTreeMap<String, Option<String>> = [("disk".to_string(), Some("hdd".to_string()))].into();
+        assert!(st.label("n1", &want, false).unwrap().is_err(), "needs --overwrite");
+        assert_eq!(st.label("n1", &want, true), Some(Ok(true)));
+        assert_eq!(st.label("n1", &want, true), Some(Ok(false)));
+        assert_eq!(st.taint("n1", &["a=b:NoSchedule".into()], &[], false), Some(Ok(true)));
+        assert!(st.taint("n1", &["a=c:NoSchedule".into()], &[], false).unwrap().is_err());
+        assert_eq!(st.taint("n1", &[], &["a:NoSchedule".into()], false), Some(Ok(true)));
+        assert!(st.node("n1").unwrap().reg.taints.is_empty());
+        assert!(st.label("nope", &want, true).is_none());
     }
 
     fn reg(name: &str) -> NodeReg {

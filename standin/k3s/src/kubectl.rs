@@ -157,7 +157,7 @@ async fn run_inner(args: &[String]) -> Result<String, String> {
         idx += 1;
     }
     let Some(verb) = args.get(idx).cloned() else {
-        return Ok("kubectl controls the Kubernetes cluster manager (k3s STAND-IN subset: get, delete, drain, cordon, uncordon, apply, version).\n".into());
+        return Ok("kubectl controls the Kubernetes cluster manager (k3s STAND-IN subset: get, delete, drain, cordon, uncordon, label, taint, apply, version).\n".into());
     };
     let mut rest = pre;
     rest.extend(args[idx + 1..].iter().cloned());
@@ -166,6 +166,7 @@ async fn run_inner(args: &[String]) -> Result<String, String> {
         "delete" => &["ignore-not-found", "wait", "now", "force", "grace-period", "timeout"],
         "drain" => &["ignore-daemonsets", "delete-emptydir-data", "delete-local-data", "force", "timeout", "grace-period", "disable-eviction", "pod-selector", "selector", "skip-wait-for-delete-timeout", "dry-run", "chunk-size"],
         "cordon" | "uncordon" => &["dry-run", "selector"],
+        "label" | "taint" => &["overwrite", "dry-run"],
         "apply" => &["filename", "server-side", "force-conflicts", "field-manager", "validate"],
         "version" => &["client"],
         other => return Err(format!("error: unknown command \"{other}\" for \"kubectl\"\n\nDid you mean this?\n\tget\n\nRun 'kubectl --help' for usage.")),
@@ -214,6 +215,52 @@ async fn run_inner(args: &[String]) -> Result<String, String> {
             }
             let changed = v.get("changed").and_then(Value::as_bool).unwrap_or(true);
             Ok(format!("node/{n} {}\n", if changed { format!("{verb}ed") } else { format!("already {verb}ed") }))
+        }
+        "label" | "taint" => {
+            let (kind, rest) = a.positional.split_first().ok_or(format!("error: USAGE: {verb} node NAME ..."))?;
+            if !cluster::kind_matches(kind, "Node", "") {
+                return Err(format!("error: STAND-IN kubectl can only {verb} nodes, not {kind:?}"));
+            }
+            let (n, changes) = rest.split_first().ok_or("error: resource(s) were provided, but no name was specified")?;
+            if changes.is_empty() {
+                return Err(format!("error: at least one {verb} update is required"));
+            }
+            let overwrite = a.flags.iter().any(|f| f == "overwrite=true");
+            let body = if verb == "label" {
+                let mut labels = serde_json::Map::new();
+                for c in changes {
+                    match (c.split_once('='), c.strip_suffix('-')) {
+                        (Some((k, v)), _) => {
+                            crate::cli::validate_label(c)?;
+                            labels.insert(k.to_string(), json!(v));
+                        }
+                        (None, Some(k)) => {
+                            labels.insert(k.to_string(), Value::Null);
+                        }
+                        _ => return Err(format!("error: invalid label spec: {c}")),
+                    }
+                }
+                json!({"labels": labels, "overwrite": overwrite})
+            } else {
+                let (mut add, mut remove) = (vec![], vec![]);
+                for c in changes {
+                    match c.strip_suffix('-') {
+                        Some(r) => remove.push(r.to_string()),
+                        None => {
+                            crate::cli::validate_taint(c)?;
+                            add.push(c.clone());
+                        }
+                    }
+                }
+                json!({"add": add, "remove": remove, "overwrite": overwrite})
+            };
+            let (code, v) = kube.call("POST", &format!("/v1-standin/{verb}/{n}"), body.to_string().as_bytes()).await?;
+            if code != 200 {
+                return Err(server_error(&v));
+            }
+            let changed = v.get("changed").and_then(Value::as_bool).unwrap_or(true);
+            let done = if verb == "label" { "labeled" } else { "tainted" };
+            Ok(format!("node/{n} {}{done}\n", if changed { "" } else { "not " }))
         }
         "drain" => {
             let n = a.positional.first().ok_or("error: USAGE: drain NODE [flags]")?;

@@ -666,6 +666,32 @@ async fn handle(srv: &Arc<Srv>, req: net::Request, client_cert: bool) -> Resp {
                 None => status_err(404, "NotFound", &format!("nodes \"{name}\" not found")),
             }
         }
+        ("POST", ["v1-standin", verb @ ("label" | "taint"), name]) => {
+            let v: Value = serde_json::from_slice(&req.body).unwrap_or(json!({}));
+            let overwrite = v.get("overwrite").and_then(Value::as_bool).unwrap_or(false);
+            let strings = |k: &str| -> Vec<String> {
+                v.get(k).and_then(Value::as_array).into_iter().flatten().filter_map(|x| x.as_str().map(String::from)).collect()
+            };
+            let (r, part) = {
+                let mut st = srv.state.lock().unwrap();
+                let r = if *verb == "label" {
+                    let want: BTreeMap<String, Option<String>> =
+                        serde_json::from_value(v.get("labels").cloned().unwrap_or(json!({}))).unwrap_or_default();
+                    st.label(name, &want, overwrite)
+                } else {
+                    st.taint(name, &strings("add"), &strings("remove"), overwrite)
+                };
+                (r, st.part(Some(name), None, None))
+            };
+            match r {
+                Some(Ok(changed)) => {
+                    push(srv, part, true).await;
+                    j(200, json!({"changed": changed}))
+                }
+                Some(Err(e)) => status_err(409, "Conflict", &e),
+                None => status_err(404, "NotFound", &format!("nodes \"{name}\" not found")),
+            }
+        }
         ("POST", ["v1-standin", "apply"]) => {
             let Ok(doc) = serde_json::from_slice::<Value>(&req.body) else {
                 return status_err(400, "BadRequest", "invalid document");
