@@ -354,16 +354,21 @@ pub async fn wait_for_endpoint(host: &Host, ep: &ApiEndpoint, timeout: std::time
     }
 }
 
+/// Whether the role's k3s unit is active on `host` (not failed, not still starting).
+pub async fn unit_active(host: &Host, role: Role) -> Result<bool, RemoteError> {
+    let out = host.run(&Cmd::read_script(format!("systemctl is-active {}", unit_name(role)))).await?;
+    Ok(out.stdout_str().trim() == "active")
+}
+
 /// Polls `api` until `name` is Ready, for at most `timeout`; on timeout the error carries the
 /// node's own k3s log lines.
 pub async fn wait_ready(api: &Host, node_host: &Host, role: Role, name: &str, timeout: std::time::Duration) -> Result<(), String> {
     let started = std::time::Instant::now();
     let unit = unit_name(role);
-    let active = Cmd::read_script(format!("systemctl is-active {unit}"));
     loop {
         // After a restart the API still shows the old heartbeat as Ready; the unit turns
         // active only once the new process has registered (k3s notifies systemd).
-        let unit_active = node_host.run(&active).await.is_ok_and(|o| o.stdout_str().trim() == "active");
+        let unit_active = unit_active(node_host, role).await.unwrap_or(false);
         let last = match nodes(api).await {
             Ok(_) if !unit_active => format!("{unit} not active yet"),
             Ok(n) => match n.get(name) {

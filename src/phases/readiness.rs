@@ -108,9 +108,7 @@ async fn reconcile_labels_and_taints(api: &crate::remote::Host, members: &[&Node
 async fn inactive_units<'a>(members: &[&'a Node]) -> Vec<&'a str> {
     let checks = members.iter().map(|n| async move {
         let host = n.host.as_ref()?;
-        let unit = k3s::unit_name(n.role());
-        let out = host.run(&Cmd::read_script(format!("systemctl is-active {unit}"))).await.ok()?;
-        (out.stdout_str().trim() != "active").then(|| n.name())
+        matches!(k3s::unit_active(host, n.role()).await, Ok(false)).then(|| n.name())
     });
     futures::future::join_all(checks).await.into_iter().flatten().collect()
 }
