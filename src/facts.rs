@@ -163,7 +163,7 @@ fn now() -> f64 {
 
 /// The facts script. Sections are `@@name` lines followed by their raw value lines.
 fn script() -> String {
-    let mut s = String::from(
+    let s = String::from(
         r#"LC_ALL=C; export LC_ALL
 sec() { echo "@@$1"; }
 sec now; date +%s.%N
@@ -207,11 +207,12 @@ sec apt_sources; for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /
   [ -f "$f" ] && { echo "@@@file $f"; cat "$f"; }; done
 sec ipv4; ip -o -4 addr show 2>/dev/null | awk '{print $2, $4}'
 sec packages; dpkg-query -W -f='${Package} ${db:Status-Status}\n' haproxy keepalived 2>/dev/null | awk '$2 == "installed" {print $1}'
-sec services; for u in k3s k3s-agent haproxy keepalived; do
+sec services; for u in @SERVICES@; do
   e=$(systemctl is-enabled "$u" 2>/dev/null); a=$(systemctl is-active "$u" 2>/dev/null); echo "$u ${e:-none} ${a:-none}"; done
 sec default_password
 "#,
     );
+    let mut s = s.replace("@SERVICES@", &SERVICES.join(" "));
     // The shadow hash is compared on the host (perl's crypt() uses libc, which knows yescrypt
     // and sha512-crypt) and passed through the environment, so it never leaves the host.
     for (user, pw) in DEFAULT_PASSWORDS {
