@@ -86,19 +86,22 @@ async fn remove_from_api(api: &Host, name: &str) -> Result<(), String> {
 async fn reset(node: &Node, host: &Host) -> Result<(), String> {
     let facts = node.facts().ok_or("no facts gathered")?;
     let installed = facts.kubernetes.contains_key("k3s")
-        || ["k3s", "k3s-agent"].iter().any(|u| facts.services.get(*u).is_some_and(|s| s.enabled || s.active));
+        || [Role::Server, Role::Agent].iter().any(|r| facts.services.get(k3s::unit_name(*r)).is_some_and(|s| s.enabled || s.active));
     if !installed || node.role() == Role::Loadbalancer {
         return Ok(());
     }
     let links: String = LINKS.iter().map(|l| format!("[ \"$(readlink /usr/local/bin/{l})\" = k3s ] && rm -f /usr/local/bin/{l}; ")).collect();
+    let roles = [Role::Server, Role::Agent];
+    let units = roles.map(k3s::unit_name).join(" ");
+    let unit_files = roles.iter().flat_map(|r| [k3s::unit_path(*r), k3s::env_path(*r)]).collect::<Vec<_>>().join(" ");
     let script = format!(
-        "for u in k3s k3s-agent; do systemctl disable --now \"$u\" 2>/dev/null || true; done; \
+        "for u in {units}; do systemctl disable --now \"$u\" 2>/dev/null || true; done; \
          pkill -x k3s 2>/dev/null || true; sleep 1; pkill -9 -x k3s 2>/dev/null || true; \
-         rm -f /etc/systemd/system/k3s.service /etc/systemd/system/k3s.service.env \
-               /etc/systemd/system/k3s-agent.service /etc/systemd/system/k3s-agent.service.env; \
+         rm -f {unit_files}; \
          systemctl daemon-reload; \
-         rm -rf /etc/rancher/k3s /var/lib/rancher/k3s /var/lib/kubelet /run/k3s /var/lib/pikube/hooks; \
-         {links}rm -f {BIN}"
+         rm -rf /etc/rancher/k3s /var/lib/rancher/k3s /var/lib/kubelet /run/k3s {hooks}; \
+         {links}rm -f {BIN}",
+        hooks = phases::HOOKS_APPLIED_DIR,
     );
     host.apply("stop k3s and remove it (uninstall)", &Cmd::change_script(script).timeout(std::time::Duration::from_secs(120)))
         .await

@@ -14,7 +14,8 @@ use crate::fleet::Fleet;
 use crate::k3s::BIN;
 use crate::remote::{Cmd, Host};
 
-const APPLIED_DIR: &str = "/var/lib/pikube/hooks";
+/// Where each hook's last applied checksum is kept on the server (`down` removes it).
+pub const APPLIED_DIR: &str = "/var/lib/pikube/hooks";
 
 pub fn post_master_up<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     Box::pin(async move {

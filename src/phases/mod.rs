@@ -55,7 +55,7 @@ pub fn names() -> Vec<&'static str> {
     PHASES.iter().map(|p| p.name).collect()
 }
 
-pub use cluster_hooks::pre_master_down;
+pub use cluster_hooks::{pre_master_down, APPLIED_DIR as HOOKS_APPLIED_DIR};
 pub use kubeconfig::write_local as write_kubeconfig;
 
 /// Runs all phases over the fleet. Hosts that fail drop out; the others go on.
