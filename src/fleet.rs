@@ -72,6 +72,8 @@ pub struct Fleet {
     pub reboot_timeout: Duration,
     /// How long k3s nodes may take to become Ready.
     pub ready_timeout: Duration,
+    /// The cluster's join token, once a phase has asked for it (see `k3s::token`).
+    pub token: tokio::sync::OnceCell<String>,
 }
 
 impl Fleet {
@@ -120,7 +122,9 @@ impl Fleet {
             .buffered(parallel)
             .collect::<Vec<_>>()
             .await;
-        Ok(Fleet { cluster, nodes, journal, mode, parallel, reboot_timeout: Duration::from_secs(300), ready_timeout: Duration::from_secs(300) })
+        Ok(Fleet { cluster, nodes, journal, mode, parallel, reboot_timeout: Duration::from_secs(300), ready_timeout: Duration::from_secs(300),
+            token: tokio::sync::OnceCell::new(),
+        })
     }
 
     /// Runs `f` on every healthy node, at most `parallel` at a time; an error marks that node

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::config::{ApiEndpoint, Cluster, EndpointMode, HostSpec, Role};
 use crate::facts::HostFacts;
+use crate::fleet::Fleet;
 use crate::remote::{quote, Cmd, Host, Mode, RemoteError};
 
 pub const BIN: &str = "/usr/local/bin/k3s";
@@ -198,8 +199,14 @@ pub fn node_ip(host: &HostSpec, facts: &HostFacts) -> Result<String, String> {
 }
 
 /// The cluster's join token, kept in the local state directory (0600) and never printed.
-/// An existing cluster's token is adopted from its first server; otherwise a new one is made.
-pub async fn token(cluster: &Cluster, first_server: Option<&Host>, mode: Mode) -> Result<String, String> {
+/// Worked out once per run and shared by every phase that needs it.
+pub async fn token(fleet: &Fleet) -> Result<String, String> {
+    let server = fleet.healthy(Role::Server).next().map(|(_, h)| h);
+    fleet.token.get_or_try_init(|| load_or_make_token(&fleet.cluster, server, fleet.mode)).await.cloned()
+}
+
+/// From the local state; else adopted from an existing cluster's server; else a new one.
+async fn load_or_make_token(cluster: &Cluster, first_server: Option<&Host>, mode: Mode) -> Result<String, String> {
     let path = token_path(cluster);
     if let Ok(t) = std::fs::read_to_string(&path) {
         let t = t.trim().to_string();

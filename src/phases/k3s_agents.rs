@@ -15,8 +15,7 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
         if !fleet.nodes.iter().any(|n| n.role() == Role::Agent && n.ok()) {
             return;
         }
-        let first_server = fleet.healthy(Role::Server).next().map(|(_, h)| h);
-        let token = match k3s::token(&fleet.cluster, first_server, fleet.mode).await {
+        let token = match k3s::token(fleet).await {
             Ok(t) => t,
             Err(e) => {
                 fleet.nodes.iter().filter(|n| n.role() == Role::Agent).for_each(|n| n.fail(format!("cannot get the cluster token: {e}")));

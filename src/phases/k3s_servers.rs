@@ -12,8 +12,7 @@ use crate::remote::{Cmd, Host, Mode};
 pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     Box::pin(async move {
         let servers: Vec<&Node> = fleet.nodes.iter().filter(|n| n.role() == Role::Server).collect();
-        let first_host = servers.first().filter(|n| n.ok()).and_then(|n| n.host.as_ref());
-        let token = match k3s::token(&fleet.cluster, first_host, fleet.mode).await {
+        let token = match k3s::token(fleet).await {
             Ok(t) => t,
             Err(e) => {
                 servers.iter().for_each(|n| n.fail(format!("cannot get the cluster token: {e}")));

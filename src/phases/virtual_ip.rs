@@ -28,8 +28,7 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
         let peers: Vec<String> = fleet.cluster.with_role(role).map(|h| h.address().to_string()).collect();
         let peers = &peers;
         // The VRRP password is derived from the join token, so it is secret and stable.
-        let first_server = fleet.healthy(Role::Server).next().map(|(_, h)| h);
-        let token = match k3s::token(&fleet.cluster, first_server, fleet.mode).await {
+        let token = match k3s::token(fleet).await {
             Ok(t) => t,
             Err(e) => {
                 for n in fleet.nodes.iter().filter(|n| n.role() == role) {
