@@ -125,6 +125,13 @@ impl Journal {
     }
 }
 
+/// A remote file's sha256 and octal mode; both empty when the file does not exist.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileState {
+    pub sha256: String,
+    pub mode: String,
+}
+
 /// A connected host with its privileges and the run's mode.
 pub struct Host {
     pub name: String,
@@ -216,18 +223,36 @@ impl Host {
     /// checksum differs. Returns whether it changed (or would change, when planning).
     /// `mode: None` leaves permissions alone: FAT boot partitions refuse chmod.
     pub async fn ensure_file(&self, path: &str, content: &[u8], mode: Option<u32>) -> Result<bool, RemoteError> {
-        let want = hex::encode(Sha256::digest(content));
+        let have = self.file_state(path).await?;
+        self.ensure_file_from(path, content, &hex::encode(Sha256::digest(content)), mode, &have).await
+    }
+
+    /// The checksum and mode of the file at `path`, both empty when there is none.
+    pub async fn file_state(&self, path: &str) -> Result<FileState, RemoteError> {
         let probe = Cmd::read_script(format!(
             "if [ -f {p} ]; then sha256sum < {p} | cut -d' ' -f1; stat -c %a {p}; fi",
             p = quote(path)
         ));
-        let have = self.run_ok(&probe).await?;
-        let mut lines = have.lines();
-        let (sum, perm) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-        if sum == want && mode.is_none_or(|m| perm == format!("{m:o}")) {
+        let out = self.run_ok(&probe).await?;
+        let mut lines = out.lines();
+        let (sha256, mode) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+        Ok(FileState { sha256: sha256.to_string(), mode: mode.to_string() })
+    }
+
+    /// [`Host::ensure_file`] for a caller that already has the content's checksum (`want`)
+    /// and the file's state, e.g. to report before a large push.
+    pub async fn ensure_file_from(
+        &self,
+        path: &str,
+        content: &[u8],
+        want: &str,
+        mode: Option<u32>,
+        have: &FileState,
+    ) -> Result<bool, RemoteError> {
+        if have.sha256 == want && mode.is_none_or(|m| have.mode == format!("{m:o}")) {
             return Ok(false);
         }
-        let verb = if sum.is_empty() { "create" } else { "update" };
+        let verb = if have.sha256.is_empty() { "create" } else { "update" };
         let chmod = mode.map(|m| format!("chmod {m:o} \"$t\"; ")).unwrap_or_default();
         let write = Cmd::change_script(format!(
             "set -e; d=$(dirname {p}); mkdir -p \"$d\"; t=$(mktemp \"$d/.pikube.XXXXXX\"); \

@@ -51,17 +51,15 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
 }
 
 async fn push(fleet: &Fleet, node: &Node, host: &Host, version: &str, bin: &K3sBinary, bytes: &[u8]) -> Result<(), String> {
-    let have = host
-        .run_ok(&Cmd::read_script(format!("[ -f {BIN} ] && sha256sum < {BIN} | cut -d' ' -f1 || true")))
-        .await
-        .map_err(|e| e.to_string())?;
-    let pushing = have.trim() != bin.sha256;
+    let have = host.file_state(BIN).await.map_err(|e| e.to_string())?;
+    let pushing = have.sha256 != bin.sha256;
     let (started, mib) = (Instant::now(), bin.size as f64 / 1048576.0);
     if pushing && fleet.mode == Mode::Apply {
         eprintln!("    {}: pushing k3s {version} ({mib:.1} MiB) …", node.name());
     }
     // Also run when the checksum matches: the mode may be off (a binary copied by hand).
-    host.ensure_file(BIN, bytes, Some(0o755)).await.map_err(|e| e.to_string())?;
+    // The checksums are known already: neither side hashes the binary again.
+    host.ensure_file_from(BIN, bytes, &bin.sha256, Some(0o755), &have).await.map_err(|e| e.to_string())?;
     if pushing {
         node.k3s_binary_changed.store(true, std::sync::atomic::Ordering::SeqCst);
         if fleet.mode == Mode::Apply {
