@@ -58,17 +58,7 @@ fn file_sha(path: &Path) -> String {
 
 #[test]
 fn flash_xz_to_a_file_verifies_and_customises() {
-    require!(
-        false,
-        "sfdisk",
-        "mkfs.vfat",
-        "mcopy",
-        "mtype",
-        "fsck.vfat",
-        "ssh-keygen",
-        "sha256sum",
-        "xz"
-    );
+    require!(image false, "mtype", "fsck.vfat", "ssh-keygen", "sha256sum", "xz");
     let dir = tempdir("flash-file");
     let raw = build_image(&dir, "pi.img", Table::Gpt, Style::Bookworm);
     let raw_sha = file_sha(&raw);
@@ -126,17 +116,7 @@ fn flash_xz_to_a_file_verifies_and_customises() {
 
 #[test]
 fn flash_to_a_loop_device_verifies() {
-    require!(
-        true,
-        "sfdisk",
-        "mkfs.vfat",
-        "mcopy",
-        "mtype",
-        "ssh-keygen",
-        "sha256sum",
-        "losetup",
-        "gzip"
-    );
+    require!(image true, "mtype", "ssh-keygen", "sha256sum", "losetup", "gzip");
     let dir = tempdir("flash-loop");
     let raw = build_image(&dir, "pi.img", Table::Mbr, Style::Ubuntu);
     let raw_sha = file_sha(&raw);
@@ -191,7 +171,7 @@ fn flash_to_a_loop_device_verifies() {
 
 #[test]
 fn corruption_behind_the_writers_back_fails_verification() {
-    require!(false, "sfdisk", "mkfs.vfat", "mcopy", "ssh-keygen");
+    require!(image false, "ssh-keygen");
     let dir = tempdir("flash-corrupt");
     let raw = build_image(&dir, "pi.img", Table::Mbr, Style::Bookworm);
     let card = dir.join("card.img");
@@ -258,7 +238,7 @@ fn root_device() -> Option<PathBuf> {
 
 #[test]
 fn the_root_disk_is_refused() {
-    require!(false, "sfdisk", "mkfs.vfat", "mcopy");
+    require!(image false);
     let Some(root) = root_device() else {
         let _ = writeln!(std::io::stderr(), "SKIP: / is not on a block device here");
         return;
@@ -287,15 +267,7 @@ fn the_root_disk_is_refused() {
 
 #[test]
 fn a_mounted_device_is_refused() {
-    require!(
-        true,
-        "sfdisk",
-        "mkfs.vfat",
-        "mcopy",
-        "losetup",
-        "mkfs.ext4",
-        "mount"
-    );
+    require!(image true, "losetup", "mkfs.ext4", "mount");
     let dir = tempdir("flash-mounted");
     let raw = build_image(&dir, "pi.img", Table::Mbr, Style::Bookworm);
     let backing = dir.join("disk.bin");
@@ -356,7 +328,7 @@ fn a_mounted_device_is_refused() {
 
 #[test]
 fn batch_walks_the_hosts_card_by_card() {
-    require!(false, "sfdisk", "mkfs.vfat", "mcopy", "mtype", "ssh-keygen");
+    require!(image false, "mtype", "ssh-keygen");
     let dir = tempdir("flash-batch");
     let raw = build_image(&dir, "pi.img", Table::Mbr, Style::Ubuntu);
     let cluster = cluster(&dir, THREE_HOSTS);
@@ -436,7 +408,7 @@ fn libc_minor(dev: u64) -> u64 {
 
 #[test]
 fn a_card_too_small_for_the_image_fails_cleanly() {
-    require!(true, "sfdisk", "mkfs.vfat", "mcopy", "losetup", "zip");
+    require!(image true, "losetup", "zip");
     let dir = tempdir("flash-small");
     let raw = build_image(&dir, "pi.img", Table::Mbr, Style::Bookworm);
     sh(Command::new("zip")
@@ -475,7 +447,7 @@ fn a_card_too_small_for_the_image_fails_cleanly() {
 
 #[test]
 fn overwriting_asks_on_a_terminal() {
-    require!(false, "sfdisk", "mkfs.vfat", "mcopy", "script");
+    require!(image false, "script");
     let dir = tempdir("flash-ask");
     let raw = build_image(&dir, "pi.img", Table::Mbr, Style::Bookworm);
     let card = dir.join("card.img");

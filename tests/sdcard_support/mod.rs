@@ -42,8 +42,14 @@ pub fn unavailable(tools: &[&str], root: bool) -> Option<String> {
         .map(|t| format!("{t} is not installed (apt-get install -y dosfstools mtools fdisk xz-utils zip cloud-init openssh-server iproute2)"))
 }
 
+/// The tools [`build_image`] runs; tests that build an image say `require!(image …)`.
+pub const IMAGE_TOOLS: [&str; 3] = ["sfdisk", "mkfs.vfat", "mcopy"];
+
 #[macro_export]
 macro_rules! require {
+    (image $root:expr $(, $tool:expr)*) => {
+        require!($root, sdcard_support::IMAGE_TOOLS[0], sdcard_support::IMAGE_TOOLS[1], sdcard_support::IMAGE_TOOLS[2] $(, $tool)*)
+    };
     ($root:expr, $($tool:expr),*) => {
         if let Some(why) = sdcard_support::unavailable(&[$($tool),*], $root) {
             // Straight to the stderr handle: the test harness captures eprintln!, and a skip must show.
