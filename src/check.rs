@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::artifacts::{self, ArtifactError};
-use crate::config::Role;
-use crate::facts::Arch;
-use crate::fleet::Fleet;
+use crate::config::{Cluster, Role};
+use crate::facts::{Arch, HostFacts};
+use crate::fleet::{Fleet, Node};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,18 +41,53 @@ pub struct Finding {
 const MAX_CLOCK_SKEW_SECS: f64 = 2.0;
 const MIN_RAM_KIB: u64 = 1024 * 1024;
 
+/// One host as the checks see it: what connecting and gathering facts produced. Kept apart from
+/// `Node` (which holds a live SSH session) so the checks can be tested on made-up facts.
+struct Probe {
+    name: String,
+    role: Role,
+    connected: bool,
+    facts: Option<HostFacts>,
+    /// Why connecting or gathering facts failed.
+    failure: Option<String>,
+}
+
+impl Probe {
+    fn of(node: &Node) -> Probe {
+        Probe { name: node.name().to_string(), role: node.role(), connected: node.host.is_some(), facts: node.facts(), failure: node.failure() }
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn role(&self) -> Role {
+        self.role
+    }
+    fn facts(&self) -> Option<&HostFacts> {
+        self.facts.as_ref()
+    }
+    fn failure(&self) -> Option<String> {
+        self.failure.clone()
+    }
+}
+
 pub fn findings(fleet: &Fleet) -> Vec<Finding> {
+    let hosts: Vec<Probe> = fleet.nodes.iter().map(Probe::of).collect();
+    assess(&fleet.cluster, &hosts)
+}
+
+/// The findings for `hosts` (in the cluster file's order) of `cluster`.
+fn assess(cluster: &Cluster, hosts: &[Probe]) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut add = |host: &str, severity, code, message: String, fix: &str| {
         out.push(Finding { host: host.to_string(), severity, code, message, fix: fix.to_string() });
     };
 
-    let version = fleet.cluster.version();
-    let airgap = fleet.cluster.spec.kubernetes.artifacts.is_some();
+    let version = cluster.version();
+    let airgap = cluster.spec.kubernetes.artifacts.is_some();
     let mut artifacts_checked: BTreeMap<String, Option<(String, String)>> = BTreeMap::new();
-    for node in &fleet.nodes {
+    for node in hosts {
         let name = node.name();
-        if node.host.is_none() {
+        if !node.connected {
             let why = node.failure().unwrap_or_default();
             let (code, fix) = connect_fix(&why);
             add(name, Severity::Error, code, why, fix);
@@ -114,7 +149,7 @@ pub fn findings(fleet: &Fleet) -> Vec<Finding> {
         // Airgap files are checked before anything changes, so a bad file stops `up` early.
         if let (Some(want), true, true) = (version, airgap, node.role() != Role::Loadbalancer) {
             let verdict = artifacts_checked.entry(f.arch.as_str().to_string()).or_insert_with(|| {
-                match artifacts::binary_for(&fleet.cluster, want, &f.arch, true) {
+                match artifacts::binary_for(cluster, want, &f.arch, true) {
                     Ok(_) | Err(ArtifactError::Unsupported(_)) => None,
                     Err(e) => Some((e.to_string(), e.hint())),
                 }
@@ -125,10 +160,19 @@ pub fn findings(fleet: &Fleet) -> Vec<Finding> {
         }
     }
 
-    // Cross-host checks.
+    cross_host(hosts, &mut out);
+    out.sort_by_key(|f| (host_order(hosts, &f.host), f.severity));
+    out
+}
+
+/// Findings that compare hosts with each other.
+fn cross_host(hosts: &[Probe], out: &mut Vec<Finding>) {
+    let mut add = |host: &str, severity, code, message: String, fix: &str| {
+        out.push(Finding { host: host.to_string(), severity, code, message, fix: fix.to_string() });
+    };
     let mut by_machine_id: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     let mut by_hostname: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-    for node in &fleet.nodes {
+    for node in hosts {
         if let Some(f) = node.facts() {
             if !f.machine_id.is_empty() {
                 by_machine_id.entry(f.machine_id.clone()).or_default().push(node.name());
@@ -147,8 +191,6 @@ pub fn findings(fleet: &Fleet) -> Vec<Finding> {
             add(h, Severity::Warning, "duplicate-hostname", format!("hostname {hn:?} is shared by {}", hosts.join(", ")), "`pikube up` sets each host's name from the cluster file");
         }
     }
-    out.sort_by_key(|f| (host_order(fleet, &f.host), f.severity));
-    out
 }
 
 /// Findings that stop `up` on a host.
@@ -156,8 +198,8 @@ pub fn blocking(findings: &[Finding]) -> impl Iterator<Item = &Finding> {
     findings.iter().filter(|f| f.severity == Severity::Error)
 }
 
-fn host_order(fleet: &Fleet, host: &str) -> usize {
-    fleet.nodes.iter().position(|n| n.name() == host).unwrap_or(usize::MAX)
+fn host_order(hosts: &[Probe], host: &str) -> usize {
+    hosts.iter().position(|n| n.name() == host).unwrap_or(usize::MAX)
 }
 
 fn short(id: &str) -> &str {
@@ -208,4 +250,478 @@ pub fn render_table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) -> S
         out.push_str(&line(r.iter().map(String::as_str).collect()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+    use crate::facts::{FactsError, ServiceState, SwapFacts};
+    use crate::ssh::SshError;
+
+    const PINNED: &str = "v1.31.4+k3s1";
+
+    /// A cluster of hosts a (server), b and c (agents), with `kubernetes` lines.
+    fn cluster(kubernetes: &str) -> Cluster {
+        let text = format!(
+            "name: t\nhosts:\n  - {{name: a, address: 10.0.0.1, role: server}}\n  - {{name: b, address: 10.0.0.2, role: agent}}\n  \
+             - {{name: c, address: 10.0.0.3, role: agent}}\n{kubernetes}"
+        );
+        Cluster::parse(Path::new("/nonexistent/cluster.yaml"), &text)
+            .expect("test cluster file is valid")
+    }
+
+    /// A Raspberry Pi 4 on Bookworm as `pikube up` leaves it: nothing to report.
+    fn healthy(name: &str) -> HostFacts {
+        HostFacts {
+            hostname: name.into(),
+            os_id: "debian".into(),
+            os_version_id: "12".into(),
+            os_codename: "bookworm".into(),
+            os_pretty: "Debian GNU/Linux 12 (bookworm)".into(),
+            arch: Arch::Aarch64,
+            kernel: "6.6.51+rpt-rpi-v8".into(),
+            pi_model: Some("Raspberry Pi 4 Model B Rev 1.4".into()),
+            boot_dir: Some("/boot/firmware".into()),
+            cmdline_txt: Some("console=tty1 root=PARTUUID=4e639091-02 rootwait cgroup_enable=memory cgroup_memory=1".into()),
+            kernel_cmdline: "console=tty1 cgroup_enable=memory cgroup_memory=1".into(),
+            memory_cgroup: true,
+            swap: SwapFacts::default(),
+            machine_id: format!("{name:0>32}"),
+            boot_id: "6f1c3c0e-5a4e-4f43-9d4b-1b8f0f5d2e11".into(),
+            mem_total_kib: 4 * 1024 * 1024,
+            clock_offset_secs: 0.3,
+            iptables_mode: Some("nf_tables".into()),
+            runtimes: BTreeMap::new(),
+            kubernetes: BTreeMap::new(),
+            default_password_users: vec![],
+            modules_loaded: vec!["br_netfilter".into(), "overlay".into()],
+            sysctl: BTreeMap::from([("net.ipv4.ip_forward".to_string(), "1".to_string())]),
+            etc_hosts: "127.0.0.1 localhost\n".into(),
+            apt_sources: BTreeMap::new(),
+            ipv4: vec![],
+            packages: vec![],
+            services: BTreeMap::from([("k3s".to_string(), ServiceState { enabled: true, active: true })]),
+        }
+    }
+
+    fn reached(name: &str, role: Role, facts: HostFacts) -> Probe {
+        Probe {
+            name: name.into(),
+            role,
+            connected: true,
+            facts: Some(facts),
+            failure: None,
+        }
+    }
+
+    /// Every host healthy except `a`, which `spoil` changes.
+    fn fleet_with(spoil: impl FnOnce(&mut HostFacts)) -> Vec<Probe> {
+        let mut a = healthy("a");
+        spoil(&mut a);
+        vec![
+            reached("a", Role::Server, a),
+            reached("b", Role::Agent, healthy("b")),
+            reached("c", Role::Agent, healthy("c")),
+        ]
+    }
+
+    /// The one finding there is, checked for host, code, severity and fix text.
+    fn single(found: &[Finding], host: &str, code: &str, severity: Severity, fix: &str) -> Finding {
+        assert_eq!(found.len(), 1, "exactly one finding expected: {found:#?}");
+        let f = found[0].clone();
+        assert_eq!(
+            (f.host.as_str(), f.code, f.severity),
+            (host, code, severity),
+            "{f:#?}"
+        );
+        assert!(
+            f.fix.contains(fix),
+            "fix of {code} should say {fix:?}: {f:#?}"
+        );
+        f
+    }
+
+    #[test]
+    fn a_healthy_fleet_has_no_findings() {
+        assert!(assess(&cluster(""), &fleet_with(|_| {})).is_empty());
+        // Also with a pinned version, pikube's own k3s of that version and a clock within bounds.
+        let hosts = fleet_with(|f| {
+            f.kubernetes
+                .insert("k3s".into(), format!("k3s version {PINNED} (fa8a1bfd)"));
+            f.clock_offset_secs = -MAX_CLOCK_SKEW_SECS;
+            f.mem_total_kib = MIN_RAM_KIB;
+        });
+        let found = assess(
+            &cluster(&format!("kubernetes:\n  version: {PINNED}\n")),
+            &hosts,
+        );
+        assert!(found.is_empty(), "{found:#?}");
+    }
+
+    #[test]
+    fn connect_failures_name_their_cause() {
+        let known_hosts = PathBuf::from("/home/op/.ssh/known_hosts");
+        let cases = [
+            (
+                SshError::Unreachable {
+                    host: "a".into(),
+                    address: "10.0.0.1".into(),
+                    port: 22,
+                    reason: "connection refused".into(),
+                },
+                "unreachable",
+                "check the host is powered",
+            ),
+            (
+                SshError::AuthFailed {
+                    host: "a".into(),
+                    user: "pi".into(),
+                    tried: "agent".into(),
+                },
+                "auth-failed",
+                "ssh-copy-id",
+            ),
+            (
+                SshError::HostKeyUnknown {
+                    host: "a".into(),
+                    fingerprint: "SHA256:x".into(),
+                    known_hosts: known_hosts.clone(),
+                },
+                "host-key-unknown",
+                "ssh-keyscan ADDRESS",
+            ),
+            (
+                SshError::HostKeyChanged {
+                    host: "a".into(),
+                    fingerprint: "SHA256:x".into(),
+                    known_hosts,
+                    line: 3,
+                },
+                "host-key-changed",
+                "ssh-keygen -R ADDRESS",
+            ),
+        ];
+        for (error, code, fix) in cases {
+            let why = error.to_string();
+            let mut hosts = fleet_with(|_| {});
+            hosts[0] = Probe {
+                name: "a".into(),
+                role: Role::Server,
+                connected: false,
+                facts: None,
+                failure: Some(why.clone()),
+            };
+            let f = single(
+                &assess(&cluster(""), &hosts),
+                "a",
+                code,
+                Severity::Error,
+                fix,
+            );
+            assert_eq!(f.message, why);
+        }
+    }
+
+    #[test]
+    fn facts_that_cannot_be_gathered() {
+        let why = FactsError::Parse {
+            host: "a".into(),
+            reason: "the facts script did not finish".into(),
+        }
+        .to_string();
+        let mut hosts = fleet_with(|_| {});
+        hosts[0] = Probe {
+            name: "a".into(),
+            role: Role::Server,
+            connected: true,
+            facts: None,
+            failure: Some(why.clone()),
+        };
+        let f = single(
+            &assess(&cluster(""), &hosts),
+            "a",
+            "facts-failed",
+            Severity::Error,
+            "can run sh and sudo",
+        );
+        assert_eq!(f.message, why);
+    }
+
+    #[test]
+    fn host_findings_on_made_up_facts() {
+        type Spoil = fn(&mut HostFacts);
+        let cases: [(Spoil, &str, Severity, &str, &str); 10] = [
+            (
+                |f| f.os_id = "fedora".into(),
+                "unsupported-os",
+                Severity::Error,
+                "install Raspberry Pi OS Lite",
+                "is not Debian",
+            ),
+            (
+                |f| {
+                    (f.arch, f.pi_model) = (Arch::Armv6, Some("Raspberry Pi Zero W Rev 1.1".into()))
+                },
+                "armv6",
+                Severity::Error,
+                "retire Pi 1 / Zero / Zero W",
+                "a is armv6 (Raspberry Pi Zero W Rev 1.1)",
+            ),
+            (
+                |f| f.arch = Arch::Other("riscv64".into()),
+                "unsupported-arch",
+                Severity::Error,
+                "use arm64, armv7 or x86_64",
+                "riscv64",
+            ),
+            (
+                |f| f.mem_total_kib = MIN_RAM_KIB - 1,
+                "low-memory",
+                Severity::Warning,
+                "use it as an agent at most",
+                "only 1023 MiB RAM",
+            ),
+            (
+                |f| {
+                    f.swap = SwapFacts {
+                        active: vec!["/var/swap".into()],
+                        fstab: vec![],
+                        dphys_swapfile: true,
+                        zram: false,
+                    }
+                },
+                "swap-on",
+                Severity::Warning,
+                "turns it off for good",
+                "/var/swap, dphys-swapfile",
+            ),
+            (
+                |f| f.memory_cgroup = false,
+                "memory-cgroup-off",
+                Severity::Warning,
+                "adds cgroup_enable=memory cgroup_memory=1 to cmdline.txt",
+                "memory cgroup is disabled",
+            ),
+            (
+                |f| (f.memory_cgroup, f.pi_model, f.boot_dir) = (false, None, None),
+                "memory-cgroup-off",
+                Severity::Warning,
+                "(GRUB_CMDLINE_LINUX)",
+                "memory cgroup is disabled",
+            ),
+            (
+                |f| f.default_password_users = vec!["pi".into()],
+                "default-password",
+                Severity::Warning,
+                "`sudo passwd pi`",
+                "user pi still has",
+            ),
+            (
+                |f| f.clock_offset_secs = -2.5,
+                "clock-skew",
+                Severity::Warning,
+                "timedatectl set-ntp true",
+                "clock is -2.5 s off",
+            ),
+            (
+                |f| {
+                    _ = f
+                        .runtimes
+                        .insert("docker".into(), "Docker version 20.10.24".into())
+                },
+                "runtime-present",
+                Severity::Info,
+                "",
+                "docker already installed: Docker version 20.10.24",
+            ),
+        ];
+        for (spoil, code, severity, fix, message) in cases {
+            let f = single(
+                &assess(&cluster(""), &fleet_with(spoil)),
+                "a",
+                code,
+                severity,
+                fix,
+            );
+            assert!(
+                f.message.contains(message),
+                "message of {code} should say {message:?}: {f:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn kubernetes_already_present() {
+        let pinned = cluster(&format!("kubernetes:\n  version: {PINNED}\n"));
+        let other_k3s = fleet_with(|f| {
+            _ = f
+                .kubernetes
+                .insert("k3s".into(), "k3s version v1.29.1+k3s2 (57482a1c)".into())
+        });
+        let f = single(
+            &assess(&pinned, &other_k3s),
+            "a",
+            "kubernetes-present",
+            Severity::Info,
+            &format!("replaces it with the pinned {PINNED}"),
+        );
+        assert_eq!(
+            f.message,
+            "k3s already installed: k3s version v1.29.1+k3s2 (57482a1c)"
+        );
+        // Without a pinned version pikube leaves it alone, and says nothing to do.
+        let f = single(
+            &assess(&cluster(""), &other_k3s),
+            "a",
+            "kubernetes-present",
+            Severity::Info,
+            "",
+        );
+        assert_eq!(f.fix, "");
+        let kubeadm = fleet_with(|f| {
+            _ = f
+                .kubernetes
+                .insert("kubeadm".into(), "kubeadm version: v1.30.0".into())
+        });
+        let f = single(
+            &assess(&pinned, &kubeadm),
+            "a",
+            "kubernetes-present",
+            Severity::Info,
+            "",
+        );
+        assert_eq!(
+            (f.message.as_str(), f.fix.as_str()),
+            ("kubeadm already installed: kubeadm version: v1.30.0", "")
+        );
+    }
+
+    /// An airgap directory, removed on drop.
+    struct Airgap(PathBuf);
+
+    impl Airgap {
+        fn new(name: &str) -> Airgap {
+            let dir =
+                std::env::temp_dir().join(format!("pikube-check-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create airgap dir");
+            Airgap(dir)
+        }
+        fn cluster(&self) -> Cluster {
+            cluster(&format!(
+                "kubernetes:\n  version: {PINNED}\n  artifacts: {}\n",
+                self.0.display()
+            ))
+        }
+    }
+
+    impl Drop for Airgap {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn airgap_files_are_checked_before_up() {
+        let dir = Airgap::new("artifacts");
+        // Missing: reported once per host that would run k3s, never for a load balancer (the
+        // checks take each host's role as given, so the cluster file need not list it).
+        let mut hosts = fleet_with(|_| {});
+        hosts.push(reached("lb", Role::Loadbalancer, healthy("lb")));
+        let found = assess(&dir.cluster(), &hosts);
+        let hit: Vec<_> = found
+            .iter()
+            .map(|f| (f.host.as_str(), f.code, f.severity))
+            .collect();
+        assert_eq!(
+            hit,
+            [
+                ("a", "k3s-artifact", Severity::Error),
+                ("b", "k3s-artifact", Severity::Error),
+                ("c", "k3s-artifact", Severity::Error)
+            ]
+        );
+        assert!(
+            found[0].fix.contains(
+                "put the k3s v1.31.4+k3s1 release files `k3s-arm64` and `sha256sum-arm64.txt`"
+            ),
+            "{found:#?}"
+        );
+
+        // A checksum that does not match the binary.
+        std::fs::write(dir.0.join("k3s-arm64"), b"not k3s").unwrap();
+        std::fs::write(
+            dir.0.join("sha256sum-arm64.txt"),
+            format!("{}  k3s-arm64\n", "0".repeat(64)),
+        )
+        .unwrap();
+        let found = assess(&dir.cluster(), &fleet_with(|_| {}));
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert!(
+            found
+                .iter()
+                .all(|f| f.code == "k3s-artifact" && f.message.contains("checksum mismatch")),
+            "{found:#?}"
+        );
+        assert!(
+            found[0]
+                .fix
+                .contains("fetch both files of the pinned version again"),
+            "{found:#?}"
+        );
+
+        // The right checksum: nothing to report.
+        let sum = hex::encode(Sha256::digest(b"not k3s"));
+        std::fs::write(
+            dir.0.join("sha256sum-arm64.txt"),
+            format!("{sum}  k3s-arm64\n"),
+        )
+        .unwrap();
+        let found = assess(&dir.cluster(), &fleet_with(|_| {}));
+        assert!(found.is_empty(), "{found:#?}");
+    }
+
+    #[test]
+    fn cloned_cards_are_found_across_hosts() {
+        let mut hosts =
+            fleet_with(|f| (f.machine_id, f.hostname) = ("c".repeat(32), "raspberrypi".into()));
+        hosts[2].facts.as_mut().unwrap().machine_id = "c".repeat(32);
+        hosts[2].facts.as_mut().unwrap().hostname = "raspberrypi".into();
+        let found = assess(&cluster(""), &hosts);
+        let hit: Vec<_> = found
+            .iter()
+            .map(|f| (f.host.as_str(), f.code, f.severity))
+            .collect();
+        assert_eq!(
+            hit,
+            [
+                ("a", "duplicate-machine-id", Severity::Error),
+                ("a", "duplicate-hostname", Severity::Warning),
+                ("c", "duplicate-machine-id", Severity::Error),
+                ("c", "duplicate-hostname", Severity::Warning),
+            ]
+        );
+        assert_eq!(
+            found[0].message,
+            "machine-id cccccccccccc is also on c (cloned SD card)"
+        );
+        assert!(
+            found[0].fix.contains("systemd-machine-id-setup"),
+            "{found:#?}"
+        );
+        assert_eq!(
+            found[1].message,
+            "hostname \"raspberrypi\" is shared by a, c"
+        );
+        assert!(
+            found[1]
+                .fix
+                .contains("sets each host's name from the cluster file"),
+            "{found:#?}"
+        );
+    }
 }
