@@ -3,15 +3,16 @@
 //! These need root and systemd-nspawn; without them each test prints `SKIP:` and passes. Every
 //! test owns its lab name and subnet (tests run in parallel) and tears the lab down on drop.
 
-use std::io::Write as _;
+mod skip;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const PIKUBE: &str = env!("CARGO_BIN_EXE_pikube");
 
-/// Whether this machine can run lab nodes; prints why not.
-fn can_run_labs(test: &str) -> bool {
+/// Whether this machine can run lab nodes; prints a counted SKIP line when not.
+fn can_run_labs() -> bool {
     let root = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -24,19 +25,11 @@ fn can_run_labs(test: &str) -> bool {
         std::env::split_paths(&paths).any(|d| d.join("systemd-nspawn").is_file())
     });
     match (root, nspawn) {
-        (true, true) => true,
-        (false, _) => {
-            let _ = writeln!(std::io::stderr(), "SKIP: {test}: lab nodes need root");
-            false
-        }
-        (_, false) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIP: {test}: systemd-nspawn is missing (apt-get install systemd-container)"
-            );
-            false
-        }
+        (true, true) => return true,
+        (false, _) => skip!("lab nodes need root"),
+        (_, false) => skip!("systemd-nspawn is missing (apt-get install systemd-container)"),
     }
+    false
 }
 
 fn pikube(args: &[&str]) -> Output {
@@ -139,7 +132,7 @@ fn netns_of(lab: &str) -> Vec<String> {
 
 #[test]
 fn pi_nodes_boot_reboot_power_cycle_and_lose_network() {
-    if !can_run_labs("pi_nodes_boot_reboot_power_cycle_and_lose_network") {
+    if !can_run_labs() {
         return;
     }
     let lab = Lab::up(
@@ -272,7 +265,7 @@ fn pi_nodes_boot_reboot_power_cycle_and_lose_network() {
 
 #[test]
 fn nodes_install_packages_from_the_lab_mirror() {
-    if !can_run_labs("nodes_install_packages_from_the_lab_mirror") {
+    if !can_run_labs() {
         return;
     }
     let lab = Lab::up("t-mirror", &["--nodes", "2", "--subnet", "10.77.11.0/24"]);
@@ -319,7 +312,7 @@ fn nodes_install_packages_from_the_lab_mirror() {
 
 #[test]
 fn cloned_machine_id_is_shared_on_purpose() {
-    if !can_run_labs("cloned_machine_id_is_shared_on_purpose") {
+    if !can_run_labs() {
         return;
     }
     let lab = Lab::up(
@@ -350,7 +343,7 @@ fn cloned_machine_id_is_shared_on_purpose() {
 
 #[test]
 fn bad_requests_fail_with_a_clear_message() {
-    if !can_run_labs("bad_requests_fail_with_a_clear_message") {
+    if !can_run_labs() {
         return;
     }
     let out = pikube(&["lab", "ssh", "--name", "t-nosuchlab", "node1"]);

@@ -4,7 +4,8 @@
 //! Needs root and /usr/sbin/sshd (Debian: `openssh-server`, plus `openssh-client` for
 //! ssh-keygen/ssh-agent/ssh-add). Without them each test prints a `SKIP:` line and returns.
 
-use std::io::Write as _;
+mod skip;
+
 use std::fs;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -52,8 +53,7 @@ fn skip_reason() -> Option<String> {
 macro_rules! require_sshd {
     () => {
         if let Some(why) = skip_reason() {
-            let _ = writeln!(std::io::stderr(), "SKIP: {why}");
-            return;
+            skip!(return "{why}");
         }
     };
 }

@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+#[path = "../skip/mod.rs"]
+mod skip;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_pikube");
 
 /// Returns why lab tests cannot run here, or None when they can.
@@ -29,9 +32,7 @@ pub fn lab_unavailable() -> Option<String> {
 macro_rules! require_lab {
     () => {
         if let Some(why) = common::lab_unavailable() {
-            // Straight to the stderr handle: the test harness captures eprintln!, and a skip must show.
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("SKIP: {why}\n").as_bytes());
-            return;
+            $crate::skip!(return "{why}");
         }
     };
 }
@@ -160,10 +161,7 @@ pub fn real_kubectl() -> Option<PathBuf> {
     let found = std::env::var_os("PATH")
         .and_then(|p| std::env::split_paths(&p).map(|d| d.join("kubectl")).find(|k| k.exists()));
     if found.is_none() {
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            b"SKIP: the real kubectl client is not installed (scripts/test installs kubernetes-client)\n",
-        );
+        crate::skip!("the real kubectl client is not installed (scripts/test installs kubernetes-client)");
     }
     found
 }

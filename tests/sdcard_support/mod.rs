@@ -5,6 +5,9 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+#[path = "../skip/mod.rs"]
+mod skip;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_pikube");
 /// The boot partition starts at sector 2048 in every test image.
 pub const BOOT_OFFSET: u64 = 2048 * 512;
@@ -52,9 +55,7 @@ macro_rules! require {
     };
     ($root:expr, $($tool:expr),*) => {
         if let Some(why) = sdcard_support::unavailable(&[$($tool),*], $root) {
-            // Straight to the stderr handle: the test harness captures eprintln!, and a skip must show.
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("SKIP: {why}\n").as_bytes());
-            return;
+            $crate::skip!(return "{why}");
         }
     };
 }
