@@ -382,23 +382,39 @@ async fn concurrent_execs_share_one_session() {
     let lab = Lab::new("concurrent").trust();
     within(async {
         let session = lab.session().await;
-        // More than sshd's MaxSessions (10): the excess must queue, not fail.
+        // More than sshd's MaxSessions (10): the excess must queue, not fail. Each command
+        // reports when it started and ended on the host; the most intervals that overlap is how
+        // many commands ran at once. 3 s per command keeps a loaded machine's start-up skew
+        // from splitting a round.
         let started = Instant::now();
         let tasks: Vec<_> = (0..14)
             .map(|i| {
                 let session = session.clone();
-                tokio::spawn(
-                    async move { session.exec(&format!("sleep 1; echo {i}"), None, T).await },
-                )
+                let script = format!("s=$(date +%s.%N); sleep 3; echo {i} $s $(date +%s.%N)");
+                tokio::spawn(async move { session.exec(&script, None, T).await })
             })
             .collect();
+        let mut spans: Vec<(f64, f64)> = Vec::new();
         for (i, task) in tasks.into_iter().enumerate() {
-            let out = task.await.expect("task").expect("exec");
-            assert_eq!(out.stdout_str(), format!("{i}\n"));
+            let out = task.await.expect("task").expect("exec").stdout_str();
+            let fields: Vec<&str> = out.split_whitespace().collect();
+            assert_eq!(fields.len(), 3, "`ID START END`: {out:?}");
+            assert_eq!(fields[0], i.to_string(), "each command gets its own output");
+            spans.push((
+                fields[1].parse().expect("start"),
+                fields[2].parse().expect("end"),
+            ));
         }
-        // 14 one-second commands, 8 at a time: two rounds, far from 14 s in sequence.
+        let at_once = |t: f64| spans.iter().filter(|(s, e)| *s <= t && t < *e).count();
+        let most = spans.iter().map(|(s, _)| at_once(*s)).max().unwrap_or(0);
+        // The session's channel limit (MAX_CHANNELS in src/ssh/session.rs), no more and no less.
+        assert_eq!(
+            most, 8,
+            "commands running at once on one session: {spans:?}"
+        );
+        // 14 three-second commands, 8 at a time: two rounds, far from 42 s in sequence.
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < Duration::from_secs(30),
             "took {:?}",
             started.elapsed()
         );
@@ -516,8 +532,13 @@ async fn accept_new_records_the_key_and_strict_then_accepts_it() {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        // OpenSSH itself finds the entry we wrote.
+        // One line: this server's address and its real host key, nothing else.
         let entry = format!("[127.0.0.1]:{}", lab.sshd.port);
+        assert_eq!(
+            fs::read_to_string(&lab.known_hosts).expect("read known_hosts"),
+            format!("{entry} {}\n", public_key(&lab.host_key))
+        );
+        // OpenSSH itself finds the entry we wrote.
         run(Command::new("ssh-keygen")
             .arg("-F")
             .arg(&entry)
@@ -775,14 +796,17 @@ async fn proxy_jump_through_a_second_sshd() {
         "the bastion did not tunnel to the node:\n{}",
         bastion.sshd.log_text()
     );
+    // accept-new recorded each host with its own key: the bastion's, then the node's.
     let known = fs::read_to_string(&node.known_hosts).expect("known_hosts");
-    assert!(
-        known.contains(&format!("[127.0.0.1]:{} ", bastion.sshd.port)),
-        "{known}"
-    );
-    assert!(
-        known.contains(&format!("[127.0.0.1]:{} ", node.sshd.port)),
-        "{known}"
+    assert_eq!(
+        known,
+        format!(
+            "[127.0.0.1]:{} {}\n[127.0.0.1]:{} {}\n",
+            bastion.sshd.port,
+            public_key(&bastion.host_key),
+            node.sshd.port,
+            public_key(&node.host_key)
+        )
     );
 }
 
