@@ -453,14 +453,25 @@ async fn endless_output_is_cut_at_the_cap_with_a_clear_error() {
         // Exactly the cap, split over stdout and stderr, still comes back whole.
         let half = MAX_OUTPUT / 2;
         let out = session
-            .exec(&format!("head -c {half} /dev/zero; head -c {half} /dev/zero >&2"), None, T)
+            .exec(
+                &format!("head -c {half} /dev/zero; head -c {half} /dev/zero >&2"),
+                None,
+                T,
+            )
             .await
             .expect("output at the cap is fine");
         assert_eq!((out.stdout.len(), out.stderr.len()), (half, half));
         // One byte more (on stderr) is refused.
         let err = must_fail(
             session
-                .exec(&format!("head -c {half} /dev/zero; head -c {} /dev/zero >&2", half + 1), None, T)
+                .exec(
+                    &format!(
+                        "head -c {half} /dev/zero; head -c {} /dev/zero >&2",
+                        half + 1
+                    ),
+                    None,
+                    T,
+                )
                 .await,
             "one byte over the cap",
         );
@@ -469,22 +480,42 @@ async fn endless_output_is_cut_at_the_cap_with_a_clear_error() {
         // (the old code buffered it all until the timeout, gigabytes on loopback).
         let started = Instant::now();
         let err = must_fail(
-            session.exec("cat /dev/zero", None, Duration::from_secs(60)).await,
+            session
+                .exec("cat /dev/zero", None, Duration::from_secs(60))
+                .await,
             "endless output",
         );
-        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
         assert!(
             matches!(err, SshError::OutputTooLarge { ref host, ref command, limit_mib: 16 }
                 if host == "node1" && command == "cat /dev/zero"),
             "{err:?}"
         );
         let message = err.to_string();
-        assert!(message.contains("node1") && message.contains("`cat /dev/zero`") && message.contains("16 MiB"), "{message}");
+        assert!(
+            message.contains("node1")
+                && message.contains("`cat /dev/zero`")
+                && message.contains("16 MiB"),
+            "{message}"
+        );
         // The session survives, and timeouts still apply to commands below the cap.
-        let out = session.exec("echo alive", None, T).await.expect("session still usable");
+        let out = session
+            .exec("echo alive", None, T)
+            .await
+            .expect("session still usable");
         assert_eq!(out.stdout_str(), "alive\n");
         let err = must_fail(
-            session.exec("head -c 1000 /dev/zero; sleep 5", None, Duration::from_millis(500)).await,
+            session
+                .exec(
+                    "head -c 1000 /dev/zero; sleep 5",
+                    None,
+                    Duration::from_millis(500),
+                )
+                .await,
             "a command past its timeout",
         );
         assert!(matches!(err, SshError::Timeout { .. }), "{err:?}");
