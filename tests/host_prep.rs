@@ -217,6 +217,51 @@ fn up_prepares_both_pi_boot_layouts_reboots_only_where_needed_and_converges() {
     assert!(stdout(&plan_again).contains("Plan: no changes"), "{}", stdout(&plan_again));
 }
 
+/// README: "verify fails when the memory cgroup stays off". Here config.txt makes the firmware
+/// read another command line file (`cmdline=`, a real firmware option), so pikube's edit of
+/// cmdline.txt does not reach the kernel: `up` must fail in verify, say why and how to fix it,
+/// and converge once the fix is made.
+#[test]
+fn verify_fails_when_the_firmware_ignores_the_edited_cmdline() {
+    require_lab!();
+    let lab = Lab::up("tsudo-verify", 64, &["--nodes", "1", "--pi", "bookworm"]);
+    let f = lab.cluster_file();
+    let f = f.to_str().unwrap();
+    lab.sh(
+        "node1",
+        "cp /boot/firmware/cmdline.txt /boot/firmware/cmdline-custom.txt && \
+         echo cmdline=cmdline-custom.txt >> /boot/firmware/config.txt",
+    );
+    let boot_before = lab.sh("node1", "cat /proc/sys/kernel/random/boot_id");
+
+    let up = lab.pikube(&["up", "-f", f]);
+    assert_eq!(up.status.code(), Some(1), "{}", text(&up));
+    let o = stdout(&up);
+    assert!(o.contains("node1 (10.77.64.11): FAILED"), "{o}");
+    assert!(o.contains("[reboot] reboot to apply the kernel command line"), "{o}");
+    assert!(
+        o.contains(
+            "error: verification failed: memory cgroup still disabled after reboot: /boot/firmware/cmdline.txt has \
+             cgroup_enable=memory but the kernel did not boot with it, so the firmware reads another file; look for a \
+             `cmdline=` line in /boot/firmware/config.txt"
+        ),
+        "{o}"
+    );
+    assert!(o.contains("1 host(s) failed: node1"), "{o}");
+    // It did reboot, with the flags on disk, and the kernel still runs without them.
+    assert_ne!(lab.sh("node1", "cat /proc/sys/kernel/random/boot_id"), boot_before);
+    assert!(lab.sh("node1", "cat /boot/firmware/cmdline.txt").contains("cgroup_enable=memory"));
+    assert!(!lab.sh("node1", "cat /proc/cmdline").contains("cgroup_enable=memory"));
+    assert!(lab.sh("node1", "cat /proc/cgroups").lines().any(|l| l.starts_with("memory") && l.ends_with('0')));
+
+    // The fix the message names (drop the `cmdline=` line), then `up` reboots once more and passes.
+    lab.sh("node1", "sed -i '/^cmdline=/d' /boot/firmware/config.txt");
+    let again = lab.pikube(&["up", "-f", f]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(stdout(&again).contains("verified"), "{}", text(&again));
+    assert!(lab.sh("node1", "cat /proc/cgroups").lines().any(|l| l.starts_with("memory") && l.ends_with('1')));
+}
+
 #[test]
 fn host_stopped_mid_run_is_named_others_finish_and_rerun_converges() {
     require_lab!();
