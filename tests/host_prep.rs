@@ -160,6 +160,21 @@ fn up_through_root_and_every_sudo_setup_writes_exactly_the_wanted_files() {
     let missing = lab.pikube(&["check", "-f", f]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("LAB_SUDO_PW is not set"));
+
+    // Endless output (facts read /etc/hosts) is cut at the output cap with a clear error,
+    // promptly, and the other hosts are not affected.
+    lab.sh("node1", "ln -sf /dev/zero /etc/hosts");
+    let started = Instant::now();
+    let endless = lab.pikube_env(&["check", "--json", "-f", f], &[("LAB_SUDO_PW", "raspberry")]);
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert_eq!(endless.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&endless.stdout).expect("check --json");
+    let failed: Vec<&serde_json::Value> =
+        v["findings"].as_array().expect("findings").iter().filter(|f| f["code"] == "facts-failed").collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["host"], "node1");
+    let message = failed[0]["message"].as_str().unwrap_or("");
+    assert!(message.starts_with("node1: `sh -c ") && message.contains("printed more than 16 MiB"), "{message}");
 }
 
 #[test]
