@@ -132,12 +132,24 @@ pub struct FileState {
     pub mode: String,
 }
 
+/// How commands get root on a host; found once per host (see [`Host::sudo`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sudo {
+    /// Logged in as root.
+    None,
+    /// `sudo -n`: sudo must not ask (NOPASSWD), and stdin belongs to the command alone.
+    NoPassword,
+    /// `sudo -k -S`: sudo asks every time and reads the password line before the command runs.
+    Password,
+}
+
 /// A connected host with its privileges and the run's mode.
 pub struct Host {
     pub name: String,
     session: Mutex<Session>,
     login_is_root: bool,
     sudo_password: Option<Secret>,
+    sudo: tokio::sync::OnceCell<Sudo>,
     mode: Mode,
     journal: Journal,
     phase: Mutex<String>,
@@ -157,6 +169,7 @@ impl Host {
             session: Mutex::new(session),
             login_is_root: login_user == "root",
             sudo_password,
+            sudo: tokio::sync::OnceCell::new(),
             mode,
             journal,
             phase: Mutex::new(String::new()),
@@ -187,18 +200,52 @@ impl Host {
         if cmd.mutates && self.mode == Mode::DryRun {
             return Err(RemoteError::DryRunViolation { host: self.name.clone(), command: cmd.script.clone() });
         }
-        let (line, stdin) = self.wrap(cmd);
+        let sudo = self.sudo().await?;
+        let (line, stdin) = self.wrap(sudo, cmd);
         let out = self.session().exec(&line, stdin.as_deref(), cmd.timeout).await?;
-        if !self.login_is_root && out.status == Some(1) {
-            let err = out.stderr_str();
-            if err.contains("sudo:") && (err.contains("password") || err.contains("not in the sudoers")) {
-                return Err(RemoteError::Sudo {
-                    host: self.name.clone(),
-                    reason: sudo_reason(&err, self.sudo_password.is_some()),
-                });
-            }
+        if sudo != Sudo::None {
+            self.sudo_refused(&out, sudo == Sudo::Password)?;
         }
         Ok(out)
+    }
+
+    /// Finds, once per host, whether sudo needs the password. `-k` ignores cached credentials,
+    /// so `sudo -n -k` succeeds only when the policy itself is NOPASSWD; then the password is
+    /// never sent, because sudo would not read it and the command would get it on stdin.
+    /// A password is tried once on its own, so a wrong one fails here and not by feeding
+    /// a command's input to sudo as further password attempts.
+    async fn sudo(&self) -> Result<Sudo, RemoteError> {
+        let probe = "sh -c true";
+        let init = || async {
+            if self.login_is_root {
+                return Ok(Sudo::None);
+            }
+            let Some(pw) = &self.sudo_password else { return Ok(Sudo::NoPassword) };
+            let session = self.session();
+            if session.exec(&format!("sudo -n -k -- {probe}"), None, DEFAULT_TIMEOUT).await?.success() {
+                return Ok(Sudo::NoPassword);
+            }
+            let line = format!("{}\n", pw.expose()).into_bytes();
+            let out = session.exec(&format!("sudo -k -S -p '' -- {probe}"), Some(&line), DEFAULT_TIMEOUT).await?;
+            self.sudo_refused(&out, true)?;
+            if !out.success() {
+                return Err(RemoteError::Sudo { host: self.name.clone(), reason: sudo_reason(&out.stderr_str(), true) });
+            }
+            Ok(Sudo::Password)
+        };
+        self.sudo.get_or_try_init(init).await.copied()
+    }
+
+    /// A sudo refusal (rather than the command's own failure) as a clear error.
+    fn sudo_refused(&self, out: &Output, sent_password: bool) -> Result<(), RemoteError> {
+        let err = out.stderr_str();
+        if out.status == Some(1)
+            && err.contains("sudo:")
+            && (err.contains("password") || err.contains("not in the sudoers"))
+        {
+            return Err(RemoteError::Sudo { host: self.name.clone(), reason: sudo_reason(&err, sent_password) });
+        }
+        Ok(())
     }
 
     /// Runs a command and fails unless it exits 0; returns stdout.
@@ -285,20 +332,19 @@ impl Host {
         }
     }
 
-    /// The command line actually sent, and the stdin (sudo password first when needed).
-    fn wrap(&self, cmd: &Cmd) -> (String, Option<Vec<u8>>) {
+    /// The command line actually sent, and the stdin (sudo password first when sudo asks).
+    fn wrap(&self, sudo: Sudo, cmd: &Cmd) -> (String, Option<Vec<u8>>) {
         let shell = format!("sh -c {}", quote(&cmd.script));
-        if self.login_is_root {
-            return (shell, cmd.stdin.clone());
-        }
-        match &self.sudo_password {
-            // -S reads the password from stdin; -p '' keeps the prompt out of stderr.
-            Some(pw) => {
+        match (sudo, &self.sudo_password) {
+            (Sudo::None, _) => (shell, cmd.stdin.clone()),
+            // -k makes sudo ask (and so read the line) every time; -p '' keeps the prompt out
+            // of stderr.
+            (Sudo::Password, Some(pw)) => {
                 let mut stdin = format!("{}\n", pw.expose()).into_bytes();
                 stdin.extend_from_slice(cmd.stdin.as_deref().unwrap_or_default());
-                (format!("sudo -S -p '' -- {shell}"), Some(stdin))
+                (format!("sudo -k -S -p '' -- {shell}"), Some(stdin))
             }
-            None => (format!("sudo -n -- {shell}"), cmd.stdin.clone()),
+            (Sudo::NoPassword | Sudo::Password, _) => (format!("sudo -n -- {shell}"), cmd.stdin.clone()),
         }
     }
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pikube::ssh::config::{resolve, SshConfig, Wanted};
-use pikube::ssh::{HostKeyPolicy, Session, SshError, Target};
+use pikube::ssh::{HostKeyPolicy, Output, Session, SshError, Target, MAX_OUTPUT};
 
 const SSHD: &str = "/usr/sbin/sshd";
 /// Upper bound for any one test, so a hang fails instead of stalling CI.
@@ -442,6 +442,99 @@ async fn command_timeout_returns_promptly_and_keeps_the_session() {
         // ends early is not checked here; the channel is closed either way.)
         let out = session.exec("echo alive", None, T).await.expect("session still usable");
         assert_eq!(out.stdout_str(), "alive\n");
+        session.close().await;
+    })
+    .await;
+}
+
+/// The error of a command that must fail; a success is reported by its size, not its bytes.
+fn must_fail(result: Result<Output, SshError>, what: &str) -> SshError {
+    match result {
+        Ok(out) => panic!(
+            "{what} succeeded: {} bytes of stdout, {} of stderr, exit {:?}",
+            out.stdout.len(),
+            out.stderr.len(),
+            out.status
+        ),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_output_is_cut_at_the_cap_with_a_clear_error() {
+    require_sshd!();
+    let lab = Lab::new("cap").trust();
+    within(async {
+        let session = lab.session().await;
+        // Exactly the cap, split over stdout and stderr, still comes back whole.
+        let half = MAX_OUTPUT / 2;
+        let out = session
+            .exec(
+                &format!("head -c {half} /dev/zero; head -c {half} /dev/zero >&2"),
+                None,
+                T,
+            )
+            .await
+            .expect("output at the cap is fine");
+        assert_eq!((out.stdout.len(), out.stderr.len()), (half, half));
+        // One byte more (on stderr) is refused.
+        let err = must_fail(
+            session
+                .exec(
+                    &format!(
+                        "head -c {half} /dev/zero; head -c {} /dev/zero >&2",
+                        half + 1
+                    ),
+                    None,
+                    T,
+                )
+                .await,
+            "one byte over the cap",
+        );
+        assert!(matches!(err, SshError::OutputTooLarge { .. }), "{err:?}");
+        // Endless output: stopped as soon as it passes the cap, long before the timeout
+        // (the old code buffered it all until the timeout, gigabytes on loopback).
+        let started = Instant::now();
+        let err = must_fail(
+            session
+                .exec("cat /dev/zero", None, Duration::from_secs(60))
+                .await,
+            "endless output",
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(err, SshError::OutputTooLarge { ref host, ref command, limit_mib: 16 }
+                if host == "node1" && command == "cat /dev/zero"),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("node1")
+                && message.contains("`cat /dev/zero`")
+                && message.contains("16 MiB"),
+            "{message}"
+        );
+        // The session survives, and timeouts still apply to commands below the cap.
+        let out = session
+            .exec("echo alive", None, T)
+            .await
+            .expect("session still usable");
+        assert_eq!(out.stdout_str(), "alive\n");
+        let err = must_fail(
+            session
+                .exec(
+                    "head -c 1000 /dev/zero; sleep 5",
+                    None,
+                    Duration::from_millis(500),
+                )
+                .await,
+            "a command past its timeout",
+        );
+        assert!(matches!(err, SshError::Timeout { .. }), "{err:?}");
         session.close().await;
     })
     .await;

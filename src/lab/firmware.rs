@@ -92,9 +92,10 @@ pub fn write_boot_files(tree: &Path, layout: PiLayout, seed: &str) -> Result<()>
 /// model, command line and cgroup table into `out`, and returns the nspawn arguments that make
 /// them visible inside the node.
 pub fn prepare_boot(tree: &Path, layout: PiLayout, seed: &str, out: &Path) -> Result<Vec<String>> {
-    let cmdline_txt = tree.join(layout.boot_dir()).join("cmdline.txt");
+    let boot = tree.join(layout.boot_dir());
+    let config = fs::read_to_string(boot.join("config.txt")).unwrap_or_default();
     // Like the firmware: only the first line counts, and a missing file boots with no arguments.
-    let user = fs::read_to_string(&cmdline_txt)
+    let user = fs::read_to_string(boot.join(cmdline_file(&config)))
         .ok()
         .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
         .unwrap_or_default();
@@ -129,6 +130,25 @@ pub fn prepare_boot(tree: &Path, layout: PiLayout, seed: &str, out: &Path) -> Re
         format!("--bind-ro={IN_NODE}/cgroups:/proc/cgroups"),
         format!("--bind-ro={}:/sys/firmware", out.join("sys").display()),
     ])
+}
+
+/// The command line file config.txt names with `cmdline=` (the firmware's default is
+/// cmdline.txt). Only unconditional lines count here: before any `[filter]` section or under
+/// `[all]`. A name that is not a plain file name is ignored, so a node cannot make the lab
+/// read a file outside its boot partition.
+fn cmdline_file(config: &str) -> &str {
+    let mut file = "cmdline.txt";
+    let mut unconditional = true;
+    for line in config.lines().map(str::trim) {
+        if line.starts_with('[') {
+            unconditional = line == "[all]";
+        } else if let Some(name) = line.strip_prefix("cmdline=").filter(|_| unconditional) {
+            if !name.is_empty() && !name.contains('/') && name != ".." {
+                file = name;
+            }
+        }
+    }
+    file
 }
 
 /// Whether a Raspberry Pi kernel would enable the memory controller: off by default, and the
@@ -257,6 +277,20 @@ mod tests {
         assert!(!memory_enabled(
             "cgroup_enable=memory cgroup_disable=memory"
         ));
+    }
+
+    #[test]
+    fn config_txt_can_name_another_command_line_file() {
+        assert_eq!(cmdline_file(CONFIG_BOOKWORM), "cmdline.txt");
+        assert_eq!(cmdline_file("cmdline=custom.txt\n"), "custom.txt");
+        let later = format!("{CONFIG_BOOKWORM}cmdline=custom.txt\n");
+        assert_eq!(cmdline_file(&later), "custom.txt", "after the final [all]");
+        assert_eq!(
+            cmdline_file("[cm4]\ncmdline=cm4.txt\n[all]\n"),
+            "cmdline.txt",
+            "other boards only"
+        );
+        assert_eq!(cmdline_file("cmdline=../../etc/shadow\n"), "cmdline.txt");
     }
 
     #[test]

@@ -30,11 +30,7 @@ fn problems(name: &str, f: &HostFacts) -> Vec<String> {
         p.push(format!("swap still on ({:?})", f.swap));
     }
     if !f.memory_cgroup {
-        p.push(if f.is_pi() {
-            "memory cgroup still disabled after reboot: check cmdline.txt is the one the firmware reads".to_string()
-        } else {
-            "memory cgroup disabled: add cgroup_enable=memory to the kernel command line (GRUB) and reboot".to_string()
-        });
+        p.push(memory_cgroup_problem(f));
     }
     for m in MODULES.iter().filter(|m| !f.modules_loaded.iter().any(|l| l == *m)) {
         p.push(format!("kernel module {m} not loaded"));
@@ -45,4 +41,25 @@ fn problems(name: &str, f: &HostFacts) -> Vec<String> {
         }
     }
     p
+}
+
+/// Why the memory cgroup is still off after pikube's reboot, and what fixes it.
+fn memory_cgroup_problem(f: &HostFacts) -> String {
+    let (true, Some(dir)) = (f.is_pi(), &f.boot_dir) else {
+        return "memory cgroup disabled: add cgroup_enable=memory to the kernel command line (GRUB) and reboot".into();
+    };
+    let has_flag = |line: &str| line.split_whitespace().any(|w| w == "cgroup_enable=memory");
+    if f.cmdline_txt.as_deref().is_some_and(has_flag) && !has_flag(&f.kernel_cmdline) {
+        // pikube's edit is on disk but the kernel did not get it: the firmware read another file.
+        format!(
+            "memory cgroup still disabled after reboot: {dir}/cmdline.txt has cgroup_enable=memory but the kernel \
+             did not boot with it, so the firmware reads another file; look for a `cmdline=` line in \
+             {dir}/config.txt and put the flags in the file it names (or remove the line), then run up again"
+        )
+    } else {
+        format!(
+            "memory cgroup still disabled after reboot: the kernel command line (/proc/cmdline) needs \
+             cgroup_enable=memory and no later cgroup_disable=memory; check {dir}/cmdline.txt is the one the firmware reads"
+        )
+    }
 }

@@ -16,7 +16,7 @@ mod session;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use session::Session;
+pub use session::{Session, MAX_OUTPUT};
 
 /// What to do with a host key that is not in known_hosts. A *changed* key is always refused.
 #[derive(
@@ -109,6 +109,12 @@ pub enum SshError {
     },
     #[error("command on {host} timed out after {after:?}")]
     Timeout { host: String, after: Duration },
+    #[error("{host}: `{command}` printed more than {limit_mib} MiB, so it was stopped; pikube reads far less: is a file it reads a link to a device such as /dev/zero?")]
+    OutputTooLarge {
+        host: String,
+        command: String,
+        limit_mib: usize,
+    },
     #[error("connection to {host} lost: {reason}")]
     Disconnected { host: String, reason: String },
     #[error("{host}: {reason}")]

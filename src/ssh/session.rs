@@ -23,6 +23,11 @@ const KEEPALIVE_MAX: usize = 3;
 /// OpenSSH's sshd allows 10 sessions per connection (`MaxSessions`); stay under it and queue
 /// the rest rather than fail them.
 const MAX_CHANNELS: usize = 8;
+/// Most output (stdout and stderr together) one command may return before it is stopped.
+/// pikube reads kilobytes (facts, kubeconfig, tokens); the cap keeps a host with endless
+/// output (a file it reads linked to /dev/zero) from exhausting the operator's memory,
+/// even with many hosts in parallel.
+pub const MAX_OUTPUT: usize = 16 * 1024 * 1024;
 /// Bound on the polite goodbyes (signal, close, disconnect), which must not hang a caller.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -217,6 +222,14 @@ impl Session {
                 })
             }
             Ok(Err(Failure::Lost(reason))) => Err(lost(reason)),
+            Ok(Err(Failure::TooLarge)) => {
+                close_channel(&writer, true).await;
+                Err(SshError::OutputTooLarge {
+                    host: host.to_string(),
+                    command: shortened(command),
+                    limit_mib: MAX_OUTPUT >> 20,
+                })
+            }
             Err(_) => {
                 tracing::debug!("{host}: command timed out after {timeout:?}; closing its channel");
                 close_channel(&writer, true).await;
@@ -229,9 +242,21 @@ impl Session {
 enum Failure {
     Refused,
     Lost(String),
+    TooLarge,
 }
 
-/// Sends the exec request and stdin, and gathers output until the server closes the channel.
+/// A command line short enough for an error message.
+fn shortened(command: &str) -> String {
+    let line = command.lines().next().unwrap_or("");
+    if line.chars().count() > 120 || line.len() < command.len() {
+        format!("{}…", line.chars().take(120).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}
+
+/// Sends the exec request and stdin, and gathers output until the server closes the channel
+/// (or the output passes [`MAX_OUTPUT`]).
 /// Reading and writing run together: a command that answers before reading all its input
 /// (or never reads it) must not deadlock against a full window.
 async fn run(
@@ -253,7 +278,13 @@ async fn run(
     let collect = async {
         let mut output = Output::default();
         while let Some(message) = reader.wait().await {
+            let size = output.stdout.len() + output.stderr.len();
             match message {
+                ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, ext: 1 }
+                    if size + data.len() > MAX_OUTPUT =>
+                {
+                    return Err(Failure::TooLarge)
+                }
                 ChannelMsg::Data { data } => output.stdout.extend_from_slice(&data),
                 ChannelMsg::ExtendedData { data, ext: 1 } => output.stderr.extend_from_slice(&data),
                 ChannelMsg::ExitStatus { exit_status } => output.status = Some(exit_status),
