@@ -103,7 +103,8 @@ async fn configure_apt(cluster: &Cluster, host: &Host, f: &HostFacts) -> Result<
         host.ensure_file(APT_PROXY_FILE, format!("Acquire::http::Proxy \"{p}\";\n").as_bytes(), Some(0o644)).await?;
     }
     let Some(mirror) = &pk.mirror else { return Ok(()) };
-    let components = if pk.components.is_empty() { "main".to_string() } else { pk.components.join(" ") };
+    let components: Vec<&str> = pk.components.iter().map(|c| c.value.as_str()).collect();
+    let components = if components.is_empty() { "main".to_string() } else { components.join(" ") };
     let options = if pk.trusted { "[trusted=yes] " } else { "" };
     let list = format!(
         "# Written by pikube (packages.mirror). Replaced sources are kept as *.pikube-disabled.\n\
