@@ -62,37 +62,20 @@ pub fn from_k3s(
             .and_then(|l| l.first())
             .and_then(|e| e.get(inner))
     };
-    let field = |entry: Option<&Value>,
-                 field: &'static str,
-                 kind: Pem|
-     -> Result<String, KubeconfigError> {
-        let raw = entry
-            .and_then(|e| e.get(field))
-            .ok_or(KubeconfigError::Missing {
-                server: server.to_string(),
-                field,
-            })?;
-        let expected = match kind {
-            Pem::Certificates => "base64 of PEM certificates",
-            Pem::PrivateKey => "base64 of one PEM private key",
-        };
-        match raw.as_str() {
-            Some(s) if is_pem_base64(s, kind) => Ok(s.to_string()),
-            _ => Err(KubeconfigError::Invalid {
-                server: server.to_string(),
-                field,
-                expected,
-            }),
-        }
-    };
     let (cluster_entry, user_entry) = (entry("clusters", "cluster"), entry("users", "user"));
-    let ca = field(
+    let ca = pem_field(
+        server,
         cluster_entry,
         "certificate-authority-data",
         Pem::Certificates,
     )?;
-    let cert = field(user_entry, "client-certificate-data", Pem::Certificates)?;
-    let key = field(user_entry, "client-key-data", Pem::PrivateKey)?;
+    let cert = pem_field(
+        server,
+        user_entry,
+        "client-certificate-data",
+        Pem::Certificates,
+    )?;
+    let key = pem_field(server, user_entry, "client-key-data", Pem::PrivateKey)?;
     Ok(json!({
         "apiVersion": "v1",
         "kind": "Config",
@@ -102,6 +85,31 @@ pub fn from_k3s(
         "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": cluster}}],
         "current-context": cluster,
     }))
+}
+
+/// The base64 PEM in `entry.field`, checked to decode to `kind`.
+fn pem_field(
+    server: &str,
+    entry: Option<&Value>,
+    field: &'static str,
+    kind: Pem,
+) -> Result<String, KubeconfigError> {
+    let server = server.to_string();
+    let Some(raw) = entry.and_then(|e| e.get(field)) else {
+        return Err(KubeconfigError::Missing { server, field });
+    };
+    let expected = match kind {
+        Pem::Certificates => "base64 of PEM certificates",
+        Pem::PrivateKey => "base64 of one PEM private key",
+    };
+    match raw.as_str() {
+        Some(s) if is_pem_base64(s, kind) => Ok(s.to_string()),
+        _ => Err(KubeconfigError::Invalid {
+            server,
+            field,
+            expected,
+        }),
+    }
 }
 
 /// True when `b64` decodes to PEM text of the wanted kind whose blocks hold base64 DER.
