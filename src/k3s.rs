@@ -87,7 +87,7 @@ pub fn env_file(cluster: &Cluster) -> String {
         ["127.0.0.1", "localhost", "10.42.0.0/16", "10.43.0.0/16", ".svc", ".cluster.local"].map(String::from).to_vec();
     no_proxy.extend(cluster.hosts().map(|h| h.address().to_string()));
     no_proxy.push(cluster.endpoint().address);
-    no_proxy.extend(p.no_proxy.iter().cloned());
+    no_proxy.extend(p.no_proxy.iter().map(|n| n.value.clone()));
     no_proxy.dedup();
     let _ = writeln!(out, "NO_PROXY={}", no_proxy.join(","));
     out
@@ -102,8 +102,8 @@ pub fn registries(cluster: &Cluster) -> Option<String> {
     let mut out = String::from("# Written by pikube (registry_mirrors of the cluster file).\nmirrors:\n");
     for (registry, endpoints) in mirrors {
         let _ = writeln!(out, "  {}:\n    endpoint:", yaml_str(registry));
-        for e in endpoints {
-            let _ = writeln!(out, "      - {}", yaml_str(e));
+        for e in &endpoints.value {
+            let _ = writeln!(out, "      - {}", yaml_str(&e.value));
         }
     }
     Some(out)

@@ -59,6 +59,13 @@ fn every_error_names_file_line_column_and_a_hint() {
 }
 
 #[test]
+fn the_readme_error_example_is_the_snapshot() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let snapshot = std::fs::read_to_string(dir().join("duplicates.err")).expect("snapshot");
+    assert!(readme.contains(&format!("```\n{snapshot}```\n")), "README must show duplicates.err as it is:\n{snapshot}");
+}
+
+#[test]
 fn the_init_example_is_valid() {
     let c = Cluster::parse(Path::new("example.yaml"), EXAMPLE).expect("example parses");
     assert_eq!(c.name(), "pi-cluster");

@@ -43,7 +43,8 @@ pub struct ClusterFile {
     pub proxy: Option<Proxy>,
     /// Container registry mirrors, e.g. `docker.io: [https://mirror.example]`.
     #[serde(default)]
-    pub registry_mirrors: BTreeMap<String, Vec<String>>,
+    #[schemars(with = "BTreeMap<String, Vec<String>>")]
+    pub registry_mirrors: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
     /// Manifests applied at cluster milestones and shell commands run around phases.
     #[serde(default)]
     pub hooks: Hooks,
@@ -201,7 +202,9 @@ pub struct Kubernetes {
     #[schemars(with = "Option<String>")]
     pub artifacts: Option<Spanned<String>>,
     /// Where releases are downloaded from when `artifacts` is not set
-    /// (default `https://github.com/k3s-io/k3s/releases/download`).
+    /// (default `https://github.com/k3s-io/k3s/releases/download`). Must be `https://`
+    /// (the checksum file comes from the same place, so plain HTTP would let anyone on the
+    /// way swap both); `http://` is accepted only for this machine (127.0.0.1, ::1, localhost).
     #[schemars(with = "Option<String>")]
     pub download_url: Option<Spanned<String>>,
 }
@@ -251,7 +254,8 @@ pub struct Packages {
     pub mirror: Option<Spanned<String>>,
     /// Components to use from the mirror (default `[main]`).
     #[serde(default)]
-    pub components: Vec<String>,
+    #[schemars(with = "Vec<String>")]
+    pub components: Vec<Spanned<String>>,
     /// Trust the mirror without a signature (for internal unsigned mirrors only).
     #[serde(default)]
     pub trusted: bool,
@@ -269,7 +273,8 @@ pub struct Proxy {
     pub https: Option<Spanned<String>>,
     /// Hosts/CIDRs that bypass the proxy. Cluster addresses are added automatically.
     #[serde(default)]
-    pub no_proxy: Vec<String>,
+    #[schemars(with = "Vec<String>")]
+    pub no_proxy: Vec<Spanned<String>>,
 }
 
 /// The resolved API endpoint.

@@ -214,7 +214,68 @@ pub(crate) fn check(spec: &ClusterFile, addresses_required: bool) -> Vec<Problem
     {
         check_url(url, &mut problem);
     }
+    if let Some(u) = &k8s.download_url {
+        check_download_url(u, &mut problem);
+    }
+    check_host_file_strings(spec, &mut problem);
     out
+}
+
+/// Strings pikube writes into files on the hosts besides the URLs: apt components
+/// (sources.list), `no_proxy` (the k3s env file) and registry mirrors (registries.yaml).
+fn check_host_file_strings(spec: &ClusterFile, problem: &mut impl FnMut(serde_saphyr::Location, String, &str)) {
+    for c in &spec.packages.components {
+        if c.value.is_empty() || !c.value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._+/".contains(&b)) {
+            problem(
+                c.referenced,
+                format!("{:?} is not an apt component", c.value),
+                "list one component per item, like main, contrib or non-free-firmware (letters, digits, - . _ + /)",
+            );
+        }
+    }
+    for n in spec.proxy.iter().flat_map(|p| &p.no_proxy) {
+        if let Some(flaw) = flaw(&n.value, |c| is_unsafe(c) || c == ',') {
+            problem(
+                n.referenced,
+                format!("no_proxy entry {:?} {flaw}", n.value),
+                "give one host, domain (.lan) or CIDR per list item, without spaces, commas, quotes or backslashes",
+            );
+        }
+    }
+    for (registry, mirrors) in &spec.registry_mirrors {
+        if let Some(flaw) = flaw(registry, is_unsafe) {
+            problem(
+                mirrors.referenced,
+                format!("registry name {registry:?} {flaw}"),
+                "name the registry as images do, e.g. docker.io or registry.lan:5000 (or * for all)",
+            );
+        }
+        if mirrors.value.is_empty() {
+            problem(
+                mirrors.referenced,
+                format!("registry {registry:?} has no mirror"),
+                "list at least one mirror URL, e.g. [https://mirror.lan:5000], or remove the entry",
+            );
+        }
+        for m in &mirrors.value {
+            check_url(m, problem);
+        }
+    }
+}
+
+/// What is wrong with `v`: "is empty" or "contains '<the first bad character>'".
+fn flaw(v: &str, bad: impl Fn(char) -> bool) -> Option<String> {
+    if v.is_empty() {
+        return Some("is empty".into());
+    }
+    v.chars().find(|&c| bad(c)).map(|c| format!("contains {c:?}"))
+}
+
+/// Characters that let a value escape the line or the quotes it is written into on a host
+/// (apt.conf, sources.list, the k3s env file): whitespace and control characters (a newline
+/// starts a new setting), quotes, and backslashes (a trailing one joins the next env line).
+fn is_unsafe(c: char) -> bool {
+    c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '`' | '\\')
 }
 
 fn check_address(a: &Spanned<String>, problem: &mut impl FnMut(serde_saphyr::Location, String, &str)) {
@@ -232,6 +293,13 @@ fn check_address(a: &Spanned<String>, problem: &mut impl FnMut(serde_saphyr::Loc
 
 fn check_url(u: &Spanned<String>, problem: &mut impl FnMut(serde_saphyr::Location, String, &str)) {
     let v = u.value.as_str();
+    if let Some(flaw) = flaw(v, is_unsafe).filter(|_| !v.is_empty()) {
+        return problem(
+            u.referenced,
+            format!("URL {v:?} {flaw}"),
+            "remove spaces, quotes, backslashes and control characters; percent-encode them if the URL needs them (%20, %22)",
+        );
+    }
     let rest = v.strip_prefix("http://").or_else(|| v.strip_prefix("https://"));
     if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
         problem(
@@ -240,6 +308,30 @@ fn check_url(u: &Spanned<String>, problem: &mut impl FnMut(serde_saphyr::Locatio
             "write it like http://mirror.lan/debian or http://proxy.lan:3128",
         );
     }
+}
+
+/// The k3s binary and its checksum come from the same place, so plain HTTP would let anyone
+/// on the way swap both; only this machine itself is exempt (tests and local mirrors).
+fn check_download_url(u: &Spanned<String>, problem: &mut impl FnMut(serde_saphyr::Location, String, &str)) {
+    let Some(rest) = u.value.strip_prefix("http://") else { return };
+    if !is_loopback_host(rest) {
+        problem(
+            u.referenced,
+            format!("download_url {:?} is plain HTTP: anyone on the way could swap the k3s binary and its checksum", u.value),
+            "use an https:// URL, or download the release files yourself and set kubernetes.artifacts (http:// is accepted only for 127.0.0.1, ::1 and localhost)",
+        );
+    }
+}
+
+/// True when the host of `authority_and_path` (a URL without its scheme) is this machine.
+fn is_loopback_host(authority_and_path: &str) -> bool {
+    let authority = authority_and_path.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(h, _)| h),
+        None => host_port.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `v1.31.4+k3s1`
@@ -281,4 +373,19 @@ fn is_taint(s: &str) -> bool {
     let Some((kv, effect)) = s.rsplit_once(':') else { return false };
     let key = kv.split_once('=').map_or(kv, |(k, _)| k);
     !key.is_empty() && matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_downloads_are_only_for_this_machine() {
+        for ok in ["127.0.0.1:8080", "127.0.0.53/k3s", "localhost", "LOCALHOST:80/x", "[::1]:8080/", "u:p@127.0.0.1:9"] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in ["github.com", "10.0.0.1:8080", "[::2]:80", "127.0.0.1.evil.example", "localhost.evil.example", "127.0.0.1@evil.example", "[::1", ""] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
 }

@@ -100,10 +100,12 @@ async fn configure_apt(cluster: &Cluster, host: &Host, f: &HostFacts) -> Result<
         cluster.spec.proxy.as_ref().and_then(|p| p.http.as_ref()).map(|p| p.value.clone())
     });
     if let Some(p) = proxy {
-        host.ensure_file(APT_PROXY_FILE, format!("Acquire::http::Proxy \"{p}\";\n").as_bytes(), Some(0o644)).await?;
+        let (content, mode) = apt_proxy_file(&p);
+        host.ensure_file(APT_PROXY_FILE, content.as_bytes(), Some(mode)).await?;
     }
     let Some(mirror) = &pk.mirror else { return Ok(()) };
-    let components = if pk.components.is_empty() { "main".to_string() } else { pk.components.join(" ") };
+    let components: Vec<&str> = pk.components.iter().map(|c| c.value.as_str()).collect();
+    let components = if components.is_empty() { "main".to_string() } else { components.join(" ") };
     let options = if pk.trusted { "[trusted=yes] " } else { "" };
     let list = format!(
         "# Written by pikube (packages.mirror). Replaced sources are kept as *.pikube-disabled.\n\
@@ -124,6 +126,15 @@ async fn configure_apt(cluster: &Cluster, host: &Host, f: &HostFacts) -> Result<
         host.apply("apt-get update from the mirror", &cmd).await?;
     }
     Ok(())
+}
+
+/// apt.conf line for the proxy, and its mode: 0600 when the URL carries credentials
+/// (`http://user:password@proxy:3128`), else 0644 so apt run by other users reads it
+/// without a warning. Validation keeps quotes and newlines out of the URL.
+fn apt_proxy_file(url: &str) -> (String, u32) {
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest).split('/').next().unwrap_or("");
+    let mode = if authority.contains('@') { 0o600 } else { 0o644 };
+    (format!("Acquire::http::Proxy \"{url}\";\n"), mode)
 }
 
 fn points_at_distro_archive(sources: &str) -> bool {
@@ -197,6 +208,17 @@ mod tests {
         assert_eq!(with_cgroup_flags(&once), once, "idempotent");
         let partial = "root=/dev/mmcblk0p2 cgroup_memory=1";
         assert_eq!(with_cgroup_flags(partial), "root=/dev/mmcblk0p2 cgroup_memory=1 cgroup_enable=cpuset cgroup_enable=memory\n");
+    }
+
+    #[test]
+    fn an_apt_proxy_with_credentials_is_written_0600() {
+        let line = |u: &str| format!("Acquire::http::Proxy \"{u}\";\n");
+        for url in ["http://user:secret@proxy.lan:3128", "http://token@proxy.lan:3128/", "https://u:p%40ss@proxy.lan"] {
+            assert_eq!(apt_proxy_file(url), (line(url), 0o600), "{url}");
+        }
+        for url in ["http://proxy.lan:3128", "http://cache.lan:3142/path@x"] {
+            assert_eq!(apt_proxy_file(url), (line(url), 0o644), "{url}");
+        }
     }
 
     #[test]
