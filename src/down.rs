@@ -5,9 +5,10 @@
 
 use crate::config::Role;
 use crate::fleet::{Fleet, Node};
-use crate::k3s::{self, BIN, LINKS};
+use crate::k3s::{self, BIN};
 use crate::phases;
 use crate::remote::{Cmd, Host};
+use crate::teardown;
 
 /// Resets the named nodes (all k3s nodes when `limit` is empty).
 pub async fn run(fleet: &Fleet, limit: &[String]) -> Result<(), String> {
@@ -71,10 +72,12 @@ async fn reset_all(fleet: &Fleet, role: Role) {
         .await;
 }
 
-/// Drains the node (evicting its pods) and deletes it from the API.
+/// Drains the node (evicting its pods) and deletes it from the API. A node already gone (a
+/// second `down` after one that left something behind) is not drained.
 async fn remove_from_api(api: &Host, name: &str) -> Result<(), String> {
     let drain = Cmd::change_script(format!(
-        "{BIN} kubectl drain {name} --ignore-daemonsets --delete-emptydir-data --force --timeout=120s"
+        "[ -z \"$({BIN} kubectl get node {name} --ignore-not-found --no-headers)\" ] || \
+         {BIN} kubectl drain {name} --ignore-daemonsets --delete-emptydir-data --force --timeout=120s"
     ))
     .timeout(std::time::Duration::from_secs(150));
     api.apply(format!("drain {name}"), &drain).await.map_err(|e| e.to_string())?;
@@ -82,28 +85,24 @@ async fn remove_from_api(api: &Host, name: &str) -> Result<(), String> {
     api.apply(format!("delete node {name}"), &delete).await.map_err(|e| e.to_string())
 }
 
-/// Stops k3s and removes what `up` installed for it, as k3s's uninstall script does.
+/// Removes k3s as its own uninstall does (see `teardown`), then checks that nothing of it is
+/// left; a leftover fails the node, naming it. A node without k3s is still checked, so a
+/// second `down` finishes what an earlier one had to leave (a busy mount).
 async fn reset(node: &Node, host: &Host) -> Result<(), String> {
+    if node.role() == Role::Loadbalancer {
+        return Ok(());
+    }
     let facts = node.facts().ok_or("no facts gathered")?;
     let installed = facts.kubernetes.contains_key("k3s")
         || [Role::Server, Role::Agent].iter().any(|r| facts.services.get(k3s::unit_name(*r)).is_some_and(|s| s.enabled || s.active));
-    if !installed || node.role() == Role::Loadbalancer {
+    if !installed && teardown::leftovers(host).await?.is_empty() {
         return Ok(());
     }
-    let links: String = LINKS.iter().map(|l| format!("[ \"$(readlink /usr/local/bin/{l})\" = k3s ] && rm -f /usr/local/bin/{l}; ")).collect();
-    let roles = [Role::Server, Role::Agent];
-    let units = roles.map(k3s::unit_name).join(" ");
-    let unit_files = roles.iter().flat_map(|r| [k3s::unit_path(*r), k3s::env_path(*r)]).collect::<Vec<_>>().join(" ");
-    let script = format!(
-        "for u in {units}; do systemctl disable --now \"$u\" 2>/dev/null || true; done; \
-         pkill -x k3s 2>/dev/null || true; sleep 1; pkill -9 -x k3s 2>/dev/null || true; \
-         rm -f {unit_files}; \
-         systemctl daemon-reload; \
-         rm -rf /etc/rancher/k3s /var/lib/rancher/k3s /var/lib/kubelet /run/k3s {hooks}; \
-         {links}rm -f {BIN}",
-        hooks = phases::HOOKS_APPLIED_DIR,
-    );
-    host.apply("stop k3s and remove it (uninstall)", &Cmd::change_script(script).timeout(std::time::Duration::from_secs(120)))
-        .await
-        .map_err(|e| e.to_string())
+    teardown::remove(host).await?;
+    let left = teardown::leftovers(host).await?;
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(left.to_string())
+    }
 }

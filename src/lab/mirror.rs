@@ -21,11 +21,17 @@ const PACKAGES: &[&str] = &[
     "etcd-server",
     "etcd-client",
     "dphys-swapfile",
+    // Real k3s brings its own iptables; the k3s stand-in cannot, so lab tests of the teardown
+    // install this one to let it leave the KUBE-/CNI-/FLANNEL rules real k3s leaves.
+    "iptables",
 ];
 
-/// The mirror root; it is served so that `<url>/debian` maps to `<root>/debian`.
+/// The mirror root; it is served so that `<url>/debian` maps to `<root>/debian`. The name
+/// carries a digest of PACKAGES: a cached mirror built from another list is not this one.
 pub fn root(arch: Arch) -> PathBuf {
-    Path::new(CACHE_DIR).join(format!("mirror-{}", arch.debian()))
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(PACKAGES.join(" ").as_bytes()));
+    Path::new(CACHE_DIR).join(format!("mirror-{}-{}", arch.debian(), &digest[..8]))
 }
 
 /// Returns the mirror root, downloading and indexing the packages first if the cache has none.

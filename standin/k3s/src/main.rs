@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod kubectl;
 mod net;
+mod node;
 mod server;
 mod util;
 
@@ -18,6 +19,9 @@ fn usage() -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.first().is_some_and(|a| node::is_shim(a)) {
+        node::run_shim();
+    }
     let sub = args.get(1).map(String::as_str).unwrap_or("");
     let rest: Vec<String> = args.iter().skip(2).cloned().collect();
     match sub {

@@ -3,6 +3,7 @@
 use crate::cli::{self, Opts};
 use crate::cluster::{self, NodeReg, State};
 use crate::net::{self, Ca, Trust};
+use crate::node;
 use crate::util::{fatal, log};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -332,8 +333,9 @@ async fn persist_loop(srv: Arc<Srv>, file: PathBuf) {
 }
 
 pub async fn run_server(o: Opts) -> ! {
+    let data_dir = PathBuf::from(o.get("data-dir").unwrap_or(node::DEFAULT_DATA_DIR));
+    node::reexec("server", &data_dir);
     common_start(&o);
-    let data_dir = PathBuf::from(o.get("data-dir").unwrap_or("/var/lib/rancher/k3s"));
     let port: u16 = o
         .get("https-listen-port")
         .unwrap_or("6443")
@@ -549,6 +551,9 @@ pub async fn run_server(o: Opts) -> ! {
             }
         });
     }
+    if !o.flag("disable-agent") {
+        node::leave_traces(&data_dir);
+    }
     log("info", "k3s is up and running");
     crate::util::sd_notify_ready();
 
@@ -726,12 +731,13 @@ async fn handle(srv: &Arc<Srv>, req: net::Request, client_cert: bool) -> Resp {
 }
 
 pub async fn run_agent(o: Opts) -> ! {
-    common_start(&o);
     let Some(url) = o.get("server").map(String::from) else { fatal("Error: --server is required") };
     net::parse_url(&url).unwrap_or_else(|e| fatal(&e));
     let Some(t) = token_value(&o, "token", "token-file") else { fatal("Error: --token is required") };
     let tok = cli::parse_token(&t).unwrap_or_else(|e| fatal(&e));
-    let data_dir = PathBuf::from(o.get("data-dir").unwrap_or("/var/lib/rancher/k3s"));
+    let data_dir = PathBuf::from(o.get("data-dir").unwrap_or(node::DEFAULT_DATA_DIR));
+    node::reexec("agent", &data_dir);
+    common_start(&o);
     let mut me = node_reg(&o, &data_dir, None);
     if o.list("node-ip").is_empty() {
         // pick the source address the kernel would use toward the server (no packet sent)
@@ -767,6 +773,7 @@ pub async fn run_agent(o: Opts) -> ! {
         }
     };
     log("info", &format!("Node {} registered with {url} (STAND-IN kubelet heartbeat every 2s)", me.name));
+    node::leave_traces(&data_dir);
     log("info", "k3s agent is up and running");
     crate::util::sd_notify_ready();
     loop {
