@@ -222,26 +222,35 @@ fn corruption_behind_the_writers_back_fails_verification() {
     );
 }
 
-/// The device node of the disk holding `/`, if `/` is on a block device.
+/// The device node holding `/`, if `/` is on a block device: by its device number, else by
+/// the mount source (btrfs and ZFS report anonymous `0:N` numbers).
 fn root_device() -> Option<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let dev = info
+    let line = info
         .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.get(4) == Some(&"/"))?[2]
-        .to_string();
-    let uevent = std::fs::read_to_string(format!("/sys/dev/block/{dev}/uevent")).ok()?;
-    let name = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME="))?;
-    let path = PathBuf::from("/dev").join(name);
-    path.exists().then_some(path)
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))?;
+    let dev = line.split_whitespace().nth(2)?;
+    let by_number = std::fs::read_to_string(format!("/sys/dev/block/{dev}/uevent"))
+        .ok()
+        .and_then(|u| {
+            let name = u.lines().find_map(|l| l.strip_prefix("DEVNAME="))?;
+            Some(PathBuf::from("/dev").join(name))
+        });
+    let by_source = line
+        .split_once(" - ")
+        .and_then(|(_, r)| r.split_whitespace().nth(1))
+        .map(PathBuf::from);
+    by_number
+        .into_iter()
+        .chain(by_source)
+        .find(|p| p.starts_with("/dev") && p.exists())
 }
 
 #[test]
 fn the_root_disk_is_refused() {
     require!(image false);
     let Some(root) = root_device() else {
-        let _ = writeln!(std::io::stderr(), "SKIP: / is not on a block device here");
-        return;
+        skip!("/ is not on a block device here");
     };
     let dir = tempdir("flash-root");
     let raw = build_image(&dir, "pi.img", Table::Mbr, Style::Bookworm);
@@ -285,39 +294,45 @@ fn a_mounted_device_is_refused() {
         .output()
         .unwrap();
     if !mounted.status.success() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP: cannot mount ext4 on a loop device here: {}",
+        skip!(
+            "cannot mount ext4 on a loop device here: {}",
             text(&mounted)
         );
-        return;
     }
     lo.mount = Some(mnt.clone());
     // ext4 leaves its first 1 KiB alone (mount and umount rewrite the superblock after it),
     // where a flash would put the image's MBR.
     let before = sha_range(&backing, 0, 1024);
-    let out = pikube(
-        &[
+    // --force does not help: a mounted disk is refused, and the kernel's exclusive open would
+    // refuse it too (before, --force dropped O_EXCL and wrote over the mounted filesystem).
+    for extra in [&[][..], &["--force"][..]] {
+        let mut args = vec![
             "flash",
             "--image",
             raw.to_str().unwrap(),
             "--device",
             &lo.dev,
-            "--yes",
-        ],
-        &[],
-    );
-    assert!(
-        !out.status.success(),
-        "flashed a mounted device:\n{}",
-        text(&out)
-    );
-    let err = flat_stderr(&out);
-    assert!(
-        err.contains("is mounted at") && err.replace(' ', "").contains(mnt.to_str().unwrap()),
-        "{err}"
-    );
-    assert!(err.contains("--force"), "{err}");
+        ];
+        args.push("--yes");
+        args.extend_from_slice(extra);
+        let out = pikube(&args, &[]);
+        assert!(
+            !out.status.success(),
+            "flashed a mounted device ({extra:?}):\n{}",
+            text(&out)
+        );
+        let err = flat_stderr(&out);
+        assert!(
+            err.contains("is mounted at") && err.replace(' ', "").contains(mnt.to_str().unwrap()),
+            "{err}"
+        );
+        assert!(err.contains("unmount it"), "{err}");
+        assert_eq!(
+            sha_range(&backing, 0, 1024),
+            before,
+            "the refused flash ({extra:?}) wrote to the device"
+        );
+    }
     drop(lo);
     assert_eq!(
         sha_range(&backing, 0, 1024),

@@ -52,11 +52,20 @@ macro_rules! require {
     };
     ($root:expr, $($tool:expr),*) => {
         if let Some(why) = sdcard_support::unavailable(&[$($tool),*], $root) {
-            // Straight to the stderr handle: the test harness captures eprintln!, and a skip must show.
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("SKIP: {why}\n").as_bytes());
-            return;
+            skip!("{why}");
         }
     };
+}
+
+/// Ends the test as skipped with a counted `SKIP: reason` line (the only way a test may skip).
+#[macro_export]
+macro_rules! skip {
+    ($($why:tt)+) => {{
+        // Straight to the stderr handle: the test harness captures eprintln!, and a skip must show.
+        let line = format!("SKIP: {}\n", format!($($why)+));
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        return;
+    }};
 }
 
 pub fn text(o: &Output) -> String {
