@@ -500,3 +500,56 @@ fn images_that_cannot_be_customised_are_refused_clearly() {
         .arg(&no_config));
     expect_err(&z, &[], &[], "exactly one .img");
 }
+
+#[test]
+fn devices_are_refused_as_output() {
+    require!(image true, "ssh-keygen", "losetup", "mknod", "sha256sum");
+    let dir = tempdir("img-device-out");
+    let input = build_image(&dir, "pi.img", Table::Mbr, Style::Bookworm);
+    let cluster = cluster(&dir, THREE_HOSTS);
+    // A loop device standing in for an SD card (or the system disk), with known contents.
+    let backing = dir.join("card.bin");
+    std::fs::write(&backing, vec![0x42u8; 8 << 20]).unwrap();
+    let before = sha_range(&backing, 0, 8 << 20);
+    let lo =
+        String::from_utf8(sh(Command::new("losetup").args(["-f", "--show"]).arg(&backing)).stdout)
+            .unwrap()
+            .trim()
+            .to_string();
+    let detach = Detach(lo.clone());
+    // A character device of our own (null's numbers), so no system node is put at risk.
+    let null = dir.join("null");
+    sh(Command::new("mknod").arg(&null).args(["c", "1", "3"]));
+    for out in [Path::new(&lo), null.as_path()] {
+        let result = prepare(&input, out, &cluster, "rasp01", &[], &[]);
+        assert!(
+            !result.status.success(),
+            "{}: {}",
+            out.display(),
+            text(&result)
+        );
+        let err = String::from_utf8_lossy(&result.stderr).replace('│', " ");
+        let err = err.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(err.contains("is not a regular file"), "{err}");
+        assert!(err.contains("pikube flash --image"), "{err}");
+    }
+    let meta = std::fs::metadata(&null).expect("the device node must not be removed");
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &meta.file_type()
+    ));
+    drop(detach);
+    assert_eq!(
+        sha_range(&backing, 0, 8 << 20),
+        before,
+        "the loop device was written"
+    );
+}
+
+/// Detaches a loop device when the test ends, also on panic.
+struct Detach(String);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
