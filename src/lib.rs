@@ -20,3 +20,4 @@ pub mod phases;
 pub mod remote;
 pub mod sdcard;
 pub mod ssh;
+pub mod term;

@@ -290,7 +290,7 @@ fn flash_one(args: &FlashArgs, node: Option<&NodeConfig>) -> Result<(), String> 
                 if model.trim().is_empty() {
                     String::new()
                 } else {
-                    format!(", {}", model.trim())
+                    format!(", {}", crate::term::clean(model.trim()))
                 }
             )
         }
