@@ -553,3 +553,147 @@ impl Drop for Detach {
         let _ = Command::new("losetup").args(["-d", &self.0]).status();
     }
 }
+
+/// The `runcmd` step of a card's user-data, read with a YAML parser.
+fn runcmd_script(user_data: &str) -> String {
+    let doc: serde_json::Value = serde_saphyr::from_str(user_data).expect("user-data is YAML");
+    let steps = doc["runcmd"]
+        .as_array()
+        .expect("user-data has a runcmd list");
+    assert_eq!(steps.len(), 1, "{user_data}");
+    steps[0].as_str().expect("a shell string").to_string()
+}
+
+/// cloud-init's schema check of a user-data file.
+fn assert_valid_cloud_config(dir: &Path, user_data: &str) {
+    let file = dir.join("check-user-data.yaml");
+    std::fs::write(&file, user_data).unwrap();
+    let out = Command::new("cloud-init")
+        .args(["schema", "--config-file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Valid cloud-config"),
+        "cloud-init schema rejects:\n{user_data}\n{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn cloud_init_seed_is_scrubbed_after_first_boot() {
+    require!(image true, "mtype", "ssh-keygen", "cloud-init", "unshare", "mount");
+    let dir = tempdir("img-scrub");
+    let input = build_image(&dir, "ubuntu.img", Table::Mbr, Style::Ubuntu);
+    let cluster = cluster(&dir, THREE_HOSTS);
+    let out_img = dir.join("rasp02.img");
+    let (pw, psk) = ("Scrub-Me-Password-1", "scrub-me-wifi-psk-2");
+    let out = prepare(
+        &input,
+        &out_img,
+        &cluster,
+        "rasp02",
+        &[
+            "--password-env",
+            "PIKUBE_TEST_PW",
+            "--static",
+            "10.0.0.0/24",
+            "--gateway",
+            "10.0.0.1",
+            "--wifi-ssid",
+            "Home Net",
+            "--wifi-psk-env",
+            "PIKUBE_TEST_PSK",
+            "--wifi-country",
+            "de",
+        ],
+        &[("PIKUBE_TEST_PW", pw), ("PIKUBE_TEST_PSK", psk)],
+    );
+    ok(&out);
+    // The card as prepared: the secrets are there (cloud-init needs them once) and so is the
+    // scrub step, in a user-data cloud-init accepts.
+    let seed = dir.join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    let mut original = Vec::new();
+    for name in ["user-data", "meta-data", "network-config"] {
+        let content = mread(&out_img, name).unwrap_or_else(|| panic!("{name} on the card"));
+        std::fs::write(seed.join(name), &content).unwrap();
+        original.push(content);
+    }
+    let hash = original[0]
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("passwd: "))
+        .expect("the password hash is in the first-boot user-data")
+        .trim_matches('"')
+        .to_string();
+    assert!(hash.starts_with("$6$"), "{hash}");
+    assert!(original[2].contains(psk), "{}", original[2]);
+    assert_valid_cloud_config(&dir, &original[0]);
+    let script = runcmd_script(&original[0]);
+    assert!(script.contains("/boot/firmware /boot"), "{script}");
+
+    // First boot: the runcmd step, run by sh with the seed where the Pi mounts it (/boot here:
+    // a bind mount in a mount namespace of this test's own).
+    let script_file = dir.join("runcmd.sh");
+    std::fs::write(&script_file, &script).unwrap();
+    let first_boot = || {
+        sh(Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount --bind \"$1\" /boot && sh -e \"$2\"")
+            .arg("sh")
+            .arg(&seed)
+            .arg(&script_file));
+    };
+    first_boot();
+    let read = |name: &str| std::fs::read_to_string(seed.join(name)).unwrap();
+    let (ud, nc) = (read("user-data"), read("network-config"));
+    for secret in [hash.as_str(), pw, psk] {
+        assert!(
+            !ud.contains(secret) && !nc.contains(secret),
+            "{secret} left:\n{ud}\n{nc}"
+        );
+    }
+    // Later boots: meta-data (the instance-id) is untouched, so nothing per-instance re-runs;
+    // what cloud-init re-reads every boot is still valid and still names the host.
+    assert_eq!(read("meta-data"), original[1]);
+    assert!(
+        ud.contains("hostname: \"rasp02\"") && !ud.contains("runcmd"),
+        "{ud}"
+    );
+    assert_valid_cloud_config(&dir, &ud);
+    let rendered = dir.join("net-out");
+    let conv = Command::new("cloud-init")
+        .args([
+            "devel",
+            "net-convert",
+            "--kind",
+            "yaml",
+            "--output-kind",
+            "netplan",
+        ])
+        .args(["-D", "ubuntu", "--network-data"])
+        .arg(seed.join("network-config"))
+        .arg("-d")
+        .arg(&rendered)
+        .output()
+        .unwrap();
+    assert!(
+        conv.status.success(),
+        "scrubbed network-config:\n{nc}\n{}",
+        text(&conv)
+    );
+    let netplan = std::fs::read_to_string(rendered.join("etc/netplan/50-cloud-init.yaml")).unwrap();
+    assert!(
+        netplan.contains("10.0.0.12/24") && !netplan.contains("wifis"),
+        "{netplan}"
+    );
+    // A second run (the seed no longer carries the marker) changes nothing.
+    first_boot();
+    assert_eq!((read("user-data"), read("network-config")), (ud, nc));
+    assert!(std::fs::read_dir(&seed).unwrap().all(|e| {
+        !e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with("pikube-tmp")
+    }));
+}
