@@ -274,6 +274,72 @@ fn the_root_disk_is_refused() {
     }
 }
 
+/// `/` on btrfs reports an anonymous `0:N` device number in mountinfo: the disk must still be
+/// found (through the mount source) and refused, --force or not.
+#[test]
+fn a_btrfs_root_disk_is_refused_even_with_force() {
+    require!(image true, "losetup", "mkfs.btrfs", "unshare", "chroot", "mount");
+    let dir = tempdir("flash-btrfs-root");
+    let raw = build_image(&dir, "pi.img", Table::Mbr, Style::Bookworm);
+    let backing = dir.join("root.bin");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let lo = Loop::attach(&backing);
+    sh(Command::new("mkfs.btrfs").args(["-q", "-f", &lo.dev]));
+    // btrfs leaves its first 64 KiB alone (mounting rewrites the superblock after them), where
+    // a flash would put the image's MBR.
+    let before = sha_range(&backing, 0, 64 << 10);
+    // A root of its own in a private mount namespace: the btrfs filesystem as `/`, with this
+    // machine's /usr, /dev, /sys and a fresh /proc inside, pikube and the image bound in.
+    let script = r#"
+        set -e
+        root=$1 dev=$2 bin=$3 img=$4
+        mkdir -p "$root" && mount "$dev" "$root"
+        mkdir -p "$root/usr" "$root/dev" "$root/sys" "$root/proc"
+        for l in bin sbin lib lib64; do [ -L "/$l" ] && ln -s "usr/$l" "$root/$l"; done
+        mount --rbind /usr "$root/usr"
+        mount --rbind /dev "$root/dev"
+        mount --rbind /sys "$root/sys"
+        mount -t proc proc "$root/proc"
+        touch "$root/pikube" "$root/pi.img"
+        mount --bind "$bin" "$root/pikube"
+        mount --bind "$img" "$root/pi.img"
+        chroot "$root" /pikube flash --image /pi.img --device "$dev" --yes --force
+    "#;
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(dir.join("root"))
+        .arg(&lo.dev)
+        .arg(BIN)
+        .arg(&raw)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "flashed the root disk:\n{}",
+        text(&out)
+    );
+    let err = flat_stderr(&out);
+    assert!(err.contains("holds the root filesystem"), "{}", text(&out));
+    drop(lo);
+    assert_eq!(
+        sha_range(&backing, 0, 64 << 10),
+        before,
+        "the refused flash wrote to the root disk"
+    );
+}
+
 #[test]
 fn a_mounted_device_is_refused() {
     require!(image true, "losetup", "mkfs.ext4", "mount");
