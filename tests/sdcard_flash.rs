@@ -274,6 +274,52 @@ fn the_root_disk_is_refused() {
     }
 }
 
+/// `pikube flash --yes --force IMAGE DEV` chrooted into a root of its own, in a private mount
+/// namespace: `mount_root` mounts it at `root`; this machine's /usr, /dev and /sys and a fresh
+/// /proc go inside, pikube and the image are bound in.
+fn flash_in_own_root(
+    root: &Path,
+    mount_root: &str,
+    image: &Path,
+    dev: &str,
+) -> std::process::Output {
+    let script = format!(
+        r#"
+        set -e
+        root=$1 dev=$2 bin=$3 img=$4
+        mkdir -p "$root"
+        {mount_root}
+        mkdir -p "$root/usr" "$root/dev" "$root/sys" "$root/proc"
+        for l in bin sbin lib lib64; do [ -L "/$l" ] && ln -s "usr/$l" "$root/$l"; done
+        mount --rbind /usr "$root/usr"
+        mount --rbind /dev "$root/dev"
+        mount --rbind /sys "$root/sys"
+        mount -t proc proc "$root/proc"
+        touch "$root/pikube" "$root/pi.img"
+        mount --bind "$bin" "$root/pikube"
+        mount --bind "$img" "$root/pi.img"
+        chroot "$root" /pikube flash --image /pi.img --device "$dev" --yes --force
+    "#
+    );
+    Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(root)
+        .arg(dev)
+        .arg(BIN)
+        .arg(image)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 /// `/` on btrfs reports an anonymous `0:N` device number in mountinfo: the disk must still be
 /// found (through the mount source) and refused, --force or not.
 #[test]
@@ -291,40 +337,9 @@ fn a_btrfs_root_disk_is_refused_even_with_force() {
     // btrfs leaves its first 64 KiB alone (mounting rewrites the superblock after them), where
     // a flash would put the image's MBR.
     let before = sha_range(&backing, 0, 64 << 10);
-    // A root of its own in a private mount namespace: the btrfs filesystem as `/`, with this
-    // machine's /usr, /dev, /sys and a fresh /proc inside, pikube and the image bound in.
-    let script = r#"
-        set -e
-        root=$1 dev=$2 bin=$3 img=$4
-        mkdir -p "$root" && mount "$dev" "$root"
-        mkdir -p "$root/usr" "$root/dev" "$root/sys" "$root/proc"
-        for l in bin sbin lib lib64; do [ -L "/$l" ] && ln -s "usr/$l" "$root/$l"; done
-        mount --rbind /usr "$root/usr"
-        mount --rbind /dev "$root/dev"
-        mount --rbind /sys "$root/sys"
-        mount -t proc proc "$root/proc"
-        touch "$root/pikube" "$root/pi.img"
-        mount --bind "$bin" "$root/pikube"
-        mount --bind "$img" "$root/pi.img"
-        chroot "$root" /pikube flash --image /pi.img --device "$dev" --yes --force
-    "#;
-    let out = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            script,
-            "sh",
-        ])
-        .arg(dir.join("root"))
-        .arg(&lo.dev)
-        .arg(BIN)
-        .arg(&raw)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let root = dir.join("root");
+    let mount_root = format!("mount {} {}", lo.dev, root.display());
+    let out = flash_in_own_root(&root, &mount_root, &raw, &lo.dev);
     assert!(
         !out.status.success(),
         "flashed the root disk:\n{}",
@@ -337,6 +352,46 @@ fn a_btrfs_root_disk_is_refused_even_with_force() {
         sha_range(&backing, 0, 64 << 10),
         before,
         "the refused flash wrote to the root disk"
+    );
+}
+
+/// When the disks behind `/` cannot be told (here an overlay, whose layers name no device),
+/// no block device is flashed: the list of disks to protect is unknown, not empty.
+#[test]
+fn an_unknown_root_disk_refuses_every_device() {
+    require!(image true, "losetup", "unshare", "chroot", "mount");
+    let dir = tempdir("flash-unknown-root");
+    let raw = build_image(&dir, "pi.img", Table::Mbr, Style::Bookworm);
+    let backing = dir.join("card.bin");
+    std::fs::write(&backing, vec![0x5au8; 128 << 20]).unwrap();
+    let before = sha_range(&backing, 0, 1 << 20);
+    let lo = Loop::attach(&backing);
+    let root = dir.join("root");
+    for d in ["lower", "upper", "work"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let mount_root = format!(
+        "mount -t overlay overlay -o lowerdir={0}/lower,upperdir={0}/upper,workdir={0}/work {1}",
+        dir.display(),
+        root.display()
+    );
+    let out = flash_in_own_root(&root, &mount_root, &raw, &lo.dev);
+    assert!(
+        !out.status.success(),
+        "flashed with / unknown:\n{}",
+        text(&out)
+    );
+    let err = flat_stderr(&out);
+    assert!(
+        err.contains("cannot tell which disk holds / (overlay from overlay)"),
+        "{}",
+        text(&out)
+    );
+    drop(lo);
+    assert_eq!(
+        sha_range(&backing, 0, 1 << 20),
+        before,
+        "the refused flash wrote"
     );
 }
 
