@@ -11,8 +11,11 @@ use std::path::{Path, PathBuf};
 
 /// Mount points whose disks are the system: writing over any of them breaks this machine.
 const SYSTEM_MOUNTS: [&str; 5] = ["/", "/boot", "/boot/firmware", "/boot/efi", "/usr"];
-/// Filesystems that live in memory: no disk holds them.
-const MEMORY_FS: [&str; 3] = ["tmpfs", "ramfs", "rootfs"];
+/// Filesystems no local disk holds: memory, the network, and systemd's untriggered automounts
+/// (once triggered, the real mount shows as a line of its own).
+const DISKLESS_FS: [&str; 10] = [
+    "tmpfs", "ramfs", "rootfs", "autofs", "nfs", "nfs4", "cifs", "smb3", "9p", "virtiofs",
+];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
@@ -165,7 +168,7 @@ pub fn disks_of_mount(
         fstype: m.fstype.clone(),
         device: m.source.clone(),
     };
-    if MEMORY_FS.contains(&m.fstype.as_str()) {
+    if DISKLESS_FS.contains(&m.fstype.as_str()) {
         return Ok(BTreeSet::new());
     }
     let mut names: Vec<String> = Vec::new();
@@ -379,10 +382,17 @@ mod tests {
             assert_eq!(err.mount, "/", "{info}");
             assert!(err.to_string().contains("cannot tell which disk holds /"));
         }
-        // Memory-backed roots have no disk at all: nothing to protect, nothing unknown.
-        let ram = "1 1 0:2 / / rw - rootfs rootfs rw\n";
+        // Memory and network roots, automounts: no disk at all, nothing to protect or unknown.
+        let diskless = "1 1 0:2 / / rw - rootfs rootfs rw
+2 1 0:60 / /boot/efi rw - autofs systemd-1 rw,fd=48
+";
         assert_eq!(
-            system_disks(ram, SWAPS, &sys.0, &no_zfs),
+            system_disks(diskless, SWAPS, &sys.0, &no_zfs),
+            Ok(BTreeSet::new())
+        );
+        let nfs = "1 1 0:61 / / rw - nfs4 10.0.0.1:/pis/rasp01 rw\n";
+        assert_eq!(
+            system_disks(nfs, SWAPS, &sys.0, &no_zfs),
             Ok(BTreeSet::new())
         );
     }
