@@ -414,6 +414,36 @@ fn pikube_parses(cluster: &Path) -> bool {
     err.contains("/nonexistent.img")
 }
 
+/// (last digit of `NET.1x`, the host it matched and how, or else a part of its conflict note)
+type Expect<'a> = (u8, Option<(&'a str, &'a str)>, &'a str);
+
+/// Checks discover's JSON rows against the expected matches and conflicts.
+fn assert_rows(found: &serde_json::Value, net24: &str, expect: &[Expect]) {
+    let found = found.as_array().expect("a list");
+    for &(last, matched, conflict) in expect {
+        let ip = format!("{net24}.1{last}");
+        let f = found
+            .iter()
+            .find(|f| f["address"] == ip.as_str())
+            .unwrap_or_else(|| panic!("{ip} not found: {found:?}"));
+        match matched {
+            Some((host, how)) => {
+                assert_eq!(
+                    (&f["host"], &f["matched_by"]),
+                    (&host.into(), &how.into()),
+                    "{f}"
+                );
+                assert!(f["conflict"].is_null(), "{f}");
+            }
+            None => {
+                assert!(f["host"].is_null(), "{f}");
+                let note = f["conflict"].as_str().unwrap_or("");
+                assert!(note.contains(conflict), "{f}");
+            }
+        }
+    }
+}
+
 #[test]
 fn ambiguous_and_spoofed_mdns_answers_are_not_matched() {
     require!(true, "ip", "ss", "sshd", "ssh-keygen", "python3");
@@ -462,15 +492,7 @@ fn ambiguous_and_spoofed_mdns_answers_are_not_matched() {
     let out = run(false);
     assert!(out.status.success(), "{}", text(&out));
     let found: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
-    let found = found.as_array().expect("a list");
-    let row = |last: u8| {
-        let ip = format!("10.85.0.1{last}");
-        found
-            .iter()
-            .find(|f| f["address"] == ip.as_str())
-            .unwrap_or_else(|| panic!("{ip} not found: {found:?}"))
-    };
-    let expect = [
+    let expect: [Expect; 7] = [
         (
             1,
             None,
@@ -499,26 +521,7 @@ fn ambiguous_and_spoofed_mdns_answers_are_not_matched() {
         ),
         (7, Some(("rasp05", "address")), ""),
     ];
-    for (last, matched, conflict) in expect {
-        let f = row(last);
-        match matched {
-            Some((host, how)) => {
-                assert_eq!(
-                    (&f["host"], &f["matched_by"]),
-                    (&host.into(), &how.into()),
-                    "{f}"
-                );
-                assert!(f["conflict"].is_null(), "{f}");
-            }
-            None => {
-                assert!(f["host"].is_null(), "{f}");
-                assert!(
-                    f["conflict"].as_str().unwrap_or("").contains(conflict),
-                    "{f}"
-                );
-            }
-        }
-    }
+    assert_rows(&found, "10.85.0", &expect);
     let notes = String::from_utf8_lossy(&out.stderr);
     assert!(notes.contains("10.85.0.11: answers as rasp01"), "{notes}");
 

@@ -309,18 +309,7 @@ pub async fn discover(args: DiscoverArgs) -> Result<(), Error> {
     }
     if args.write {
         if let (Some(c), Some(p)) = (&cluster, &cluster_path) {
-            // An address picked among equal candidates may be an impostor's: write nothing.
-            let open: Vec<String> = ambiguous
-                .iter()
-                .filter(|a| {
-                    c.hosts()
-                        .any(|h| h.name.value == a.host && h.address.is_none())
-                })
-                .map(ToString::to_string)
-                .collect();
-            if !open.is_empty() {
-                return Err(format!("not writing {}: {}", p.display(), open.join("; ")).into());
-            }
+            refuse_ambiguous(c, p, &ambiguous)?;
             write_addresses(c, p, &found, args.json)?;
         }
     }
@@ -568,6 +557,28 @@ pub fn insert_addresses(text: &str, inserts: &[(u64, Ipv4Addr)]) -> Result<Strin
         lines.insert(idx + 1, format!("{indent}address: {ip}{newline}"));
     }
     Ok(lines.concat())
+}
+
+/// An address picked among equal candidates may be an impostor's: while a host still missing
+/// its address is ambiguous, nothing is written.
+fn refuse_ambiguous(cluster: &Cluster, path: &Path, ambiguous: &[Ambiguous]) -> Result<(), String> {
+    let open: Vec<String> = ambiguous
+        .iter()
+        .filter(|a| {
+            cluster
+                .hosts()
+                .any(|h| h.name.value == a.host && h.address.is_none())
+        })
+        .map(ToString::to_string)
+        .collect();
+    if open.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "not writing {}: {}",
+        path.display(),
+        open.join("; ")
+    ))
 }
 
 /// `quiet_stdout`: with --json, stdout holds only the JSON document; notes go to stderr.
