@@ -203,7 +203,7 @@ fn host_order(hosts: &[Probe], host: &str) -> usize {
 }
 
 fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+    crate::term::truncate(id, 12)
 }
 
 fn connect_fix(why: &str) -> (&'static str, &'static str) {
@@ -227,9 +227,13 @@ pub fn table(findings: &[Finding]) -> String {
     render_table(&["HOST", "SEVERITY", "FINDING", "FIX"], &rows)
 }
 
+/// Every cell goes through [`crate::term::clean`]: tables show hostnames, models, OS names and
+/// mDNS answers that the hosts themselves provide.
 pub fn render_table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) -> String {
+    let clean = |c: String| crate::term::clean(&c).replace('\n', " ");
+    let rows: Vec<[String; N]> = rows.iter().map(|r| r.clone().map(clean)).collect();
     let mut width = head.map(|h| h.chars().count());
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             width[i] = width[i].max(c.chars().count());
         }
@@ -246,7 +250,7 @@ pub fn render_table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) -> S
         s.trim_end().to_string() + "\n"
     };
     let mut out = line(head.to_vec());
-    for r in rows {
+    for r in &rows {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
     }
     out
@@ -723,5 +727,33 @@ mod tests {
                 .contains("sets each host's name from the cluster file"),
             "{found:#?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod terminal_tests {
+    use super::*;
+
+    #[test]
+    fn machine_ids_are_shortened_on_character_boundaries() {
+        // A multi-byte character across byte 12 used to panic `check` and `up`.
+        assert_eq!(short("abcdefghijkéxyz"), "abcdefghijké");
+        assert_eq!(short("abcdefghijkléxyz"), "abcdefghijkl");
+        assert_eq!(short("0123"), "0123");
+    }
+
+    #[test]
+    fn host_text_in_tables_is_printed_escaped() {
+        let f = Finding {
+            host: "rasp01".into(),
+            severity: Severity::Warning,
+            code: "duplicate-hostname",
+            message: "hostname \"evil\x1b[2J\rx\" is shared".into(),
+            fix: "fix\nit".into(),
+        };
+        let shown = table(&[f]);
+        assert!(!shown.contains('\x1b') && !shown.contains('\r'), "{shown:?}");
+        assert!(shown.contains("evil\\u{1b}[2J\\rx"), "{shown}");
+        assert_eq!(shown.lines().count(), 2, "a cell must not start a new line: {shown}");
     }
 }

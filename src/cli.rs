@@ -14,6 +14,7 @@ use crate::lab;
 use crate::phases;
 use crate::remote::Mode;
 use crate::sdcard;
+use crate::term::clean;
 
 #[derive(Debug, Parser)]
 #[command(name = "pikube", version, about = "Raspberry Pis (or any Debian/Ubuntu hosts) → Kubernetes, from one cluster file")]
@@ -265,10 +266,10 @@ async fn converge(target: Target, mode: Mode, json: bool, timeouts: Timeouts) ->
             };
             writeln!(out, "{} ({}): {status}", node.name(), node.spec.address()).ok();
             for c in mine {
-                writeln!(out, "  [{}] {}", c.phase, c.what).ok();
+                writeln!(out, "  [{}] {}", c.phase, clean(&c.what)).ok();
             }
             if let Some(e) = node.failure() {
-                writeln!(out, "  error: {e}").ok();
+                writeln!(out, "  error: {}", clean(&e)).ok();
             }
         }
         let hosts_changed = fleet.nodes.iter().filter(|n| changes.iter().any(|c| c.host == n.name())).count();
@@ -339,7 +340,7 @@ async fn status(target: Target) -> miette::Result<ExitCode> {
         .find(|(n, _)| n.facts().is_some_and(|f| f.services.get("k3s").is_some_and(|s| s.active)))
         .map(|(_, h)| h);
     let nodes = match api {
-        Some(h) => crate::k3s::nodes(h).await.map_err(|e| eprintln!("warning: {e}")).unwrap_or_default(),
+        Some(h) => crate::k3s::nodes(h).await.map_err(|e| eprintln!("warning: {}", clean(&e.to_string()))).unwrap_or_default(),
         None => Default::default(),
     };
     fleet.close().await;
@@ -403,7 +404,7 @@ async fn down(target: Target, limit: Vec<String>, yes: bool) -> miette::Result<E
     result.map_err(|e| miette::miette!("{e}"))?;
     let failures = fleet.failures();
     for (h, e) in &failures {
-        println!("{h}: FAILED\n  error: {e}");
+        println!("{h}: FAILED\n  error: {}", clean(e));
     }
     println!("\nDown: {what} ({:.1}s)", started.elapsed().as_secs_f64());
     Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })

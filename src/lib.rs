@@ -21,3 +21,4 @@ pub mod remote;
 pub mod sdcard;
 pub mod ssh;
 pub mod teardown;
+pub mod term;

@@ -316,7 +316,8 @@ impl Host {
     pub fn record(&self, what: String) {
         let phase = self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if self.mode == Mode::Apply {
-            eprintln!("    {}: {what}", self.name);
+            // `what` may quote the host (its old hostname): shown escaped.
+            eprintln!("    {}: {}", self.name, crate::term::clean(&what));
         }
         self.journal.push(Change { host: self.name.clone(), phase, what });
     }

@@ -123,12 +123,10 @@ const CLUSTER_HOSTS: &str = concat!(
     "    role: agent\n",
 );
 
-#[test]
-fn discovers_pis_in_namespaces_and_writes_addresses() {
-    require!(true, "ip", "ss", "sshd", "ssh-keygen", "python3");
-    let dir = tempdir("discover");
+/// A bridge in a namespace of its own (`NET.1/24`), the sweeping side of the test LAN.
+fn lan(tag: &str, net24: &str) -> (Net, String) {
     let mut net = Net {
-        prefix: format!("pkd{}", std::process::id() % 100_000),
+        prefix: format!("{tag}{}", std::process::id() % 100_000),
         namespaces: Vec::new(),
         children: Vec::new(),
     };
@@ -144,17 +142,104 @@ fn discovers_pis_in_namespaces_and_writes_addresses() {
         "mcast_snooping",
         "0",
     ]);
-    net.ip(&["-n", &main, "addr", "add", "10.79.0.1/24", "dev", "br0"]);
+    net.ip(&[
+        "-n",
+        &main,
+        "addr",
+        "add",
+        &format!("{net24}.1/24"),
+        "dev",
+        "br0",
+    ]);
     net.ip(&["-n", &main, "link", "set", "br0", "up"]);
     // Multicast (the mDNS query) goes out on the test bridge only.
     net.ip(&["-n", &main, "route", "add", "224.0.0.0/4", "dev", "br0"]);
-
-    let host_key = dir.join("host_key");
-    sh(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", ""])
-        .arg("-f")
-        .arg(&host_key));
     std::fs::create_dir_all("/run/sshd").unwrap();
+    (net, main)
+}
+
+/// A fake Pi `NET.1i` with this MAC in a namespace on the bridge; a real sshd when `sshd`, and
+/// an mDNS responder giving `mdns` as its name when set.
+fn add_pi(
+    net: &mut Net,
+    dir: &Path,
+    net24: &str,
+    (i, mac, sshd, mdns): (u8, &str, bool, Option<&str>),
+) {
+    let main = net.ns("m");
+    let host_key = dir.join("host_key");
+    if !host_key.exists() {
+        sh(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", ""])
+            .arg("-f")
+            .arg(&host_key));
+    }
+    let ns = net.add_ns(&format!("p{i}"));
+    let ip = format!("{net24}.1{i}");
+    net.ip(&[
+        "-n",
+        &main,
+        "link",
+        "add",
+        &format!("vb{i}"),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &ns,
+    ]);
+    net.ip(&[
+        "-n",
+        &main,
+        "link",
+        "set",
+        &format!("vb{i}"),
+        "master",
+        "br0",
+        "up",
+    ]);
+    net.ip(&["-n", &ns, "link", "set", "eth0", "address", mac]);
+    net.ip(&["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+    net.ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+    if sshd {
+        let cfg = dir.join(format!("sshd-{i}.conf"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "Port 22\nListenAddress {ip}\nHostKey {}\nPidFile {}\nUsePAM no\nPasswordAuthentication no\n",
+                host_key.display(),
+                dir.join(format!("sshd-{i}.pid")).display()
+            ),
+        )
+        .unwrap();
+        net.spawn_in(
+            &ns,
+            &["/usr/sbin/sshd", "-D", "-e", "-f", cfg.to_str().unwrap()],
+        );
+        wait_listening(&ns, "22");
+    }
+    if let Some(name) = mdns {
+        net.spawn_in(
+            &ns,
+            &[
+                "python3",
+                "-c",
+                MDNS_RESPONDER,
+                &ip,
+                &format!("{name}.local"),
+            ],
+        );
+        wait_listening(&ns, "5353");
+    }
+}
+
+#[test]
+fn discovers_pis_in_namespaces_and_writes_addresses() {
+    require!(true, "ip", "ss", "sshd", "ssh-keygen", "python3");
+    let dir = tempdir("discover");
+    let (mut net, main) = lan("pkd", "10.79.0");
     // (index, MAC, sshd?, mDNS name)
     let pis = [
         (1, "b8:27:eb:00:00:01", true, None),
@@ -162,66 +247,8 @@ fn discovers_pis_in_namespaces_and_writes_addresses() {
         (3, "52:54:00:00:00:03", true, Some("rasp04")),
         (4, "e4:5f:01:00:00:04", false, None),
     ];
-    for (i, mac, sshd, mdns) in pis {
-        let ns = net.add_ns(&format!("p{i}"));
-        let ip = format!("10.79.0.1{i}");
-        net.ip(&[
-            "-n",
-            &main,
-            "link",
-            "add",
-            &format!("vb{i}"),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &ns,
-        ]);
-        net.ip(&[
-            "-n",
-            &main,
-            "link",
-            "set",
-            &format!("vb{i}"),
-            "master",
-            "br0",
-            "up",
-        ]);
-        net.ip(&["-n", &ns, "link", "set", "eth0", "address", mac]);
-        net.ip(&["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-        net.ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-        if sshd {
-            let cfg = dir.join(format!("sshd-{i}.conf"));
-            std::fs::write(
-                &cfg,
-                format!(
-                    "Port 22\nListenAddress {ip}\nHostKey {}\nPidFile {}\nUsePAM no\nPasswordAuthentication no\n",
-                    host_key.display(),
-                    dir.join(format!("sshd-{i}.pid")).display()
-                ),
-            )
-            .unwrap();
-            net.spawn_in(
-                &ns,
-                &["/usr/sbin/sshd", "-D", "-e", "-f", cfg.to_str().unwrap()],
-            );
-            wait_listening(&ns, "22");
-        }
-        if let Some(name) = mdns {
-            net.spawn_in(
-                &ns,
-                &[
-                    "python3",
-                    "-c",
-                    MDNS_RESPONDER,
-                    &ip,
-                    &format!("{name}.local"),
-                ],
-            );
-            wait_listening(&ns, "5353");
-        }
+    for pi in pis {
+        add_pi(&mut net, &dir, "10.79.0", pi);
     }
 
     let cluster = cluster(&dir, CLUSTER_HOSTS);
@@ -385,4 +412,156 @@ fn pikube_parses(cluster: &Path) -> bool {
     // Past loading, prepare fails on the missing image: that proves the file loaded.
     let err = String::from_utf8_lossy(&out.stderr);
     err.contains("/nonexistent.img")
+}
+
+/// (last digit of `NET.1x`, the host it matched and how, or else a part of its conflict note)
+type Expect<'a> = (u8, Option<(&'a str, &'a str)>, &'a str);
+
+/// Checks discover's JSON rows against the expected matches and conflicts.
+fn assert_rows(found: &serde_json::Value, net24: &str, expect: &[Expect]) {
+    let found = found.as_array().expect("a list");
+    for &(last, matched, conflict) in expect {
+        let ip = format!("{net24}.1{last}");
+        let f = found
+            .iter()
+            .find(|f| f["address"] == ip.as_str())
+            .unwrap_or_else(|| panic!("{ip} not found: {found:?}"));
+        match matched {
+            Some((host, how)) => {
+                assert_eq!(
+                    (&f["host"], &f["matched_by"]),
+                    (&host.into(), &how.into()),
+                    "{f}"
+                );
+                assert!(f["conflict"].is_null(), "{f}");
+            }
+            None => {
+                assert!(f["host"].is_null(), "{f}");
+                let note = f["conflict"].as_str().unwrap_or("");
+                assert!(note.contains(conflict), "{f}");
+            }
+        }
+    }
+}
+
+#[test]
+fn ambiguous_and_spoofed_mdns_answers_are_not_matched() {
+    require!(true, "ip", "ss", "sshd", "ssh-keygen", "python3");
+    let dir = tempdir("discover-spoof");
+    let (mut net, main) = lan("pks", "10.85.0");
+    let pis = [
+        // Claims rasp01's name, from a lower address than the real rasp01 (known by MAC).
+        (1, "52:54:00:00:00:11", true, Some("rasp01")),
+        (2, "b8:27:eb:00:00:01", true, None),
+        // Two machines both calling themselves rasp04 (no mac: in the file).
+        (3, "52:54:00:00:00:13", true, Some("rasp04")),
+        (4, "52:54:00:00:00:14", true, Some("rasp04")),
+        // Calls itself rasp03, whose mac: in the file is another one.
+        (5, "52:54:00:00:00:15", true, Some("rasp03")),
+        // Calls itself rasp05, whose address in the file is another machine's.
+        (6, "52:54:00:00:00:16", true, Some("rasp05")),
+        (7, "52:54:00:00:00:17", true, None),
+    ];
+    for pi in pis {
+        add_pi(&mut net, &dir, "10.85.0", pi);
+    }
+    let hosts = concat!(
+        "  - name: rasp01\n",
+        "    mac: b8:27:eb:00:00:01\n",
+        "    role: server\n",
+        "  - name: rasp03\n",
+        "    mac: dc:a6:32:00:00:03\n",
+        "    role: agent\n",
+        "  - name: rasp04\n",
+        "    role: agent\n",
+        "  - name: rasp05\n",
+        "    address: 10.85.0.17\n",
+        "    role: agent\n",
+    );
+    let cluster = cluster(&dir, hosts);
+    let original = std::fs::read_to_string(&cluster).unwrap();
+    let run = |write: bool| {
+        let mut args = vec!["--subnet", "10.85.0.0/24", "--timeout-ms", "400", "--json"];
+        args.extend(["-f", cluster.to_str().unwrap()]);
+        if write {
+            args.push("--write");
+        }
+        discover_in(&main, &args)
+    };
+
+    let out = run(false);
+    assert!(out.status.success(), "{}", text(&out));
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let expect: [Expect; 7] = [
+        (
+            1,
+            None,
+            "rasp01's mac is b8:27:eb:00:00:01, not 52:54:00:00:00:11",
+        ),
+        (2, Some(("rasp01", "mac")), ""),
+        (
+            3,
+            None,
+            "rasp04 is ambiguous: 10.85.0.13, 10.85.0.14 all match it by hostname",
+        ),
+        (
+            4,
+            None,
+            "rasp04 is ambiguous: 10.85.0.13, 10.85.0.14 all match it by hostname",
+        ),
+        (
+            5,
+            None,
+            "rasp03's mac is dc:a6:32:00:00:03, not 52:54:00:00:00:15",
+        ),
+        (
+            6,
+            None,
+            "answers as rasp05 by hostname but a machine matches rasp05 by address",
+        ),
+        (7, Some(("rasp05", "address")), ""),
+    ];
+    assert_rows(&found, "10.85.0", &expect);
+    let notes = String::from_utf8_lossy(&out.stderr);
+    assert!(notes.contains("10.85.0.11: answers as rasp01"), "{notes}");
+
+    // --write picks no address among equal candidates: nothing is written at all.
+    let out = run(true);
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr).replace('│', " ");
+    let err = err.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        err.contains("not writing") && err.contains("rasp04 is ambiguous: 10.85.0.13, 10.85.0.14"),
+        "{err}"
+    );
+    assert!(err.contains("give rasp04 its `mac:`"), "{err}");
+    assert_eq!(std::fs::read_to_string(&cluster).unwrap(), original);
+
+    // With rasp04's MAC in the file, the MAC decides; rasp01 gets the real machine's address.
+    let with_mac = original.replace(
+        "  - name: rasp04\n",
+        "  - name: rasp04\n    mac: 52:54:00:00:00:13\n",
+    );
+    std::fs::write(&cluster, &with_mac).unwrap();
+    let out = run(true);
+    assert!(out.status.success(), "{}", text(&out));
+    let edited = std::fs::read_to_string(&cluster).unwrap();
+    let added: Vec<&str> = edited
+        .lines()
+        .filter(|l| !with_mac.lines().any(|o| o == *l))
+        .collect();
+    assert_eq!(
+        added,
+        ["    address: 10.85.0.12", "    address: 10.85.0.13"],
+        "{edited}"
+    );
+    assert!(
+        edited.contains("  - name: rasp01\n    address: 10.85.0.12\n"),
+        "{edited}"
+    );
+    assert!(
+        edited.contains("  - name: rasp04\n    address: 10.85.0.13\n"),
+        "{edited}"
+    );
+    drop(net);
 }

@@ -222,26 +222,35 @@ fn corruption_behind_the_writers_back_fails_verification() {
     );
 }
 
-/// The device node of the disk holding `/`, if `/` is on a block device.
+/// The device node holding `/`, if `/` is on a block device: by its device number, else by
+/// the mount source (btrfs and ZFS report anonymous `0:N` numbers).
 fn root_device() -> Option<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let dev = info
+    let line = info
         .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.get(4) == Some(&"/"))?[2]
-        .to_string();
-    let uevent = std::fs::read_to_string(format!("/sys/dev/block/{dev}/uevent")).ok()?;
-    let name = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME="))?;
-    let path = PathBuf::from("/dev").join(name);
-    path.exists().then_some(path)
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))?;
+    let dev = line.split_whitespace().nth(2)?;
+    let by_number = std::fs::read_to_string(format!("/sys/dev/block/{dev}/uevent"))
+        .ok()
+        .and_then(|u| {
+            let name = u.lines().find_map(|l| l.strip_prefix("DEVNAME="))?;
+            Some(PathBuf::from("/dev").join(name))
+        });
+    let by_source = line
+        .split_once(" - ")
+        .and_then(|(_, r)| r.split_whitespace().nth(1))
+        .map(PathBuf::from);
+    by_number
+        .into_iter()
+        .chain(by_source)
+        .find(|p| p.starts_with("/dev") && p.exists())
 }
 
 #[test]
 fn the_root_disk_is_refused() {
     require!(image false);
     let Some(root) = root_device() else {
-        let _ = writeln!(std::io::stderr(), "SKIP: / is not on a block device here");
-        return;
+        skip!(return "/ is not on a block device here");
     };
     let dir = tempdir("flash-root");
     let raw = build_image(&dir, "pi.img", Table::Mbr, Style::Bookworm);
@@ -265,6 +274,127 @@ fn the_root_disk_is_refused() {
     }
 }
 
+/// `pikube flash --yes --force IMAGE DEV` chrooted into a root of its own, in a private mount
+/// namespace: `mount_root` mounts it at `root`; this machine's /usr, /dev and /sys and a fresh
+/// /proc go inside, pikube and the image are bound in.
+fn flash_in_own_root(
+    root: &Path,
+    mount_root: &str,
+    image: &Path,
+    dev: &str,
+) -> std::process::Output {
+    let script = format!(
+        r#"
+        set -e
+        root=$1 dev=$2 bin=$3 img=$4
+        mkdir -p "$root"
+        {mount_root}
+        mkdir -p "$root/usr" "$root/dev" "$root/sys" "$root/proc"
+        for l in bin sbin lib lib64; do [ -L "/$l" ] && ln -s "usr/$l" "$root/$l"; done
+        mount --rbind /usr "$root/usr"
+        mount --rbind /dev "$root/dev"
+        mount --rbind /sys "$root/sys"
+        mount -t proc proc "$root/proc"
+        touch "$root/pikube" "$root/pi.img"
+        mount --bind "$bin" "$root/pikube"
+        mount --bind "$img" "$root/pi.img"
+        chroot "$root" /pikube flash --image /pi.img --device "$dev" --yes --force
+    "#
+    );
+    Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(root)
+        .arg(dev)
+        .arg(BIN)
+        .arg(image)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `/` on btrfs reports an anonymous `0:N` device number in mountinfo: the disk must still be
+/// found (through the mount source) and refused, --force or not.
+#[test]
+fn a_btrfs_root_disk_is_refused_even_with_force() {
+    require!(image true, "losetup", "mkfs.btrfs", "unshare", "chroot", "mount");
+    let dir = tempdir("flash-btrfs-root");
+    let raw = build_image(&dir, "pi.img", Table::Mbr, Style::Bookworm);
+    let backing = dir.join("root.bin");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let lo = Loop::attach(&backing);
+    sh(Command::new("mkfs.btrfs").args(["-q", "-f", &lo.dev]));
+    // btrfs leaves its first 64 KiB alone (mounting rewrites the superblock after them), where
+    // a flash would put the image's MBR.
+    let before = sha_range(&backing, 0, 64 << 10);
+    let root = dir.join("root");
+    let mount_root = format!("mount {} {}", lo.dev, root.display());
+    let out = flash_in_own_root(&root, &mount_root, &raw, &lo.dev);
+    assert!(
+        !out.status.success(),
+        "flashed the root disk:\n{}",
+        text(&out)
+    );
+    let err = flat_stderr(&out);
+    assert!(err.contains("holds the root filesystem"), "{}", text(&out));
+    drop(lo);
+    assert_eq!(
+        sha_range(&backing, 0, 64 << 10),
+        before,
+        "the refused flash wrote to the root disk"
+    );
+}
+
+/// When the disks behind `/` cannot be told (here an overlay, whose layers name no device),
+/// no block device is flashed: the list of disks to protect is unknown, not empty.
+#[test]
+fn an_unknown_root_disk_refuses_every_device() {
+    require!(image true, "losetup", "unshare", "chroot", "mount");
+    let dir = tempdir("flash-unknown-root");
+    let raw = build_image(&dir, "pi.img", Table::Mbr, Style::Bookworm);
+    let backing = dir.join("card.bin");
+    std::fs::write(&backing, vec![0x5au8; 128 << 20]).unwrap();
+    let before = sha_range(&backing, 0, 1 << 20);
+    let lo = Loop::attach(&backing);
+    let root = dir.join("root");
+    for d in ["lower", "upper", "work"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let mount_root = format!(
+        "mount -t overlay overlay -o lowerdir={0}/lower,upperdir={0}/upper,workdir={0}/work {1}",
+        dir.display(),
+        root.display()
+    );
+    let out = flash_in_own_root(&root, &mount_root, &raw, &lo.dev);
+    assert!(
+        !out.status.success(),
+        "flashed with / unknown:\n{}",
+        text(&out)
+    );
+    let err = flat_stderr(&out);
+    assert!(
+        err.contains("cannot tell which disk holds / (overlay from overlay)"),
+        "{}",
+        text(&out)
+    );
+    drop(lo);
+    assert_eq!(
+        sha_range(&backing, 0, 1 << 20),
+        before,
+        "the refused flash wrote"
+    );
+}
+
 #[test]
 fn a_mounted_device_is_refused() {
     require!(image true, "losetup", "mkfs.ext4", "mount");
@@ -285,39 +415,45 @@ fn a_mounted_device_is_refused() {
         .output()
         .unwrap();
     if !mounted.status.success() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP: cannot mount ext4 on a loop device here: {}",
+        skip!(
+            return "cannot mount ext4 on a loop device here: {}",
             text(&mounted)
         );
-        return;
     }
     lo.mount = Some(mnt.clone());
     // ext4 leaves its first 1 KiB alone (mount and umount rewrite the superblock after it),
     // where a flash would put the image's MBR.
     let before = sha_range(&backing, 0, 1024);
-    let out = pikube(
-        &[
+    // --force does not help: a mounted disk is refused, and the kernel's exclusive open would
+    // refuse it too (before, --force dropped O_EXCL and wrote over the mounted filesystem).
+    for extra in [&[][..], &["--force"][..]] {
+        let mut args = vec![
             "flash",
             "--image",
             raw.to_str().unwrap(),
             "--device",
             &lo.dev,
-            "--yes",
-        ],
-        &[],
-    );
-    assert!(
-        !out.status.success(),
-        "flashed a mounted device:\n{}",
-        text(&out)
-    );
-    let err = flat_stderr(&out);
-    assert!(
-        err.contains("is mounted at") && err.replace(' ', "").contains(mnt.to_str().unwrap()),
-        "{err}"
-    );
-    assert!(err.contains("--force"), "{err}");
+        ];
+        args.push("--yes");
+        args.extend_from_slice(extra);
+        let out = pikube(&args, &[]);
+        assert!(
+            !out.status.success(),
+            "flashed a mounted device ({extra:?}):\n{}",
+            text(&out)
+        );
+        let err = flat_stderr(&out);
+        assert!(
+            err.contains("is mounted at") && err.replace(' ', "").contains(mnt.to_str().unwrap()),
+            "{err}"
+        );
+        assert!(err.contains("unmount it"), "{err}");
+        assert_eq!(
+            sha_range(&backing, 0, 1024),
+            before,
+            "the refused flash ({extra:?}) wrote to the device"
+        );
+    }
     drop(lo);
     assert_eq!(
         sha_range(&backing, 0, 1024),
@@ -384,9 +520,18 @@ fn batch_walks_the_hosts_card_by_card() {
 #[test]
 fn root_device_lookup_matches_stat() {
     // Guards the root-disk test above against testing the wrong device.
-    if let Some(root) = root_device() {
-        let meta = std::fs::metadata(&root).unwrap();
-        let root_dev = std::fs::metadata("/").unwrap().dev();
+    let Some(root) = root_device() else {
+        skip!(return "/ is not on a block device here");
+    };
+    let meta = std::fs::metadata(&root).unwrap();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()),
+        "{} is not a block device",
+        root.display()
+    );
+    let root_dev = std::fs::metadata("/").unwrap().dev();
+    // btrfs and ZFS give `/` an anonymous device number (major 0): only the source names it.
+    if libc_major(root_dev) != 0 {
         let (maj, min) = (libc_major(meta.rdev()), libc_minor(meta.rdev()));
         let (rmaj, rmin) = (libc_major(root_dev), libc_minor(root_dev));
         assert_eq!(

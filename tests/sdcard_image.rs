@@ -1,9 +1,8 @@
 //! `pikube image prepare` on real images built with sfdisk/mkfs.vfat/mtools, checked with
-//! independent tools (mtools, fsck.vfat, cloud-init, glibc crypt via python3).
+//! independent tools (mtools, fsck.vfat, cloud-init, crypt(3) via perl).
 
 mod sdcard_support;
 
-use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
 
@@ -89,7 +88,7 @@ fn root_partition_sha(img: &Path) -> String {
 
 #[test]
 fn bookworm_mbr_gets_userconf_and_firstrun() {
-    require!(image false, "mtype", "fsck.vfat", "ssh-keygen", "sha256sum");
+    require!(image false, "mtype", "fsck.vfat", "ssh-keygen", "sha256sum", "perl");
     let dir = tempdir("img-bookworm");
     let input = build_image(&dir, "bookworm.img", Table::Mbr, Style::Bookworm);
     let cluster = cluster(&dir, THREE_HOSTS);
@@ -118,28 +117,23 @@ fn bookworm_mbr_gets_userconf_and_firstrun() {
     assert_eq!(user, "pi");
     assert!(hash.starts_with("$6$"), "{hash}");
     assert!(!userconf.contains(secret));
-    // glibc's crypt(3) must accept the hash for the password.
-    if let Ok(py) = Command::new("python3")
-        .args([
-            "-W",
-            "ignore",
-            "-c",
-            "import crypt,sys; print(crypt.crypt(sys.argv[1], sys.argv[2]) == sys.argv[2])",
-            secret,
+    // crypt(3) (through perl, on every Debian) must accept the hash for the password, and
+    // reject another one: the check cannot pass by doing nothing.
+    let crypt_matches = |pw: &str| {
+        let out = sh(Command::new("perl").args([
+            "-e",
+            "print crypt($ARGV[0], $ARGV[1]) eq $ARGV[1] ? 'match' : 'mismatch'",
+            pw,
             hash,
-        ])
-        .output()
-    {
-        if py.status.success() {
-            assert_eq!(
-                String::from_utf8_lossy(&py.stdout).trim(),
-                "True",
-                "crypt(3) rejects the userconf.txt hash"
-            );
-        } else {
-            let _ = writeln!(std::io::stderr(), "SKIP crypt check: python3 crypt module unavailable");
-        }
-    }
+        ]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        crypt_matches(secret),
+        "match",
+        "crypt(3) rejects the userconf.txt hash"
+    );
+    assert_eq!(crypt_matches("wrong-password"), "mismatch");
     let firstrun = mread(&out_img, "firstrun.sh").expect("firstrun.sh");
     assert!(firstrun.starts_with("#!/bin/bash"));
     assert!(firstrun.contains("NEW_HOSTNAME='rasp01'"), "{firstrun}");
@@ -505,4 +499,201 @@ fn images_that_cannot_be_customised_are_refused_clearly() {
         .arg(&good)
         .arg(&no_config));
     expect_err(&z, &[], &[], "exactly one .img");
+}
+
+#[test]
+fn devices_are_refused_as_output() {
+    require!(image true, "ssh-keygen", "losetup", "mknod", "sha256sum");
+    let dir = tempdir("img-device-out");
+    let input = build_image(&dir, "pi.img", Table::Mbr, Style::Bookworm);
+    let cluster = cluster(&dir, THREE_HOSTS);
+    // A loop device standing in for an SD card (or the system disk), with known contents.
+    let backing = dir.join("card.bin");
+    std::fs::write(&backing, vec![0x42u8; 8 << 20]).unwrap();
+    let before = sha_range(&backing, 0, 8 << 20);
+    let lo =
+        String::from_utf8(sh(Command::new("losetup").args(["-f", "--show"]).arg(&backing)).stdout)
+            .unwrap()
+            .trim()
+            .to_string();
+    let detach = Detach(lo.clone());
+    // A character device of our own (null's numbers), so no system node is put at risk.
+    let null = dir.join("null");
+    sh(Command::new("mknod").arg(&null).args(["c", "1", "3"]));
+    for out in [Path::new(&lo), null.as_path()] {
+        let result = prepare(&input, out, &cluster, "rasp01", &[], &[]);
+        assert!(
+            !result.status.success(),
+            "{}: {}",
+            out.display(),
+            text(&result)
+        );
+        let err = String::from_utf8_lossy(&result.stderr).replace('│', " ");
+        let err = err.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(err.contains("is not a regular file"), "{err}");
+        assert!(err.contains("pikube flash --image"), "{err}");
+    }
+    let meta = std::fs::metadata(&null).expect("the device node must not be removed");
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &meta.file_type()
+    ));
+    drop(detach);
+    assert_eq!(
+        sha_range(&backing, 0, 8 << 20),
+        before,
+        "the loop device was written"
+    );
+}
+
+/// Detaches a loop device when the test ends, also on panic.
+struct Detach(String);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// The `runcmd` step of a card's user-data, read with a YAML parser.
+fn runcmd_script(user_data: &str) -> String {
+    let doc: serde_json::Value = serde_saphyr::from_str(user_data).expect("user-data is YAML");
+    let steps = doc["runcmd"]
+        .as_array()
+        .expect("user-data has a runcmd list");
+    assert_eq!(steps.len(), 1, "{user_data}");
+    steps[0].as_str().expect("a shell string").to_string()
+}
+
+/// cloud-init's schema check of a user-data file.
+fn assert_valid_cloud_config(dir: &Path, user_data: &str) {
+    let file = dir.join("check-user-data.yaml");
+    std::fs::write(&file, user_data).unwrap();
+    let out = Command::new("cloud-init")
+        .args(["schema", "--config-file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Valid cloud-config"),
+        "cloud-init schema rejects:\n{user_data}\n{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn cloud_init_seed_is_scrubbed_after_first_boot() {
+    require!(image true, "mtype", "ssh-keygen", "cloud-init", "unshare", "mount");
+    let dir = tempdir("img-scrub");
+    let input = build_image(&dir, "ubuntu.img", Table::Mbr, Style::Ubuntu);
+    let cluster = cluster(&dir, THREE_HOSTS);
+    let out_img = dir.join("rasp02.img");
+    let (pw, psk) = ("Scrub-Me-Password-1", "scrub-me-wifi-psk-2");
+    let out = prepare(
+        &input,
+        &out_img,
+        &cluster,
+        "rasp02",
+        &[
+            "--password-env",
+            "PIKUBE_TEST_PW",
+            "--static",
+            "10.0.0.0/24",
+            "--gateway",
+            "10.0.0.1",
+            "--wifi-ssid",
+            "Home Net",
+            "--wifi-psk-env",
+            "PIKUBE_TEST_PSK",
+            "--wifi-country",
+            "de",
+        ],
+        &[("PIKUBE_TEST_PW", pw), ("PIKUBE_TEST_PSK", psk)],
+    );
+    ok(&out);
+    // The card as prepared: the secrets are there (cloud-init needs them once) and so is the
+    // scrub step, in a user-data cloud-init accepts.
+    let seed = dir.join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    let mut original = Vec::new();
+    for name in ["user-data", "meta-data", "network-config"] {
+        let content = mread(&out_img, name).unwrap_or_else(|| panic!("{name} on the card"));
+        std::fs::write(seed.join(name), &content).unwrap();
+        original.push(content);
+    }
+    let hash = original[0]
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("passwd: "))
+        .expect("the password hash is in the first-boot user-data")
+        .trim_matches('"')
+        .to_string();
+    assert!(hash.starts_with("$6$"), "{hash}");
+    assert!(original[2].contains(psk), "{}", original[2]);
+    assert_valid_cloud_config(&dir, &original[0]);
+    let script = runcmd_script(&original[0]);
+    assert!(script.contains("/boot/firmware /boot"), "{script}");
+
+    // First boot: the runcmd step, run by sh with the seed where the Pi mounts it (/boot here:
+    // a bind mount in a mount namespace of this test's own).
+    let script_file = dir.join("runcmd.sh");
+    std::fs::write(&script_file, &script).unwrap();
+    let first_boot = || {
+        sh(Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount --bind \"$1\" /boot && sh -e \"$2\"")
+            .arg("sh")
+            .arg(&seed)
+            .arg(&script_file));
+    };
+    first_boot();
+    let read = |name: &str| std::fs::read_to_string(seed.join(name)).unwrap();
+    let (ud, nc) = (read("user-data"), read("network-config"));
+    for secret in [hash.as_str(), pw, psk] {
+        assert!(
+            !ud.contains(secret) && !nc.contains(secret),
+            "{secret} left:\n{ud}\n{nc}"
+        );
+    }
+    // Later boots: meta-data (the instance-id) is untouched, so nothing per-instance re-runs;
+    // what cloud-init re-reads every boot is still valid and still names the host.
+    assert_eq!(read("meta-data"), original[1]);
+    assert!(
+        ud.contains("hostname: \"rasp02\"") && !ud.contains("runcmd"),
+        "{ud}"
+    );
+    assert_valid_cloud_config(&dir, &ud);
+    let rendered = dir.join("net-out");
+    let conv = Command::new("cloud-init")
+        .args([
+            "devel",
+            "net-convert",
+            "--kind",
+            "yaml",
+            "--output-kind",
+            "netplan",
+        ])
+        .args(["-D", "ubuntu", "--network-data"])
+        .arg(seed.join("network-config"))
+        .arg("-d")
+        .arg(&rendered)
+        .output()
+        .unwrap();
+    assert!(
+        conv.status.success(),
+        "scrubbed network-config:\n{nc}\n{}",
+        text(&conv)
+    );
+    let netplan = std::fs::read_to_string(rendered.join("etc/netplan/50-cloud-init.yaml")).unwrap();
+    assert!(
+        netplan.contains("10.0.0.12/24") && !netplan.contains("wifis"),
+        "{netplan}"
+    );
+    // A second run (the seed no longer carries the marker) changes nothing.
+    first_boot();
+    assert_eq!((read("user-data"), read("network-config")), (ud, nc));
+    assert!(std::fs::read_dir(&seed).unwrap().all(|e| {
+        !e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with("pikube-tmp")
+    }));
 }

@@ -61,6 +61,8 @@ pub struct Found {
     /// The cluster-file host this machine was matched to, and how.
     pub host: Option<String>,
     pub matched_by: Option<&'static str>,
+    /// Why a host this machine answers as was not matched to it (ambiguous or contradicted).
+    pub conflict: Option<String>,
 }
 
 pub fn vendor(mac: &str) -> Option<&'static str> {
@@ -287,9 +289,10 @@ pub async fn discover(args: DiscoverArgs) -> Result<(), Error> {
         args.concurrency.max(1),
     )
     .await;
-    if let Some(c) = &cluster {
-        match_hosts(c, &mut found);
-    }
+    let ambiguous = match &cluster {
+        Some(c) => match_hosts(c, &mut found),
+        None => Vec::new(),
+    };
     if args.json {
         println!(
             "{}",
@@ -298,8 +301,15 @@ pub async fn discover(args: DiscoverArgs) -> Result<(), Error> {
     } else {
         print_table(&cidr, args.port, &found);
     }
+    // Notes on stderr: with --json, stdout holds the document only.
+    for f in &found {
+        if let Some(why) = &f.conflict {
+            eprintln!("note: {}: {}", f.address, crate::term::clean(why));
+        }
+    }
     if args.write {
         if let (Some(c), Some(p)) = (&cluster, &cluster_path) {
+            refuse_ambiguous(c, p, &ambiguous)?;
             write_addresses(c, p, &found, args.json)?;
         }
     }
@@ -360,6 +370,7 @@ async fn sweep(
                 banner,
                 host: None,
                 matched_by: None,
+                conflict: None,
             }
         })
         .collect();
@@ -367,31 +378,116 @@ async fn sweep(
     found
 }
 
-/// Matches by `mac:` first (unambiguous), then by an address already in the file, then by
-/// host name == discovered hostname.
-pub fn match_hosts(cluster: &Cluster, found: &mut [Found]) {
-    for f in found.iter_mut() {
-        let ip = f.address.to_string();
-        let by_mac = || {
-            cluster.hosts().find(|h| {
-                let hm = h.mac.as_ref().and_then(|m| normalize_mac(&m.value));
-                hm.is_some() && hm == f.mac
-            })
-        };
-        let by_address = || cluster.hosts().find(|h| h.address() == ip);
-        let by_name = || {
-            let n = f.hostname.as_ref()?;
-            cluster.hosts().find(|h| h.name.value.eq_ignore_ascii_case(n))
-        };
-        let matched = by_mac()
-            .map(|h| (h, "mac"))
-            .or_else(|| by_address().map(|h| (h, "address")))
-            .or_else(|| by_name().map(|h| (h, "hostname")));
-        if let Some((h, how)) = matched {
-            f.host = Some(h.name.value.clone());
-            f.matched_by = Some(how);
+/// How a machine is tied to a cluster host; the stronger tie wins. A MAC is the hardware's,
+/// an address is the operator's, an mDNS name is whatever the machine says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Tie {
+    Hostname,
+    Address,
+    Mac,
+}
+
+impl Tie {
+    fn as_str(self) -> &'static str {
+        match self {
+            Tie::Hostname => "hostname",
+            Tie::Address => "address",
+            Tie::Mac => "mac",
         }
     }
+}
+
+/// A cluster host that several machines answer for equally strongly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ambiguous {
+    pub host: String,
+    pub by: &'static str,
+    pub candidates: Vec<Ipv4Addr>,
+}
+
+impl std::fmt::Display for Ambiguous {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c: Vec<String> = self.candidates.iter().map(Ipv4Addr::to_string).collect();
+        write!(
+            f,
+            "{} is ambiguous: {} all match it by {}; give {} its `mac:` (or its address) in the \
+             cluster file",
+            self.host,
+            c.join(", "),
+            self.by,
+            self.host
+        )
+    }
+}
+
+/// Matches machines to hosts by `mac:` first, then by an address already in the file, then by
+/// mDNS name. Each host goes to the one machine with the strongest tie; a tie shared by several
+/// machines matches none of them (returned), and a weaker claim or an mDNS name that contradicts
+/// a host's `mac:` is noted as the machine's `conflict`, never matched.
+pub fn match_hosts(cluster: &Cluster, found: &mut [Found]) -> Vec<Ambiguous> {
+    let mut claims: BTreeMap<String, Vec<(usize, Tie)>> = BTreeMap::new();
+    for (i, f) in found.iter_mut().enumerate() {
+        if let Some((host, tie)) = claim(cluster, f) {
+            claims.entry(host).or_default().push((i, tie));
+        }
+    }
+    let mut ambiguous = Vec::new();
+    for (host, list) in claims {
+        let best = list.iter().map(|c| c.1).max().unwrap_or(Tie::Hostname);
+        let top: Vec<usize> = list.iter().filter(|c| c.1 == best).map(|c| c.0).collect();
+        for &(i, tie) in list.iter().filter(|c| c.1 < best) {
+            found[i].conflict = Some(format!(
+                "answers as {host} by {} but a machine matches {host} by {}",
+                tie.as_str(),
+                best.as_str()
+            ));
+        }
+        if let [only] = top[..] {
+            found[only].host = Some(host);
+            found[only].matched_by = Some(best.as_str());
+            continue;
+        }
+        let a = Ambiguous {
+            host,
+            by: best.as_str(),
+            candidates: top.iter().map(|&i| found[i].address).collect(),
+        };
+        for &i in &top {
+            found[i].conflict = Some(a.to_string());
+        }
+        ambiguous.push(a);
+    }
+    ambiguous
+}
+
+/// The host one machine claims, and how; an mDNS name naming a host whose `mac:` is not this
+/// machine's is a conflict, not a claim (the name is the machine's word, the MAC the hardware's).
+fn claim(cluster: &Cluster, f: &mut Found) -> Option<(String, Tie)> {
+    let mac_of = |h: &crate::config::HostSpec| h.mac.as_ref().and_then(|m| normalize_mac(&m.value));
+    if let Some(h) = cluster
+        .hosts()
+        .find(|h| mac_of(h).is_some_and(|m| Some(&m) == f.mac.as_ref()))
+    {
+        return Some((h.name.value.clone(), Tie::Mac));
+    }
+    let ip = f.address.to_string();
+    if let Some(h) = cluster.hosts().find(|h| h.address() == ip) {
+        return Some((h.name.value.clone(), Tie::Address));
+    }
+    let name = f.hostname.as_ref()?;
+    let h = cluster
+        .hosts()
+        .find(|h| h.name.value.eq_ignore_ascii_case(name))?;
+    if let Some(declared) = mac_of(h) {
+        f.conflict = Some(format!(
+            "answers as {} by hostname, but {}'s mac is {declared}, not {}",
+            h.name.value,
+            h.name.value,
+            f.mac.as_deref().unwrap_or("unknown")
+        ));
+        return None;
+    }
+    Some((h.name.value.clone(), Tie::Hostname))
 }
 
 fn print_table(cidr: &str, port: u16, found: &[Found]) {
@@ -415,7 +511,14 @@ fn print_table(cidr: &str, port: u16, found: &[Found]) {
             ]
         })
         .collect();
-    let header = ["ADDRESS", "MAC", "VENDOR", "HOSTNAME", "CLUSTER HOST", "SSH BANNER"];
+    let header = [
+        "ADDRESS",
+        "MAC",
+        "VENDOR",
+        "HOSTNAME",
+        "CLUSTER HOST",
+        "SSH BANNER",
+    ];
     print!("{}", crate::check::render_table(&header, &rows));
 }
 
@@ -454,6 +557,28 @@ pub fn insert_addresses(text: &str, inserts: &[(u64, Ipv4Addr)]) -> Result<Strin
         lines.insert(idx + 1, format!("{indent}address: {ip}{newline}"));
     }
     Ok(lines.concat())
+}
+
+/// An address picked among equal candidates may be an impostor's: while a host still missing
+/// its address is ambiguous, nothing is written.
+fn refuse_ambiguous(cluster: &Cluster, path: &Path, ambiguous: &[Ambiguous]) -> Result<(), String> {
+    let open: Vec<String> = ambiguous
+        .iter()
+        .filter(|a| {
+            cluster
+                .hosts()
+                .any(|h| h.name.value == a.host && h.address.is_none())
+        })
+        .map(ToString::to_string)
+        .collect();
+    if open.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "not writing {}: {}",
+        path.display(),
+        open.join("; ")
+    ))
 }
 
 /// `quiet_stdout`: with --json, stdout holds only the JSON document; notes go to stderr.

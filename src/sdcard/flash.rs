@@ -1,7 +1,9 @@
 //! `pikube flash`: write an image to a card with verification, then customise it for a node.
 //!
-//! Safety first: the disk holding `/` is never a target; mounted, swapped-on and non-removable
-//! disks (and partitions) need `--force`; overwriting needs a typed "yes" or `--yes`.
+//! Safety first: the disks holding the running system (`/`, /boot, /usr, swap) are never a
+//! target, nor is any block device when those disks cannot be told; mounted and swapped-on disks
+//! are refused; non-removable disks and partitions need `--force`; overwriting needs a typed
+//! "yes" or `--yes`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, IsTerminal, Read, Seek, SeekFrom, Write};
@@ -15,6 +17,7 @@ use super::customize;
 use super::image::{self, Written};
 use super::node::{self, CustomizeArgs, NodeConfig};
 use super::source;
+use super::sysdisk;
 use super::Error;
 use crate::config::{Cluster, FileArg};
 
@@ -34,7 +37,7 @@ pub struct FlashArgs {
     /// Do not ask before overwriting the target.
     #[arg(long)]
     pub yes: bool,
-    /// Allow mounted, non-removable or partition targets (never the disk holding `/`).
+    /// Allow non-removable or partition targets (never a system disk, nor a mounted one).
     #[arg(long)]
     pub force: bool,
     /// One card per cluster host, in file order: prompts to insert each card.
@@ -57,70 +60,12 @@ enum Target {
     },
 }
 
-fn sysfs_block(major: u32, minor: u32) -> Option<PathBuf> {
-    std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()
-}
-
 /// (device name, whole-disk name, is-partition) of a block device number.
 fn block_names(major: u32, minor: u32) -> Option<(String, String, bool)> {
-    let sys = sysfs_block(major, minor)?;
-    let name = sys.file_name()?.to_string_lossy().into_owned();
-    if sys.join("partition").exists() {
-        let disk = sys.parent()?.file_name()?.to_string_lossy().into_owned();
-        Some((name, disk, true))
-    } else {
-        Some((name.clone(), name, false))
-    }
-}
-
-/// Whole disks under a device, following device-mapper/md `slaves` (LVM, LUKS, RAID on top).
-fn underlying_disks(major: u32, minor: u32) -> Vec<String> {
-    let Some((name, disk, _)) = block_names(major, minor) else {
-        return Vec::new();
-    };
-    let mut out = vec![disk.clone()];
-    let mut todo = vec![name];
-    let mut seen = 0;
-    while let Some(n) = todo.pop() {
-        seen += 1;
-        if seen > 64 {
-            break;
-        }
-        let Ok(dir) = std::fs::read_dir(format!("/sys/class/block/{n}/slaves")) else {
-            continue;
-        };
-        for e in dir.flatten() {
-            let slave = e.file_name().to_string_lossy().into_owned();
-            let parent = std::fs::canonicalize(e.path())
-                .ok()
-                .filter(|p| p.join("partition").exists())
-                .and_then(|p| {
-                    p.parent()
-                        .and_then(|d| d.file_name())
-                        .map(|d| d.to_string_lossy().into_owned())
-                });
-            out.push(parent.unwrap_or_else(|| slave.clone()));
-            todo.push(slave);
-        }
-    }
-    out
-}
-
-fn parse_dev(s: &str) -> Option<(u32, u32)> {
-    let (a, b) = s.split_once(':')?;
-    Some((a.parse().ok()?, b.parse().ok()?))
-}
-
-/// Mounts from /proc/self/mountinfo as (major, minor, mount point).
-fn mounts() -> Vec<(u32, u32, String)> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let (ma, mi) = parse_dev(f.get(2)?)?;
-            Some((ma, mi, f.get(4)?.to_string()))
-        })
-        .collect()
+    let sys = Path::new("/sys");
+    let name = sysdisk::name_of_dev(sys, (major, minor))?;
+    let (disk, partition) = sysdisk::disk_of(sys, &name)?;
+    Some((name, disk, partition))
 }
 
 fn dev_numbers(meta: &std::fs::Metadata) -> (u32, u32) {
@@ -137,15 +82,22 @@ fn check_block(
     partition: bool,
     force: bool,
 ) -> Result<(), String> {
-    let root_disks: Vec<String> = mounts()
-        .iter()
-        .filter(|(_, _, at)| at == "/")
-        .flat_map(|(ma, mi, _)| underlying_disks(*ma, *mi))
-        .collect();
-    if root_disks.iter().any(|d| d == disk) {
+    // Fail safe: when the system's disks cannot be told, no block device is known to be safe.
+    let system = sysdisk::this_system().map_err(|e| format!("refusing {}: {e}", dev.display()))?;
+    if system.contains(disk) {
         return Err(format!(
-            "refusing {}: disk {disk} holds the root filesystem `/`",
+            "refusing {}: disk {disk} holds the root filesystem `/` or another part of the \
+             running system (/boot, /usr or swap)",
             dev.display()
+        ));
+    }
+    // In use: --force cannot help, the exclusive open below would be refused by the kernel.
+    let busy = in_use(disk);
+    if !busy.is_empty() {
+        return Err(format!(
+            "refusing {}: {}; unmount it (and swapoff) first",
+            dev.display(),
+            busy.join("; ")
         ));
     }
     let mut problems = Vec::new();
@@ -153,49 +105,6 @@ fn check_block(
         problems.push(format!(
             "{name} is a partition of {disk}; flash the whole disk /dev/{disk}"
         ));
-    }
-    // Mounted anywhere: the disk itself, any of its partitions, or anything stacked on them.
-    let mounted: Vec<String> = mounts()
-        .iter()
-        .filter(|(ma, mi, _)| underlying_disks(*ma, *mi).iter().any(|d| d == disk))
-        .map(|(_, _, at)| at.clone())
-        .collect();
-    // Also by device path in /proc/mounts, for filesystems whose mountinfo numbers are virtual.
-    let by_path: Vec<String> = std::fs::read_to_string("/proc/mounts")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let src = f.next()?;
-            let at = f.next()?;
-            let base = Path::new(src).file_name()?.to_string_lossy().into_owned();
-            let hit = src.starts_with("/dev/") && (base == disk || is_partition_name(&base, disk));
-            hit.then(|| at.to_string())
-        })
-        .collect();
-    let mut all_mounts: Vec<String> = mounted.into_iter().chain(by_path).collect();
-    all_mounts.sort();
-    all_mounts.dedup();
-    if !all_mounts.is_empty() {
-        problems.push(format!(
-            "{disk} (or a partition of it) is mounted at {}",
-            all_mounts.join(", ")
-        ));
-    }
-    let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
-    if swaps
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next())
-        .any(|s| {
-            let base = Path::new(s)
-                .file_name()
-                .map(|b| b.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            base == disk || is_partition_name(&base, disk)
-        })
-    {
-        problems.push(format!("{disk} (or a partition of it) is in use as swap"));
     }
     // Built-in SD slots (mmcblk) report removable=0; loop devices are files in disguise.
     let removable =
@@ -214,6 +123,51 @@ fn check_block(
         dev.display(),
         problems.join("; ")
     ))
+}
+
+/// Where `disk` (or a partition of it, or anything stacked on them) is mounted or swapped on.
+fn in_use(disk: &str) -> Vec<String> {
+    let sys = Path::new("/sys");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let no_zfs = |_: &str| None;
+    let mut mounted: Vec<String> = sysdisk::parse_mountinfo(&info)
+        .into_iter()
+        .filter(|m| {
+            // By source path too: a btrfs mount's numbers are virtual, its source is not.
+            let base = Path::new(&m.source)
+                .file_name()
+                .map(|b| b.to_string_lossy());
+            let by_path = m.source.starts_with("/dev/")
+                && base.is_some_and(|b| b == disk || is_partition_name(&b, disk));
+            by_path || sysdisk::disks_of_mount(sys, m, &no_zfs).is_ok_and(|d| d.contains(disk))
+        })
+        .map(|m| m.at)
+        .collect();
+    mounted.sort();
+    mounted.dedup();
+    let mut problems = Vec::new();
+    if !mounted.is_empty() {
+        problems.push(format!(
+            "{disk} (or a partition of it) is mounted at {}",
+            mounted.join(", ")
+        ));
+    }
+    let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
+    let swapped = swaps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .any(|s| {
+            let base = Path::new(s)
+                .file_name()
+                .map(|b| b.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            base == disk || is_partition_name(&base, disk)
+        });
+    if swapped {
+        problems.push(format!("{disk} (or a partition of it) is in use as swap"));
+    }
+    problems
 }
 
 /// `sdb1` of `sdb`, `mmcblk0p1` of `mmcblk0`, `loop0p1` of `loop0`.
@@ -336,7 +290,7 @@ fn flash_one(args: &FlashArgs, node: Option<&NodeConfig>) -> Result<(), String> 
                 if model.trim().is_empty() {
                     String::new()
                 } else {
-                    format!(", {}", model.trim())
+                    format!(", {}", crate::term::clean(model.trim()))
                 }
             )
         }
@@ -346,7 +300,11 @@ fn flash_one(args: &FlashArgs, node: Option<&NodeConfig>) -> Result<(), String> 
         confirm(&format!("Overwrite {what} with {}", args.image.display()))?;
     }
     let src = source::open(&args.image)?;
-    println!("writing {} to {what}: {}", args.image.display(), src.describe());
+    println!(
+        "writing {} to {what}: {}",
+        args.image.display(),
+        src.describe()
+    );
     if let Target::Block { size, .. } = &target {
         if *size > 0 && src.format == source::Format::Raw && src.total > *size {
             return Err(format!(
@@ -358,14 +316,21 @@ fn flash_one(args: &FlashArgs, node: Option<&NodeConfig>) -> Result<(), String> 
     let mut out = match &target {
         // A file target becomes exactly the image; a device keeps whatever lies past it.
         Target::File { .. } => image::create_private(dev),
-        // O_EXCL on a block device: the kernel refuses if anything mounted or claimed it
-        // since the checks above (closing the check-then-write race).
+        // O_EXCL on a block device, always (also with --force): the kernel refuses if anything
+        // mounted or claimed it, also since the checks above (the check-then-write race).
         Target::Block { .. } => OpenOptions::new()
             .write(true)
-            .custom_flags(if args.force { 0 } else { libc::O_EXCL })
+            .custom_flags(libc::O_EXCL)
             .open(dev),
     }
-    .map_err(|e| format!("cannot open {} for writing: {e}", dev.display()))?;
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::EBUSY) => format!(
+            "cannot open {} for writing: the kernel reports it in use (mounted, swap, LVM, RAID \
+             or opened by another program); release it first",
+            dev.display()
+        ),
+        _ => format!("cannot open {} for writing: {e}", dev.display()),
+    })?;
     let label = node.map_or("flash", |n| n.hostname.as_str());
     let written: Written = image::write_image(src, &mut out, label)?;
     drop(out);

@@ -196,10 +196,12 @@ pub fn prepare(args: PrepareArgs) -> Result<(), Error> {
         }
         _ => return Err("use either --node NAME --out OUT, or --all --out-dir DIR".into()),
     };
-    // Resolve every node first, so a bad flag or missing secret fails before any write.
+    // Resolve every node first, so a bad flag, missing secret or device as output fails
+    // before any write.
     let nodes = jobs
         .iter()
         .map(|(name, out)| {
+            check_output(out)?;
             let host = node::find_host(&cluster, name)?;
             Ok((node::node_config(&cluster, host, &args.customize)?, out))
         })
@@ -239,8 +241,24 @@ pub fn prepare(args: PrepareArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// `--out` must be an image file: a block device (an SD card, or the system disk) would be
+/// written with none of `flash`'s checks, and a FIFO or character device is no image.
+fn check_output(out: &Path) -> Result<(), String> {
+    match std::fs::metadata(out) {
+        Ok(m) if !m.is_file() => Err(format!(
+            "--out {} is not a regular file; `image prepare` writes image files only. To write \
+             a card, use `pikube flash --image IMAGE --device {} --node NAME`",
+            out.display(),
+            out.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Creates (or truncates) an image file readable by its owner only: once customised it holds
 /// the password hash and any Wi-Fi passphrase. An existing file gets its mode tightened too.
+/// Anything but a regular file is refused once opened too (it may have been swapped in after
+/// [`check_output`]), before its mode is touched or a byte is written.
 pub fn create_private(path: &Path) -> io::Result<File> {
     let f = OpenOptions::new()
         .write(true)
@@ -248,6 +266,12 @@ pub fn create_private(path: &Path) -> io::Result<File> {
         .truncate(true)
         .mode(0o600)
         .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (use `pikube flash` to write a device)",
+        ));
+    }
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     Ok(f)
 }

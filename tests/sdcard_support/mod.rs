@@ -42,7 +42,7 @@ pub fn unavailable(tools: &[&str], root: bool) -> Option<String> {
     tools
         .iter()
         .find(|t| !have(t))
-        .map(|t| format!("{t} is not installed (apt-get install -y dosfstools mtools fdisk xz-utils zip cloud-init openssh-server iproute2)"))
+        .map(|t| format!("{t} is not installed (apt-get install -y dosfstools mtools fdisk xz-utils zip cloud-init openssh-server iproute2 btrfs-progs)"))
 }
 
 /// The tools [`build_image`] runs; tests that build an image say `require!(image …)`.
