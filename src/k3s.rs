@@ -156,7 +156,7 @@ pub fn config_yaml(cluster: &Cluster, host: &HostSpec, node_ip: &str, token: &st
     }
     if !host.labels.is_empty() {
         out.push_str("node-label:\n");
-        for (k, v) in &host.labels {
+        for (k, v) in host.labels.iter() {
             let _ = writeln!(out, "  - {}", yaml_str(&format!("{k}={v}")));
         }
     }

@@ -151,13 +151,57 @@ pub struct HostSpec {
     /// SSH overrides for this host.
     #[serde(default)]
     pub ssh: Option<SshSettings>,
-    /// Kubernetes node labels.
+    /// Kubernetes node labels k3s sets when the node registers (kubelet's `--node-labels`).
+    /// kubelet refuses keys in the `kubernetes.io`/`k8s.io` namespaces except its own
+    /// (e.g. `node.kubernetes.io/*`); put such labels, like `node-role.kubernetes.io/worker`,
+    /// under `api_labels`.
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub labels: Labels,
+    /// Node labels pikube sets through the API once the node has registered: for keys kubelet
+    /// may not set itself, e.g. `node-role.kubernetes.io/worker: ""`.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub api_labels: Labels,
     /// Kubernetes node taints, `key[=value]:NoSchedule|PreferNoSchedule|NoExecute`.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub taints: Vec<Spanned<String>>,
+}
+
+/// A label map in file order, keys and values with their positions so errors can point at them.
+#[derive(Debug, Clone, Default)]
+pub struct Labels(pub Vec<(Spanned<String>, Spanned<String>)>);
+
+impl Labels {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// (key, value) pairs without positions.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.value.as_str(), v.value.as_str()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Pairs;
+        impl<'de> serde::de::Visitor<'de> for Pairs {
+            type Value = Labels;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of label keys to string values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Labels, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = m.next_key::<Spanned<String>>()? {
+                    out.push((k, m.next_value()?));
+                }
+                Ok(Labels(out))
+            }
+        }
+        d.deserialize_map(Pairs)
+    }
 }
 
 impl HostSpec {

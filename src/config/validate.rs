@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use serde_saphyr::Spanned;
 
-use super::{is_ip, ClusterFile, Distribution, EndpointMode, Problem, Role};
+use super::{is_ip, ClusterFile, Distribution, EndpointMode, HostSpec, Problem, Role};
 
 pub(crate) fn check(spec: &ClusterFile, addresses_required: bool) -> Vec<Problem> {
     let mut out = Vec::new();
@@ -70,15 +70,7 @@ pub(crate) fn check(spec: &ClusterFile, addresses_required: bool) -> Vec<Problem
                 );
             }
         }
-        for t in &h.taints {
-            if !is_taint(&t.value) {
-                problem(
-                    t.referenced,
-                    format!("taint {:?} is not `key[=value]:Effect`", t.value),
-                    "write e.g. `dedicated=edge:NoSchedule`; Effect is NoSchedule, PreferNoSchedule or NoExecute",
-                );
-            }
-        }
+        check_labels_and_taints(h, &mut problem);
     }
 
     let servers = hosts.iter().filter(|h| h.role.value == Role::Server).count();
@@ -369,15 +361,144 @@ fn is_mac(s: &str) -> bool {
     parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-fn is_taint(s: &str) -> bool {
-    let Some((kv, effect)) = s.rsplit_once(':') else { return false };
-    let key = kv.split_once('=').map_or(kv, |(k, _)| k);
-    !key.is_empty() && matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute")
+/// Labels and taints as kubelet checks them at start: k3s exits when kubelet refuses one, so
+/// the node would never start. `api_labels` go through the API, where only the syntax counts.
+fn check_labels_and_taints(h: &HostSpec, problem: &mut impl FnMut(serde_saphyr::Location, String, &str)) {
+    for (api, labels) in [(false, &h.labels), (true, &h.api_labels)] {
+        for (k, v) in &labels.0 {
+            if let Some(flaw) = qualified_name_flaw(&k.value) {
+                problem(
+                    k.referenced,
+                    format!("label key {:?} {flaw}", k.value),
+                    "write `[prefix/]name`: prefix a DNS subdomain (at most 253 characters), name at most 63 of A-Z a-z 0-9 - _ . starting and ending with a letter or digit",
+                );
+            } else if !api && !is_kubelet_label(&k.value) {
+                problem(
+                    k.referenced,
+                    format!("kubelet refuses to set label {:?} itself (namespace kubernetes.io/k8s.io), so k3s would exit", k.value),
+                    "move it under `api_labels:` on this host: pikube sets those through the API after the node joins (kubelet may only set kubernetes.io/hostname, arch, os, instance-type, topology zone/region and labels under node.kubernetes.io/ or kubelet.kubernetes.io/)",
+                );
+            }
+            if let Some(flaw) = label_value_flaw(&v.value) {
+                problem(
+                    v.referenced,
+                    format!("label value {:?} {flaw}", v.value),
+                    "a label value is empty or at most 63 of A-Z a-z 0-9 - _ . starting and ending with a letter or digit",
+                );
+            }
+        }
+    }
+    for t in &h.taints {
+        if let Some(flaw) = taint_flaw(&t.value) {
+            problem(
+                t.referenced,
+                format!("taint {:?} {flaw}", t.value),
+                "write e.g. `dedicated=edge:NoSchedule`; Effect is NoSchedule, PreferNoSchedule or NoExecute",
+            );
+        }
+    }
+}
+
+/// `key[=value]:Effect`, key and value checked like label keys and values (as kubelet's
+/// `--register-with-taints` parser does).
+fn taint_flaw(s: &str) -> Option<String> {
+    let Some((kv, effect)) = s.rsplit_once(':') else { return Some("is not `key[=value]:Effect`".into()) };
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        return Some(format!("has effect {effect:?}, not NoSchedule, PreferNoSchedule or NoExecute"));
+    }
+    let (key, value) = kv.split_once('=').map_or((kv, ""), |(k, v)| (k, v));
+    qualified_name_flaw(key)
+        .map(|f| format!("key {key:?} {f}"))
+        .or_else(|| label_value_flaw(value).map(|f| format!("value {value:?} {f}")))
+}
+
+/// Labels kubelet may set on its own Node (k8s.io/kubernetes pkg/kubelet/apis, `IsKubeletLabel`).
+const KUBELET_LABELS: [&str; 11] = [
+    "kubernetes.io/hostname",
+    "kubernetes.io/arch",
+    "kubernetes.io/os",
+    "beta.kubernetes.io/arch",
+    "beta.kubernetes.io/os",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "topology.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "failure-domain.beta.kubernetes.io/region",
+];
+
+/// False for keys in the kubernetes.io/k8s.io namespaces (and subdomains) that kubelet refuses.
+fn is_kubelet_label(key: &str) -> bool {
+    let Some((ns, _)) = key.split_once('/') else { return true };
+    let within = |ns: &str, domain: &str| ns == domain || ns.ends_with(&format!(".{domain}"));
+    let reserved = within(ns, "kubernetes.io") || within(ns, "k8s.io");
+    !reserved
+        || KUBELET_LABELS.contains(&key)
+        || within(ns, "kubelet.kubernetes.io")
+        || within(ns, "node.kubernetes.io")
+}
+
+/// What makes `key` no qualified name (apimachinery `IsQualifiedName`): `[prefix/]name`.
+fn qualified_name_flaw(key: &str) -> Option<String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        if p.is_empty() || p.len() > 253 || !p.split('.').all(label_ok) {
+            return Some(format!("has prefix {p:?}, which is no lowercase DNS subdomain of at most 253 characters"));
+        }
+    }
+    if name.is_empty() {
+        return Some("has an empty name".into());
+    }
+    label_value_flaw(name).map(|f| f.replace("value", "name"))
+}
+
+/// What makes `v` no label value (apimachinery `IsValidLabelValue`); empty is allowed.
+fn label_value_flaw(v: &str) -> Option<String> {
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if v.len() > 63 {
+        Some(format!("is {} characters long; at most 63 are allowed", v.len()))
+    } else if let Some(c) = v.chars().find(|c| !c.is_ascii_alphanumeric() && !matches!(c, '-' | '_' | '.')) {
+        Some(format!("contains {c:?}"))
+    } else if !v.is_empty() && !(alnum(v.chars().next()) && alnum(v.chars().last())) {
+        Some("must start and end with a letter or digit".into())
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_follow_kubelet_and_apimachinery() {
+        for ok in ["disk", "example.com/disk", "node.kubernetes.io/pool", "x.node.kubernetes.io/a", "kubernetes.io/arch", "topology.kubernetes.io/zone", "kubelet.kubernetes.io/x"] {
+            assert!(qualified_name_flaw(ok).is_none() && is_kubelet_label(ok), "{ok}");
+        }
+        for refused in ["node-role.kubernetes.io/worker", "kubernetes.io/role", "k8s.io/x", "a.k8s.io/x", "node-restriction.kubernetes.io/x"] {
+            assert!(qualified_name_flaw(refused).is_none() && !is_kubelet_label(refused), "{refused}");
+        }
+        for bad in ["", "/x", "Example.com/x", "a/b/c", "-x", "x_", "a b", &"n".repeat(64), &format!("{}/x", "p".repeat(254))] {
+            assert!(qualified_name_flaw(bad).is_some(), "{bad}");
+        }
+        assert!(label_value_flaw("").is_none() && label_value_flaw("v1.2_x-y").is_none());
+        for bad in ["-a", "a.", "a/b", "ä", &"v".repeat(64)] {
+            assert!(label_value_flaw(bad).is_some(), "{bad}");
+        }
+        assert!(taint_flaw("dedicated=edge:NoSchedule").is_none() && taint_flaw("a.io/k:NoExecute").is_none());
+        for bad in ["dedicated=edge", "k=v:Sometimes", ":NoSchedule", "k=v v:NoSchedule", "=v:NoSchedule"] {
+            assert!(taint_flaw(bad).is_some(), "{bad}");
+        }
+    }
 
     #[test]
     fn plain_http_downloads_are_only_for_this_machine() {

@@ -77,7 +77,8 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
 }
 
 /// k3s applies `node-label`/`node-taint` only when a node registers, so a label or taint
-/// added to the cluster file later is set through the API. Ones removed from the file stay
+/// added to the cluster file later is set through the API, as are `api_labels` (labels
+/// kubelet may not set itself, like node-role.kubernetes.io/*). Ones removed from the file stay
 /// (pikube cannot tell them from labels set by others).
 async fn reconcile_labels_and_taints(api: &crate::remote::Host, members: &[&Node], status: &BTreeMap<String, k3s::NodeStatus>) {
     for n in members {
@@ -86,7 +87,8 @@ async fn reconcile_labels_and_taints(api: &crate::remote::Host, members: &[&Node
             .spec
             .labels
             .iter()
-            .filter(|(k, v)| s.labels.get(*k) != Some(*v))
+            .chain(n.spec.api_labels.iter())
+            .filter(|(k, v)| s.labels.get(*k).map(String::as_str) != Some(*v))
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         let taints: Vec<String> =
