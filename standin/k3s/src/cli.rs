@@ -1,8 +1,9 @@
 //! Flag and config-file parsing for `k3s server` / `k3s agent`, modelled on the
 //! real k3s (urfave/cli v1 + k3s `configfilearg`):
 //! * unknown CLI flag → `Incorrect Usage: flag provided but not defined: -foo`, exit 1
-//! * unknown config.yaml key → warning `Unknown flag --foo found in config.yaml, skipping`
-//!   (real behaviour since k3s v1.22.4, k3s-io/k3s#4509) — the stand-in does the same.
+//! * unknown config.yaml key → for `server` a warning `Unknown flag --foo found in config.yaml,
+//!   skipping` (k3s-io/k3s#4509); for `agent` fatal like an unknown CLI flag, because k3s's
+//!   configfilearg strips unknown keys only for `server` and `etcd-snapshot`.
 //! * config values are applied first, CLI flags after: a CLI scalar wins, lists append.
 
 use std::collections::BTreeMap;
@@ -41,7 +42,7 @@ pub const AGENT_FLAGS: &[(&str, &str, Kind, &str)] = &[
     ("pause-image", "", Kind::Str, ""),
     ("snapshotter", "", Kind::Str, ""),
     ("private-registry", "", Kind::Str, ""),
-    ("system-default-registry", "", Kind::Str, ""),
+    ("bind-address", "", Kind::Str, ""),
     ("node-ip", "i", Kind::List, ""),
     ("node-external-ip", "", Kind::List, ""),
     ("node-internal-dns", "", Kind::List, ""),
@@ -65,16 +66,15 @@ pub const AGENT_FLAGS: &[(&str, &str, Kind, &str)] = &[
 ];
 
 /// Server-only flags (docs.k3s.io/cli/server). A server accepts these plus the agent ones.
+/// k3s has no `supervisor-port`, `apiserver-port` or `apiserver-bind-address` flags (those are
+/// RKE2's); `system-default-registry` is a server flag only.
 pub const SERVER_FLAGS: &[(&str, &str, Kind, &str)] = &[
-    ("bind-address", "", Kind::Str, ""),
+    ("system-default-registry", "", Kind::Str, ""),
     ("advertise-address", "", Kind::Str, ""),
     ("advertise-port", "", Kind::Str, ""),
     ("tls-san", "", Kind::List, ""),
     ("tls-san-security", "", Kind::Bool, ""),
     ("https-listen-port", "", Kind::Str, ""),
-    ("supervisor-port", "", Kind::Str, ""),
-    ("apiserver-port", "", Kind::Str, ""),
-    ("apiserver-bind-address", "", Kind::Str, ""),
     ("cluster-cidr", "", Kind::List, ""),
     ("service-cidr", "", Kind::List, ""),
     ("service-node-port-range", "", Kind::Str, ""),
@@ -246,7 +246,7 @@ fn yaml_values(v: &serde_json::Value) -> Vec<String> {
     }
 }
 
-/// Apply config.yaml text. Unknown keys produce a warning (real k3s behaviour).
+/// Apply config.yaml text. Unknown keys: a warning for a server, an error for an agent (k3s).
 pub fn apply_config(server: bool, text: &str, into: &mut Opts) -> Result<(), String> {
     if text.trim().is_empty() {
         return Ok(());
@@ -266,9 +266,10 @@ pub fn apply_config(server: bool, text: &str, into: &mut Opts) -> Result<(), Str
                     into.set(long, kind, &v)?;
                 }
             }
-            _ => into.warnings.push(format!(
+            _ if server => into.warnings.push(format!(
                 "Unknown flag --{k} found in config.yaml, skipping"
             )),
+            _ => return Err(format!("flag provided but not defined: -{k}")),
         }
     }
     Ok(())
@@ -390,12 +391,62 @@ pub fn validate_taint(t: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `key=value` with the API's syntax rules (apimachinery: qualified name, label value).
 pub fn validate_label(l: &str) -> Result<(String, String), String> {
     let (k, v) = l.split_once('=').ok_or_else(|| format!("invalid node label {l}: must be key=value"))?;
-    if k.is_empty() {
-        return Err(format!("invalid node label {l}: empty key"));
+    let (prefix, name) = k.split_once('/').map_or((None, k), |(p, n)| (Some(p), n));
+    let dns_label = |l: &str| {
+        !l.is_empty() && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if prefix.is_some_and(|p| p.len() > 253 || !p.split('.').all(dns_label)) || name.is_empty() || !is_label_value(name) {
+        return Err(format!("invalid node label {l}: key is not a qualified name ([prefix/]name)"));
+    }
+    if !is_label_value(v) {
+        return Err(format!("invalid node label {l}: value must be at most 63 of [A-Za-z0-9_.-], starting and ending alphanumeric"));
     }
     Ok((k.to_string(), v.to_string()))
+}
+
+fn is_label_value(v: &str) -> bool {
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    v.is_empty()
+        || (v.len() <= 63
+            && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && alnum(v.chars().next())
+            && alnum(v.chars().last()))
+}
+
+/// Labels kubelet may set on its own Node (k8s.io/kubernetes pkg/kubelet/apis `IsKubeletLabel`).
+const KUBELET_LABELS: &[&str] = &[
+    "kubernetes.io/hostname", "kubernetes.io/arch", "kubernetes.io/os", "beta.kubernetes.io/arch", "beta.kubernetes.io/os",
+    "beta.kubernetes.io/instance-type", "node.kubernetes.io/instance-type", "topology.kubernetes.io/zone",
+    "topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/region",
+];
+
+/// kubelet's check of `--node-labels` at start: keys in the kubernetes.io / k8s.io namespaces
+/// must be its own; k3s exits when kubelet refuses them (k3s-io/k3s#10916).
+pub fn check_kubelet_labels(keys: &[String]) -> Result<(), String> {
+    let within = |ns: &str, d: &str| ns == d || ns.ends_with(&format!(".{d}"));
+    let refused: Vec<&str> = keys
+        .iter()
+        .map(String::as_str)
+        .filter(|k| {
+            let Some((ns, _)) = k.split_once('/') else { return false };
+            (within(ns, "kubernetes.io") || within(ns, "k8s.io"))
+                && !KUBELET_LABELS.contains(k)
+                && !within(ns, "kubelet.kubernetes.io")
+                && !within(ns, "node.kubernetes.io")
+        })
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "kubelet exited: failed to validate kubelet flags: unknown 'kubernetes.io' or 'k8s.io' labels specified with --node-labels: [{}]\n\
+         --node-labels in the 'kubernetes.io' namespace must begin with an allowed prefix (kubelet.kubernetes.io, node.kubernetes.io) or be in the specifically allowed set ({})",
+        refused.join(" "),
+        KUBELET_LABELS.join(", ")
+    ))
 }
 
 #[cfg(test)]
@@ -451,11 +502,13 @@ mod tests {
         assert_eq!(o.list("tls-san"), s(&["lb.example", "10.0.0.5"]));
         assert_eq!(o.warnings.len(), 1);
         assert!(o.warnings[0].starts_with("Unknown flag --notaflag found in config.yaml, skipping"));
-        // server-only key in an agent config is unknown for the agent
+        // a server-only key in an agent config is fatal: k3s skips unknown keys only for servers
         let mut a = Opts::default();
-        apply_config(false, "cluster-init: true\nserver: https://x:6443\n", &mut a).unwrap();
-        assert_eq!(a.warnings.len(), 1);
+        let e = apply_config(false, "server: https://x:6443\ncluster-init: true\n", &mut a).unwrap_err();
+        assert_eq!(e, "flag provided but not defined: -cluster-init");
+        apply_config(false, "server: https://x:6443\nnode-label: [a=b]\n", &mut a).unwrap();
         assert_eq!(a.get("server"), Some("https://x:6443"));
+        assert!(a.warnings.is_empty());
         assert!(apply_config(true, "token: [unclosed", &mut Opts::default()).is_err());
         apply_config(true, "tls-san+: [extra]\n", &mut o).unwrap();
         assert_eq!(o.list("tls-san"), s(&["lb.example", "10.0.0.5", "extra"]));
@@ -508,5 +561,30 @@ mod tests {
         assert!(validate_taint("k=v").is_err());
         assert_eq!(validate_label("a=b").unwrap(), ("a".into(), "b".into()));
         assert!(validate_label("ab").is_err());
+        assert!(validate_label("example.com/x=").is_ok());
+        for bad in ["=v", "Ex.com/x=v", "a b=v", "k=-v", "k=a/b"] {
+            assert!(validate_label(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn kubelet_refuses_labels_in_its_reserved_namespaces() {
+        let ok = s(&["disk", "example.com/x", "node.kubernetes.io/pool", "a.kubelet.kubernetes.io/b", "kubernetes.io/arch", "topology.kubernetes.io/zone"]);
+        assert!(check_kubelet_labels(&ok).is_ok());
+        for bad in ["node-role.kubernetes.io/worker", "kubernetes.io/role", "k8s.io/x", "x.k8s.io/y", "node-restriction.kubernetes.io/z"] {
+            let e = check_kubelet_labels(&s(&["disk", bad])).unwrap_err();
+            assert!(e.contains(&format!("[{bad}]")), "{e}");
+        }
+    }
+
+    #[test]
+    fn flag_lists_match_k3s() {
+        for missing in ["supervisor-port", "apiserver-port", "apiserver-bind-address"] {
+            assert!(lookup(true, missing).is_none(), "k3s server has no --{missing}");
+        }
+        assert!(lookup(false, "system-default-registry").is_none(), "a server-only flag");
+        assert!(lookup(true, "system-default-registry").is_some());
+        assert!(lookup(false, "bind-address").is_some() && lookup(true, "bind-address").is_some());
+        assert!(lookup(true, "https-listen-port").is_some() && lookup(false, "https-listen-port").is_none());
     }
 }

@@ -108,6 +108,10 @@ fn node_reg(o: &Opts, data_dir: &Path, server_role: Option<bool>) -> NodeReg {
             labels.insert("node-role.kubernetes.io/etcd".into(), "true".into());
         }
     }
+    let given: Vec<String> = o.list("node-label").iter().map(|l| l.split('=').next().unwrap_or("").to_string()).collect();
+    if let Err(e) = cli::check_kubelet_labels(&given) {
+        fatal(&e);
+    }
     for l in o.list("node-label") {
         match cli::validate_label(&l) {
             Ok((k, v)) => {
