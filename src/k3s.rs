@@ -15,7 +15,7 @@ use crate::fleet::Fleet;
 use crate::remote::{quote, Cmd, Host, Mode, RemoteError};
 
 pub const BIN: &str = "/usr/local/bin/k3s";
-/// The installer links these to k3s when they do not exist yet.
+/// The installer links these to k3s when they are not on PATH yet.
 pub const LINKS: [&str; 3] = ["kubectl", "crictl", "ctr"];
 pub const CONFIG: &str = "/etc/rancher/k3s/config.yaml";
 pub const REGISTRIES: &str = "/etc/rancher/k3s/registries.yaml";
@@ -150,7 +150,9 @@ pub fn config_yaml(cluster: &Cluster, host: &HostSpec, node_ip: &str, token: &st
         for s in sans {
             let _ = writeln!(out, "  - {}", yaml_str(&s));
         }
-        if endpoint.mode == EndpointMode::Vip && endpoint.port != 6443 {
+        // With a load balancer, HAProxy listens on the endpoint port and forwards to 6443;
+        // otherwise clients reach the servers directly, so they must listen on that port.
+        if endpoint.mode != EndpointMode::Loadbalancer && endpoint.port != 6443 {
             let _ = writeln!(out, "https-listen-port: {}", endpoint.port);
         }
     }
@@ -173,29 +175,37 @@ pub fn config_yaml(cluster: &Cluster, host: &HostSpec, node_ip: &str, token: &st
 /// checked against the host's interfaces (not guessed from the first interface).
 pub fn node_ip(host: &HostSpec, facts: &HostFacts) -> Result<String, String> {
     let address = host.address();
-    let candidates: Vec<String> = if address.parse::<std::net::IpAddr>().is_ok() {
-        vec![address.to_string()]
-    } else {
-        (address, 22)
+    let candidates: Vec<std::net::IpAddr> = match address.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => (address, 22)
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve {address} for the node IP: {e}"))?
-            .map(|a| a.ip().to_string())
-            .collect()
+            .map(|a| a.ip())
+            .collect(),
     };
-    if facts.ipv4.is_empty() {
-        return candidates.into_iter().next().ok_or_else(|| format!("{address} resolves to nothing"));
+    let on_host: Vec<&str> = facts.ipv4.iter().map(|a| a.address.as_str()).collect();
+    pick_node_ip(address, &candidates, &on_host).map_err(|e| {
+        let ifaces = facts.ipv4.iter().map(|a| format!("{} {}", a.iface, a.address)).collect::<Vec<_>>().join(", ");
+        if ifaces.is_empty() { e } else { format!("{e} (the host has {ifaces})") }
+    })
+}
+
+/// k3s's cluster CIDR is IPv4 (10.42.0.0/16) and k3s refuses a node-ip of another family, so
+/// only an IPv4 address of the host's own interfaces qualifies (a name may also have AAAA records).
+fn pick_node_ip(address: &str, candidates: &[std::net::IpAddr], on_host: &[&str]) -> Result<String, String> {
+    let v4: Vec<String> = candidates.iter().filter(|c| c.is_ipv4()).map(ToString::to_string).collect();
+    if v4.is_empty() {
+        let all = candidates.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        return Err(format!(
+            "address {address} ({all}) has no IPv4 address, but the node IP must be IPv4 like the cluster's pod network (10.42.0.0/16)\n  hint: use the host's IPv4 address as `address:`"
+        ));
     }
-    candidates
-        .iter()
-        .find(|c| facts.ipv4.iter().any(|a| &a.address == *c) || c.contains(':'))
-        .cloned()
-        .ok_or_else(|| {
-            format!(
-                "address {address} ({}) is not on any of the host's interfaces ({}); use the host's own IP as `address:`",
-                candidates.join(", "),
-                facts.ipv4.iter().map(|a| format!("{} {}", a.iface, a.address)).collect::<Vec<_>>().join(", ")
-            )
-        })
+    if on_host.is_empty() {
+        return Ok(v4[0].clone());
+    }
+    v4.iter().find(|c| on_host.contains(&c.as_str())).cloned().ok_or_else(|| {
+        format!("address {address} ({}) is not on any of the host's interfaces; use the host's own IP as `address:`", v4.join(", "))
+    })
 }
 
 /// The cluster's join token, kept in the local state directory (0600) and never printed.
@@ -238,6 +248,20 @@ async fn load_or_make_token(cluster: &Cluster, first_server: Option<&Host>, mode
         crate::local::write_secret(&path, token.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(token)
+}
+
+/// The token joins use: the full `K10<ca-hash>::server:<secret>` from a server that already
+/// runs the cluster, so a joining node checks it talks to this cluster's CA. Only when no
+/// server has written it yet (a dry run before the first start) the bare secret.
+pub async fn join_token(fleet: &Fleet, secret: &str) -> Result<String, String> {
+    for (_, host) in fleet.healthy(Role::Server) {
+        let out = host.run(&Cmd::read_script(format!("cat {SERVER_TOKEN} 2>/dev/null"))).await.map_err(|e| e.to_string())?;
+        let full = out.stdout_str().trim().to_string();
+        if full.starts_with("K10") && full.rsplit_once("::server:").is_some_and(|(_, s)| s == secret) {
+            return Ok(full);
+        }
+    }
+    Ok(secret.to_string())
 }
 
 pub fn token_path(cluster: &Cluster) -> PathBuf {
@@ -399,6 +423,34 @@ pub async fn wait_ready(api: &Host, node_host: &Host, role: Role, name: &str, ti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_ip_is_ipv4_like_the_cluster_cidr() {
+        let ips = |v: &[&str]| v.iter().map(|a| a.parse().unwrap()).collect::<Vec<std::net::IpAddr>>();
+        let e = pick_node_ip("fd00::5", &ips(&["fd00::5"]), &["10.0.0.5"]).unwrap_err();
+        assert!(e.contains("has no IPv4 address") && e.contains("hint:"), "{e}");
+        assert_eq!(pick_node_ip("pi.lan", &ips(&["fd00::5", "10.0.0.5"]), &["10.0.0.5"]).unwrap(), "10.0.0.5");
+        assert_eq!(pick_node_ip("pi.lan", &ips(&["fd00::5", "10.0.0.5"]), &[]).unwrap(), "10.0.0.5");
+        assert!(pick_node_ip("pi.lan", &ips(&["10.0.0.6"]), &["10.0.0.5"]).unwrap_err().contains("not on any"));
+    }
+
+    #[test]
+    fn servers_listen_on_the_endpoint_port_unless_a_load_balancer_forwards() {
+        for (mode, listens) in [("none", true), ("vip", true), ("loadbalancer", false)] {
+            let (vip, lb) = match mode {
+                "vip" => (", address: 10.0.0.100", ""),
+                "loadbalancer" => ("", "  - {name: lb, address: 10.0.0.9, role: loadbalancer}\n"),
+                _ => ("", ""),
+            };
+            let text = format!(
+                "name: c\nkubernetes: {{endpoint: {{mode: {mode}, port: 7443{vip}}}}}\nhosts:\n  - {{name: s1, address: 10.0.0.1, role: server}}\n{lb}"
+            );
+            let c = Cluster::parse(std::path::Path::new("c.yaml"), &text).unwrap_or_else(|e| panic!("{}", e.plain()));
+            let host = c.hosts().next().unwrap();
+            let yaml = config_yaml(&c, host, "10.0.0.1", "t", Join::Init { cluster_init: false });
+            assert_eq!(yaml.contains("https-listen-port: 7443\n"), listens, "{mode}:\n{yaml}");
+        }
+    }
 
     #[test]
     fn node_list_parsing() {

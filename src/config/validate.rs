@@ -468,7 +468,7 @@ fn label_value_flaw(v: &str) -> Option<String> {
         Some(format!("is {} characters long; at most 63 are allowed", v.len()))
     } else if let Some(c) = v.chars().find(|c| !c.is_ascii_alphanumeric() && !matches!(c, '-' | '_' | '.')) {
         Some(format!("contains {c:?}"))
-    } else if !v.is_empty() && !(alnum(v.chars().next()) && alnum(v.chars().last())) {
+    } else if !v.is_empty() && (!alnum(v.chars().next()) || !alnum(v.chars().last())) {
         Some("must start and end with a letter or digit".into())
     } else {
         None

@@ -22,6 +22,14 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 return;
             }
         };
+        // Joins use the full token: it pins the cluster CA.
+        let token = match k3s::join_token(fleet, &token).await {
+            Ok(t) => t,
+            Err(e) => {
+                fleet.nodes.iter().filter(|n| n.role() == Role::Agent).for_each(|n| n.fail(format!("cannot read the full join token: {e}")));
+                return;
+            }
+        };
         let (token, endpoint) = (&token, &fleet.cluster.endpoint());
         fleet
             .each(move |node: &'a Node, host: &'a Host| async move {

@@ -67,9 +67,15 @@ async fn push(fleet: &Fleet, node: &Node, host: &Host, version: &str, bin: &K3sB
             eprintln!("    {}: pushed in {secs:.1}s ({:.1} MiB/s)", node.name(), mib / secs.max(0.001));
         }
     }
+    // install.sh's rule: link only when the command is neither there nor elsewhere on PATH,
+    // so a distro kubectl is not shadowed.
     for link in LINKS {
         let path = format!("/usr/local/bin/{link}");
-        let probe = Cmd::read_script(format!("[ -e {p} ] || [ -L {p} ] && echo present || true", p = quote(&path)));
+        let probe = Cmd::read_script(format!(
+            "{{ [ -e {p} ] || [ -L {p} ] || command -v {l} >/dev/null 2>&1; }} && echo present || true",
+            p = quote(&path),
+            l = quote(link)
+        ));
         if host.run_ok(&probe).await.map_err(|e| e.to_string())?.trim() != "present" {
             host.apply(format!("link {path} → k3s"), &Cmd::change("ln", &["-s", "k3s", &path])).await.map_err(|e| e.to_string())?;
         }

@@ -38,6 +38,8 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 if i > 0 && fleet.mode == Mode::Apply && !running(node) {
                     k3s::wait_for_endpoint(host, &endpoint, fleet.ready_timeout.min(std::time::Duration::from_secs(120))).await?;
                 }
+                // Joins use the full token (it pins the cluster CA), read once the first server runs.
+                let token = if i == 0 { token.clone() } else { k3s::join_token(fleet, &token).await? };
                 let started = converge_node(fleet, node, host, &token, join).await?;
                 if started && fleet.mode == Mode::Apply {
                     eprintln!("    {}: waiting until Ready (up to {}s)", node.name(), fleet.ready_timeout.as_secs());
@@ -52,6 +54,16 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
             }
         }
     })
+}
+
+/// Removes `path` when it exists; returns whether it did.
+async fn remove_file(host: &Host, path: &str) -> Result<bool, crate::remote::RemoteError> {
+    let probe = Cmd::read_script(format!("[ -e {p} ] && echo present || true", p = crate::remote::quote(path)));
+    if host.run_ok(&probe).await?.trim() != "present" {
+        return Ok(false);
+    }
+    host.apply(format!("remove {path} (no registry mirrors in the cluster file)"), &Cmd::change("rm", &["-f", path])).await?;
+    Ok(true)
 }
 
 fn running(node: &Node) -> bool {
@@ -72,8 +84,10 @@ pub async fn converge_node(fleet: &Fleet, node: &Node, host: &Host, token: &str,
     let config = k3s::config_yaml(&fleet.cluster, &node.spec, &node_ip, token, join);
     let e = |e: crate::remote::RemoteError| e.to_string();
     let mut changed = host.ensure_file(k3s::CONFIG, config.as_bytes(), Some(0o600)).await.map_err(e)?;
-    if let Some(r) = k3s::registries(&fleet.cluster) {
-        changed |= host.ensure_file(k3s::REGISTRIES, r.as_bytes(), Some(0o600)).await.map_err(e)?;
+    match k3s::registries(&fleet.cluster) {
+        Some(r) => changed |= host.ensure_file(k3s::REGISTRIES, r.as_bytes(), Some(0o600)).await.map_err(e)?,
+        // Mirrors removed from the cluster file: a registries.yaml left behind would keep them.
+        None => changed |= remove_file(host, k3s::REGISTRIES).await.map_err(e)?,
     }
     changed |= host.ensure_file(&k3s::env_path(role), k3s::env_file(&fleet.cluster).as_bytes(), Some(0o600)).await.map_err(e)?;
     changed |= host.ensure_file(&k3s::unit_path(role), k3s::unit(role).as_bytes(), Some(0o644)).await.map_err(e)?;
