@@ -391,6 +391,26 @@ pub fn validate_taint(t: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// k3s refuses a node-ip whose IP families differ from the cluster CIDR's (default
+/// 10.42.0.0/16; an agent gets it from the server: the stand-in assumes the default there).
+pub fn check_ip_families(cluster_cidrs: &[String], node_ips: &[String]) -> Result<(), String> {
+    let cidrs = if cluster_cidrs.is_empty() { vec!["10.42.0.0/16".to_string()] } else { cluster_cidrs.to_vec() };
+    let families = |v: &[String]| {
+        let mut f: Vec<bool> = v.iter().map(|a| a.contains(':')).collect();
+        f.sort();
+        f.dedup();
+        f
+    };
+    if node_ips.is_empty() || families(&cidrs) == families(node_ips) {
+        return Ok(());
+    }
+    Err(format!(
+        "cluster-cidr: [{}] and node-ip: [{}], must share the same IP version (IPv4, IPv6 or dual-stack)",
+        cidrs.join(" "),
+        node_ips.join(" ")
+    ))
+}
+
 /// `key=value` with the API's syntax rules (apimachinery: qualified name, label value).
 pub fn validate_label(l: &str) -> Result<(String, String), String> {
     let (k, v) = l.split_once('=').ok_or_else(|| format!("invalid node label {l}: must be key=value"))?;
@@ -575,6 +595,16 @@ mod tests {
             let e = check_kubelet_labels(&s(&["disk", bad])).unwrap_err();
             assert!(e.contains(&format!("[{bad}]")), "{e}");
         }
+    }
+
+    #[test]
+    fn node_ip_family_must_match_the_cluster_cidr() {
+        assert!(check_ip_families(&[], &s(&["10.0.0.5"])).is_ok());
+        assert!(check_ip_families(&[], &[]).is_ok());
+        let e = check_ip_families(&[], &s(&["fd00::5"])).unwrap_err();
+        assert_eq!(e, "cluster-cidr: [10.42.0.0/16] and node-ip: [fd00::5], must share the same IP version (IPv4, IPv6 or dual-stack)");
+        assert!(check_ip_families(&s(&["10.42.0.0/16", "fd42::/56"]), &s(&["10.0.0.5"])).is_err());
+        assert!(check_ip_families(&s(&["10.42.0.0/16", "fd42::/56"]), &s(&["10.0.0.5", "fd00::5"])).is_ok());
     }
 
     #[test]

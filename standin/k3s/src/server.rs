@@ -88,6 +88,9 @@ fn node_reg(o: &Opts, data_dir: &Path, server_role: Option<bool>) -> NodeReg {
         });
         name = format!("{name}-{id}");
     }
+    if let Err(e) = cli::check_ip_families(&o.list("cluster-cidr"), &o.list("node-ip")) {
+        fatal(&format!("Error: {e}"));
+    }
     let ip = o.list("node-ip").first().cloned().unwrap_or_else(local_ip);
     let mut labels = BTreeMap::new();
     let arch = go_arch();
