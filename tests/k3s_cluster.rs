@@ -77,6 +77,50 @@ fn mode_of(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
+/// What `up` reported for one host: its status line and the indented lines under it.
+fn section(report: &str, host: &str) -> String {
+    let mut lines = report.lines().skip_while(|l| !l.starts_with(&format!("{host} (")));
+    let head = lines.next().unwrap_or_else(|| panic!("{host} missing from the report:\n{report}"));
+    std::iter::once(head).chain(lines.take_while(|l| l.starts_with("  "))).collect::<Vec<_>>().join("\n")
+}
+
+/// The report's `HOST (ADDRESS): STATUS` word for one host.
+fn status_of(report: &str, host: &str) -> String {
+    let s = section(report, host);
+    s.lines().next().and_then(|l| l.split_once("): ")).map(|(_, st)| st.to_string()).unwrap_or_default()
+}
+
+/// A `status` table row for one host, its columns joined by single spaces.
+fn row(table: &str, host: &str) -> String {
+    let line = table.lines().find(|l| l.split_whitespace().next() == Some(host)).unwrap_or_default();
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A unit's main PID and when that process started: both change exactly when it (re)starts.
+fn unit_run(lab: &Lab, node: &str, unit: &str) -> String {
+    let run = lab.sh(node, &format!("systemctl show -p MainPID -p ExecMainStartTimestampMonotonic {unit}"));
+    assert!(!run.contains("MainPID=0"), "{unit} on {node} is not running: {run}");
+    run
+}
+
+/// A field of a Kubernetes object, read from the server's API as JSON.
+fn api_field(lab: &Lab, server: &str, get: &str, pointer: &str) -> serde_json::Value {
+    let json = lab.sh(server, &format!("k3s kubectl get {get} -o json"));
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    doc.pointer(pointer).cloned().unwrap_or(serde_json::Value::Null)
+}
+
+/// Node name → the kubelet version the API reports for it.
+fn versions_on(lab: &Lab, server: &str) -> BTreeMap<String, String> {
+    lab.sh(server, "k3s kubectl get nodes --no-headers")
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.first()?.to_string(), f.get(4)?.to_string()))
+        })
+        .collect()
+}
+
 #[test]
 fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     require_lab!();
@@ -153,10 +197,11 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(started.elapsed() < Duration::from_secs(90), "the readiness wait must be bounded");
     let report = stdout(&out);
-    assert!(report.contains("node2 (10.77.41.12): FAILED"), "{report}");
-    assert!(report.contains("k3s service not active after 15s; last lines of k3s-agent:"), "{report}");
-    assert!(report.contains("flag provided but not defined: -not-a-k3s-flag"), "{report}");
-    assert!(report.contains("node1 (10.77.41.11): changed"), "the healthy server still converges:\n{report}");
+    let node2 = section(&report, "node2");
+    assert!(node2.starts_with("node2 (10.77.41.12): FAILED\n"), "{report}");
+    assert!(node2.contains("k3s service not active after 15s; last lines of k3s-agent:"), "{report}");
+    assert!(node2.contains("flag provided but not defined: -not-a-k3s-flag"), "node2's own log:\n{report}");
+    assert_eq!(status_of(&report, "node1"), "changed", "the healthy server still converges:\n{report}");
     lab.sh("node2", "rm -r /etc/systemd/system/k3s-agent.service.d");
 
     let log = up_ok(&lab);
@@ -175,21 +220,28 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     let registries = lab.sh("node2", "cat /etc/rancher/k3s/registries.yaml");
     assert!(registries.contains("\"docker.io\":\n    endpoint:\n      - \"https://registry.lab:5000\""), "{registries}");
     assert!(lab.sh("node2", "journalctl -u k3s-agent -o cat").contains("Using private registry config file"));
-    assert!(lab.sh("node1", "k3s --version").contains("STAND-IN") || lab.sh("node1", "k3s --version").contains("standin"));
+    let version = lab.sh("node1", "k3s --version");
+    assert!(version.starts_with("k3s version v1.31.4+k3s1") && version.contains("STAND-IN"), "{version}");
 
-    let node2 = lab.sh("node1", "k3s kubectl get node node2 -o json");
-    assert!(node2.contains("\"disk\": \"ssd\"") || node2.contains("\"disk\":\"ssd\""), "{node2}");
-    assert!(node2.contains("dedicated") && node2.contains("NoSchedule"), "{node2}");
+    assert_eq!(api_field(&lab, "node1", "node node2", "/metadata/labels/disk"), "ssd");
+    assert_eq!(
+        api_field(&lab, "node1", "node node2", "/spec/taints"),
+        serde_json::json!([{"key": "dedicated", "value": "edge", "effect": "NoSchedule"}])
+    );
 
     // Hooks ran: the k3s-specific manifest (the broken generic one would have failed) and the
     // host hook, before the agent's k3s was started.
     assert!(lab.ssh("node1", "k3s kubectl get configmap from-hook -n kube-system").0, "{log}");
+    // Both clocks in microseconds, no slack: the hook ran before the agent's process started.
     let hook_ran: f64 = lab.sh("node2", "cat /root/before-agents").parse().unwrap();
     let agent_started: f64 = lab
-        .sh("node2", "date -d \"$(systemctl show -p ActiveEnterTimestamp --value k3s-agent)\" +%s")
+        .sh(
+            "node2",
+            "date -d \"$(systemctl show -p ExecMainStartTimestamp --value --timestamp=us+utc k3s-agent)\" +%s.%N",
+        )
         .parse()
         .unwrap();
-    assert!(hook_ran <= agent_started + 1.0, "host hook ran after the agent started");
+    assert!(hook_ran < agent_started, "host hook ran at {hook_ran}, after the agent started at {agent_started}");
 
     // The kubeconfig: 0600, endpoint = the single server, named after the cluster.
     let kubeconfig = lab.dir().join("build/k3s-single-config.yml");
@@ -217,17 +269,27 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     assert!(merged.contains("name: work") && merged.contains("current-context: k3s-single"), "{merged}");
     assert_eq!(mode_of(&home.join(".kube/config")), 0o600);
 
-    // Converged: a second up changes nothing (host hooks still run, as k0sctl's do).
+    // Converged: a second up changes nothing and restarts nothing (host hooks still run, as
+    // k0sctl's do, so node2 reports its hook as a change).
+    let runs = || (unit_run(&lab, "node1", "k3s"), unit_run(&lab, "node2", "k3s-agent"));
+    let before = runs();
     let out = up(&lab);
     assert!(out.status.success(), "{}", text(&out));
     let again = stdout(&out);
-    assert!(again.contains("node1 (10.77.41.11): no changes"), "{again}");
-    assert!(!again.contains("start k3s") && !again.contains("post-master-up hook"), "{again}");
+    assert_eq!(section(&again, "node1"), "node1 (10.77.41.11): no changes", "{again}");
+    assert_eq!(
+        section(&again, "node2"),
+        "node2 (10.77.41.12): changed\n  [k3s agents] hook before k3s agents: date +%s.%N > /root/before-agents",
+        "{again}"
+    );
+    assert_eq!(runs(), before, "a no-op up restarted k3s");
 
     // status shows both nodes Ready.
     let out = lab.pikube(&["status", "-f", file_arg]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(stdout(&out).contains("k3s-agent active  Ready"), "{}", text(&out));
+    let table = stdout(&out);
+    assert_eq!(row(&table, "node1"), "node1 server 10.77.41.11 k3s active Ready", "{table}");
+    assert_eq!(row(&table, "node2"), "node2 agent 10.77.41.12 k3s-agent active Ready", "{table}");
 
     // Labels and taints changed in the file later reach the existing node through the API
     // (k3s itself applies them only when a node registers).
@@ -237,14 +299,54 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
         .replace("[\"dedicated=edge:NoSchedule\"]", "[\"dedicated=edge:NoSchedule\", \"zone=b:PreferNoSchedule\"]");
     assert!(changed.contains("disk: hdd") && changed.contains("zone=b"));
     std::fs::write(&file, changed).unwrap();
-    let report = stdout(&up(&lab));
-    assert!(report.contains("[ready] label node node2: disk=hdd"), "{report}");
-    assert!(report.contains("[ready] taint node node2: zone=b:PreferNoSchedule"), "{report}");
-    let node2 = lab.sh("node1", "k3s kubectl get node node2 -o json");
-    assert!(node2.contains("\"hdd\"") && node2.contains("PreferNoSchedule"), "{node2}");
+    // A changed post-master-up manifest is applied again, in the same run.
+    let hook = hooks.join("k3s-post-master-up.yml");
+    let manifest = std::fs::read_to_string(&hook).unwrap();
+    std::fs::write(&hook, format!("{manifest}  rev: \"2\"\n")).unwrap();
+    let before = runs();
     let out = up(&lab);
-    assert!(stdout(&out).contains("node1 (10.77.41.11): no changes"), "{}", text(&out));
+    assert!(out.status.success(), "{}", text(&out));
+    let report = stdout(&out);
+    // The API calls run on the server, so its section lists them.
+    let node1_report = section(&report, "node1");
+    assert!(node1_report.contains("\n  [ready] label node node2: disk=hdd"), "{report}");
+    assert!(node1_report.contains("\n  [ready] taint node node2: zone=b:PreferNoSchedule"), "{report}");
+    assert_eq!(api_field(&lab, "node1", "node node2", "/metadata/labels/disk"), "hdd");
+    let taints = api_field(&lab, "node1", "node node2", "/spec/taints");
+    assert!(taints.as_array().unwrap().iter().any(|t| t["key"] == "zone" && t["effect"] == "PreferNoSchedule"), "{taints}");
+    assert!(node1_report.contains("\n  [post-master-up] apply post-master-up hook k3s-post-master-up.yml"), "{report}");
+    assert_eq!(api_field(&lab, "node1", "configmap from-hook -n kube-system", "/data/rev"), "2");
+    // Only node2's config changed (its node-label/node-taint): only node2's k3s restarted.
+    let after = runs();
+    assert_eq!(after.0, before.0, "node1's config did not change, yet k3s restarted:\n{report}");
+    assert_ne!(after.1, before.1, "node2's config changed, yet k3s-agent did not restart:\n{report}");
+    let node2_report = section(&report, "node2");
+    assert!(node2_report.contains("\n  [k3s agents] restart k3s-agent (configuration or binary changed)"), "{report}");
+    // Unchanged: no hook applied again, no label set, nothing restarted.
+    let out = up(&lab);
+    assert_eq!(section(&stdout(&out), "node1"), "node1 (10.77.41.11): no changes", "{}", text(&out));
     assert!(!stdout(&out).contains("label node"), "{}", text(&out));
+    assert_eq!(runs(), after, "an unchanged cluster file restarted k3s:\n{}", text(&out));
+
+    // The pinned-version check: a k3s of another release put on a node by hand is replaced by
+    // the pinned one and that node's k3s restarted onto it; the server is left alone.
+    let other = standin_release("v1.31.5+k3s1");
+    // Copied in through the node's root file system as the lab mounts it (nodes/<node>/merged).
+    std::fs::copy(other.join("k3s"), lab.dir().join("nodes/node2/merged/root/k3s-other")).unwrap();
+    let by_hand = lab.sh("node2", "install -m 755 /root/k3s-other /usr/local/bin/k3s && rm /root/k3s-other && k3s --version");
+    assert!(by_hand.starts_with("k3s version v1.31.5+k3s1"), "{by_hand}");
+    let before = runs();
+    let out = up(&lab);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = stdout(&out);
+    let node2_report = section(&report, "node2");
+    assert!(node2_report.contains("\n  [k3s artifacts] update /usr/local/bin/k3s"), "{report}");
+    assert!(node2_report.contains("\n  [k3s agents] restart k3s-agent (configuration or binary changed)"), "{report}");
+    assert!(lab.sh("node2", "k3s --version").starts_with("k3s version v1.31.4+k3s1"));
+    assert_eq!(versions_on(&lab, "node1").get("node2").map(String::as_str), Some("v1.31.4+k3s1"), "{report}");
+    let after = runs();
+    assert_eq!(after.0, before.0, "only node2's binary changed, yet node1 restarted:\n{report}");
+    assert_ne!(after.1, before.1, "node2 still runs the other release:\n{report}");
 
     // down --limit drains and deletes the agent from the API, then resets it; up brings it back.
     let out = lab.pikube(&["down", "-f", file_arg, "--limit", "node2", "--yes"]);
@@ -277,11 +379,34 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
         42,
         &["--nodes", "6", "--servers", "3", "--loadbalancers", "1", "--k3s-artifacts", artifacts.to_str().unwrap()],
     );
-    let log = up_ok(&lab);
+    let file_arg = lab.cluster_file().to_str().unwrap().to_string();
 
-    // Servers joined one at a time: each waited for before the next one started.
+    // A failed server stops the ones after it: node2 cannot start (a bad flag in a drop-in),
+    // so node3 and the agents are not touched in that run, and the report names node2.
+    lab.sh(
+        "node2",
+        "mkdir -p /etc/systemd/system/k3s.service.d && printf '[Service]\\nExecStart=\\nExecStart=/usr/local/bin/k3s server --not-a-k3s-flag\\n' > /etc/systemd/system/k3s.service.d/broken.conf",
+    );
+    let out = lab.pikube(&["up", "-f", &file_arg, "--ready-timeout", "15"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = stdout(&out);
+    assert_eq!(status_of(&report, "node1"), "changed", "{report}");
+    assert_eq!(status_of(&report, "node2"), "FAILED", "{report}");
+    assert!(section(&report, "node2").contains("flag provided but not defined: -not-a-k3s-flag"), "{report}");
+    for n in ["node3", "node5", "node6"] {
+        assert!(section(&report, n).ends_with("\n  error: not joined: server node2 failed before it"), "{report}");
+        let touched = "test -e /etc/rancher/k3s/config.yaml || test -e /etc/systemd/system/k3s.service || test -e /etc/systemd/system/k3s-agent.service";
+        assert!(!lab.ssh(n, touched).0, "{n} was touched after node2 failed:\n{report}");
+    }
+    let log = format!("{report}{}", String::from_utf8_lossy(&out.stderr));
     let pos = |s: &str| log.find(s).unwrap_or_else(|| panic!("{s:?} missing from:\n{log}"));
     assert!(pos("node1: waiting until Ready") < pos("node2: start k3s"));
+    lab.sh("node2", "rm -r /etc/systemd/system/k3s.service.d");
+
+    // Fixed, the line goes on: servers joined one at a time, each waited for before the next.
+    let log = up_ok(&lab);
+    let pos = |s: &str| log.find(s).unwrap_or_else(|| panic!("{s:?} missing from:\n{log}"));
+    assert!(pos("node2: start k3s") < pos("node2: waiting until Ready"));
     assert!(pos("node2: waiting until Ready") < pos("node3: start k3s"));
     assert!(pos("node3: waiting until Ready") < pos("node5: start k3s-agent"));
 
@@ -293,6 +418,31 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
         assert!(cfg.contains(s), "{cfg}");
     }
     assert_eq!(lab.sh("node4", "systemctl is-active haproxy"), "active");
+
+    // `haproxy -c` refuses a config: node3's address becomes a name only this machine resolves
+    // (like a `.local` name on a load balancer without mDNS). up fails on the load balancer with
+    // HAProxy's own error, and the running config and process stay as they were.
+    let running = unit_run(&lab, "node4", "haproxy");
+    let resolves_here = NetnsHosts::add(&lab, "10.77.42.13 node3.lab");
+    let known_hosts = lab.dir().join("known_hosts");
+    let keys = std::fs::read_to_string(&known_hosts).unwrap();
+    let node3_key = keys.lines().find(|l| l.starts_with("10.77.42.13 ")).unwrap().replacen("10.77.42.13", "node3.lab", 1);
+    std::fs::write(&known_hosts, format!("{keys}{node3_key}\n")).unwrap();
+    let good_file = std::fs::read_to_string(lab.cluster_file()).unwrap();
+    assert_eq!(good_file.matches("address: 10.77.42.13\n").count(), 1, "{good_file}");
+    std::fs::write(lab.cluster_file(), good_file.replace("address: 10.77.42.13\n", "address: node3.lab\n")).unwrap();
+    let out = up(&lab);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let lb = section(&stdout(&out), "node4");
+    assert!(lb.starts_with("node4 (10.77.42.14): FAILED\n"), "{lb}");
+    assert!(lb.contains("\n  error: haproxy -c rejected the generated config, nothing was installed:\n    "), "{lb}");
+    let alert = lb.lines().find(|l| l.starts_with("    [ALERT]") && l.contains("could not resolve address 'node3.lab'"));
+    assert!(alert.is_some(), "HAProxy's own words:\n{lb}");
+    assert_eq!(lab.sh("node4", "cat /etc/haproxy/haproxy.cfg"), cfg);
+    assert_eq!(unit_run(&lab, "node4", "haproxy"), running, "haproxy was restarted");
+    std::fs::write(lab.cluster_file(), good_file).unwrap();
+    drop(resolves_here);
+
     assert!(lab.sh("node1", "cat /etc/rancher/k3s/config.yaml").contains("cluster-init: true"));
     for n in ["node2", "node3", "node5", "node6"] {
         assert!(
@@ -334,6 +484,12 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
         nodes.get("node1").map(String::as_str) == Some("NotReady")
             && all_ready(&nodes, &["node2", "node3", "node5", "node6"])
     });
+    // status exits 1 while a server is not Ready, and says which one and why.
+    let out = lab.pikube(&["status", "-f", &file_arg]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let table = stdout(&out);
+    assert_eq!(row(&table, "node1"), "node1 server 10.77.42.11 unreachable NotReady", "{table}");
+    assert_eq!(row(&table, "node2"), "node2 server 10.77.42.12 k3s active Ready", "{table}");
 
     // With node1 back, up converges and a further up is a no-op.
     lab.lab("start", "node1");
@@ -344,9 +500,11 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
     };
     assert!(all_ready(&nodes, &all), "{nodes:?}");
     let out = up(&lab);
-    assert!(stdout(&out).contains("Up: no changes"), "{}", text(&out));
+    assert!(stdout(&out).lines().any(|l| l.starts_with("Up: no changes; ")), "{}", text(&out));
 
-    // Rolling upgrade: pin a new release; servers restart one at a time, each awaited.
+    // Rolling upgrade: pin a new release. First node1, the first server restarted, never gets
+    // Ready on it (a host fault: a drop-in whose ExecStartPre fails). The run fails naming
+    // node1, and no other node is restarted, though the new binary was pushed to all of them.
     let v2 = standin_release("v1.31.5+k3s1");
     let file = std::fs::read_to_string(lab.cluster_file()).unwrap();
     let upgraded = file
@@ -354,22 +512,97 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
         .replace(artifacts.to_str().unwrap(), v2.to_str().unwrap());
     assert_ne!(file, upgraded);
     std::fs::write(lab.cluster_file(), upgraded).unwrap();
+    lab.sh(
+        "node1",
+        "mkdir -p /etc/systemd/system/k3s.service.d && printf '[Service]\\nExecStartPre=/bin/sh -c \"echo held back by the test >&2; exit 1\"\\n' > /etc/systemd/system/k3s.service.d/held.conf",
+    );
+    let others = [("node2", "k3s"), ("node3", "k3s"), ("node5", "k3s-agent"), ("node6", "k3s-agent")];
+    let runs = || others.map(|(n, u)| unit_run(&lab, n, u));
+    let before = runs();
+    let out = lab.pikube(&["up", "-f", &file_arg, "--ready-timeout", "8"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = stdout(&out);
+    let node1 = section(&report, "node1");
+    assert!(node1.starts_with("node1 (10.77.42.11): FAILED\n"), "{report}");
+    assert!(node1.contains("\n  [k3s servers] restart k3s (configuration or binary changed)\n"), "{report}");
+    assert!(node1.contains("  error: node1 not Ready after 8s"), "{report}");
+    assert!(node1.contains("held back by the test"), "node1's own log:\n{report}");
+    for (n, _) in others {
+        let mine = section(&report, n);
+        assert!(mine.contains("\n  [k3s artifacts] update /usr/local/bin/k3s"), "{report}");
+        assert!(mine.ends_with("\n  error: not joined: server node1 failed before it"), "{report}");
+    }
+    assert_eq!(runs(), before, "a node was restarted after the first server failed:\n{report}");
+    let versions = versions_on(&lab, "node2");
+    for n in ["node2", "node3", "node5", "node6"] {
+        assert_eq!(versions.get(n).map(String::as_str), Some("v1.31.4+k3s1"), "{versions:?}");
+    }
+
+    // Fixed, the next up finishes the upgrade: the other nodes' binaries are current on disk
+    // already, yet their k3s still runs the replaced one, so they restart one at a time.
+    lab.sh("node1", "rm -r /etc/systemd/system/k3s.service.d");
     let log = up_ok(&lab);
     let pos = |s: &str| log.find(s).unwrap_or_else(|| panic!("{s:?} missing from:\n{log}"));
-    assert!(pos("node1: restart k3s") < pos("node1: waiting until Ready"));
+    assert!(pos("node1: start k3s") < pos("node1: waiting until Ready"));
     assert!(pos("node1: waiting until Ready") < pos("node2: restart k3s"));
     assert!(pos("node2: waiting until Ready") < pos("node3: restart k3s"));
     assert!(pos("node3: waiting until Ready") < pos("node5: restart k3s-agent"));
-    let versions: BTreeMap<String, String> = lab
-        .sh("node2", "k3s kubectl get nodes --no-headers")
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            Some((f.first()?.to_string(), format!("{} {}", f.get(1)?, f.get(4)?)))
-        })
-        .collect();
+    let versions = versions_on(&lab, "node2");
+    assert!(all_ready(&nodes_on(&lab, "node2"), &all));
     for n in all {
-        assert_eq!(versions.get(n).map(String::as_str), Some("Ready v1.31.5+k3s1"), "{versions:?}");
+        assert_eq!(versions.get(n).map(String::as_str), Some("v1.31.5+k3s1"), "{versions:?}");
+    }
+
+    // A failed upgrade: the newly pinned release's binary cannot run k3s. The first server
+    // restarted fails, named with its log, and no other node is restarted onto it.
+    let broken = lab.dir().join("broken-release");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("k3s"),
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'k3s version v1.31.6+k3s1 (broken build)'; exit 0; fi\necho 'fatal: this build cannot start' >&2\nexit 1\n",
+    )
+    .unwrap();
+    let sum = Command::new("sha256sum").arg("k3s").current_dir(&broken).output().unwrap();
+    std::fs::write(broken.join("sha256sum-amd64.txt"), &sum.stdout).unwrap();
+    let file = std::fs::read_to_string(lab.cluster_file()).unwrap();
+    let pinned = file
+        .replace("version: v1.31.5+k3s1", "version: v1.31.6+k3s1")
+        .replace(v2.to_str().unwrap(), broken.to_str().unwrap());
+    assert_ne!(file, pinned);
+    std::fs::write(lab.cluster_file(), pinned).unwrap();
+    let before = runs();
+    let out = lab.pikube(&["up", "-f", &file_arg, "--ready-timeout", "8"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = stdout(&out);
+    let node1 = section(&report, "node1");
+    assert!(node1.starts_with("node1 (10.77.42.11): FAILED\n"), "{report}");
+    assert!(node1.contains("\n  [k3s servers] restart k3s (configuration or binary changed)\n"), "{report}");
+    assert!(node1.contains("  error: node1 not Ready after 8s"), "{report}");
+    assert!(node1.contains("fatal: this build cannot start"), "node1's own log:\n{report}");
+    for (n, _) in others {
+        assert!(section(&report, n).ends_with("\n  error: not joined: server node1 failed before it"), "{report}");
+    }
+    assert_eq!(runs(), before, "a node was restarted after the first server failed:\n{report}");
+}
+
+/// A line for this machine's resolver inside the lab network: `ip netns exec` (which `lab
+/// exec` uses) reads `/etc/netns/<netns>/hosts` in place of /etc/hosts. Removed on drop.
+struct NetnsHosts(std::path::PathBuf);
+
+impl NetnsHosts {
+    fn add(lab: &Lab, line: &str) -> NetnsHosts {
+        // The netns is this test's own lab's: a leftover is from an interrupted run of it.
+        let dir = Path::new("/etc/netns").join(format!("pikube-{}", lab.name));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hosts"), format!("127.0.0.1 localhost\n{line}\n")).unwrap();
+        NetnsHosts(dir)
+    }
+}
+
+impl Drop for NetnsHosts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -398,15 +631,30 @@ fn ha_cluster_on_a_keepalived_vip_fails_over() {
         assert!(all_ready(&nodes, &["node1", "node2", "node3", "node4", "node5"]), "{nodes:?}");
     }
 
-    // Pull the power of the VIP holder: another server takes the address within seconds.
+    // The API dies but the host stays up: keepalived's check fails there and another server
+    // takes the address within seconds; the endpoint answers through it.
     let holder = before[0];
+    lab.sh(holder, "systemctl stop k3s");
+    let took = wait_until("the VIP to leave the server whose API stopped", Duration::from_secs(20), || {
+        matches!(holders()[..], [h] if h != holder)
+    });
+    wait_until("the VIP endpoint to answer from another server", Duration::from_secs(20), || {
+        endpoint_answers(&lab, kubectl.as_deref(), &url)
+    });
+    eprintln!("VIP moved {took:?} after k3s stopped on {holder}");
+    assert_eq!(lab.sh(holder, "systemctl is-active keepalived"), "active", "the host stays up");
+    // With its API back, the highest-priority server takes the VIP back (keepalived preempts).
+    lab.sh(holder, "systemctl start k3s");
+    wait_until("the VIP back on its first holder", Duration::from_secs(20), || holders() == [holder]);
+
+    // Pull the power of the VIP holder: another server takes the address within seconds.
     lab.lab("stop", holder);
     let took = wait_until("the VIP endpoint to answer again", Duration::from_secs(20), || {
         endpoint_answers(&lab, kubectl.as_deref(), &url)
     });
     eprintln!("VIP endpoint answered {took:?} after {holder} went down");
     let after = holders();
-    assert!(after.len() == 1 && after[0] != holder, "VIP moved from {holder} to {after:?}");
+    assert!(matches!(after[..], [h] if h != holder), "VIP moved from {holder} to {after:?}");
 
     lab.lab("start", holder);
     up_ok(&lab);
@@ -514,7 +762,7 @@ fn two_load_balancers_share_a_vip() {
     });
     eprintln!("endpoint answered {took:?} after {} went down", before[0]);
     let after = holders();
-    assert!(after.len() == 1 && after[0] != before[0], "VIP moved from {} to {after:?}", before[0]);
+    assert!(matches!(after[..], [h] if h != before[0]), "VIP moved from {} to {after:?}", before[0]);
     lab.lab("start", before[0]);
     up_ok(&lab);
 }

@@ -1,6 +1,7 @@
 //! k3s servers: the first one initialises the cluster (`cluster-init` when there will be
 //! several), the others join through the endpoint **one at a time**, each waited for until
-//! Ready, so the etcd membership grows one member at a time and a failure stops the line.
+//! Ready, so the etcd membership grows one member at a time and a failure stops the line,
+//! agents included: they would otherwise (re)start on a release no server could run.
 
 use futures::future::BoxFuture;
 
@@ -50,7 +51,12 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
             .await;
             if let Err(e) = result {
                 node.fail(e);
-                blocked = Some(format!("server {} before it failed", node.name()));
+                blocked = Some(format!("server {} failed before it", node.name()));
+            }
+        }
+        if let Some(why) = blocked {
+            for agent in fleet.nodes.iter().filter(|n| n.role() == Role::Agent && n.ok()) {
+                agent.fail(format!("not joined: {why}"));
             }
         }
     })
@@ -96,7 +102,7 @@ pub async fn converge_node(fleet: &Fleet, node: &Node, host: &Host, token: &str,
     if !state.active {
         k3s::start(host, role, false, "not running").await.map_err(e)?;
         Ok(true)
-    } else if changed {
+    } else if changed || runs_replaced_binary(host, role).await.map_err(e)? {
         k3s::start(host, role, true, "configuration or binary changed").await.map_err(e)?;
         Ok(true)
     } else if !state.enabled {
@@ -106,4 +112,12 @@ pub async fn converge_node(fleet: &Fleet, node: &Node, host: &Host, token: &str,
     } else {
         Ok(false)
     }
+}
+
+/// Whether the unit's process runs a binary that was replaced on disk after it started: a
+/// restart held back in an earlier run (a server failed first) is still owed.
+async fn runs_replaced_binary(host: &Host, role: Role) -> Result<bool, crate::remote::RemoteError> {
+    let unit = k3s::unit_name(role);
+    let probe = Cmd::read_script(format!("readlink /proc/$(systemctl show -p MainPID --value {unit})/exe || true"));
+    Ok(host.run_ok(&probe).await?.trim().ends_with(" (deleted)"))
 }

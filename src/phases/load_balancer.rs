@@ -63,12 +63,15 @@ pub async fn ensure_running(host: &Host, unit: &str, restart: bool, state: &crat
 }
 
 async fn validate(host: &Host, config: &str) -> Result<(), String> {
-    let check = Cmd::read_script("haproxy -c -q -f /dev/stdin").stdin(config.as_bytes().to_vec());
+    // No -q: it also silences the alerts that say what is wrong.
+    let check = Cmd::read_script("haproxy -c -f /dev/stdin").stdin(config.as_bytes().to_vec());
     let out = host.run(&check).await.map_err(|e| e.to_string())?;
     if !out.success() {
+        let said = format!("{}\n{}", out.stderr_str(), out.stdout_str());
+        let said: Vec<&str> = said.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         return Err(format!(
-            "haproxy -c rejected the generated config, nothing was installed: {}",
-            out.stderr_str().trim()
+            "haproxy -c rejected the generated config, nothing was installed:\n    {}",
+            said.join("\n    ")
         ));
     }
     Ok(())
