@@ -167,9 +167,19 @@ pub fn standin_release(version: &str) -> PathBuf {
         return dir.clone();
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target/standin-artifacts").join(version);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Test binaries run in parallel (scripts/test): one build-and-copy at a time across
+    // processes, in a target dir of its own so the stand-in's own tests keep their binary.
+    let lock = std::fs::File::create(root.join("target/standin-artifacts/.lock")).unwrap();
+    // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0);
+    let build_dir = root.join("target/standin-build");
     let out = Command::new(env!("CARGO"))
         .args(["build", "--locked", "--quiet", "--manifest-path"])
         .arg(root.join("standin/k3s/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&build_dir)
         .env("STANDIN_K3S_VERSION", version)
         .output()
         .expect("run cargo build for the k3s stand-in");
@@ -178,9 +188,7 @@ pub fn standin_release(version: &str) -> PathBuf {
         "building the k3s stand-in failed:\n{}",
         text(&out)
     );
-    let dir = root.join("target/standin-artifacts").join(version);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(root.join("standin/k3s/target/debug/k3s"), dir.join("k3s")).unwrap();
+    std::fs::copy(build_dir.join("debug/k3s"), dir.join("k3s")).unwrap();
     let sum = Command::new("sha256sum")
         .arg("k3s")
         .current_dir(&dir)
