@@ -1,0 +1,113 @@
+//! Replacing k3s servers of an HA lab (3 servers behind HAProxy, 1 agent): the first server
+//! brought back after `down --limit` joins the existing cluster instead of starting a second
+//! one, a server whose disk is wiped rejoins under its old name (its node password handled),
+//! and `status` says so when two servers do not agree about the cluster. Real systemd, sshd,
+//! haproxy and lab network; k3s is the labelled STAND-IN (it checks node passwords as k3s).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Output;
+use std::time::Instant;
+
+use common::{real_kubectl, standin_artifacts, stdout, text, Lab};
+
+const SERVERS: [&str; 3] = ["node1", "node2", "node3"];
+const NODES: [&str; 4] = ["node1", "node2", "node3", "node5"];
+
+fn up(lab: &Lab) -> Output {
+    let file = lab.cluster_file();
+    let started = Instant::now();
+    let out = lab.pikube(&["up", "-f", file.to_str().unwrap(), "--ready-timeout", "90"]);
+    eprintln!("pikube up took {:.1}s", started.elapsed().as_secs_f64());
+    out
+}
+
+fn up_ok(lab: &Lab) -> String {
+    let out = up(lab);
+    assert!(out.status.success(), "pikube up failed:\n{}", text(&out));
+    format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr))
+}
+
+fn status(lab: &Lab) -> Output {
+    lab.pikube(&["status", "-f", lab.cluster_file().to_str().unwrap()])
+}
+
+/// sha256 of each server's cluster CA.
+fn ca_hashes(lab: &Lab) -> BTreeMap<String, String> {
+    SERVERS
+        .iter()
+        .map(|s| (s.to_string(), lab.sh(s, "sha256sum /var/lib/rancher/k3s/server/tls/server-ca.crt | cut -d' ' -f1")))
+        .collect()
+}
+
+/// NAME → STATUS through the endpoint (real kubectl when installed, else node2's own API).
+fn nodes(lab: &Lab) -> BTreeMap<String, String> {
+    let text = match real_kubectl() {
+        Some(k) => stdout(&lab.kubectl(&k, &["get", "nodes", "--no-headers"])),
+        None => lab.sh("node2", "k3s kubectl get nodes --no-headers"),
+    };
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_string(), f.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// One cluster: every server has the same CA, all nodes Ready through the endpoint, `status` 0.
+fn assert_one_cluster(lab: &Lab, ca: &str) {
+    let hashes = ca_hashes(lab);
+    assert!(hashes.values().all(|h| h == ca), "servers disagree about the CA: {hashes:?} (want {ca})");
+    let nodes = nodes(lab);
+    assert!(NODES.iter().all(|n| nodes.get(*n).map(String::as_str) == Some("Ready")), "{nodes:?}");
+    let out = status(lab);
+    assert!(out.status.success(), "status must say all is well:\n{}", text(&out));
+}
+
+#[test]
+fn replaced_and_wiped_servers_rejoin_the_one_cluster() {
+    require_lab!();
+    let artifacts = standin_artifacts();
+    let lab = Lab::up(
+        "k3s-repl-lb",
+        50,
+        &["--nodes", "5", "--servers", "3", "--loadbalancers", "1", "--k3s-artifacts", artifacts.to_str().unwrap()],
+    );
+    up_ok(&lab);
+    let ca = ca_hashes(&lab)["node1"].clone();
+    assert_one_cluster(&lab, &ca);
+
+    // The first server's card dies: take it out, then bring it back with `up`. It must join
+    // the cluster the others hold, not start a new one behind the same load balancer.
+    let file = lab.cluster_file();
+    let out = lab.pikube(&["down", "-f", file.to_str().unwrap(), "--limit", "node1", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    up_ok(&lab);
+    let config = lab.sh("node1", "cat /etc/rancher/k3s/config.yaml");
+    assert!(config.contains("server: \"https://10.77.50.14:6443\""), "node1 must join through the load balancer:\n{config}");
+    assert!(!config.contains("cluster-init"), "node1 must not initialise a second cluster:\n{config}");
+    assert_one_cluster(&lab, &ca);
+    let out = up(&lab);
+    assert!(stdout(&out).contains("Up: no changes"), "a second up changes nothing:\n{}", text(&out));
+
+    // A server's disk is wiped (k3s's data and /etc/rancher with the node password gone) while
+    // the cluster still knows its name: up removes the stale Node and its node-password secret
+    // (else k3s refuses it) and it rejoins.
+    lab.sh("node2", "systemctl stop k3s && rm -rf /var/lib/rancher/k3s /etc/rancher");
+    let log = up_ok(&lab);
+    assert!(log.contains("node2 has no /etc/rancher/node/password"), "up must say why it deletes node2's old entry:\n{log}");
+    assert!(log.contains("secret/node2.node-password.k3s"), "{log}");
+    assert!(lab.sh("node2", "cat /etc/rancher/k3s/config.yaml").contains("server: \"https://10.77.50.14:6443\""));
+    assert_one_cluster(&lab, &ca);
+
+    // A split brain made by hand: node3 starts a cluster of its own. status says so, exit 1.
+    lab.sh(
+        "node3",
+        "systemctl stop k3s && rm -rf /var/lib/rancher/k3s && sed -i '/^server:/d' /etc/rancher/k3s/config.yaml \
+         && echo 'cluster-init: true' >> /etc/rancher/k3s/config.yaml && systemctl start k3s",
+    );
+    let out = status(&lab);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stdout(&out).contains("servers disagree about the cluster"), "{}", text(&out));
+}
