@@ -1,6 +1,6 @@
 //! Replacing k3s servers of an HA lab (3 servers behind HAProxy, 1 agent): the first server
 //! brought back after `down --limit` joins the existing cluster instead of starting a second
-//! one, a server whose disk is wiped rejoins under its old name (its node password handled),
+//! one, a server given a new SD card (`lab wipe`) rejoins under its old name (its node password handled),
 //! and `status` says so when two servers do not agree about the cluster. Real systemd, sshd,
 //! haproxy and lab network; k3s is the labelled STAND-IN (it checks node passwords as k3s).
 
@@ -91,10 +91,28 @@ fn replaced_and_wiped_servers_rejoin_the_one_cluster() {
     let out = up(&lab);
     assert!(stdout(&out).contains("Up: no changes"), "a second up changes nothing:\n{}", text(&out));
 
-    // A server's disk is wiped (k3s's data and /etc/rancher with the node password gone) while
-    // the cluster still knows its name: up removes the stale Node and its node-password secret
-    // (else k3s refuses it) and it rejoins.
-    lab.sh("node2", "systemctl stop k3s && rm -rf /var/lib/rancher/k3s /etc/rancher");
+    // node2 gets a new SD card (`lab wipe`: the base image, a new SSH host key) while the
+    // cluster still knows its name. First the user's known_hosts: strict checking refuses the
+    // new key; drop the old line and trust the new one after checking it against the key the
+    // lab made (what `lab wipe` prints, as a user reads it off the new card).
+    lab.lab("wipe", "node2");
+    let out = up(&lab);
+    assert!(!out.status.success(), "a changed host key must be refused:\n{}", text(&out));
+    assert!(stdout(&out).contains("node2 (10.77.50.12): FAILED"), "{}", text(&out));
+    let known_hosts = lab.dir().join("known_hosts");
+    let keygen = std::process::Command::new("ssh-keygen").args(["-R", "10.77.50.12", "-f"]).arg(&known_hosts).output().unwrap();
+    assert!(keygen.status.success(), "{}", text(&keygen));
+    let scan = lab.exec("ssh-keyscan", &["-t", "ed25519", "10.77.50.12"]);
+    let scanned = stdout(&scan);
+    let made = std::fs::read_to_string(lab.dir().join("nodes/node2/ssh_host_ed25519_key.pub")).unwrap();
+    let key_of = |line: &str| line.split_whitespace().nth(2).map(String::from);
+    assert_eq!(scanned.lines().find_map(key_of), made.lines().find_map(|l| l.split_whitespace().nth(1).map(String::from)), "{scanned}");
+    let mut text_kh = std::fs::read_to_string(&known_hosts).unwrap();
+    text_kh.push_str(&format!("{}\n", scanned.trim()));
+    std::fs::write(&known_hosts, text_kh).unwrap();
+
+    // up prepares the new card again and removes the stale Node and its node-password secret
+    // (else k3s refuses node2, its password being new), and node2 rejoins the same cluster.
     let log = up_ok(&lab);
     assert!(log.contains("node2 has no /etc/rancher/node/password"), "up must say why it deletes node2's old entry:\n{log}");
     assert!(log.contains("secret/node2.node-password.k3s"), "{log}");
