@@ -129,3 +129,32 @@ fn replaced_and_wiped_servers_rejoin_the_one_cluster() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(stdout(&out).contains("servers disagree about the cluster"), "{}", text(&out));
 }
+
+/// With the VIP on the servers, a replaced first server could hold the endpoint address
+/// itself: it joins the second server directly instead, and the VIP keeps answering.
+#[test]
+fn replaced_first_server_on_a_vip_joins_another_server_directly() {
+    require_lab!();
+    let artifacts = standin_artifacts();
+    let lab = Lab::up("k3s-repl-vip", 51, &["--nodes", "3", "--servers", "3", "--vip", "--k3s-artifacts", artifacts.to_str().unwrap()]);
+    up_ok(&lab);
+    let ca = ca_hashes(&lab)["node1"].clone();
+    let file = lab.cluster_file();
+    let out = lab.pikube(&["down", "-f", file.to_str().unwrap(), "--limit", "node1", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    up_ok(&lab);
+    let config = lab.sh("node1", "cat /etc/rancher/k3s/config.yaml");
+    assert!(config.contains("server: \"https://10.77.51.12:6443\""), "node1 must join node2 directly:\n{config}");
+    assert!(!config.contains("cluster-init"), "{config}");
+    let hashes = ca_hashes(&lab);
+    assert!(hashes.values().all(|h| *h == ca), "{hashes:?}");
+    let nodes = lab.sh("node2", "k3s kubectl get nodes --no-headers");
+    for n in SERVERS {
+        assert!(nodes.lines().any(|l| l.split_whitespace().take(2).eq([n, "Ready"])), "{n} not Ready:\n{nodes}");
+    }
+    let out = status(&lab);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains("endpoint: https://10.77.51.10:6443"), "{}", text(&out));
+    let out = up(&lab);
+    assert!(stdout(&out).contains("Up: no changes"), "{}", text(&out));
+}

@@ -35,15 +35,11 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 node.fail(format!("not joined: {why}"));
                 continue;
             }
-            // Only a server holding the cluster, or the first one when none does, initialises:
-            // a first server with an empty disk joins, else it would start a second cluster.
-            // One that once joined keeps its `server:` (k3s ignores it with data; no restart).
-            let direct = join_target(fleet, node, &holders);
-            let initialised = holders.iter().any(|(n, d)| *n == node.name() && !d.joined);
-            let join = match (&direct, i) {
-                (_, 0) if holders.is_empty() || initialised => Join::Init { cluster_init: several },
-                (Some(ep), 0) => Join::Via(ep),
-                _ => Join::Via(&endpoint),
+            let plan = plan(i, node.name(), node.spec.address(), &holders, &endpoint);
+            let join = match &plan {
+                Plan::Init => Join::Init { cluster_init: several },
+                Plan::Endpoint => Join::Via(&endpoint),
+                Plan::Direct(ep) => Join::Via(ep),
             };
             let result = async {
                 let target = if let Join::Via(ep) = &join { Some(*ep) } else { None };
@@ -66,13 +62,19 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     })
 }
 
-/// The servers whose data dir holds the cluster (a replaced or wiped server does not).
-async fn holders<'a>(servers: &[&'a Node]) -> Vec<(&'a str, k3s::ServerData)> {
+/// A healthy server whose data dir holds the cluster (a replaced or wiped one does not).
+struct Holder<'a> {
+    name: &'a str,
+    address: &'a str,
+    data: k3s::ServerData,
+}
+
+async fn holders<'a>(servers: &[&'a Node]) -> Vec<Holder<'a>> {
     let mut out = Vec::new();
     for node in servers {
         let Some(host) = node.host.as_ref().filter(|_| node.ok()) else { continue };
         match k3s::server_data(host).await {
-            Ok(d) if d.holds => out.push((node.name(), d)),
+            Ok(data) if data.holds => out.push(Holder { name: node.name(), address: node.spec.address(), data }),
             Ok(_) => {}
             Err(e) => node.fail(format!("cannot tell whether it holds the cluster: {e}")),
         }
@@ -80,23 +82,44 @@ async fn holders<'a>(servers: &[&'a Node]) -> Vec<(&'a str, k3s::ServerData)> {
     out
 }
 
-/// Where a first server that does not initialise joins: a server holding the cluster,
-/// directly, when the endpoint could route back to itself (mode none pointing at it, or a
-/// VIP); None: through the endpoint.
-fn join_target(fleet: &Fleet, node: &Node, holders: &[(&str, k3s::ServerData)]) -> Option<ApiEndpoint> {
-    let endpoint = fleet.cluster.endpoint();
+/// How a server takes part.
+#[derive(Debug, PartialEq)]
+enum Plan {
+    Init,
+    /// Join (or, holding data, keep joining) through the endpoint.
+    Endpoint,
+    /// Join a server holding the cluster directly: the endpoint could route back to itself.
+    Direct(ApiEndpoint),
+}
+
+/// Only a server holding the cluster, or the first one when none does, initialises: a first
+/// server with an empty disk joins, else it would start a second cluster. One that once
+/// joined keeps its `server:` (k3s ignores it with data; no restart). A joining first server
+/// goes straight to a holder when the endpoint could route back to itself (mode none pointing
+/// at it, or a VIP); the others join through the endpoint, as always.
+fn plan(i: usize, name: &str, address: &str, holders: &[Holder], endpoint: &ApiEndpoint) -> Plan {
+    let initialised = holders.iter().any(|h| h.name == name && !h.data.joined);
+    if i > 0 {
+        return Plan::Endpoint;
+    }
+    if holders.is_empty() || initialised {
+        return Plan::Init;
+    }
     let own = match endpoint.mode {
-        EndpointMode::None => endpoint.address == node.spec.address(),
+        EndpointMode::None => endpoint.address == address,
         EndpointMode::Vip => true,
         EndpointMode::Loadbalancer => false,
     };
-    if !own {
-        return None;
+    match holders.iter().find(|h| h.name != name).filter(|_| own) {
+        // Servers listen on the endpoint port only in vip mode (`https-listen-port`).
+        Some(h) => Plan::Direct(ApiEndpoint {
+            mode: EndpointMode::None,
+            address: h.address.to_string(),
+            port: if endpoint.mode == EndpointMode::Vip { endpoint.port } else { 6443 },
+            vip: None,
+        }),
+        None => Plan::Endpoint,
     }
-    let holder = fleet.nodes.iter().find(|n| n.name() != node.name() && n.ok() && holders.iter().any(|(h, _)| *h == n.name()))?;
-    // Servers listen on the endpoint port only in vip mode (`https-listen-port`).
-    let port = if endpoint.mode == EndpointMode::Vip { endpoint.port } else { 6443 };
-    Some(ApiEndpoint { mode: EndpointMode::None, address: holder.spec.address().to_string(), port, vip: None })
 }
 
 fn running(node: &Node) -> bool {
@@ -151,5 +174,51 @@ pub async fn converge_node(fleet: &Fleet, node: &Node, host: &Host, token: &str,
         Ok(false)
     } else {
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NEW: k3s::ServerData = k3s::ServerData { holds: true, joined: false };
+    const JOINED: k3s::ServerData = k3s::ServerData { holds: true, joined: true };
+
+    fn ep(mode: EndpointMode, address: &str) -> ApiEndpoint {
+        ApiEndpoint { mode, address: address.into(), port: 6443, vip: None }
+    }
+
+    fn holder<'a>(name: &'a str, address: &'a str, data: k3s::ServerData) -> Holder<'a> {
+        Holder { name, address, data }
+    }
+
+    #[test]
+    fn only_a_holder_or_the_first_server_of_a_new_cluster_initialises() {
+        let lb = ep(EndpointMode::Loadbalancer, "10.0.0.4");
+        // A new cluster: the first server initialises, the others join.
+        assert_eq!(plan(0, "n1", "10.0.0.1", &[], &lb), Plan::Init);
+        assert_eq!(plan(1, "n2", "10.0.0.2", &[], &lb), Plan::Endpoint);
+        // The first server made the cluster and still holds it: unchanged.
+        let all = [holder("n1", "10.0.0.1", NEW), holder("n2", "10.0.0.2", JOINED)];
+        assert_eq!(plan(0, "n1", "10.0.0.1", &all, &lb), Plan::Init);
+        assert_eq!(plan(1, "n2", "10.0.0.2", &all, &lb), Plan::Endpoint);
+        // Replaced first server: the others hold the cluster, it joins through the LB ...
+        let others = [holder("n2", "10.0.0.2", JOINED), holder("n3", "10.0.0.3", JOINED)];
+        assert_eq!(plan(0, "n1", "10.0.0.1", &others, &lb), Plan::Endpoint);
+        // ... and once it holds data as a joiner, it stays one.
+        let rejoined = [holder("n1", "10.0.0.1", JOINED), holder("n2", "10.0.0.2", JOINED)];
+        assert_eq!(plan(0, "n1", "10.0.0.1", &rejoined, &lb), Plan::Endpoint);
+    }
+
+    #[test]
+    fn a_replaced_first_server_never_joins_through_itself() {
+        let others = [holder("n2", "10.0.0.2", JOINED), holder("n3", "10.0.0.3", JOINED)];
+        let direct = |port| Plan::Direct(ApiEndpoint { mode: EndpointMode::None, address: "10.0.0.2".into(), port, vip: None });
+        // mode none: the endpoint is the first server's own address.
+        assert_eq!(plan(0, "n1", "10.0.0.1", &others, &ep(EndpointMode::None, "10.0.0.1")), direct(6443));
+        assert_eq!(plan(0, "n1", "10.0.0.1", &others, &ep(EndpointMode::None, "10.0.0.9")), Plan::Endpoint);
+        // vip on the servers: it may hold the address; servers listen on the endpoint port.
+        let vip = ApiEndpoint { mode: EndpointMode::Vip, address: "10.0.0.10".into(), port: 7443, vip: Some("10.0.0.10".into()) };
+        assert_eq!(plan(0, "n1", "10.0.0.1", &others, &vip), direct(7443));
     }
 }
