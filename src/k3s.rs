@@ -390,6 +390,9 @@ pub async fn forget_node(api: &Host, name: &str) -> Result<(), String> {
         s = quote(&secret)
     );
     let out = api.run(&Cmd::read_script(find).timeout(std::time::Duration::from_secs(30))).await.map_err(|e| e.to_string())?;
+    if !out.success() {
+        return Err(format!("cannot ask the API whether it still knows {name}: {}", out.stderr_str().trim()));
+    }
     let found = out.stdout_str();
     if found.trim().is_empty() {
         return Ok(());
