@@ -343,8 +343,14 @@ async fn status(target: Target) -> miette::Result<ExitCode> {
         Some(h) => crate::k3s::nodes(h).await.map_err(|e| eprintln!("warning: {}", clean(&e.to_string()))).unwrap_or_default(),
         None => Default::default(),
     };
+    let running: Vec<(&str, &crate::remote::Host)> = fleet
+        .healthy(Role::Server)
+        .filter(|(n, _)| n.facts().is_some_and(|f| f.services.get("k3s").is_some_and(|s| s.active)))
+        .map(|(n, h)| (n.name(), h))
+        .collect();
+    let split = crate::k3s::disagreement(&running).await;
     fleet.close().await;
-    let mut all_ready = true;
+    let mut all_ready = split.is_none();
     let rows: Vec<[String; 5]> = fleet
         .nodes
         .iter()
@@ -373,6 +379,9 @@ async fn status(target: Target) -> miette::Result<ExitCode> {
         .collect();
     print!("{}", check::render_table(&["HOST", "ROLE", "ADDRESS", "SERVICE", "NODE"], &rows));
     println!("\nendpoint: {}", fleet.cluster.endpoint().url());
+    if let Some(split) = split {
+        println!("\nerror: {split}\n  hint: a server with an empty disk started a cluster of its own; `pikube down --limit NODE --yes` then `pikube up` makes it join");
+    }
     Ok(if all_ready { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 

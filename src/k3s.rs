@@ -22,6 +22,13 @@ pub const REGISTRIES: &str = "/etc/rancher/k3s/registries.yaml";
 pub const REMOTE_KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
 /// Written by a k3s server; holds the cluster's join token.
 pub const SERVER_TOKEN: &str = "/var/lib/rancher/k3s/server/token";
+/// The cluster's server CA; servers of one cluster share it.
+pub const SERVER_CA: &str = "/var/lib/rancher/k3s/server/tls/server-ca.crt";
+/// The datastore of a server: `etcd/` (embedded etcd) or `state.db` (sqlite) in real k3s.
+pub const SERVER_DB: &str = "/var/lib/rancher/k3s/server/db";
+/// The node's own password; the cluster keeps its hash in the `<node>.node-password.k3s`
+/// secret of kube-system and refuses the node name with another password.
+pub const NODE_PASSWORD: &str = "/etc/rancher/node/password";
 
 /// The systemd unit a role runs: `k3s` for servers, `k3s-agent` for agents.
 pub fn unit_name(role: Role) -> &'static str {
@@ -211,12 +218,13 @@ fn pick_node_ip(address: &str, candidates: &[std::net::IpAddr], on_host: &[&str]
 /// The cluster's join token, kept in the local state directory (0600) and never printed.
 /// Worked out once per run and shared by every phase that needs it.
 pub async fn token(fleet: &Fleet) -> Result<String, String> {
-    let server = fleet.healthy(Role::Server).next().map(|(_, h)| h);
-    fleet.token.get_or_try_init(|| load_or_make_token(&fleet.cluster, server, fleet.mode)).await.cloned()
+    let servers: Vec<&Host> = fleet.healthy(Role::Server).map(|(_, h)| h).collect();
+    fleet.token.get_or_try_init(|| load_or_make_token(&fleet.cluster, &servers, fleet.mode)).await.cloned()
 }
 
-/// From the local state; else adopted from an existing cluster's server; else a new one.
-async fn load_or_make_token(cluster: &Cluster, first_server: Option<&Host>, mode: Mode) -> Result<String, String> {
+/// From the local state; else adopted from the first server that has one (a replaced first
+/// server has none); else a new one.
+async fn load_or_make_token(cluster: &Cluster, servers: &[&Host], mode: Mode) -> Result<String, String> {
     let path = token_path(cluster);
     if let Ok(t) = std::fs::read_to_string(&path) {
         let t = t.trim().to_string();
@@ -224,18 +232,16 @@ async fn load_or_make_token(cluster: &Cluster, first_server: Option<&Host>, mode
             return Ok(t);
         }
     }
-    let adopted = match first_server {
-        Some(h) => {
-            let out = h
-                .run(&Cmd::read_script(format!("cat {} 2>/dev/null", SERVER_TOKEN)))
-                .await
-                .map_err(|e| e.to_string())?;
-            // K10<ca-hash>::server:<secret> — the secret part is what config.yaml carries.
-            let full = out.stdout_str().trim().to_string();
-            (!full.is_empty()).then(|| full.rsplit_once("::server:").map_or(full.clone(), |(_, s)| s.to_string()))
+    let mut adopted = None;
+    for h in servers {
+        let out = h.run(&Cmd::read_script(format!("cat {} 2>/dev/null", SERVER_TOKEN))).await.map_err(|e| e.to_string())?;
+        // K10<ca-hash>::server:<secret> — the secret part is what config.yaml carries.
+        let full = out.stdout_str().trim().to_string();
+        if !full.is_empty() {
+            adopted = Some(full.rsplit_once("::server:").map_or(full.clone(), |(_, s)| s.to_string()));
+            break;
         }
-        None => None,
-    };
+    }
     let token = match adopted {
         Some(t) => t,
         None => {
@@ -329,6 +335,102 @@ fn parse_nodes(json: &str) -> Result<BTreeMap<String, NodeStatus>, String> {
         out.insert(name.to_string(), NodeStatus { ready, internal_ip, labels, taints });
     }
     Ok(out)
+}
+
+/// What a server's disk says about its part in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerData {
+    /// It holds cluster state (a datastore in the data dir): k3s starts from it and ignores
+    /// `cluster-init`/`server:`; a server without it must join or initialise.
+    pub holds: bool,
+    /// Its config.yaml has `server:`, i.e. it joined rather than initialised.
+    pub joined: bool,
+}
+
+pub async fn server_data(host: &Host) -> Result<ServerData, String> {
+    let probe = format!(
+        "test -s {SERVER_TOKEN} && [ -n \"$(ls -A {SERVER_DB} 2>/dev/null)\" ] && echo holds; grep -q '^server:' {CONFIG} 2>/dev/null && echo joined; true"
+    );
+    let out = host.run(&Cmd::read_script(probe)).await.map_err(|e| e.to_string())?;
+    let text = out.stdout_str();
+    Ok(ServerData { holds: text.lines().any(|l| l == "holds"), joined: text.lines().any(|l| l == "joined") })
+}
+
+/// sha256 of the server's cluster CA, or None when it has none: servers of one cluster agree.
+pub async fn ca_hash(host: &Host) -> Result<Option<String>, String> {
+    let cmd = Cmd::read_script(format!("sha256sum {SERVER_CA} 2>/dev/null | cut -d' ' -f1"));
+    let out = host.run(&cmd).await.map_err(|e| e.to_string())?;
+    let hash = out.stdout_str().trim().to_string();
+    Ok((!hash.is_empty()).then_some(hash))
+}
+
+/// What each running server says the cluster is: its CA hash and the nodes its API lists.
+/// Servers of one cluster agree; a second cluster behind the same endpoint (split brain) does
+/// not. Node lists are read twice before they count, as replication may lag a second.
+pub async fn disagreement(servers: &[(&str, &Host)]) -> Option<String> {
+    let mut views = Vec::new();
+    for (name, host) in servers {
+        let ca = ca_hash(host).await.ok().flatten().unwrap_or_default();
+        let nodes = nodes(host).await.map(|n| n.into_keys().collect::<Vec<_>>()).unwrap_or_default();
+        views.push((*name, ca, nodes));
+    }
+    let cas: std::collections::BTreeSet<&str> = views.iter().map(|(_, ca, _)| ca.as_str()).collect();
+    let lists: std::collections::BTreeSet<&Vec<String>> = views.iter().map(|(_, _, n)| n).collect();
+    if cas.len() <= 1 && lists.len() <= 1 {
+        return None;
+    }
+    if cas.len() <= 1 {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let mut again = std::collections::BTreeSet::new();
+        for (_, host) in servers {
+            again.insert(nodes(host).await.map(|n| n.into_keys().collect::<Vec<_>>()).unwrap_or_default());
+        }
+        if again.len() <= 1 {
+            return None;
+        }
+    }
+    let rows: Vec<String> = views
+        .iter()
+        .map(|(n, ca, nodes)| format!("  {n}: CA sha256 {}, nodes {}", ca.get(..12).unwrap_or("(none)"), nodes.join(",")))
+        .collect();
+    Some(format!("servers disagree about the cluster (split brain?):\n{}", rows.join("\n")))
+}
+
+/// Whether the node's own password file exists (a wiped or reflashed node has none).
+pub async fn has_node_password(host: &Host) -> Result<bool, String> {
+    let out = host.run(&Cmd::read_script(format!("test -s {NODE_PASSWORD} && echo yes || true"))).await.map_err(|e| e.to_string())?;
+    Ok(out.stdout_str().trim() == "yes")
+}
+
+/// Removes what the cluster remembers of a node that comes back without its password (a
+/// reflashed card under the old name): its Node object (k3s also drops its etcd member then)
+/// and its node-password secret, which would make k3s refuse the node. Done through the API
+/// of `api`; says what it removed.
+pub async fn forget_node(api: &Host, name: &str) -> Result<(), String> {
+    let secret = format!("{}.node-password.k3s", name.to_ascii_lowercase());
+    let find = format!(
+        "{BIN} kubectl get node {n} --ignore-not-found -o name; {BIN} kubectl -n kube-system get secret {s} --ignore-not-found -o name",
+        n = quote(name),
+        s = quote(&secret)
+    );
+    let out = api.run(&Cmd::read_script(find).timeout(std::time::Duration::from_secs(30))).await.map_err(|e| e.to_string())?;
+    if !out.success() {
+        return Err(format!("cannot ask the API whether it still knows {name}: {}", out.stderr_str().trim()));
+    }
+    let found = out.stdout_str();
+    if found.trim().is_empty() {
+        return Ok(());
+    }
+    let delete = format!(
+        "{BIN} kubectl delete node {n} --ignore-not-found && {BIN} kubectl -n kube-system delete secret {s} --ignore-not-found",
+        n = quote(name),
+        s = quote(&secret)
+    );
+    let what = format!(
+        "{name} has no {NODE_PASSWORD} (a new disk) but the cluster knows it ({}): delete them so it can rejoin",
+        found.split_whitespace().collect::<Vec<_>>().join(", ")
+    );
+    api.apply(what, &Cmd::change_script(delete)).await.map_err(|e| e.to_string())
 }
 
 /// The last lines a failing k3s unit logged, for error messages instead of a silent hang.

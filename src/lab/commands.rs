@@ -699,6 +699,34 @@ pub(super) fn start(name: &str, node_name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Replaces a node's SD card: power pulled, its disk reset to the base image with a fresh
+/// identity (new SSH host key, the image's hostname), powered on. The lab's known_hosts keeps
+/// the old key, as a user's does; the new key's fingerprint is printed to check it against.
+pub(super) fn wipe(name: &str, node_name: &str) -> Result<()> {
+    preflight(RUN_TOOLS)?;
+    let lab = require_network(name)?;
+    let node = lab.node(node_name)?;
+    if node::launcher_pid(name, node_name).is_some() {
+        node::power_off(name, node_name, node::PowerOff::Pull)?;
+    }
+    node::wipe_disk(name, node_name)?;
+    let paths = LabPaths::new(name);
+    node::provision(&lab, node, &ensure_client_key(&paths)?)?;
+    net::ensure_node(name, node_name, lab.outside_address(node))?;
+    ensure_mirror_server(&lab, &mirror::root(lab.arch))?;
+    node::power_on(&lab, node)?;
+    let timeout = match lab.arch {
+        Arch::Amd64 => 120,
+        Arch::Arm64 => 900,
+    };
+    wait_for_nodes(&lab, &[node], timeout)?;
+    let fingerprint = Command::new("ssh-keygen").arg("-lf").arg(paths.node(node_name).host_key().with_extension("pub")).output();
+    let fingerprint = fingerprint.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    println!("{node_name}: new card, up ({}); new host key {fingerprint}", node.address);
+    println!("  the old key is still in {}: ssh-keygen -R {} -f {}", paths.known_hosts().display(), node.address, paths.known_hosts().display());
+    Ok(())
+}
+
 pub(super) fn set_link(name: &str, node_name: &str, up: bool) -> Result<()> {
     preflight(&[("ip", "iproute2")])?;
     let lab = require_network(name)?;

@@ -40,6 +40,8 @@ pub enum LabCommand {
     Stop(NodeArgs),
     /// Power a node on again.
     Start(NodeArgs),
+    /// Replace a node's SD card: its disk back to the base image, with a new SSH host key.
+    Wipe(NodeArgs),
     /// Cut a node's network link without stopping the node.
     Cut(NodeArgs),
     /// Restore a node's network link after `lab cut`.
@@ -164,6 +166,7 @@ fn run_blocking(cmd: LabCommand) -> Result<()> {
         LabCommand::Ssh(args) => commands::ssh(args),
         LabCommand::Stop(args) => commands::stop(&args.lab.name, &args.node),
         LabCommand::Start(args) => commands::start(&args.lab.name, &args.node),
+        LabCommand::Wipe(args) => commands::wipe(&args.lab.name, &args.node),
         LabCommand::Cut(args) => commands::set_link(&args.lab.name, &args.node, false),
         LabCommand::Heal(args) => commands::set_link(&args.lab.name, &args.node, true),
         LabCommand::Exec(args) => commands::exec(&args.lab.name, &args.command),

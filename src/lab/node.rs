@@ -61,6 +61,20 @@ pub fn unmount_disk(paths: &NodePaths) -> Result<()> {
     Ok(())
 }
 
+/// A new SD card: the node's own disk layer and its identity are thrown away, so the next
+/// `provision` gives it a fresh one (new host key, the image's hostname). The node must be off.
+pub fn wipe_disk(lab: &str, node: &str) -> Result<()> {
+    let paths = LabPaths::new(lab).node(node);
+    unmount_disk(&paths)?;
+    for dir in [paths.upper(), paths.work()] {
+        if dir.exists() {
+            fs::remove_dir_all(&dir).into_diagnostic().wrap_err_with(|| format!("removing {}", dir.display()))?;
+        }
+    }
+    let _ = fs::remove_file(paths.provisioned());
+    Ok(())
+}
+
 /// Gives a new node its identity, once: a fresh-image hostname, its own ed25519 host key, the
 /// static lab address, and the lab client key for root and pi. Later boots keep whatever the
 /// node's disk holds by then.

@@ -1,11 +1,12 @@
 //! k3s servers: the first one initialises the cluster (`cluster-init` when there will be
-//! several), the others join through the endpoint **one at a time**, each waited for until
-//! Ready, so the etcd membership grows one member at a time and a failure stops the line,
-//! agents included: they would otherwise (re)start on a release no server could run.
+//! several) unless another server already holds it; the others join through the endpoint
+//! **one at a time**, each waited for until Ready, so the etcd membership grows one member at
+//! a time and a failure stops the line, agents included: they would otherwise (re)start on a
+//! release no server could run.
 
 use futures::future::BoxFuture;
 
-use crate::config::Role;
+use crate::config::{ApiEndpoint, EndpointMode, Role};
 use crate::fleet::{Fleet, Node};
 use crate::k3s::{self, Join};
 use crate::remote::{Cmd, Host, Mode};
@@ -20,12 +21,13 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 return;
             }
         };
+        let holders = holders(&servers).await;
         let endpoint = fleet.cluster.endpoint();
         let several = servers.len() > 1;
         let mut blocked: Option<String> = None;
         for (i, node) in servers.iter().enumerate() {
             let Some(host) = node.host.as_ref().filter(|_| node.ok()) else {
-                if i == 0 && !cluster_exists(fleet) {
+                if i == 0 && holders.is_empty() && !cluster_exists(fleet) {
                     blocked = Some(format!("the first server {} is not available to initialise the cluster", node.name()));
                 }
                 continue;
@@ -34,13 +36,19 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 node.fail(format!("not joined: {why}"));
                 continue;
             }
-            let join = if i == 0 { Join::Init { cluster_init: several } } else { Join::Via(&endpoint) };
+            let plan = plan(i, node.name(), node.spec.address(), &holders, &endpoint);
+            let join = match &plan {
+                Plan::Init => Join::Init { cluster_init: several },
+                Plan::Endpoint => Join::Via(&endpoint),
+                Plan::Direct(ep) => Join::Via(ep),
+            };
             let result = async {
-                if i > 0 && fleet.mode == Mode::Apply && !running(node) {
-                    k3s::wait_for_endpoint(host, &endpoint, fleet.ready_timeout.min(std::time::Duration::from_secs(120))).await?;
+                let target = if let Join::Via(ep) = &join { Some(*ep) } else { None };
+                if let Some(ep) = target.filter(|_| fleet.mode == Mode::Apply && !running(node)) {
+                    k3s::wait_for_endpoint(host, ep, fleet.ready_timeout.min(std::time::Duration::from_secs(120))).await?;
                 }
-                // Joins use the full token (it pins the cluster CA), read once the first server runs.
-                let token = if i == 0 { token.clone() } else { k3s::join_token(fleet, &token).await? };
+                // Joins use the full token (it pins the cluster CA), read from a server holding it.
+                let token = if plan == Plan::Init { token.clone() } else { k3s::join_token(fleet, &token).await? };
                 let started = converge_node(fleet, node, host, &token, join).await?;
                 if started && fleet.mode == Mode::Apply {
                     eprintln!("    {}: waiting until Ready (up to {}s)", node.name(), fleet.ready_timeout.as_secs());
@@ -72,6 +80,67 @@ async fn remove_file(host: &Host, path: &str) -> Result<bool, crate::remote::Rem
     Ok(true)
 }
 
+/// A healthy server whose data dir holds the cluster (a replaced or wiped one does not).
+struct Holder<'a> {
+    name: &'a str,
+    address: &'a str,
+    data: k3s::ServerData,
+}
+
+async fn holders<'a>(servers: &[&'a Node]) -> Vec<Holder<'a>> {
+    let mut out = Vec::new();
+    for node in servers {
+        let Some(host) = node.host.as_ref().filter(|_| node.ok()) else { continue };
+        match k3s::server_data(host).await {
+            Ok(data) if data.holds => out.push(Holder { name: node.name(), address: node.spec.address(), data }),
+            Ok(_) => {}
+            Err(e) => node.fail(format!("cannot tell whether it holds the cluster: {e}")),
+        }
+    }
+    out
+}
+
+/// How a server takes part.
+#[derive(Debug, PartialEq)]
+enum Plan {
+    Init,
+    /// Join (or, holding data, keep joining) through the endpoint.
+    Endpoint,
+    /// Join a server holding the cluster directly: the endpoint could route back to itself.
+    Direct(ApiEndpoint),
+}
+
+/// Only a server holding the cluster, or the first one when none does, initialises: a first
+/// server with an empty disk joins, else it would start a second cluster. One that once
+/// joined keeps its `server:` (k3s ignores it with data; no restart). A joining first server
+/// goes straight to a holder when the endpoint could route back to itself (mode none pointing
+/// at it, or a VIP); the others join through the endpoint, as always.
+fn plan(i: usize, name: &str, address: &str, holders: &[Holder], endpoint: &ApiEndpoint) -> Plan {
+    let initialised = holders.iter().any(|h| h.name == name && !h.data.joined);
+    if i > 0 {
+        return Plan::Endpoint;
+    }
+    if holders.is_empty() || initialised {
+        return Plan::Init;
+    }
+    let own = match endpoint.mode {
+        EndpointMode::None => endpoint.address == address,
+        EndpointMode::Vip => true,
+        EndpointMode::Loadbalancer => false,
+    };
+    match holders.iter().find(|h| h.name != name).filter(|_| own) {
+        // Servers listen on the endpoint port (`https-listen-port`) unless a load balancer
+        // forwards to 6443, and no load balancer is in the way here.
+        Some(h) => Plan::Direct(ApiEndpoint {
+            mode: EndpointMode::None,
+            address: h.address.to_string(),
+            port: endpoint.port,
+            vip: None,
+        }),
+        None => Plan::Endpoint,
+    }
+}
+
 fn running(node: &Node) -> bool {
     node.facts().and_then(|f| f.services.get(k3s::unit_name(node.role())).cloned()).is_some_and(|s| s.active)
 }
@@ -79,6 +148,20 @@ fn running(node: &Node) -> bool {
 /// Some server already runs k3s: the cluster exists and can take joins without the first one.
 fn cluster_exists(fleet: &Fleet) -> bool {
     fleet.nodes.iter().any(|n| n.role() == Role::Server && running(n))
+}
+
+/// A node that lost its password file (new disk) but whose name the cluster still knows would
+/// be refused by k3s ("Node password rejected"): its old Node and secret go first, through a
+/// server already running.
+async fn forget_if_reflashed(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String> {
+    if k3s::has_node_password(host).await? {
+        return Ok(());
+    }
+    let api = fleet.healthy(Role::Server).find(|(n, _)| n.name() != node.name() && running(n));
+    match api {
+        Some((_, api)) => k3s::forget_node(api, node.name()).await,
+        None => Ok(()),
+    }
 }
 
 /// Writes a node's k3s files and starts or restarts its unit when needed.
@@ -100,6 +183,7 @@ pub async fn converge_node(fleet: &Fleet, node: &Node, host: &Host, token: &str,
     changed |= node.k3s_binary_changed.load(std::sync::atomic::Ordering::SeqCst);
     let state = facts.services.get(k3s::unit_name(role)).cloned().unwrap_or_default();
     if !state.active {
+        forget_if_reflashed(fleet, node, host).await?;
         k3s::start(host, role, false, "not running").await.map_err(e)?;
         Ok(true)
     } else if changed || runs_replaced_binary(host, role).await.map_err(e)? {
@@ -120,4 +204,50 @@ async fn runs_replaced_binary(host: &Host, role: Role) -> Result<bool, crate::re
     let unit = k3s::unit_name(role);
     let probe = Cmd::read_script(format!("readlink /proc/$(systemctl show -p MainPID --value {unit})/exe || true"));
     Ok(host.run_ok(&probe).await?.trim().ends_with(" (deleted)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NEW: k3s::ServerData = k3s::ServerData { holds: true, joined: false };
+    const JOINED: k3s::ServerData = k3s::ServerData { holds: true, joined: true };
+
+    fn ep(mode: EndpointMode, address: &str) -> ApiEndpoint {
+        ApiEndpoint { mode, address: address.into(), port: 6443, vip: None }
+    }
+
+    fn holder<'a>(name: &'a str, address: &'a str, data: k3s::ServerData) -> Holder<'a> {
+        Holder { name, address, data }
+    }
+
+    #[test]
+    fn only_a_holder_or_the_first_server_of_a_new_cluster_initialises() {
+        let lb = ep(EndpointMode::Loadbalancer, "10.0.0.4");
+        // A new cluster: the first server initialises, the others join.
+        assert_eq!(plan(0, "n1", "10.0.0.1", &[], &lb), Plan::Init);
+        assert_eq!(plan(1, "n2", "10.0.0.2", &[], &lb), Plan::Endpoint);
+        // The first server made the cluster and still holds it: unchanged.
+        let all = [holder("n1", "10.0.0.1", NEW), holder("n2", "10.0.0.2", JOINED)];
+        assert_eq!(plan(0, "n1", "10.0.0.1", &all, &lb), Plan::Init);
+        assert_eq!(plan(1, "n2", "10.0.0.2", &all, &lb), Plan::Endpoint);
+        // Replaced first server: the others hold the cluster, it joins through the LB ...
+        let others = [holder("n2", "10.0.0.2", JOINED), holder("n3", "10.0.0.3", JOINED)];
+        assert_eq!(plan(0, "n1", "10.0.0.1", &others, &lb), Plan::Endpoint);
+        // ... and once it holds data as a joiner, it stays one.
+        let rejoined = [holder("n1", "10.0.0.1", JOINED), holder("n2", "10.0.0.2", JOINED)];
+        assert_eq!(plan(0, "n1", "10.0.0.1", &rejoined, &lb), Plan::Endpoint);
+    }
+
+    #[test]
+    fn a_replaced_first_server_never_joins_through_itself() {
+        let others = [holder("n2", "10.0.0.2", JOINED), holder("n3", "10.0.0.3", JOINED)];
+        let direct = |port| Plan::Direct(ApiEndpoint { mode: EndpointMode::None, address: "10.0.0.2".into(), port, vip: None });
+        // mode none: the endpoint is the first server's own address.
+        assert_eq!(plan(0, "n1", "10.0.0.1", &others, &ep(EndpointMode::None, "10.0.0.1")), direct(6443));
+        assert_eq!(plan(0, "n1", "10.0.0.1", &others, &ep(EndpointMode::None, "10.0.0.9")), Plan::Endpoint);
+        // vip on the servers: it may hold the address; servers listen on the endpoint port.
+        let vip = ApiEndpoint { mode: EndpointMode::Vip, address: "10.0.0.10".into(), port: 7443, vip: Some("10.0.0.10".into()) };
+        assert_eq!(plan(0, "n1", "10.0.0.1", &others, &vip), direct(7443));
+    }
 }

@@ -251,6 +251,9 @@ pub async fn handle(srv: &Arc<Srv>, req: &Request, path: &str) -> Resp {
             _ => status_err(405, "MethodNotAllowed", &format!("STAND-IN: {m} on nodes is not supported by the k3s stand-in")),
         };
     }
+    if let ("DELETE", "secrets", Some("kube-system"), Some(n)) = (m, res, ns, name) {
+        return delete_password_secret(srv, n).await;
+    }
     if m != "GET" {
         return status_err(405, "MethodNotAllowed", &format!("STAND-IN: {m} on {qualified} is not supported by the k3s stand-in (use k3s kubectl apply)"));
     }
@@ -271,6 +274,7 @@ pub async fn handle(srv: &Arc<Srv>, req: &Request, path: &str) -> Resp {
             }
             v
         })
+        .chain(st.password_secrets().into_iter().filter(|_| kind == "Secret" && ns.is_none_or(|n| n == "kube-system")))
         .filter(|v| name.is_none_or(|n| v["metadata"]["name"].as_str() == Some(n)))
         .collect();
     let rv = st.resource_version();
@@ -284,4 +288,23 @@ pub async fn handle(srv: &Arc<Srv>, req: &Request, path: &str) -> Resp {
         None => j(200, json!({"apiVersion": gv(group, version), "kind": format!("{kind}List"),
             "metadata": {"resourceVersion": rv}, "items": items})),
     }
+}
+
+/// Deleting a `<node>.node-password.k3s` secret, what lets a reflashed node rejoin under its
+/// old name. Other secrets cannot be deleted through the stand-in.
+async fn delete_password_secret(srv: &Arc<Srv>, secret: &str) -> Resp {
+    let Some(node) = secret.strip_suffix(".node-password.k3s") else {
+        return status_err(405, "MethodNotAllowed", "STAND-IN: only node-password secrets can be deleted");
+    };
+    let (ok, part) = {
+        let mut st = srv.state.lock().unwrap();
+        let ok = st.delete_password(node);
+        (ok, st.part(Some(node), None, None))
+    };
+    if !ok {
+        return not_found("secrets", secret);
+    }
+    push(srv, part, true).await;
+    j(200, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+        "details": {"name": secret, "kind": "secrets", "uid": ""}}))
 }

@@ -32,6 +32,38 @@ pub struct NodeReg {
     /// The kubelet version of this node's own binary (nodes differ during a rolling upgrade).
     #[serde(default)]
     pub version: String,
+    /// The node password (real k3s: `/etc/rancher/node/password`, sent on registration); only
+    /// its hash is kept, never the password itself.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub password: String,
+}
+
+/// Why a registration or heartbeat is refused.
+#[derive(Debug, PartialEq)]
+pub enum Refused {
+    /// A status update for a node that does not exist (deleted).
+    NotFound,
+    /// The node name is known with another password (real k3s: pkg/nodepassword).
+    PasswordRejected,
+}
+
+/// What real k3s's agent logs when the server refuses its node password.
+pub const PASSWORD_REJECTED: &str = "Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' may not match server node-passwd entry, try enabling a unique node name with the --with-node-id flag";
+
+/// The `<node>.node-password.k3s` secret of kube-system: the hash of a node's password.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PasswordRec {
+    pub hash: String,
+    /// creation time, unix seconds
+    pub created: u64,
+    pub updated: u64,
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+/// The secret's name for a node, as pkg/nodepassword names it.
+pub fn password_secret(node: &str) -> String {
+    format!("{}.node-password.k3s", node.to_ascii_lowercase())
 }
 
 impl NodeReg {
@@ -79,6 +111,9 @@ pub struct State {
     /// server URL → unix ms it was (re)registered as a member
     #[serde(default)]
     pub members: BTreeMap<String, u64>,
+    /// node name → its node-password secret (tombstones kept, as for nodes)
+    #[serde(default)]
+    pub node_passwords: BTreeMap<String, PasswordRec>,
     /// bumped on every change (drives persistence); not replicated
     #[serde(skip)]
     pub gen: u64,
@@ -91,8 +126,14 @@ impl State {
 
     /// Registration (`register`) creates the node; a plain status update for a node that
     /// was deleted is refused, as a running kubelet does not re-register a deleted Node.
+    /// Registration checks the node password as k3s does: the first one for a name is kept
+    /// (hashed), a different one later is refused until the secret is deleted.
     /// Returns Ok(true) when the node was created.
-    pub fn heartbeat(&mut self, reg: NodeReg, register: bool) -> Result<bool, ()> {
+    pub fn heartbeat(&mut self, mut reg: NodeReg, register: bool) -> Result<bool, Refused> {
+        let password = std::mem::take(&mut reg.password);
+        if register {
+            self.ensure_password(&reg.name, &password)?;
+        }
         let now = crate::util::now_ms();
         self.gen += 1;
         match self.nodes.get_mut(&reg.name) {
@@ -100,7 +141,6 @@ impl State {
                 n.last_seen = n.last_seen.max(now);
                 // Like a kubelet, labels and taints count only when the Node is created;
                 // later changes go through the API (`kubectl label/taint`).
-                let mut reg = reg;
                 reg.labels = n.reg.labels.clone();
                 reg.taints = n.reg.taints.clone();
                 if register || n.reg != reg {
@@ -109,7 +149,7 @@ impl State {
                 }
                 Ok(false)
             }
-            _ if !register => Err(()),
+            _ if !register => Err(Refused::NotFound),
             old => {
                 let updated = Self::stamp_after(old.map(|o| o.updated).unwrap_or(0));
                 let name = reg.name.clone();
@@ -120,6 +160,49 @@ impl State {
                 Ok(true)
             }
         }
+    }
+
+    /// pkg/nodepassword's Ensure: verify against the stored hash, or store it when none.
+    fn ensure_password(&mut self, name: &str, password: &str) -> Result<(), Refused> {
+        let hash = crate::net::sha256_hex(password.as_bytes());
+        match self.node_passwords.get(name) {
+            Some(p) if !p.deleted && p.hash == hash => Ok(()),
+            Some(p) if !p.deleted => Err(Refused::PasswordRejected),
+            old => {
+                let updated = Self::stamp_after(old.map(|o| o.updated).unwrap_or(0));
+                let rec = PasswordRec { hash, created: crate::util::now_unix(), updated, deleted: false };
+                self.node_passwords.insert(name.to_string(), rec);
+                self.gen += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes a node's node-password secret (tombstone). False when there is none.
+    pub fn delete_password(&mut self, name: &str) -> bool {
+        match self.node_passwords.get_mut(name) {
+            Some(p) if !p.deleted => {
+                p.deleted = true;
+                p.updated = Self::stamp_after(p.updated);
+                self.gen += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The node-password secrets as the API shows them (kube-system Secrets holding a hash).
+    pub fn password_secrets(&self) -> Vec<Value> {
+        self.node_passwords
+            .iter()
+            .filter(|(_, p)| !p.deleted)
+            .map(|(n, p)| {
+                json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "immutable": true,
+                    "metadata": {"name": password_secret(n), "namespace": "kube-system",
+                        "creationTimestamp": crate::util::rfc3339(p.created), "resourceVersion": p.updated.to_string()},
+                    "data": {"hash": crate::util::b64enc(p.hash.as_bytes())}})
+            })
+            .collect()
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeRec> {
@@ -137,6 +220,8 @@ impl State {
                 n.deleted = true;
                 n.updated = Self::stamp_after(n.updated);
                 self.gen += 1;
+                // k3s's node controller deletes the node's password secret with the Node.
+                self.delete_password(name);
                 true
             }
             _ => false,
@@ -235,6 +320,9 @@ impl State {
         if let Some(n) = node.and_then(|n| self.nodes.get_key_value(n)) {
             p.nodes.insert(n.0.clone(), n.1.clone());
         }
+        if let Some(n) = node.and_then(|n| self.node_passwords.get_key_value(n)) {
+            p.node_passwords.insert(n.0.clone(), n.1.clone());
+        }
         if let Some(o) = object.and_then(|o| self.objects.get_key_value(o)) {
             p.objects.insert(o.0.clone(), o.1.clone());
         }
@@ -273,6 +361,15 @@ impl State {
                 Some(l) if l.updated >= r.updated => {}
                 _ => {
                     self.objects.insert(k, r);
+                    changed = true;
+                }
+            }
+        }
+        for (k, r) in other.node_passwords {
+            match self.node_passwords.get(&k) {
+                Some(l) if l.updated >= r.updated => {}
+                _ => {
+                    self.node_passwords.insert(k, r);
                     changed = true;
                 }
             }
@@ -545,7 +642,50 @@ mod tests {
             kernel: "k".into(),
             arch: "amd64".into(),
             version: VERSION.into(),
+            password: "pw1".into(),
         }
+    }
+
+    #[test]
+    fn node_password_is_kept_per_name_and_checked_on_registration() {
+        let mut st = State::default();
+        assert_eq!(st.heartbeat(reg("n1"), true), Ok(true));
+        let secrets = st.password_secrets();
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(secrets[0]["metadata"]["name"], "n1.node-password.k3s");
+        assert!(!secrets[0].to_string().contains("pw1"), "only the hash is kept: {}", secrets[0]);
+        assert!(st.nodes["n1"].reg.password.is_empty(), "the node record does not keep the password");
+        // same password again: a restart
+        assert_eq!(st.heartbeat(reg("n1"), true), Ok(false));
+        // a reflashed node: new password under the same name
+        let other = NodeReg { password: "pw2".into(), ..reg("n1") };
+        assert_eq!(st.heartbeat(other.clone(), true), Err(Refused::PasswordRejected));
+        assert_eq!(st.heartbeat(NodeReg { password: String::new(), ..reg("n1") }, true), Err(Refused::PasswordRejected));
+        // heartbeats of the running node are not re-checked (k3s checks at registration)
+        assert_eq!(st.heartbeat(reg("n1"), false), Ok(false));
+        // deleting the secret lets the new password in
+        assert!(st.delete_password("n1"));
+        assert!(!st.delete_password("n1"));
+        assert_eq!(st.heartbeat(other.clone(), true), Ok(false));
+        assert_eq!(st.heartbeat(reg("n1"), true), Err(Refused::PasswordRejected));
+        // deleting the node deletes its secret too (k3s's node controller)
+        assert!(st.delete_node("n1"));
+        assert!(st.password_secrets().is_empty());
+        assert_eq!(st.heartbeat(reg("n1"), true), Ok(true));
+    }
+
+    #[test]
+    fn node_passwords_replicate_with_tombstones() {
+        let (mut a, mut b) = (State::default(), State::default());
+        a.heartbeat(reg("n1"), true).unwrap();
+        b.merge(a.part(Some("n1"), None, None));
+        let other = NodeReg { password: "pw2".into(), ..reg("n1") };
+        assert_eq!(b.heartbeat(other.clone(), true), Err(Refused::PasswordRejected), "a peer checks the same hash");
+        a.delete_password("n1");
+        b.merge(a.clone());
+        assert_eq!(b.heartbeat(other, true), Ok(false));
+        a.merge(b.clone());
+        assert_eq!(a.heartbeat(reg("n1"), true), Err(Refused::PasswordRejected), "the newest secret wins on both");
     }
 
     #[test]

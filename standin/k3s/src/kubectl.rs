@@ -186,8 +186,9 @@ async fn run_inner(args: &[String]) -> Result<String, String> {
         "get" => get(&kube, &a).await,
         "delete" => {
             let (kind, names) = a.positional.split_first().ok_or("error: You must provide one or more resources by argument or filename.")?;
-            if !cluster::kind_matches(kind, "Node", "") {
-                return Err(format!("error: STAND-IN kubectl can only delete nodes, not {kind:?}"));
+            let node = cluster::kind_matches(kind, "Node", "");
+            if !node && !cluster::kind_matches(kind, "Secret", "") {
+                return Err(format!("error: STAND-IN kubectl can only delete nodes and node-password secrets, not {kind:?}"));
             }
             if names.is_empty() {
                 return Err("error: resource(s) were provided, but no name was specified".into());
@@ -195,9 +196,14 @@ async fn run_inner(args: &[String]) -> Result<String, String> {
             let ignore = a.flags.iter().any(|f| f == "ignore-not-found=true");
             let mut out = String::new();
             for n in names {
-                let (code, v) = kube.call("DELETE", &format!("/api/v1/nodes/{n}"), b"").await?;
+                let (path, what) = if node {
+                    (format!("/api/v1/nodes/{n}"), "node")
+                } else {
+                    (format!("/api/v1/namespaces/kube-system/secrets/{n}"), "secret")
+                };
+                let (code, v) = kube.call("DELETE", &path, b"").await?;
                 match code {
-                    200 => out.push_str(&format!("node \"{n}\" deleted\n")),
+                    200 => out.push_str(&format!("{what} \"{n}\" deleted\n")),
                     404 if ignore => {}
                     _ => {
                         print!("{out}");

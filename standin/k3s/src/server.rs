@@ -1,7 +1,7 @@
 //! `k3s server` and `k3s agent`.
 
 use crate::cli::{self, Opts};
-use crate::cluster::{self, NodeReg, State};
+use crate::cluster::{self, NodeReg, Refused, State};
 use crate::net::{self, Ca, Trust};
 use crate::node;
 use crate::util::{fatal, log};
@@ -130,6 +130,7 @@ fn node_reg(o: &Opts, data_dir: &Path, server_role: Option<bool>) -> NodeReg {
         }
     }
     let (kernel, os_image) = uname();
+    let password = node_password(data_dir);
     NodeReg {
         name,
         internal_ip: ip,
@@ -140,7 +141,25 @@ fn node_reg(o: &Opts, data_dir: &Path, server_role: Option<bool>) -> NodeReg {
         kernel,
         arch: arch.into(),
         version: cluster::VERSION.into(),
+        password,
     }
+}
+
+/// The node's password, made once (32 hex chars, 0600) as k3s's agent does. Real k3s keeps it
+/// in /etc/rancher/node/password; the stand-in does too with the default data dir, and under
+/// `<data-dir>/node/` otherwise so its loopback tests can run several nodes on one host.
+fn node_password(data_dir: &Path) -> String {
+    let file = if data_dir == Path::new(node::DEFAULT_DATA_DIR) {
+        PathBuf::from("/etc/rancher/node/password")
+    } else {
+        data_dir.join("node/password")
+    };
+    if let Some(p) = std::fs::read_to_string(&file).ok().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()) {
+        return p;
+    }
+    let p = net::random_hex(16);
+    write_file(&file, &format!("{p}\n"), 0o600).unwrap_or_else(|e| fatal(&format!("writing {}: {e}", file.display())));
+    p
 }
 
 fn common_start(o: &Opts) {
@@ -443,6 +462,9 @@ pub async fn run_server(o: Opts) -> ! {
         write_file(&server_dir.join(f), &format!("{full}\n"), 0o600)
             .unwrap_or_else(|e| fatal(&format!("writing token: {e}")));
     }
+    // the cluster CA where real k3s keeps it (what `pikube status` compares between servers)
+    write_file(&server_dir.join("tls/server-ca.crt"), &ca.cert_pem, 0o644)
+        .unwrap_or_else(|e| fatal(&format!("writing server-ca.crt: {e}")));
     if let Some(a) = &agent_token {
         let p = cli::parse_token(a).unwrap_or_else(|e| fatal(&e)).password;
         write_file(&server_dir.join("agent-token"), &format!("{}\n", cli::format_token(&ca.hash(), "node", &p)), 0o600).ok();
@@ -552,7 +574,12 @@ pub async fn run_server(o: Opts) -> ! {
                             first = false;
                         }
                     }
-                    Err(()) => log("error", &format!("Error updating node status, will retry: nodes \"{}\" not found", me.name)),
+                    Err(Refused::NotFound) => {
+                        log("error", &format!("Error updating node status, will retry: nodes \"{}\" not found", me.name))
+                    }
+                    Err(Refused::PasswordRejected) => {
+                        log("info", &format!("Waiting to retrieve agent configuration; server is not ready: {}", cluster::PASSWORD_REJECTED))
+                    }
                 }
                 tokio::time::sleep(cluster::HEARTBEAT).await;
             }
@@ -658,7 +685,8 @@ async fn handle(srv: &Arc<Srv>, req: net::Request, client_cert: bool) -> Resp {
                         push(srv, part, true).await;
                         j(200, json!({"ok": true}))
                     }
-                    Err(()) => status_err(404, "NotFound", &format!("nodes \"{name}\" not found")),
+                    Err(Refused::NotFound) => status_err(404, "NotFound", &format!("nodes \"{name}\" not found")),
+                    Err(Refused::PasswordRejected) => status_err(403, "Forbidden", cluster::PASSWORD_REJECTED),
                 }
             }
             Err(e) => status_err(400, "BadRequest", &e.to_string()),
@@ -726,11 +754,14 @@ async fn handle(srv: &Arc<Srv>, req: net::Request, client_cert: bool) -> Resp {
         }
         ("GET", ["v1-standin", "objects"]) => {
             let st = srv.state.lock().unwrap();
-            let items: Vec<Value> = st
+            let mut items: Vec<Value> = st
                 .objects
                 .iter()
                 .map(|(k, o)| json!({"key": k, "object": cluster::object_json(o), "created": o.created}))
                 .collect();
+            items.extend(st.password_secrets().into_iter().map(|o| {
+                json!({"key": format!("/Secret/kube-system/{}", o["metadata"]["name"].as_str().unwrap_or("")), "object": o})
+            }));
             j(200, json!({"items": items}))
         }
         _ => crate::api::handle(srv, &req, &path).await,
@@ -767,6 +798,7 @@ pub async fn run_agent(o: Opts) -> ! {
             match r.status {
                 200 => Ok(ca),
                 401 => Err(format!("failed to get CA certs / agent config from {url}: 401 Unauthorized")),
+                403 => Err(cluster::PASSWORD_REJECTED.to_string()),
                 s => Err(format!("{url}: HTTP {s}")),
             }
         }

@@ -555,3 +555,60 @@ fn systemd_notify_ready() {
     assert!(status_of(&kc, "n-ag").is_some());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Real k3s keeps a hash of each node's password (`/etc/rancher/node/password`) in the
+/// `<node>.node-password.k3s` secret and refuses the name with another password until that
+/// secret (or the Node) is deleted: what a reflashed node rejoining under its old name hits.
+#[test]
+fn node_password_refuses_a_reflashed_node_until_its_secret_is_deleted() {
+    let dir = test_dir("nodepw");
+    let d = |s: &str| dir.join(s).to_string_lossy().to_string();
+    std::fs::write(dir.join("empty.yaml"), "").unwrap();
+    let port = free_port();
+    let _s1 = spawn(
+        &["server", "--config", &d("empty.yaml"), "--bind-address", "127.0.0.1", "--https-listen-port", &port.to_string(),
+          "--data-dir", &d("s1"), "--write-kubeconfig", &d("s1.yaml"), "--node-name", "srv1", "--node-ip", "127.0.0.1",
+          "--token", "pw-secret"],
+        &dir.join("s1.log"),
+    );
+    let kc = dir.join("s1.yaml");
+    wait_for("srv1 Ready", Duration::from_secs(20), || status_of(&kc, "srv1").as_deref() == Some("Ready"));
+    let url = format!("https://127.0.0.1:{port}");
+    let agent = |data: &str, log: &str| {
+        spawn(
+            &["agent", "--config", &d("empty.yaml"), "--server", &url, "--token", "pw-secret", "--node-name", "np1",
+              "--node-ip", "127.0.0.1", "--data-dir", &d(data)],
+            &dir.join(log),
+        )
+    };
+    let first = agent("a1", "a1.log");
+    wait_for("np1 Ready", Duration::from_secs(20), || status_of(&kc, "np1").as_deref() == Some("Ready"));
+    drop(first);
+    let pw = std::fs::read_to_string(dir.join("a1/node/password")).unwrap();
+    assert_eq!(pw.trim().len(), 32, "{pw:?}");
+    let get_secret = || kubectl(&kc, &["-n", "kube-system", "get", "secret", "np1.node-password.k3s", "--ignore-not-found", "-o", "name"]);
+    assert_eq!(String::from_utf8_lossy(&get_secret().stdout).trim(), "secret/np1.node-password.k3s");
+
+    // A new disk (another data dir: no password file) under the same name is refused, with k3s's words.
+    let reflashed = agent("a2", "a2.log");
+    wait_for("the refusal in the agent log", Duration::from_secs(20), || {
+        std::fs::read_to_string(dir.join("a2.log")).unwrap_or_default().contains(
+            "Waiting to retrieve agent configuration; server is not ready: Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' may not match server node-passwd entry, try enabling a unique node name with the --with-node-id flag",
+        )
+    });
+    assert!(!std::fs::read_to_string(dir.join("a2.log")).unwrap().contains("Node np1 registered"));
+    drop(reflashed);
+
+    // The old disk is still welcome; deleting the secret lets the new one in.
+    let out = kubectl(&kc, &["-n", "kube-system", "delete", "secret", "np1.node-password.k3s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "secret \"np1.node-password.k3s\" deleted");
+    assert!(get_secret().stdout.is_empty());
+    let _reflashed = agent("a2", "a2b.log");
+    wait_for("the reflashed np1 registered", Duration::from_secs(20), || {
+        std::fs::read_to_string(dir.join("a2b.log")).unwrap_or_default().contains("Node np1 registered")
+    });
+    // Deleting the Node deletes its secret too, as k3s's node controller does.
+    assert!(kubectl(&kc, &["delete", "node", "np1"]).status.success());
+    assert!(get_secret().stdout.is_empty());
+}
