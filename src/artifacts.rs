@@ -117,7 +117,8 @@ pub fn binary_for(cluster: &Cluster, version: &str, arch: &Arch, offline: bool) 
 }
 
 fn verify(binary_path: &Path, sums_path: &Path, name: &str) -> Result<K3sBinary, ArtifactError> {
-    let sums = std::fs::read_to_string(sums_path).map_err(|e| ArtifactError::Io(format!("{}: {e}", sums_path.display())))?;
+    let sums =
+        std::fs::read_to_string(sums_path).map_err(|e| ArtifactError::Io(format!("{}: {e}", sums_path.display())))?;
     let want = sums
         .lines()
         .filter_map(|l| l.split_once(char::is_whitespace))
@@ -126,7 +127,12 @@ fn verify(binary_path: &Path, sums_path: &Path, name: &str) -> Result<K3sBinary,
         .ok_or_else(|| ArtifactError::NotListed { sums: sums_path.to_path_buf(), name: name.to_string() })?;
     let (got, size) = sha256_file(binary_path)?;
     if got != want {
-        return Err(ArtifactError::Mismatch { binary: binary_path.to_path_buf(), sums: sums_path.to_path_buf(), got, want });
+        return Err(ArtifactError::Mismatch {
+            binary: binary_path.to_path_buf(),
+            sums: sums_path.to_path_buf(),
+            got,
+            want,
+        });
     }
     Ok(K3sBinary { path: binary_path.to_path_buf(), sha256: got, size })
 }
@@ -153,7 +159,10 @@ fn download(url: &str, to: &Path) -> Result<(), ArtifactError> {
         .map_err(|e| ArtifactError::Download { url: url.into(), reason: format!("cannot run curl: {e}") })?;
     if !out.status.success() {
         let _ = std::fs::remove_file(&part);
-        return Err(ArtifactError::Download { url: url.into(), reason: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(ArtifactError::Download {
+            url: url.into(),
+            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     std::fs::rename(&part, to).map_err(|e| ArtifactError::Io(format!("{}: {e}", to.display())))
 }

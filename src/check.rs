@@ -54,7 +54,13 @@ struct Probe {
 
 impl Probe {
     fn of(node: &Node) -> Probe {
-        Probe { name: node.name().to_string(), role: node.role(), connected: node.host.is_some(), facts: node.facts(), failure: node.failure() }
+        Probe {
+            name: node.name().to_string(),
+            role: node.role(),
+            connected: node.host.is_some(),
+            facts: node.facts(),
+            failure: node.failure(),
+        }
     }
     fn name(&self) -> &str {
         &self.name
@@ -94,20 +100,54 @@ fn assess(cluster: &Cluster, hosts: &[Probe]) -> Vec<Finding> {
             continue;
         }
         let Some(f) = node.facts() else {
-            add(name, Severity::Error, "facts-failed", node.failure().unwrap_or_default(), "check the login user can run sh and sudo");
+            add(
+                name,
+                Severity::Error,
+                "facts-failed",
+                node.failure().unwrap_or_default(),
+                "check the login user can run sh and sudo",
+            );
             continue;
         };
         if !matches!(f.os_id.as_str(), "debian" | "ubuntu" | "raspbian") {
-            add(name, Severity::Error, "unsupported-os", format!("{} is not Debian, Raspberry Pi OS or Ubuntu", f.os_pretty), "install Raspberry Pi OS Lite, Debian or Ubuntu Server");
+            add(
+                name,
+                Severity::Error,
+                "unsupported-os",
+                format!("{} is not Debian, Raspberry Pi OS or Ubuntu", f.os_pretty),
+                "install Raspberry Pi OS Lite, Debian or Ubuntu Server",
+            );
         }
         if f.arch == Arch::Armv6 {
-            add(name, Severity::Error, "armv6", format!("{} is armv6 ({}): Kubernetes ships no armv6 builds", name, f.pi_model.as_deref().unwrap_or("ARM11")), "use a Pi 2 v1.2, 3, 4, 5 or Zero 2 W; retire Pi 1 / Zero / Zero W from the cluster");
+            add(
+                name,
+                Severity::Error,
+                "armv6",
+                format!(
+                    "{} is armv6 ({}): Kubernetes ships no armv6 builds",
+                    name,
+                    f.pi_model.as_deref().unwrap_or("ARM11")
+                ),
+                "use a Pi 2 v1.2, 3, 4, 5 or Zero 2 W; retire Pi 1 / Zero / Zero W from the cluster",
+            );
         }
         if let Arch::Other(a) = &f.arch {
-            add(name, Severity::Error, "unsupported-arch", format!("architecture {a} is not supported"), "use arm64, armv7 or x86_64 hosts");
+            add(
+                name,
+                Severity::Error,
+                "unsupported-arch",
+                format!("architecture {a} is not supported"),
+                "use arm64, armv7 or x86_64 hosts",
+            );
         }
         if f.mem_total_kib < MIN_RAM_KIB {
-            add(name, Severity::Warning, "low-memory", format!("only {} MiB RAM (< 1 GiB)", f.mem_total_kib / 1024), "use it as an agent at most, or use a board with ≥ 1 GiB");
+            add(
+                name,
+                Severity::Warning,
+                "low-memory",
+                format!("only {} MiB RAM (< 1 GiB)", f.mem_total_kib / 1024),
+                "use it as an agent at most, or use a board with ≥ 1 GiB",
+            );
         }
         if f.swap.any() {
             let mut what = f.swap.active.clone();
@@ -118,7 +158,13 @@ fn assess(cluster: &Cluster, hosts: &[Probe]) -> Vec<Finding> {
             if f.swap.zram {
                 what.push("zram".into());
             }
-            add(name, Severity::Warning, "swap-on", format!("swap is on or comes back at boot: {}", what.join(", ")), "`pikube up` turns it off for good (swapoff, fstab, dphys-swapfile, zram)");
+            add(
+                name,
+                Severity::Warning,
+                "swap-on",
+                format!("swap is on or comes back at boot: {}", what.join(", ")),
+                "`pikube up` turns it off for good (swapoff, fstab, dphys-swapfile, zram)",
+            );
         }
         if !f.memory_cgroup {
             let fix = if f.is_pi() && f.boot_dir.is_some() {
@@ -126,14 +172,34 @@ fn assess(cluster: &Cluster, hosts: &[Probe]) -> Vec<Finding> {
             } else {
                 "add cgroup_enable=memory cgroup_memory=1 to the kernel command line (GRUB_CMDLINE_LINUX) and reboot"
             };
-            add(name, Severity::Warning, "memory-cgroup-off", "the memory cgroup is disabled in the running kernel".into(), fix);
+            add(
+                name,
+                Severity::Warning,
+                "memory-cgroup-off",
+                "the memory cgroup is disabled in the running kernel".into(),
+                fix,
+            );
         }
         for user in &f.default_password_users {
-            let fix = format!("run `sudo passwd {user}` (or `sudo passwd -l {user}` to lock it): anyone on the network can log in");
-            add(name, Severity::Warning, "default-password", format!("user {user} still has the image's default password"), &fix);
+            let fix = format!(
+                "run `sudo passwd {user}` (or `sudo passwd -l {user}` to lock it): anyone on the network can log in"
+            );
+            add(
+                name,
+                Severity::Warning,
+                "default-password",
+                format!("user {user} still has the image's default password"),
+                &fix,
+            );
         }
         if f.clock_offset_secs.abs() > MAX_CLOCK_SKEW_SECS {
-            add(name, Severity::Warning, "clock-skew", format!("clock is {:+.1} s off this machine", f.clock_offset_secs), "Pis have no RTC: enable time sync (`timedatectl set-ntp true`, systemd-timesyncd or chrony)");
+            add(
+                name,
+                Severity::Warning,
+                "clock-skew",
+                format!("clock is {:+.1} s off this machine", f.clock_offset_secs),
+                "Pis have no RTC: enable time sync (`timedatectl set-ntp true`, systemd-timesyncd or chrony)",
+            );
         }
         for (rt, v) in &f.runtimes {
             add(name, Severity::Info, "runtime-present", format!("{rt} already installed: {v}"), "");
@@ -142,7 +208,13 @@ fn assess(cluster: &Cluster, hosts: &[Probe]) -> Vec<Finding> {
             match version {
                 // pikube's own install of the pinned release is not news.
                 Some(want) if k == "k3s" && v.contains(want) => {}
-                Some(want) if k == "k3s" => add(name, Severity::Info, "kubernetes-present", format!("k3s already installed: {v}"), &format!("`pikube up` replaces it with the pinned {want}")),
+                Some(want) if k == "k3s" => add(
+                    name,
+                    Severity::Info,
+                    "kubernetes-present",
+                    format!("k3s already installed: {v}"),
+                    &format!("`pikube up` replaces it with the pinned {want}"),
+                ),
                 _ => add(name, Severity::Info, "kubernetes-present", format!("{k} already installed: {v}"), ""),
             }
         }
@@ -188,7 +260,13 @@ fn cross_host(hosts: &[Probe], out: &mut Vec<Finding>) {
     }
     for (hn, hosts) in by_hostname.iter().filter(|(_, h)| h.len() > 1) {
         for h in hosts {
-            add(h, Severity::Warning, "duplicate-hostname", format!("hostname {hn:?} is shared by {}", hosts.join(", ")), "`pikube up` sets each host's name from the cluster file");
+            add(
+                h,
+                Severity::Warning,
+                "duplicate-hostname",
+                format!("hostname {hn:?} is shared by {}", hosts.join(", ")),
+                "`pikube up` sets each host's name from the cluster file",
+            );
         }
     }
 }
@@ -214,7 +292,10 @@ fn connect_fix(why: &str) -> (&'static str, &'static str) {
     } else if why.contains("authentication") {
         ("auth-failed", "check ssh.user and ssh.key; copy the key with `ssh-copy-id USER@ADDRESS`")
     } else {
-        ("unreachable", "check the host is powered, on the network and the address is right (`pikube discover` finds Pis)")
+        (
+            "unreachable",
+            "check the host is powered, on the network and the address is right (`pikube discover` finds Pis)",
+        )
     }
 }
 
@@ -274,8 +355,7 @@ mod tests {
             "name: t\nhosts:\n  - {{name: a, address: 10.0.0.1, role: server}}\n  - {{name: b, address: 10.0.0.2, role: agent}}\n  \
              - {{name: c, address: 10.0.0.3, role: agent}}\n{kubernetes}"
         );
-        Cluster::parse(Path::new("/nonexistent/cluster.yaml"), &text)
-            .expect("test cluster file is valid")
+        Cluster::parse(Path::new("/nonexistent/cluster.yaml"), &text).expect("test cluster file is valid")
     }
 
     /// A Raspberry Pi 4 on Bookworm as `pikube up` leaves it: nothing to report.
@@ -290,7 +370,9 @@ mod tests {
             kernel: "6.6.51+rpt-rpi-v8".into(),
             pi_model: Some("Raspberry Pi 4 Model B Rev 1.4".into()),
             boot_dir: Some("/boot/firmware".into()),
-            cmdline_txt: Some("console=tty1 root=PARTUUID=4e639091-02 rootwait cgroup_enable=memory cgroup_memory=1".into()),
+            cmdline_txt: Some(
+                "console=tty1 root=PARTUUID=4e639091-02 rootwait cgroup_enable=memory cgroup_memory=1".into(),
+            ),
             kernel_cmdline: "console=tty1 cgroup_enable=memory cgroup_memory=1".into(),
             memory_cgroup: true,
             swap: SwapFacts::default(),
@@ -313,13 +395,7 @@ mod tests {
     }
 
     fn reached(name: &str, role: Role, facts: HostFacts) -> Probe {
-        Probe {
-            name: name.into(),
-            role,
-            connected: true,
-            facts: Some(facts),
-            failure: None,
-        }
+        Probe { name: name.into(), role, connected: true, facts: Some(facts), failure: None }
     }
 
     /// Every host healthy except `a`, which `spoil` changes.
@@ -337,15 +413,8 @@ mod tests {
     fn single(found: &[Finding], host: &str, code: &str, severity: Severity, fix: &str) -> Finding {
         assert_eq!(found.len(), 1, "exactly one finding expected: {found:#?}");
         let f = found[0].clone();
-        assert_eq!(
-            (f.host.as_str(), f.code, f.severity),
-            (host, code, severity),
-            "{f:#?}"
-        );
-        assert!(
-            f.fix.contains(fix),
-            "fix of {code} should say {fix:?}: {f:#?}"
-        );
+        assert_eq!((f.host.as_str(), f.code, f.severity), (host, code, severity), "{f:#?}");
+        assert!(f.fix.contains(fix), "fix of {code} should say {fix:?}: {f:#?}");
         f
     }
 
@@ -354,15 +423,11 @@ mod tests {
         assert!(assess(&cluster(""), &fleet_with(|_| {})).is_empty());
         // Also with a pinned version, pikube's own k3s of that version and a clock within bounds.
         let hosts = fleet_with(|f| {
-            f.kubernetes
-                .insert("k3s".into(), format!("k3s version {PINNED} (fa8a1bfd)"));
+            f.kubernetes.insert("k3s".into(), format!("k3s version {PINNED} (fa8a1bfd)"));
             f.clock_offset_secs = -MAX_CLOCK_SKEW_SECS;
             f.mem_total_kib = MIN_RAM_KIB;
         });
-        let found = assess(
-            &cluster(&format!("kubernetes:\n  version: {PINNED}\n")),
-            &hosts,
-        );
+        let found = assess(&cluster(&format!("kubernetes:\n  version: {PINNED}\n")), &hosts);
         assert!(found.is_empty(), "{found:#?}");
     }
 
@@ -381,11 +446,7 @@ mod tests {
                 "check the host is powered",
             ),
             (
-                SshError::AuthFailed {
-                    host: "a".into(),
-                    user: "pi".into(),
-                    tried: "agent".into(),
-                },
+                SshError::AuthFailed { host: "a".into(), user: "pi".into(), tried: "agent".into() },
                 "auth-failed",
                 "ssh-copy-id",
             ),
@@ -399,12 +460,7 @@ mod tests {
                 "ssh-keyscan ADDRESS",
             ),
             (
-                SshError::HostKeyChanged {
-                    host: "a".into(),
-                    fingerprint: "SHA256:x".into(),
-                    known_hosts,
-                    line: 3,
-                },
+                SshError::HostKeyChanged { host: "a".into(), fingerprint: "SHA256:x".into(), known_hosts, line: 3 },
                 "host-key-changed",
                 "ssh-keygen -R ADDRESS",
             ),
@@ -419,39 +475,18 @@ mod tests {
                 facts: None,
                 failure: Some(why.clone()),
             };
-            let f = single(
-                &assess(&cluster(""), &hosts),
-                "a",
-                code,
-                Severity::Error,
-                fix,
-            );
+            let f = single(&assess(&cluster(""), &hosts), "a", code, Severity::Error, fix);
             assert_eq!(f.message, why);
         }
     }
 
     #[test]
     fn facts_that_cannot_be_gathered() {
-        let why = FactsError::Parse {
-            host: "a".into(),
-            reason: "the facts script did not finish".into(),
-        }
-        .to_string();
+        let why = FactsError::Parse { host: "a".into(), reason: "the facts script did not finish".into() }.to_string();
         let mut hosts = fleet_with(|_| {});
-        hosts[0] = Probe {
-            name: "a".into(),
-            role: Role::Server,
-            connected: true,
-            facts: None,
-            failure: Some(why.clone()),
-        };
-        let f = single(
-            &assess(&cluster(""), &hosts),
-            "a",
-            "facts-failed",
-            Severity::Error,
-            "can run sh and sudo",
-        );
+        hosts[0] =
+            Probe { name: "a".into(), role: Role::Server, connected: true, facts: None, failure: Some(why.clone()) };
+        let f = single(&assess(&cluster(""), &hosts), "a", "facts-failed", Severity::Error, "can run sh and sudo");
         assert_eq!(f.message, why);
     }
 
@@ -467,9 +502,7 @@ mod tests {
                 "is not Debian",
             ),
             (
-                |f| {
-                    (f.arch, f.pi_model) = (Arch::Armv6, Some("Raspberry Pi Zero W Rev 1.1".into()))
-                },
+                |f| (f.arch, f.pi_model) = (Arch::Armv6, Some("Raspberry Pi Zero W Rev 1.1".into())),
                 "armv6",
                 Severity::Error,
                 "retire Pi 1 / Zero / Zero W",
@@ -491,12 +524,8 @@ mod tests {
             ),
             (
                 |f| {
-                    f.swap = SwapFacts {
-                        active: vec!["/var/swap".into()],
-                        fstab: vec![],
-                        dphys_swapfile: true,
-                        zram: false,
-                    }
+                    f.swap =
+                        SwapFacts { active: vec!["/var/swap".into()], fstab: vec![], dphys_swapfile: true, zram: false }
                 },
                 "swap-on",
                 Severity::Warning,
@@ -532,11 +561,7 @@ mod tests {
                 "clock is -2.5 s off",
             ),
             (
-                |f| {
-                    _ = f
-                        .runtimes
-                        .insert("docker".into(), "Docker version 20.10.24".into())
-                },
+                |f| _ = f.runtimes.insert("docker".into(), "Docker version 20.10.24".into()),
                 "runtime-present",
                 Severity::Info,
                 "",
@@ -544,28 +569,16 @@ mod tests {
             ),
         ];
         for (spoil, code, severity, fix, message) in cases {
-            let f = single(
-                &assess(&cluster(""), &fleet_with(spoil)),
-                "a",
-                code,
-                severity,
-                fix,
-            );
-            assert!(
-                f.message.contains(message),
-                "message of {code} should say {message:?}: {f:#?}"
-            );
+            let f = single(&assess(&cluster(""), &fleet_with(spoil)), "a", code, severity, fix);
+            assert!(f.message.contains(message), "message of {code} should say {message:?}: {f:#?}");
         }
     }
 
     #[test]
     fn kubernetes_already_present() {
         let pinned = cluster(&format!("kubernetes:\n  version: {PINNED}\n"));
-        let other_k3s = fleet_with(|f| {
-            _ = f
-                .kubernetes
-                .insert("k3s".into(), "k3s version v1.29.1+k3s2 (57482a1c)".into())
-        });
+        let other_k3s =
+            fleet_with(|f| _ = f.kubernetes.insert("k3s".into(), "k3s version v1.29.1+k3s2 (57482a1c)".into()));
         let f = single(
             &assess(&pinned, &other_k3s),
             "a",
@@ -573,35 +586,13 @@ mod tests {
             Severity::Info,
             &format!("replaces it with the pinned {PINNED}"),
         );
-        assert_eq!(
-            f.message,
-            "k3s already installed: k3s version v1.29.1+k3s2 (57482a1c)"
-        );
+        assert_eq!(f.message, "k3s already installed: k3s version v1.29.1+k3s2 (57482a1c)");
         // Without a pinned version pikube leaves it alone, and says nothing to do.
-        let f = single(
-            &assess(&cluster(""), &other_k3s),
-            "a",
-            "kubernetes-present",
-            Severity::Info,
-            "",
-        );
+        let f = single(&assess(&cluster(""), &other_k3s), "a", "kubernetes-present", Severity::Info, "");
         assert_eq!(f.fix, "");
-        let kubeadm = fleet_with(|f| {
-            _ = f
-                .kubernetes
-                .insert("kubeadm".into(), "kubeadm version: v1.30.0".into())
-        });
-        let f = single(
-            &assess(&pinned, &kubeadm),
-            "a",
-            "kubernetes-present",
-            Severity::Info,
-            "",
-        );
-        assert_eq!(
-            (f.message.as_str(), f.fix.as_str()),
-            ("kubeadm already installed: kubeadm version: v1.30.0", "")
-        );
+        let kubeadm = fleet_with(|f| _ = f.kubernetes.insert("kubeadm".into(), "kubeadm version: v1.30.0".into()));
+        let f = single(&assess(&pinned, &kubeadm), "a", "kubernetes-present", Severity::Info, "");
+        assert_eq!((f.message.as_str(), f.fix.as_str()), ("kubeadm already installed: kubeadm version: v1.30.0", ""));
     }
 
     /// An airgap directory, removed on drop.
@@ -609,17 +600,13 @@ mod tests {
 
     impl Airgap {
         fn new(name: &str) -> Airgap {
-            let dir =
-                std::env::temp_dir().join(format!("pikube-check-{}-{name}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("pikube-check-{}-{name}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("create airgap dir");
             Airgap(dir)
         }
         fn cluster(&self) -> Cluster {
-            cluster(&format!(
-                "kubernetes:\n  version: {PINNED}\n  artifacts: {}\n",
-                self.0.display()
-            ))
+            cluster(&format!("kubernetes:\n  version: {PINNED}\n  artifacts: {}\n", self.0.display()))
         }
     }
 
@@ -637,10 +624,7 @@ mod tests {
         let mut hosts = fleet_with(|_| {});
         hosts.push(reached("lb", Role::Loadbalancer, healthy("lb")));
         let found = assess(&dir.cluster(), &hosts);
-        let hit: Vec<_> = found
-            .iter()
-            .map(|f| (f.host.as_str(), f.code, f.severity))
-            .collect();
+        let hit: Vec<_> = found.iter().map(|f| (f.host.as_str(), f.code, f.severity)).collect();
         assert_eq!(
             hit,
             [
@@ -650,56 +634,35 @@ mod tests {
             ]
         );
         assert!(
-            found[0].fix.contains(
-                "put the k3s v1.31.4+k3s1 release files `k3s-arm64` and `sha256sum-arm64.txt`"
-            ),
+            found[0].fix.contains("put the k3s v1.31.4+k3s1 release files `k3s-arm64` and `sha256sum-arm64.txt`"),
             "{found:#?}"
         );
 
         // A checksum that does not match the binary.
         std::fs::write(dir.0.join("k3s-arm64"), b"not k3s").unwrap();
-        std::fs::write(
-            dir.0.join("sha256sum-arm64.txt"),
-            format!("{}  k3s-arm64\n", "0".repeat(64)),
-        )
-        .unwrap();
+        std::fs::write(dir.0.join("sha256sum-arm64.txt"), format!("{}  k3s-arm64\n", "0".repeat(64))).unwrap();
         let found = assess(&dir.cluster(), &fleet_with(|_| {}));
         assert_eq!(found.len(), 3, "{found:#?}");
         assert!(
-            found
-                .iter()
-                .all(|f| f.code == "k3s-artifact" && f.message.contains("checksum mismatch")),
+            found.iter().all(|f| f.code == "k3s-artifact" && f.message.contains("checksum mismatch")),
             "{found:#?}"
         );
-        assert!(
-            found[0]
-                .fix
-                .contains("fetch both files of the pinned version again"),
-            "{found:#?}"
-        );
+        assert!(found[0].fix.contains("fetch both files of the pinned version again"), "{found:#?}");
 
         // The right checksum: nothing to report.
         let sum = hex::encode(Sha256::digest(b"not k3s"));
-        std::fs::write(
-            dir.0.join("sha256sum-arm64.txt"),
-            format!("{sum}  k3s-arm64\n"),
-        )
-        .unwrap();
+        std::fs::write(dir.0.join("sha256sum-arm64.txt"), format!("{sum}  k3s-arm64\n")).unwrap();
         let found = assess(&dir.cluster(), &fleet_with(|_| {}));
         assert!(found.is_empty(), "{found:#?}");
     }
 
     #[test]
     fn cloned_cards_are_found_across_hosts() {
-        let mut hosts =
-            fleet_with(|f| (f.machine_id, f.hostname) = ("c".repeat(32), "raspberrypi".into()));
+        let mut hosts = fleet_with(|f| (f.machine_id, f.hostname) = ("c".repeat(32), "raspberrypi".into()));
         hosts[2].facts.as_mut().unwrap().machine_id = "c".repeat(32);
         hosts[2].facts.as_mut().unwrap().hostname = "raspberrypi".into();
         let found = assess(&cluster(""), &hosts);
-        let hit: Vec<_> = found
-            .iter()
-            .map(|f| (f.host.as_str(), f.code, f.severity))
-            .collect();
+        let hit: Vec<_> = found.iter().map(|f| (f.host.as_str(), f.code, f.severity)).collect();
         assert_eq!(
             hit,
             [
@@ -709,24 +672,10 @@ mod tests {
                 ("c", "duplicate-hostname", Severity::Warning),
             ]
         );
-        assert_eq!(
-            found[0].message,
-            "machine-id cccccccccccc is also on c (cloned SD card)"
-        );
-        assert!(
-            found[0].fix.contains("systemd-machine-id-setup"),
-            "{found:#?}"
-        );
-        assert_eq!(
-            found[1].message,
-            "hostname \"raspberrypi\" is shared by a, c"
-        );
-        assert!(
-            found[1]
-                .fix
-                .contains("sets each host's name from the cluster file"),
-            "{found:#?}"
-        );
+        assert_eq!(found[0].message, "machine-id cccccccccccc is also on c (cloned SD card)");
+        assert!(found[0].fix.contains("systemd-machine-id-setup"), "{found:#?}");
+        assert_eq!(found[1].message, "hostname \"raspberrypi\" is shared by a, c");
+        assert!(found[1].fix.contains("sets each host's name from the cluster file"), "{found:#?}");
     }
 }
 

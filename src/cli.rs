@@ -17,7 +17,11 @@ use crate::sdcard;
 use crate::term::clean;
 
 #[derive(Debug, Parser)]
-#[command(name = "pikube", version, about = "Raspberry Pis (or any Debian/Ubuntu hosts) → Kubernetes, from one cluster file")]
+#[command(
+    name = "pikube",
+    version,
+    about = "Raspberry Pis (or any Debian/Ubuntu hosts) → Kubernetes, from one cluster file"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -340,7 +344,9 @@ async fn status(target: Target) -> miette::Result<ExitCode> {
         .find(|(n, _)| n.facts().is_some_and(|f| f.services.get("k3s").is_some_and(|s| s.active)))
         .map(|(_, h)| h);
     let nodes = match api {
-        Some(h) => crate::k3s::nodes(h).await.map_err(|e| eprintln!("warning: {}", clean(&e.to_string()))).unwrap_or_default(),
+        Some(h) => {
+            crate::k3s::nodes(h).await.map_err(|e| eprintln!("warning: {}", clean(&e.to_string()))).unwrap_or_default()
+        }
         None => Default::default(),
     };
     let running: Vec<(&str, &crate::remote::Host)> = fleet
@@ -389,7 +395,11 @@ async fn down(target: Target, limit: Vec<String>, yes: bool) -> miette::Result<E
     let cluster = Cluster::load(&target.cluster.file)?;
     for l in &limit {
         if !cluster.hosts().any(|h| &h.name.value == l) {
-            miette::bail!(help = "name hosts as written under `hosts:`", "--limit {l}: no such host in {}", cluster.file.display());
+            miette::bail!(
+                help = "name hosts as written under `hosts:`",
+                "--limit {l}: no such host in {}",
+                cluster.file.display()
+            );
         }
     }
     let what = if limit.is_empty() { format!("the whole cluster {}", cluster.name()) } else { limit.join(", ") };
@@ -423,7 +433,10 @@ fn fetch_artifacts(file: FileArg, arches: Vec<String>) -> miette::Result<ExitCod
     use crate::facts::Arch;
     let cluster = Cluster::load(&file.file)?;
     let Some(version) = cluster.version() else {
-        miette::bail!(help = "add `kubernetes: {version: v1.31.4+k3s1}`", "the cluster file pins no kubernetes.version");
+        miette::bail!(
+            help = "add `kubernetes: {version: v1.31.4+k3s1}`",
+            "the cluster file pins no kubernetes.version"
+        );
     };
     let arches = if arches.is_empty() { vec!["amd64".into(), "arm64".into(), "armhf".into()] } else { arches };
     for a in arches {

@@ -94,7 +94,9 @@ async fn reset(node: &Node, host: &Host) -> Result<(), String> {
     }
     let facts = node.facts().ok_or("no facts gathered")?;
     let installed = facts.kubernetes.contains_key("k3s")
-        || [Role::Server, Role::Agent].iter().any(|r| facts.services.get(k3s::unit_name(*r)).is_some_and(|s| s.enabled || s.active));
+        || [Role::Server, Role::Agent]
+            .iter()
+            .any(|r| facts.services.get(k3s::unit_name(*r)).is_some_and(|s| s.enabled || s.active));
     if !installed && teardown::leftovers(host).await?.is_empty() {
         return Ok(());
     }

@@ -302,8 +302,20 @@ fn parse(out: &str, local_mid: f64) -> Result<HostFacts, String> {
         kernel_cmdline: first("kernel_cmdline"),
         memory_cgroup: memory_cgroup_live(&text("cgroups"), &text("cgroup2_controllers")),
         swap: SwapFacts {
-            active: sections.get("swaps").into_iter().flatten().filter(|l| !l.trim().is_empty()).map(|l| l.split_whitespace().next().unwrap_or("").to_string()).collect(),
-            fstab: sections.get("fstab_swap").into_iter().flatten().filter(|l| !l.trim().is_empty()).map(|l| l.trim().to_string()).collect(),
+            active: sections
+                .get("swaps")
+                .into_iter()
+                .flatten()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+                .collect(),
+            fstab: sections
+                .get("fstab_swap")
+                .into_iter()
+                .flatten()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| l.trim().to_string())
+                .collect(),
             dphys_swapfile: dphys,
             zram: sections.get("zram").is_some_and(|v| v.iter().any(|l| !l.trim().is_empty())),
         },
@@ -323,7 +335,13 @@ fn parse(out: &str, local_mid: f64) -> Result<HostFacts, String> {
         },
         runtimes: versioned("runtimes"),
         kubernetes: versioned("kubernetes"),
-        default_password_users: sections.get("default_password").into_iter().flatten().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
+        default_password_users: sections
+            .get("default_password")
+            .into_iter()
+            .flatten()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
         modules_loaded: modules,
         sysctl: sections
             .get("sysctl")
@@ -344,14 +362,21 @@ fn parse(out: &str, local_mid: f64) -> Result<HostFacts, String> {
                 Some(Ipv4Addr { iface: iface.to_string(), address: address.to_string(), prefix: prefix.parse().ok()? })
             })
             .collect(),
-        packages: sections.get("packages").into_iter().flatten().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
+        packages: sections
+            .get("packages")
+            .into_iter()
+            .flatten()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
         services: sections
             .get("services")
             .into_iter()
             .flatten()
             .filter_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() == 3).then(|| (f[0].to_string(), ServiceState { enabled: f[1] == "enabled", active: f[2] == "active" }))
+                (f.len() == 3)
+                    .then(|| (f[0].to_string(), ServiceState { enabled: f[1] == "enabled", active: f[2] == "active" }))
             })
             .collect(),
     })

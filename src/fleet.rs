@@ -122,7 +122,14 @@ impl Fleet {
             .buffered(parallel)
             .collect::<Vec<_>>()
             .await;
-        Ok(Fleet { cluster, nodes, journal, mode, parallel, reboot_timeout: Duration::from_secs(300), ready_timeout: Duration::from_secs(300),
+        Ok(Fleet {
+            cluster,
+            nodes,
+            journal,
+            mode,
+            parallel,
+            reboot_timeout: Duration::from_secs(300),
+            ready_timeout: Duration::from_secs(300),
             token: tokio::sync::OnceCell::new(),
         })
     }

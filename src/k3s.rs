@@ -32,7 +32,11 @@ pub const NODE_PASSWORD: &str = "/etc/rancher/node/password";
 
 /// The systemd unit a role runs: `k3s` for servers, `k3s-agent` for agents.
 pub fn unit_name(role: Role) -> &'static str {
-    if role == Role::Server { "k3s" } else { "k3s-agent" }
+    if role == Role::Server {
+        "k3s"
+    } else {
+        "k3s-agent"
+    }
 }
 
 pub fn unit_path(role: Role) -> String {
@@ -45,8 +49,11 @@ pub fn env_path(role: Role) -> String {
 
 /// The unit the official install script writes (same limits, restart policy and notify type).
 pub fn unit(role: Role) -> String {
-    let (description, command) =
-        if role == Role::Server { ("Lightweight Kubernetes", "server") } else { ("Lightweight Kubernetes (agent)", "agent") };
+    let (description, command) = if role == Role::Server {
+        ("Lightweight Kubernetes", "server")
+    } else {
+        ("Lightweight Kubernetes (agent)", "agent")
+    };
     format!(
         "# Written by pikube; equivalent to the unit of the official k3s installer.\n\
          [Unit]\n\
@@ -131,7 +138,8 @@ pub enum Join<'a> {
 /// /etc/rancher/k3s/config.yaml (mode 0600: it holds the token).
 pub fn config_yaml(cluster: &Cluster, host: &HostSpec, node_ip: &str, token: &str, join: Join) -> String {
     let endpoint = cluster.endpoint();
-    let mut out = String::from("# Written by pikube: `pikube up` overwrites changes. Holds the join token (mode 0600).\n");
+    let mut out =
+        String::from("# Written by pikube: `pikube up` overwrites changes. Holds the join token (mode 0600).\n");
     let _ = writeln!(out, "node-name: {}", yaml_str(&host.name.value));
     let _ = writeln!(out, "node-ip: {}", yaml_str(node_ip));
     let _ = writeln!(out, "token: {}", yaml_str(token));
@@ -193,7 +201,11 @@ pub fn node_ip(host: &HostSpec, facts: &HostFacts) -> Result<String, String> {
     let on_host: Vec<&str> = facts.ipv4.iter().map(|a| a.address.as_str()).collect();
     pick_node_ip(address, &candidates, &on_host).map_err(|e| {
         let ifaces = facts.ipv4.iter().map(|a| format!("{} {}", a.iface, a.address)).collect::<Vec<_>>().join(", ");
-        if ifaces.is_empty() { e } else { format!("{e} (the host has {ifaces})") }
+        if ifaces.is_empty() {
+            e
+        } else {
+            format!("{e} (the host has {ifaces})")
+        }
     })
 }
 
@@ -211,7 +223,10 @@ fn pick_node_ip(address: &str, candidates: &[std::net::IpAddr], on_host: &[&str]
         return Ok(v4[0].clone());
     }
     v4.iter().find(|c| on_host.contains(&c.as_str())).cloned().ok_or_else(|| {
-        format!("address {address} ({}) is not on any of the host's interfaces; use the host's own IP as `address:`", v4.join(", "))
+        format!(
+            "address {address} ({}) is not on any of the host's interfaces; use the host's own IP as `address:`",
+            v4.join(", ")
+        )
     })
 }
 
@@ -234,7 +249,8 @@ async fn load_or_make_token(cluster: &Cluster, servers: &[&Host], mode: Mode) ->
     }
     let mut adopted = None;
     for h in servers {
-        let out = h.run(&Cmd::read_script(format!("cat {} 2>/dev/null", SERVER_TOKEN))).await.map_err(|e| e.to_string())?;
+        let out =
+            h.run(&Cmd::read_script(format!("cat {} 2>/dev/null", SERVER_TOKEN))).await.map_err(|e| e.to_string())?;
         // K10<ca-hash>::server:<secret> — the secret part is what config.yaml carries.
         let full = out.stdout_str().trim().to_string();
         if !full.is_empty() {
@@ -261,7 +277,8 @@ async fn load_or_make_token(cluster: &Cluster, servers: &[&Host], mode: Mode) ->
 /// server has written it yet (a dry run before the first start) the bare secret.
 pub async fn join_token(fleet: &Fleet, secret: &str) -> Result<String, String> {
     for (_, host) in fleet.healthy(Role::Server) {
-        let out = host.run(&Cmd::read_script(format!("cat {SERVER_TOKEN} 2>/dev/null"))).await.map_err(|e| e.to_string())?;
+        let out =
+            host.run(&Cmd::read_script(format!("cat {SERVER_TOKEN} 2>/dev/null"))).await.map_err(|e| e.to_string())?;
         let full = out.stdout_str().trim().to_string();
         if full.starts_with("K10") && full.rsplit_once("::server:").is_some_and(|(_, s)| s == secret) {
             return Ok(full);
@@ -303,7 +320,8 @@ fn parse_nodes(json: &str) -> Result<BTreeMap<String, NodeStatus>, String> {
         let Some(name) = item.pointer("/metadata/name").and_then(Value::as_str) else { continue };
         let conditions = item.pointer("/status/conditions").and_then(Value::as_array);
         let ready = conditions.into_iter().flatten().any(|c| {
-            c.get("type").and_then(Value::as_str) == Some("Ready") && c.get("status").and_then(Value::as_str) == Some("True")
+            c.get("type").and_then(Value::as_str) == Some("Ready")
+                && c.get("status").and_then(Value::as_str) == Some("True")
         });
         let internal_ip = item
             .pointer("/status/addresses")
@@ -391,14 +409,19 @@ pub async fn disagreement(servers: &[(&str, &Host)]) -> Option<String> {
     }
     let rows: Vec<String> = views
         .iter()
-        .map(|(n, ca, nodes)| format!("  {n}: CA sha256 {}, nodes {}", ca.get(..12).unwrap_or("(none)"), nodes.join(",")))
+        .map(|(n, ca, nodes)| {
+            format!("  {n}: CA sha256 {}, nodes {}", ca.get(..12).unwrap_or("(none)"), nodes.join(","))
+        })
         .collect();
     Some(format!("servers disagree about the cluster (split brain?):\n{}", rows.join("\n")))
 }
 
 /// Whether the node's own password file exists (a wiped or reflashed node has none).
 pub async fn has_node_password(host: &Host) -> Result<bool, String> {
-    let out = host.run(&Cmd::read_script(format!("test -s {NODE_PASSWORD} && echo yes || true"))).await.map_err(|e| e.to_string())?;
+    let out = host
+        .run(&Cmd::read_script(format!("test -s {NODE_PASSWORD} && echo yes || true")))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(out.stdout_str().trim() == "yes")
 }
 
@@ -413,7 +436,10 @@ pub async fn forget_node(api: &Host, name: &str) -> Result<(), String> {
         n = quote(name),
         s = quote(&secret)
     );
-    let out = api.run(&Cmd::read_script(find).timeout(std::time::Duration::from_secs(30))).await.map_err(|e| e.to_string())?;
+    let out = api
+        .run(&Cmd::read_script(find).timeout(std::time::Duration::from_secs(30)))
+        .await
+        .map_err(|e| e.to_string())?;
     if !out.success() {
         return Err(format!("cannot ask the API whether it still knows {name}: {}", out.stderr_str().trim()));
     }
@@ -441,12 +467,9 @@ pub async fn diagnostics(host: &Host, role: Role) -> String {
         u = quote(unit)
     ));
     match host.run(&cmd).await {
-        Ok(out) => out
-            .stdout_str()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| format!("\n      | {l}"))
-            .collect(),
+        Ok(out) => {
+            out.stdout_str().lines().filter(|l| !l.trim().is_empty()).map(|l| format!("\n      | {l}")).collect()
+        }
         Err(e) => format!("\n      | (could not read the {unit} log: {e})"),
     }
 }
@@ -455,17 +478,17 @@ pub async fn diagnostics(host: &Host, role: Role) -> String {
 pub async fn start(host: &Host, role: Role, restart: bool, reason: &str) -> Result<(), RemoteError> {
     let unit = unit_name(role);
     let verb = if restart { "restart" } else { "start" };
-    let cmd = Cmd::change_script(format!("systemctl daemon-reload && systemctl enable -q {unit} && systemctl {verb} --no-block {unit}"));
+    let cmd = Cmd::change_script(format!(
+        "systemctl daemon-reload && systemctl enable -q {unit} && systemctl {verb} --no-block {unit}"
+    ));
     host.apply(format!("{verb} {unit} ({reason})"), &cmd).await
 }
 
 /// Waits until `host` can open a TCP connection to the endpoint (the path agents and joining
 /// servers take), so a join starts only once it can succeed.
 pub async fn wait_for_endpoint(host: &Host, ep: &ApiEndpoint, timeout: std::time::Duration) -> Result<(), String> {
-    let probe = Cmd::read_script(format!(
-        "timeout 3 bash -c {} 2>&1",
-        quote(&format!("</dev/tcp/{}/{}", ep.address, ep.port))
-    ));
+    let probe =
+        Cmd::read_script(format!("timeout 3 bash -c {} 2>&1", quote(&format!("</dev/tcp/{}/{}", ep.address, ep.port))));
     let started = std::time::Instant::now();
     loop {
         let out = host.run(&probe).await.map_err(|e| e.to_string())?;
@@ -495,7 +518,13 @@ pub async fn unit_active(host: &Host, role: Role) -> Result<bool, RemoteError> {
 
 /// Polls `api` until `name` is Ready, for at most `timeout`; on timeout the error carries the
 /// node's own k3s log lines.
-pub async fn wait_ready(api: &Host, node_host: &Host, role: Role, name: &str, timeout: std::time::Duration) -> Result<(), String> {
+pub async fn wait_ready(
+    api: &Host,
+    node_host: &Host,
+    role: Role,
+    name: &str,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
     let started = std::time::Instant::now();
     let unit = unit_name(role);
     loop {

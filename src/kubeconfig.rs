@@ -16,14 +16,12 @@ use serde_json::{json, Value};
 pub enum KubeconfigError {
     #[error("the kubeconfig of server {server} is not valid YAML: {reason}")]
     NotYaml { server: String, reason: String },
-    #[error("the kubeconfig of server {server} has no {field}; pikube only takes embedded certificates (k3s writes them)")]
+    #[error(
+        "the kubeconfig of server {server} has no {field}; pikube only takes embedded certificates (k3s writes them)"
+    )]
     Missing { server: String, field: &'static str },
     #[error("the kubeconfig of server {server}: {field} is not {expected}")]
-    Invalid {
-        server: String,
-        field: &'static str,
-        expected: &'static str,
-    },
+    Invalid { server: String, field: &'static str, expected: &'static str },
     #[error("cannot read {path}: {reason}")]
     Unreadable { path: String, reason: String },
     #[error("{path} is not a kubeconfig pikube can merge into ({reason}); fix or move it, or set KUBECONFIG to another file")]
@@ -46,35 +44,15 @@ enum Pem {
 /// Builds pikube's kubeconfig for `cluster` at `server_url` from the kubeconfig that `server`
 /// (a host name, for messages) holds. Only the CA and the client certificate and key are
 /// taken, from the first cluster and user entries; everything else is dropped.
-pub fn from_k3s(
-    remote_yaml: &str,
-    server: &str,
-    cluster: &str,
-    server_url: &str,
-) -> Result<Value, KubeconfigError> {
-    let doc: Value = serde_saphyr::from_str(remote_yaml).map_err(|e| KubeconfigError::NotYaml {
-        server: server.to_string(),
-        reason: e.to_string(),
-    })?;
+pub fn from_k3s(remote_yaml: &str, server: &str, cluster: &str, server_url: &str) -> Result<Value, KubeconfigError> {
+    let doc: Value = serde_saphyr::from_str(remote_yaml)
+        .map_err(|e| KubeconfigError::NotYaml { server: server.to_string(), reason: e.to_string() })?;
     let entry = |list: &str, inner: &str| {
-        doc.get(list)
-            .and_then(Value::as_array)
-            .and_then(|l| l.first())
-            .and_then(|e| e.get(inner))
+        doc.get(list).and_then(Value::as_array).and_then(|l| l.first()).and_then(|e| e.get(inner))
     };
     let (cluster_entry, user_entry) = (entry("clusters", "cluster"), entry("users", "user"));
-    let ca = pem_field(
-        server,
-        cluster_entry,
-        "certificate-authority-data",
-        Pem::Certificates,
-    )?;
-    let cert = pem_field(
-        server,
-        user_entry,
-        "client-certificate-data",
-        Pem::Certificates,
-    )?;
+    let ca = pem_field(server, cluster_entry, "certificate-authority-data", Pem::Certificates)?;
+    let cert = pem_field(server, user_entry, "client-certificate-data", Pem::Certificates)?;
     let key = pem_field(server, user_entry, "client-key-data", Pem::PrivateKey)?;
     Ok(json!({
         "apiVersion": "v1",
@@ -88,12 +66,7 @@ pub fn from_k3s(
 }
 
 /// The base64 PEM in `entry.field`, checked to decode to `kind`.
-fn pem_field(
-    server: &str,
-    entry: Option<&Value>,
-    field: &'static str,
-    kind: Pem,
-) -> Result<String, KubeconfigError> {
+fn pem_field(server: &str, entry: Option<&Value>, field: &'static str, kind: Pem) -> Result<String, KubeconfigError> {
     let server = server.to_string();
     let Some(raw) = entry.and_then(|e| e.get(field)) else {
         return Err(KubeconfigError::Missing { server, field });
@@ -104,11 +77,7 @@ fn pem_field(
     };
     match raw.as_str() {
         Some(s) if is_pem_base64(s, kind) => Ok(s.to_string()),
-        _ => Err(KubeconfigError::Invalid {
-            server,
-            field,
-            expected,
-        }),
+        _ => Err(KubeconfigError::Invalid { server, field, expected }),
     }
 }
 
@@ -144,9 +113,7 @@ fn pem_labels(text: &str) -> Option<Vec<String>> {
                 l => body.push_str(l),
             }
         }
-        Base64::decode_vec(&body)
-            .ok()
-            .filter(|der| !der.is_empty())?;
+        Base64::decode_vec(&body).ok().filter(|der| !der.is_empty())?;
         labels.push(label.to_string());
     }
     Some(labels)
@@ -159,16 +126,8 @@ pub fn merge(existing: Option<Value>, new: &Value) -> Value {
         return new.clone();
     };
     for list in ["clusters", "users", "contexts"] {
-        let incoming = new
-            .get(list)
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let mut entries = base
-            .get(list)
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let incoming = new.get(list).and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut entries = base.get(list).and_then(Value::as_array).cloned().unwrap_or_default();
         for e in incoming {
             let name = e.get("name").cloned();
             entries.retain(|x| x.get("name") != name.as_ref());
@@ -193,23 +152,14 @@ fn read_for_merge(path: &Path) -> Result<Option<(String, Value)>, KubeconfigErro
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(KubeconfigError::Unreadable {
-                path: shown,
-                reason: e.to_string(),
-            })
-        }
+        Err(e) => return Err(KubeconfigError::Unreadable { path: shown, reason: e.to_string() }),
     };
-    let not_mergeable = |reason: String| KubeconfigError::NotMergeable {
-        path: shown.clone(),
-        reason,
-    };
+    let not_mergeable = |reason: String| KubeconfigError::NotMergeable { path: shown.clone(), reason };
     let text = String::from_utf8(bytes).map_err(|_| not_mergeable("not UTF-8 text".into()))?;
     if text.trim().is_empty() {
         return Ok(None);
     }
-    let doc: Value =
-        serde_saphyr::from_str(&text).map_err(|e| not_mergeable(format!("not valid YAML: {e}")))?;
+    let doc: Value = serde_saphyr::from_str(&text).map_err(|e| not_mergeable(format!("not valid YAML: {e}")))?;
     if !doc.is_object() {
         return Err(not_mergeable("not a YAML mapping".into()));
     }
@@ -230,19 +180,13 @@ pub fn merge_into(path: &Path, doc: &Value) -> Result<bool, KubeconfigError> {
 
 /// Writes `doc` to `path` (0600) unless `existing`, the file's current text, already says
 /// the same; returns whether it wrote.
-pub fn write_if_changed(
-    path: &Path,
-    existing: Option<&str>,
-    doc: &Value,
-) -> Result<bool, KubeconfigError> {
+pub fn write_if_changed(path: &Path, existing: Option<&str>, doc: &Value) -> Result<bool, KubeconfigError> {
     let text = to_yaml(doc)?;
     if existing == Some(text.as_str()) {
         return Ok(false);
     }
-    crate::local::write_secret(path, text.as_bytes()).map_err(|e| KubeconfigError::Unwritable {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    crate::local::write_secret(path, text.as_bytes())
+        .map_err(|e| KubeconfigError::Unwritable { path: path.display().to_string(), reason: e.to_string() })?;
     Ok(true)
 }
 
@@ -289,13 +233,7 @@ mod tests {
 
     #[test]
     fn endpoint_and_names_are_rewritten() {
-        let doc = from_k3s(
-            &k3s_yaml("", "", ""),
-            "rasp01",
-            "pis",
-            "https://10.0.0.5:6443",
-        )
-        .unwrap();
+        let doc = from_k3s(&k3s_yaml("", "", ""), "rasp01", "pis", "https://10.0.0.5:6443").unwrap();
         assert_eq!(doc, expected());
         let back: Value = serde_saphyr::from_str(&to_yaml(&doc).unwrap()).unwrap();
         assert_eq!(back, doc);
@@ -312,28 +250,15 @@ mod tests {
         let tail = "- name: evil\n  user:\n    exec: {command: sh}\n\
                     extensions: [{name: x, extension: {}}]\n";
         let hostile = k3s_yaml(cluster_extra, user_extra, tail);
-        let hostile = hostile.replace(
-            "contexts:\n",
-            "contexts:\n- context: {cluster: default, user: evil}\n  name: evil\n",
-        );
+        let hostile =
+            hostile.replace("contexts:\n", "contexts:\n- context: {cluster: default, user: evil}\n  name: evil\n");
         let parsed: Value = serde_saphyr::from_str(&hostile).unwrap();
-        assert_eq!(
-            parsed["users"].as_array().unwrap().len(),
-            2,
-            "the hostile input parses as meant: {hostile}"
-        );
+        assert_eq!(parsed["users"].as_array().unwrap().len(), 2, "the hostile input parses as meant: {hostile}");
         assert_eq!(parsed["users"][0]["user"]["exec"]["command"], "sh");
-        assert_eq!(
-            parsed["clusters"][0]["cluster"]["insecure-skip-tls-verify"],
-            true
-        );
+        assert_eq!(parsed["clusters"][0]["cluster"]["insecure-skip-tls-verify"], true);
 
         let doc = from_k3s(&hostile, "rasp01", "pis", "https://10.0.0.5:6443").unwrap();
-        assert_eq!(
-            doc,
-            expected(),
-            "only CA + client certificate + key survive"
-        );
+        assert_eq!(doc, expected(), "only CA + client certificate + key survive");
         let written = to_yaml(&doc).unwrap();
         for bad in [
             "exec",
@@ -357,31 +282,16 @@ mod tests {
         let cases = [
             // An exec-only user in front of the real one: pikube never falls back to it.
             (
-                good.replace(
-                    "users:\n",
-                    "users:\n- name: evil\n  user: {exec: {command: sh}}\n",
-                ),
+                good.replace("users:\n", "users:\n- name: evil\n  user: {exec: {command: sh}}\n"),
                 "has no client-certificate-data",
             ),
             (
-                good.replace(
-                    "    certificate-authority-data:",
-                    "    certificate-authority: /ca.crt\n    x:",
-                ),
+                good.replace("    certificate-authority-data:", "    certificate-authority: /ca.crt\n    x:"),
                 "has no certificate-authority-data",
             ),
-            (
-                good.replace(&b64(CA), "Q0E="),
-                "certificate-authority-data is not base64 of PEM certificates",
-            ),
-            (
-                good.replace(&b64(KEY), &b64(CERT)),
-                "client-key-data is not base64 of one PEM private key",
-            ),
-            (
-                good.replace(&b64(KEY), &b64(&format!("{KEY}{KEY}"))),
-                "client-key-data is not base64",
-            ),
+            (good.replace(&b64(CA), "Q0E="), "certificate-authority-data is not base64 of PEM certificates"),
+            (good.replace(&b64(KEY), &b64(CERT)), "client-key-data is not base64 of one PEM private key"),
+            (good.replace(&b64(KEY), &b64(&format!("{KEY}{KEY}"))), "client-key-data is not base64"),
             (
                 good.replace(&b64(KEY), &b64(&KEY.replace("\n-----END", "!!\n-----END"))),
                 "client-key-data is not base64",
@@ -390,16 +300,11 @@ mod tests {
                 good.replace(&b64(&format!("{CERT}{CA}")), &b64(&format!("{CERT}junk\n"))),
                 "client-certificate-data is not",
             ),
-            (
-                good.replace(&b64(&format!("{CERT}{CA}")), "[1, 2]"),
-                "client-certificate-data is not",
-            ),
+            (good.replace(&b64(&format!("{CERT}{CA}")), "[1, 2]"), "client-certificate-data is not"),
             ("users: [\n".to_string(), "is not valid YAML"),
         ];
         for (input, want) in cases {
-            let err = from_k3s(&input, "rasp01", "pis", "https://10.0.0.5:6443")
-                .unwrap_err()
-                .to_string();
+            let err = from_k3s(&input, "rasp01", "pis", "https://10.0.0.5:6443").unwrap_err().to_string();
             assert!(err.starts_with("the kubeconfig of server rasp01"), "{err}");
             assert!(err.contains(want), "want {want:?}, got {err:?}");
         }
@@ -413,28 +318,13 @@ mod tests {
 
     #[test]
     fn merge_replaces_same_names_and_keeps_others() {
-        let new = from_k3s(
-            &k3s_yaml("", "", ""),
-            "rasp01",
-            "pis",
-            "https://10.0.0.5:6443",
-        )
-        .unwrap();
+        let new = from_k3s(&k3s_yaml("", "", ""), "rasp01", "pis", "https://10.0.0.5:6443").unwrap();
         let once = merge(Some(work_config()), &new);
         let twice = merge(Some(once.clone()), &new);
         assert_eq!(once, twice, "merging again changes nothing");
-        assert_eq!(
-            once["clusters"],
-            json!([work_config()["clusters"][0], new["clusters"][0]])
-        );
-        assert_eq!(
-            once["users"],
-            json!([work_config()["users"][0], new["users"][0]])
-        );
-        assert_eq!(
-            once["contexts"],
-            json!([work_config()["contexts"][0], new["contexts"][0]])
-        );
+        assert_eq!(once["clusters"], json!([work_config()["clusters"][0], new["clusters"][0]]));
+        assert_eq!(once["users"], json!([work_config()["users"][0], new["users"][0]]));
+        assert_eq!(once["contexts"], json!([work_config()["contexts"][0], new["contexts"][0]]));
         assert_eq!(once["current-context"], "pis");
     }
 
@@ -449,68 +339,31 @@ mod tests {
     fn merge_into_a_file_keeps_the_other_contexts() {
         use std::os::unix::fs::PermissionsExt;
         let path = temp_dir("merge").join(".kube/config");
-        let new = from_k3s(
-            &k3s_yaml("", "", ""),
-            "rasp01",
-            "pis",
-            "https://10.0.0.5:6443",
-        )
-        .unwrap();
-        assert!(
-            merge_into(&path, &new).unwrap(),
-            "a missing file is created"
-        );
+        let new = from_k3s(&k3s_yaml("", "", ""), "rasp01", "pis", "https://10.0.0.5:6443").unwrap();
+        assert!(merge_into(&path, &new).unwrap(), "a missing file is created");
         std::fs::write(&path, to_yaml(&work_config()).unwrap()).unwrap();
         assert!(merge_into(&path, &new).unwrap());
-        assert!(
-            !merge_into(&path, &new).unwrap(),
-            "a second merge changes nothing"
-        );
-        let merged: Value =
-            serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(!merge_into(&path, &new).unwrap(), "a second merge changes nothing");
+        let merged: Value = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(merged, merge(Some(work_config()), &new));
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]
     fn merge_into_an_unreadable_or_broken_file_is_refused_and_leaves_it_alone() {
         let dir = temp_dir("refuse");
-        let new = from_k3s(
-            &k3s_yaml("", "", ""),
-            "rasp01",
-            "pis",
-            "https://10.0.0.5:6443",
-        )
-        .unwrap();
+        let new = from_k3s(&k3s_yaml("", "", ""), "rasp01", "pis", "https://10.0.0.5:6443").unwrap();
         let cases: [(&str, &[u8], &str); 4] = [
-            (
-                "latin1",
-                b"clusters:\n- name: caf\xe9\n",
-                "is not a kubeconfig pikube can merge into (not UTF-8 text)",
-            ),
-            (
-                "broken",
-                b"clusters: [\n  - name: work\n",
-                "is not a kubeconfig pikube can merge into (not valid YAML",
-            ),
+            ("latin1", b"clusters:\n- name: caf\xe9\n", "is not a kubeconfig pikube can merge into (not UTF-8 text)"),
+            ("broken", b"clusters: [\n  - name: work\n", "is not a kubeconfig pikube can merge into (not valid YAML"),
             ("scalar", b"just some text\n", "(not a YAML mapping)"),
-            (
-                "shape",
-                b"clusters: {name: work}\n",
-                "(`clusters` is not a list)",
-            ),
+            ("shape", b"clusters: {name: work}\n", "(`clusters` is not a list)"),
         ];
         for (name, content, want) in cases {
             let path = dir.join(name);
             std::fs::write(&path, content).unwrap();
             let err = merge_into(&path, &new).unwrap_err().to_string();
-            assert!(
-                err.starts_with(&path.display().to_string()) && err.contains(want),
-                "{name}: {err}"
-            );
+            assert!(err.starts_with(&path.display().to_string()) && err.contains(want), "{name}: {err}");
             assert!(err.contains("set KUBECONFIG to another file"), "{err}");
             assert_eq!(std::fs::read(&path).unwrap(), content, "{name} was changed");
         }
@@ -518,10 +371,7 @@ mod tests {
         let unreadable = dir.join("a-directory");
         std::fs::create_dir(&unreadable).unwrap();
         let err = merge_into(&unreadable, &new).unwrap_err().to_string();
-        assert!(
-            err.starts_with(&format!("cannot read {}", unreadable.display())),
-            "{err}"
-        );
+        assert!(err.starts_with(&format!("cannot read {}", unreadable.display())), "{err}");
         assert!(unreadable.is_dir());
     }
 }

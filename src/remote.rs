@@ -229,7 +229,10 @@ impl Host {
             let out = session.exec(&format!("sudo -k -S -p '' -- {probe}"), Some(&line), DEFAULT_TIMEOUT).await?;
             self.sudo_refused(&out, true)?;
             if !out.success() {
-                return Err(RemoteError::Sudo { host: self.name.clone(), reason: sudo_reason(&out.stderr_str(), true) });
+                return Err(RemoteError::Sudo {
+                    host: self.name.clone(),
+                    reason: sudo_reason(&out.stderr_str(), true),
+                });
             }
             Ok(Sudo::Password)
         };
@@ -352,7 +355,11 @@ impl Host {
 
 fn first_line(s: &str) -> String {
     let l = s.lines().next().unwrap_or("").trim();
-    if l.chars().count() > 120 { format!("{}…", l.chars().take(120).collect::<String>()) } else { l.to_string() }
+    if l.chars().count() > 120 {
+        format!("{}…", l.chars().take(120).collect::<String>())
+    } else {
+        l.to_string()
+    }
 }
 
 fn sudo_reason(stderr: &str, had_password: bool) -> String {

@@ -12,22 +12,10 @@ use crate::remote::{Cmd, Host};
 
 /// Where k3s mounts (containerd's rootfs and shm, pod volumes, CSI plugins, its data, CNI
 /// network namespaces); unmounted deepest first. A trailing `-` is a name prefix.
-const MOUNT_ROOTS: [&str; 5] = [
-    "/run/k3s",
-    "/var/lib/kubelet/pods",
-    "/var/lib/kubelet/plugins",
-    "/var/lib/rancher/k3s",
-    "/run/netns/cni-",
-];
+const MOUNT_ROOTS: [&str; 5] =
+    ["/run/k3s", "/var/lib/kubelet/pods", "/var/lib/kubelet/plugins", "/var/lib/rancher/k3s", "/run/netns/cni-"];
 /// The interfaces flannel, the CNI bridge and kube-proxy's IPVS mode create.
-const INTERFACES: [&str; 6] = [
-    "cni0",
-    "flannel.1",
-    "flannel-v6.1",
-    "flannel-wg",
-    "flannel-wg-v6",
-    "kube-ipvs0",
-];
+const INTERFACES: [&str; 6] = ["cni0", "flannel.1", "flannel-v6.1", "flannel-wg", "flannel-wg-v6", "kube-ipvs0"];
 /// k3s and the names it re-execs as (`cmd/k3s/main.go`): `pkill -x k3s` alone finds none of them.
 const PROCESSES: [&str; 4] = ["k3s", "k3s-server", "k3s-agent", "k3s-init"];
 /// containerd's shims run from k3s's extracted binaries; with `KillMode=process` they and the
@@ -47,11 +35,8 @@ const DIRS: [&str; 7] = [
 /// Shell variables both scripts use, from the constants above.
 fn vars() -> String {
     let roles = [Role::Server, Role::Agent];
-    let files: Vec<String> = roles
-        .iter()
-        .flat_map(|r| [k3s::unit_path(*r), k3s::env_path(*r)])
-        .chain([BIN.to_string()])
-        .collect();
+    let files: Vec<String> =
+        roles.iter().flat_map(|r| [k3s::unit_path(*r), k3s::env_path(*r)]).chain([BIN.to_string()]).collect();
     format!(
         "ROOTS='{}'; IFACES='{}'; PROCS='{}'; SHIMS='{SHIMS}'; DIRS='{}'; FILES='{}'; UNITS='{}'; LINKS='{}'; BIN={BIN}\n",
         MOUNT_ROOTS.join(" "),
@@ -125,18 +110,18 @@ exit 0
 pub async fn remove(host: &Host) -> Result<(), String> {
     let script = format!("{}{MOUNTS_UNDER_ROOTS}{TEARDOWN}", vars());
     let cmd = Cmd::change_script(script).timeout(std::time::Duration::from_secs(180));
-    host.apply("stop k3s, kill its shims, unmount, delete its interfaces, rules and files (k3s-killall.sh, k3s-uninstall.sh)", &cmd)
-        .await
-        .map_err(|e| e.to_string())
+    host.apply(
+        "stop k3s, kill its shims, unmount, delete its interfaces, rules and files (k3s-killall.sh, k3s-uninstall.sh)",
+        &cmd,
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// What of k3s is still on `host`.
 pub async fn leftovers(host: &Host) -> Result<Leftovers, String> {
     let script = format!("{}{MOUNTS_UNDER_ROOTS}{LEFTOVERS}", vars());
-    let out = host
-        .run_ok(&Cmd::read_script(script))
-        .await
-        .map_err(|e| e.to_string())?;
+    let out = host.run_ok(&Cmd::read_script(script)).await.map_err(|e| e.to_string())?;
     Ok(Leftovers::parse(&out))
 }
 
@@ -156,10 +141,7 @@ impl Leftovers {
         let items = out
             .lines()
             .filter_map(|l| l.split_once(' '))
-            .map(|(kind, what)| Leftover {
-                kind: kind.to_string(),
-                what: what.trim().to_string(),
-            })
+            .map(|(kind, what)| Leftover { kind: kind.to_string(), what: what.trim().to_string() })
             .collect();
         Leftovers(items)
     }
@@ -169,10 +151,7 @@ impl Leftovers {
     }
 
     fn mounts(&self) -> impl Iterator<Item = &str> {
-        self.0
-            .iter()
-            .filter(|l| l.kind == "mount")
-            .map(|l| l.what.as_str())
+        self.0.iter().filter(|l| l.kind == "mount").map(|l| l.what.as_str())
     }
 }
 
@@ -181,26 +160,20 @@ impl fmt::Display for Leftovers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "k3s is not completely removed; left on the node:")?;
         for kind in ["iptables", "ip6tables"] {
-            let rules: Vec<&str> = self
-                .0
-                .iter()
-                .filter(|l| l.kind == kind)
-                .map(|l| l.what.as_str())
-                .collect();
+            let rules: Vec<&str> = self.0.iter().filter(|l| l.kind == kind).map(|l| l.what.as_str()).collect();
             if !rules.is_empty() {
-                write!(
-                    f,
-                    "\n    {} {kind} rule(s)/chain(s), e.g. `{}`",
-                    rules.len(),
-                    rules[0]
-                )?;
+                write!(f, "\n    {} {kind} rule(s)/chain(s), e.g. `{}`", rules.len(), rules[0])?;
             }
         }
         for l in self.0.iter().filter(|l| !l.kind.ends_with("iptables")) {
             match l.kind.as_str() {
                 "mount" => write!(f, "\n    mount {} (could not be unmounted; it is busy)", l.what)?,
                 "path" => match self.mounts().find(|m| m.starts_with(&format!("{}/", l.what)) || *m == l.what) {
-                    Some(m) => write!(f, "\n    {} (not deleted: {m} is still mounted below it, and data on a mount is never deleted)", l.what)?,
+                    Some(m) => write!(
+                        f,
+                        "\n    {} (not deleted: {m} is still mounted below it, and data on a mount is never deleted)",
+                        l.what
+                    )?,
                     None => write!(f, "\n    {}", l.what)?,
                 },
                 kind => write!(f, "\n    {kind} {}", l.what)?,
@@ -209,10 +182,7 @@ impl fmt::Display for Leftovers {
         if self.mounts().next().is_some() {
             write!(f, "\n  hint: find what holds a mount with `fuser -vm PATH`, stop it and unmount, then run `pikube down` again")?;
         } else {
-            write!(
-                f,
-                "\n  hint: run `pikube down` again; if it stays, remove these by hand"
-            )?;
+            write!(f, "\n  hint: run `pikube down` again; if it stays, remove these by hand")?;
         }
         Ok(())
     }
@@ -227,12 +197,12 @@ mod tests {
         let out = "mount /var/lib/kubelet/pods/u/volumes/kubernetes.io~nfs/data\npath /var/lib/kubelet\n\
                    iptables :KUBE-FORWARD - [0:0]\niptables -A FORWARD -j KUBE-FORWARD\ninterface cni0\n";
         let text = Leftovers::parse(out).to_string();
-        assert!(text.contains("mount /var/lib/kubelet/pods/u/volumes/kubernetes.io~nfs/data (could not be unmounted"), "{text}");
-        assert!(text.contains("/var/lib/kubelet (not deleted: /var/lib/kubelet/pods/u/volumes/kubernetes.io~nfs/data is still mounted"), "{text}");
         assert!(
-            text.contains("2 iptables rule(s)/chain(s), e.g. `:KUBE-FORWARD - [0:0]`"),
+            text.contains("mount /var/lib/kubelet/pods/u/volumes/kubernetes.io~nfs/data (could not be unmounted"),
             "{text}"
         );
+        assert!(text.contains("/var/lib/kubelet (not deleted: /var/lib/kubelet/pods/u/volumes/kubernetes.io~nfs/data is still mounted"), "{text}");
+        assert!(text.contains("2 iptables rule(s)/chain(s), e.g. `:KUBE-FORWARD - [0:0]`"), "{text}");
         assert!(text.contains("interface cni0"), "{text}");
         assert!(text.contains("fuser -vm"), "{text}");
     }

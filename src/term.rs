@@ -36,15 +36,9 @@ mod tests {
 
     #[test]
     fn escape_sequences_show_instead_of_acting() {
-        assert_eq!(
-            clean("rasp01\x1b[2J\r\x07\u{9b}x\x7f"),
-            "rasp01\\u{1b}[2J\\r\\u{7}\\u{9b}x\\u{7f}"
-        );
+        assert_eq!(clean("rasp01\x1b[2J\r\x07\u{9b}x\x7f"), "rasp01\\u{1b}[2J\\r\\u{7}\\u{9b}x\\u{7f}");
         assert_eq!(clean("two\nlines, tab\there"), "two\nlines, tab\\there");
-        assert!(matches!(
-            clean("Raspberry Pi 4 Model B Rev 1.4 — ünïcode"),
-            Cow::Borrowed(_)
-        ));
+        assert!(matches!(clean("Raspberry Pi 4 Model B Rev 1.4 — ünïcode"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use common::{stdout, text, Lab, BIN};
 
 fn findings(out: &std::process::Output) -> Vec<(String, String)> {
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("check --json: {e}\n{}", text(out)));
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("check --json: {e}\n{}", text(out)));
     v["findings"]
         .as_array()
         .expect("findings array")
@@ -97,7 +98,8 @@ fn up_through_root_and_every_sudo_setup_writes_exactly_the_wanted_files() {
     let file = lab.dir().join("sudo.yaml");
     std::fs::write(&file, yaml).expect("write variant");
     let f = file.to_str().unwrap();
-    let cmdlines: Vec<String> = (1..=4).map(|i| lab.ssh(&format!("node{i}"), "cat /boot/firmware/cmdline.txt").1).collect();
+    let cmdlines: Vec<String> =
+        (1..=4).map(|i| lab.ssh(&format!("node{i}"), "cat /boot/firmware/cmdline.txt").1).collect();
 
     let up = lab.pikube_env(&["up", "-f", f], &[("LAB_SUDO_PW", "raspberry")]);
     assert!(up.status.success(), "{}", text(&up));
@@ -184,10 +186,14 @@ fn up_prepares_both_pi_boot_layouts_reboots_only_where_needed_and_converges() {
     let f = lab.cluster_file();
     let f = f.to_str().unwrap();
     // node3 (bookworm) already has the flags and runs with them: it must not be rebooted.
-    lab.sh("node3", "sed -i '1s/$/ cgroup_enable=cpuset cgroup_enable=memory cgroup_memory=1/' /boot/firmware/cmdline.txt");
+    lab.sh(
+        "node3",
+        "sed -i '1s/$/ cgroup_enable=cpuset cgroup_enable=memory cgroup_memory=1/' /boot/firmware/cmdline.txt",
+    );
     lab.ssh("node3", "systemctl reboot");
     wait_for(&lab, "node3", "grep -E '^memory.*1$' /proc/cgroups");
-    let boot_before: Vec<String> = (1..=3).map(|i| lab.sh(&format!("node{i}"), "cat /proc/sys/kernel/random/boot_id")).collect();
+    let boot_before: Vec<String> =
+        (1..=3).map(|i| lab.sh(&format!("node{i}"), "cat /proc/sys/kernel/random/boot_id")).collect();
     let legacy_before = lab.sh("node2", "cat /boot/cmdline.txt");
 
     // plan lists the changes and changes nothing.
@@ -216,7 +222,8 @@ fn up_prepares_both_pi_boot_layouts_reboots_only_where_needed_and_converges() {
         assert_eq!(lab.sh(&n, "sysctl -n net.ipv4.ip_forward"), "1");
     }
     assert!(!lab.ssh("node1", "test -e /boot/cmdline.txt").0, "bookworm node got a stray /boot/cmdline.txt");
-    let boot_after: Vec<String> = (1..=3).map(|i| lab.sh(&format!("node{i}"), "cat /proc/sys/kernel/random/boot_id")).collect();
+    let boot_after: Vec<String> =
+        (1..=3).map(|i| lab.sh(&format!("node{i}"), "cat /proc/sys/kernel/random/boot_id")).collect();
     assert_ne!(boot_before[0], boot_after[0], "node1 needed a reboot");
     assert_ne!(boot_before[1], boot_after[1], "node2 needed a reboot");
     assert_eq!(boot_before[2], boot_after[2], "node3 did not need a reboot");
@@ -226,7 +233,8 @@ fn up_prepares_both_pi_boot_layouts_reboots_only_where_needed_and_converges() {
     let again = lab.pikube(&["up", "-f", f]);
     assert!(again.status.success(), "{}", text(&again));
     assert!(stdout(&again).contains("Up: no changes"), "{}", stdout(&again));
-    let boot_final: Vec<String> = (1..=3).map(|i| lab.sh(&format!("node{i}"), "cat /proc/sys/kernel/random/boot_id")).collect();
+    let boot_final: Vec<String> =
+        (1..=3).map(|i| lab.sh(&format!("node{i}"), "cat /proc/sys/kernel/random/boot_id")).collect();
     assert_eq!(boot_after, boot_final, "a no-op run rebooted something");
     let plan_again = lab.pikube(&["plan", "-f", f]);
     assert!(stdout(&plan_again).contains("Plan: no changes"), "{}", stdout(&plan_again));
@@ -323,7 +331,9 @@ fn changed_host_key_is_refused_even_with_accept_new() {
     // The host is "reinstalled": new host keys.
     lab.sh("node1", "rm -f /etc/ssh/ssh_host_* && ssh-keygen -q -A && systemctl restart ssh");
     let accept_new = lab.dir().join("accept-new.yaml");
-    let yaml = std::fs::read_to_string(&f).expect("read").replace("  user: root\n", "  user: root\n  host_key_policy: accept-new\n");
+    let yaml = std::fs::read_to_string(&f)
+        .expect("read")
+        .replace("  user: root\n", "  user: root\n  host_key_policy: accept-new\n");
     std::fs::write(&accept_new, yaml).expect("write");
     for file in [f.clone(), accept_new] {
         let out = lab.pikube(&["check", "--json", "-f", file.to_str().unwrap()]);
@@ -349,7 +359,8 @@ fn unknown_host_key_strict_refuses_accept_new_records() {
     let out = lab.pikube(&["check", "--json", "-f", file.to_str().unwrap()]);
     assert!(findings(&out).contains(&("node1".into(), "host-key-unknown".into())), "{}", text(&out));
 
-    std::fs::write(&file, strict.replace("  user: root\n", "  user: root\n  host_key_policy: accept-new\n")).expect("write");
+    std::fs::write(&file, strict.replace("  user: root\n", "  user: root\n  host_key_policy: accept-new\n"))
+        .expect("write");
     let out = lab.pikube(&["check", "-f", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(std::fs::read_to_string(&empty).expect("read").contains("10.77.36.11"), "key recorded");
@@ -378,7 +389,11 @@ fn ctrl_c_stops_cleanly_and_a_rerun_converges() {
 
     let again = lab.pikube(&["up", "-f", f.to_str().unwrap()]);
     assert!(again.status.success(), "{}", text(&again));
-    assert!(stdout(&again).contains("2 of 2 host(s) converged") || stdout(&again).contains("Up: no changes"), "{}", text(&again));
+    assert!(
+        stdout(&again).contains("2 of 2 host(s) converged") || stdout(&again).contains("Up: no changes"),
+        "{}",
+        text(&again)
+    );
 }
 
 #[test]
@@ -386,7 +401,8 @@ fn plan_shows_the_apt_proxy_and_refuses_nothing_else() {
     require_lab!();
     let lab = Lab::up("tprx", 38, &["--nodes", "1"]);
     let file = lab.dir().join("proxy.yaml");
-    let yaml = std::fs::read_to_string(lab.cluster_file()).expect("read")
+    let yaml = std::fs::read_to_string(lab.cluster_file())
+        .expect("read")
         .replace("  trusted: true\n", "  trusted: true\n  proxy: http://10.77.38.1:3142\n");
     std::fs::write(&file, yaml).expect("write");
     let plan = lab.pikube(&["plan", "-f", file.to_str().unwrap()]);
@@ -402,7 +418,11 @@ fn unreachable_and_wrong_key_are_findings_with_fixes() {
     let lab = Lab::up("tbad", 39, &["--nodes", "2"]);
     lab.lab("stop", "node2");
     let wrong = lab.dir().join("wrong_key");
-    let made = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&wrong).status().expect("ssh-keygen");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&wrong)
+        .status()
+        .expect("ssh-keygen");
     assert!(made.success());
     let yaml = std::fs::read_to_string(lab.cluster_file()).expect("read").replace(
         "    address: 10.77.39.11\n",

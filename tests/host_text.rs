@@ -18,32 +18,17 @@ fn hostile_host_text_is_shown_escaped_and_never_panics() {
         lab.sh(n, r"printf 'abcdefghijk\303\251xyz\n' > /etc/machine-id");
     }
     // An os-release that would clear the operator's screen if printed as it is.
-    lab.sh(
-        "node1",
-        r#"rm -f /etc/os-release && printf 'ID=evil\nPRETTY_NAME="Evil\033[2J\rOS"\n' > /etc/os-release"#,
-    );
+    lab.sh("node1", r#"rm -f /etc/os-release && printf 'ID=evil\nPRETTY_NAME="Evil\033[2J\rOS"\n' > /etc/os-release"#);
     let out = lab.pikube(&["check", "-f", file]);
     // Exit 1 (error findings), not 101 (a panic).
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let shown = stdout(&out);
-    assert!(
-        !shown.contains('\x1b') && !shown.contains('\r'),
-        "raw control characters: {shown:?}"
-    );
-    assert!(
-        shown.contains(r"Evil\u{1b}[2J\rOS is not Debian"),
-        "{shown}"
-    );
-    assert!(
-        shown.contains("machine-id abcdefghijké is also on"),
-        "{shown}"
-    );
+    assert!(!shown.contains('\x1b') && !shown.contains('\r'), "raw control characters: {shown:?}");
+    assert!(shown.contains(r"Evil\u{1b}[2J\rOS is not Debian"), "{shown}");
+    assert!(shown.contains("machine-id abcdefghijké is also on"), "{shown}");
 
     // A hostname with an escape sequence, quoted in plan's change line for the host.
-    lab.sh(
-        "node2",
-        "tr -d - < /proc/sys/kernel/random/uuid > /etc/machine-id",
-    );
+    lab.sh("node2", "tr -d - < /proc/sys/kernel/random/uuid > /etc/machine-id");
     // sethostname(2) itself: the hostname tool refuses such names, the kernel does not.
     lab.sh(
         "node2",
@@ -52,14 +37,6 @@ fn hostile_host_text_is_shown_escaped_and_never_panics() {
     );
     let out = lab.pikube(&["plan", "-f", file]);
     let shown = stdout(&out);
-    assert!(
-        !shown.contains('\x1b'),
-        "raw escape in plan: {}",
-        text(&out)
-    );
-    assert!(
-        shown.contains(r"set hostname evil\u{1b}[2Jx → node2"),
-        "{}",
-        text(&out)
-    );
+    assert!(!shown.contains('\x1b'), "raw escape in plan: {}", text(&out));
+    assert!(shown.contains(r"set hostname evil\u{1b}[2Jx → node2"), "{}", text(&out));
 }

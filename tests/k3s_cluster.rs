@@ -218,7 +218,10 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     assert_eq!(lab.sh("node1", "systemctl is-enabled k3s"), "enabled");
     assert!(lab.sh("node2", "cat /etc/rancher/k3s/config.yaml").contains("server: \"https://10.77.41.11:6443\""));
     let registries = lab.sh("node2", "cat /etc/rancher/k3s/registries.yaml");
-    assert!(registries.contains("\"docker.io\":\n    endpoint:\n      - \"https://registry.lab:5000\""), "{registries}");
+    assert!(
+        registries.contains("\"docker.io\":\n    endpoint:\n      - \"https://registry.lab:5000\""),
+        "{registries}"
+    );
     assert!(lab.sh("node2", "journalctl -u k3s-agent -o cat").contains("Using private registry config file"));
     let version = lab.sh("node1", "k3s --version");
     assert!(version.starts_with("k3s version v1.31.4+k3s1") && version.contains("STAND-IN"), "{version}");
@@ -313,7 +316,10 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     assert!(node1_report.contains("\n  [ready] taint node node2: zone=b:PreferNoSchedule"), "{report}");
     assert_eq!(api_field(&lab, "node1", "node node2", "/metadata/labels/disk"), "hdd");
     let taints = api_field(&lab, "node1", "node node2", "/spec/taints");
-    assert!(taints.as_array().unwrap().iter().any(|t| t["key"] == "zone" && t["effect"] == "PreferNoSchedule"), "{taints}");
+    assert!(
+        taints.as_array().unwrap().iter().any(|t| t["key"] == "zone" && t["effect"] == "PreferNoSchedule"),
+        "{taints}"
+    );
     assert!(node1_report.contains("\n  [post-master-up] apply post-master-up hook k3s-post-master-up.yml"), "{report}");
     assert_eq!(api_field(&lab, "node1", "configmap from-hook -n kube-system", "/data/rev"), "2");
     // Only node2's config changed (its node-label/node-taint): only node2's k3s restarted.
@@ -333,7 +339,8 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     let other = standin_release("v1.31.5+k3s1");
     // Copied in through the node's root file system as the lab mounts it (nodes/<node>/merged).
     std::fs::copy(other.join("k3s"), lab.dir().join("nodes/node2/merged/root/k3s-other")).unwrap();
-    let by_hand = lab.sh("node2", "install -m 755 /root/k3s-other /usr/local/bin/k3s && rm /root/k3s-other && k3s --version");
+    let by_hand =
+        lab.sh("node2", "install -m 755 /root/k3s-other /usr/local/bin/k3s && rm /root/k3s-other && k3s --version");
     assert!(by_hand.starts_with("k3s version v1.31.5+k3s1"), "{by_hand}");
     let before = runs();
     let out = up(&lab);
@@ -413,7 +420,10 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
     // The seed's HAProxy semantics, validated and live on the load balancer.
     let cfg = lab.sh("node4", "cat /etc/haproxy/haproxy.cfg");
     assert!(cfg.contains("option tcp-check") && cfg.contains("balance roundrobin"), "{cfg}");
-    assert!(cfg.contains("inter 10s downinter 5s rise 2 fall 2 slowstart 60s maxconn 250 maxqueue 256 weight 100"), "{cfg}");
+    assert!(
+        cfg.contains("inter 10s downinter 5s rise 2 fall 2 slowstart 60s maxconn 250 maxqueue 256 weight 100"),
+        "{cfg}"
+    );
     for s in ["node1 10.77.42.11:6443", "node2 10.77.42.12:6443", "node3 10.77.42.13:6443"] {
         assert!(cfg.contains(s), "{cfg}");
     }
@@ -426,7 +436,8 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
     let resolves_here = NetnsHosts::add(&lab, "10.77.42.13 node3.lab");
     let known_hosts = lab.dir().join("known_hosts");
     let keys = std::fs::read_to_string(&known_hosts).unwrap();
-    let node3_key = keys.lines().find(|l| l.starts_with("10.77.42.13 ")).unwrap().replacen("10.77.42.13", "node3.lab", 1);
+    let node3_key =
+        keys.lines().find(|l| l.starts_with("10.77.42.13 ")).unwrap().replacen("10.77.42.13", "node3.lab", 1);
     std::fs::write(&known_hosts, format!("{keys}{node3_key}\n")).unwrap();
     let good_file = std::fs::read_to_string(lab.cluster_file()).unwrap();
     assert_eq!(good_file.matches("address: 10.77.42.13\n").count(), 1, "{good_file}");
@@ -436,7 +447,8 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
     let lb = section(&stdout(&out), "node4");
     assert!(lb.starts_with("node4 (10.77.42.14): FAILED\n"), "{lb}");
     assert!(lb.contains("\n  error: haproxy -c rejected the generated config, nothing was installed:\n    "), "{lb}");
-    let alert = lb.lines().find(|l| l.starts_with("    [ALERT]") && l.contains("could not resolve address 'node3.lab'"));
+    let alert =
+        lb.lines().find(|l| l.starts_with("    [ALERT]") && l.contains("could not resolve address 'node3.lab'"));
     assert!(alert.is_some(), "HAProxy's own words:\n{lb}");
     assert_eq!(lab.sh("node4", "cat /etc/haproxy/haproxy.cfg"), cfg);
     assert_eq!(unit_run(&lab, "node4", "haproxy"), running, "haproxy was restarted");
@@ -610,7 +622,11 @@ impl Drop for NetnsHosts {
 fn ha_cluster_on_a_keepalived_vip_fails_over() {
     require_lab!();
     let artifacts = standin_artifacts();
-    let lab = Lab::up("k3s-vip", 43, &["--nodes", "5", "--servers", "3", "--vip", "--k3s-artifacts", artifacts.to_str().unwrap()]);
+    let lab = Lab::up(
+        "k3s-vip",
+        43,
+        &["--nodes", "5", "--servers", "3", "--vip", "--k3s-artifacts", artifacts.to_str().unwrap()],
+    );
     up_ok(&lab);
     let vip = "10.77.43.10";
     let holders = || -> Vec<&str> {
@@ -635,9 +651,11 @@ fn ha_cluster_on_a_keepalived_vip_fails_over() {
     // takes the address within seconds; the endpoint answers through it.
     let holder = before[0];
     lab.sh(holder, "systemctl stop k3s");
-    let took = wait_until("the VIP to leave the server whose API stopped", Duration::from_secs(20), || {
-        matches!(holders()[..], [h] if h != holder)
-    });
+    let took = wait_until(
+        "the VIP to leave the server whose API stopped",
+        Duration::from_secs(20),
+        || matches!(holders()[..], [h] if h != holder),
+    );
     wait_until("the VIP endpoint to answer from another server", Duration::from_secs(20), || {
         endpoint_answers(&lab, kubectl.as_deref(), &url)
     });

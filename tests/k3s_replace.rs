@@ -85,7 +85,10 @@ fn replaced_and_wiped_servers_rejoin_the_one_cluster() {
     assert!(out.status.success(), "{}", text(&out));
     up_ok(&lab);
     let config = lab.sh("node1", "cat /etc/rancher/k3s/config.yaml");
-    assert!(config.contains("server: \"https://10.77.50.14:6443\""), "node1 must join through the load balancer:\n{config}");
+    assert!(
+        config.contains("server: \"https://10.77.50.14:6443\""),
+        "node1 must join through the load balancer:\n{config}"
+    );
     assert!(!config.contains("cluster-init"), "node1 must not initialise a second cluster:\n{config}");
     assert_one_cluster(&lab, &ca);
     let out = up(&lab);
@@ -100,13 +103,18 @@ fn replaced_and_wiped_servers_rejoin_the_one_cluster() {
     assert!(!out.status.success(), "a changed host key must be refused:\n{}", text(&out));
     assert!(stdout(&out).contains("node2 (10.77.50.12): FAILED"), "{}", text(&out));
     let known_hosts = lab.dir().join("known_hosts");
-    let keygen = std::process::Command::new("ssh-keygen").args(["-R", "10.77.50.12", "-f"]).arg(&known_hosts).output().unwrap();
+    let keygen =
+        std::process::Command::new("ssh-keygen").args(["-R", "10.77.50.12", "-f"]).arg(&known_hosts).output().unwrap();
     assert!(keygen.status.success(), "{}", text(&keygen));
     let scan = lab.exec("ssh-keyscan", &["-t", "ed25519", "10.77.50.12"]);
     let scanned = stdout(&scan);
     let made = std::fs::read_to_string(lab.dir().join("nodes/node2/ssh_host_ed25519_key.pub")).unwrap();
     let key_of = |line: &str| line.split_whitespace().nth(2).map(String::from);
-    assert_eq!(scanned.lines().find_map(key_of), made.lines().find_map(|l| l.split_whitespace().nth(1).map(String::from)), "{scanned}");
+    assert_eq!(
+        scanned.lines().find_map(key_of),
+        made.lines().find_map(|l| l.split_whitespace().nth(1).map(String::from)),
+        "{scanned}"
+    );
     let mut text_kh = std::fs::read_to_string(&known_hosts).unwrap();
     text_kh.push_str(&format!("{}\n", scanned.trim()));
     std::fs::write(&known_hosts, text_kh).unwrap();
@@ -114,7 +122,10 @@ fn replaced_and_wiped_servers_rejoin_the_one_cluster() {
     // up prepares the new card again and removes the stale Node and its node-password secret
     // (else k3s refuses node2, its password being new), and node2 rejoins the same cluster.
     let log = up_ok(&lab);
-    assert!(log.contains("node2 has no /etc/rancher/node/password"), "up must say why it deletes node2's old entry:\n{log}");
+    assert!(
+        log.contains("node2 has no /etc/rancher/node/password"),
+        "up must say why it deletes node2's old entry:\n{log}"
+    );
     assert!(log.contains("secret/node2.node-password.k3s"), "{log}");
     assert!(lab.sh("node2", "cat /etc/rancher/k3s/config.yaml").contains("server: \"https://10.77.50.14:6443\""));
     assert_one_cluster(&lab, &ca);
@@ -136,7 +147,11 @@ fn replaced_and_wiped_servers_rejoin_the_one_cluster() {
 fn replaced_first_server_on_a_vip_joins_another_server_directly() {
     require_lab!();
     let artifacts = standin_artifacts();
-    let lab = Lab::up("k3s-repl-vip", 51, &["--nodes", "3", "--servers", "3", "--vip", "--k3s-artifacts", artifacts.to_str().unwrap()]);
+    let lab = Lab::up(
+        "k3s-repl-vip",
+        51,
+        &["--nodes", "3", "--servers", "3", "--vip", "--k3s-artifacts", artifacts.to_str().unwrap()],
+    );
     up_ok(&lab);
     let ca = ca_hashes(&lab)["node1"].clone();
     let file = lab.cluster_file();

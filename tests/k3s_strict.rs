@@ -74,8 +74,15 @@ fn full_token_custom_port_api_labels_links_and_registries() {
 
     // The agent joined with the full token, the one the server wrote (it pins the cluster CA).
     let agent_token = config_value(&lab, "node2", "token");
-    assert!(agent_token.starts_with("K10") && agent_token.contains("::server:"), "the agent's token is not the full K10 form");
-    assert_eq!(agent_token, lab.sh("node1", "cat /var/lib/rancher/k3s/server/token"), "the agent's token is the server's");
+    assert!(
+        agent_token.starts_with("K10") && agent_token.contains("::server:"),
+        "the agent's token is not the full K10 form"
+    );
+    assert_eq!(
+        agent_token,
+        lab.sh("node1", "cat /var/lib/rancher/k3s/server/token"),
+        "the agent's token is the server's"
+    );
 
     // Labels: `labels` through kubelet, `api_labels` through the API.
     let node: serde_json::Value = serde_json::from_str(&lab.sh("node1", "k3s kubectl get node node2 -o json")).unwrap();
@@ -85,7 +92,10 @@ fn full_token_custom_port_api_labels_links_and_registries() {
 
     // install.sh's linking rule.
     assert_eq!(lab.sh("node1", "readlink /usr/local/bin/kubectl"), "k3s", "no kubectl on node1's PATH: linked");
-    assert!(!lab.ssh("node2", "test -e /usr/local/bin/kubectl || test -L /usr/local/bin/kubectl").0, "a distro kubectl is shadowed");
+    assert!(
+        !lab.ssh("node2", "test -e /usr/local/bin/kubectl || test -L /usr/local/bin/kubectl").0,
+        "a distro kubectl is shadowed"
+    );
     assert_eq!(lab.sh("node2", "kubectl"), "distro kubectl");
     assert_eq!(lab.sh("node2", "readlink /usr/local/bin/crictl"), "k3s");
 
@@ -93,7 +103,11 @@ fn full_token_custom_port_api_labels_links_and_registries() {
     for node in ["node1", "node2"] {
         assert!(lab.sh(node, "cat /etc/rancher/k3s/registries.yaml").contains("registry.lab:5000"));
     }
-    std::fs::write(&file, with_mirrors.replace("registry_mirrors:\n  docker.io: [\"https://registry.lab:5000\"]\n", "")).unwrap();
+    std::fs::write(
+        &file,
+        with_mirrors.replace("registry_mirrors:\n  docker.io: [\"https://registry.lab:5000\"]\n", ""),
+    )
+    .unwrap();
     up_ok(&lab);
     for node in ["node1", "node2"] {
         assert!(!lab.ssh(node, "test -e /etc/rancher/k3s/registries.yaml").0, "{node}: a stale registries.yaml stayed");

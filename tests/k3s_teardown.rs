@@ -55,10 +55,7 @@ fn mount_volume(lab: &Lab, node: &str, name: &str) {
 }
 
 fn canary(lab: &Lab, node: &str, name: &str) -> String {
-    lab.ssh(node, &format!("cat /srv/export-{name}/canary"))
-        .1
-        .trim()
-        .to_string()
+    lab.ssh(node, &format!("cat /srv/export-{name}/canary")).1.trim().to_string()
 }
 
 /// What the stand-in leaves while running, checked before a teardown so that it is tested
@@ -75,31 +72,16 @@ fn assert_k3s_traces(lab: &Lab, node: &str, process: &str) {
         "mount /var/lib/kubelet/pods/",
         "/run/flannel",
     ] {
-        assert!(
-            traces.contains(want),
-            "{node} lacks {want:?} while k3s runs:\n{traces}"
-        );
+        assert!(traces.contains(want), "{node} lacks {want:?} while k3s runs:\n{traces}");
     }
-    assert!(
-        !lab.ssh(node, "pgrep -x k3s").0,
-        "real k3s runs as {process}, never as `k3s`:\n{traces}"
-    );
+    assert!(!lab.ssh(node, "pgrep -x k3s").0, "real k3s runs as {process}, never as `k3s`:\n{traces}");
 }
 
 #[test]
 fn down_removes_what_k3s_leaves_and_never_deletes_through_a_mount() {
     require_lab!();
     let artifacts = standin_artifacts();
-    let lab = Lab::up(
-        "k3s-down-a",
-        90,
-        &[
-            "--nodes",
-            "2",
-            "--k3s-artifacts",
-            artifacts.to_str().unwrap(),
-        ],
-    );
+    let lab = Lab::up("k3s-down-a", 90, &["--nodes", "2", "--k3s-artifacts", artifacts.to_str().unwrap()]);
     // Real k3s brings its own iptables; the stand-in uses the node's.
     let mut file = std::fs::read_to_string(lab.cluster_file()).unwrap();
     file.push_str(
@@ -114,7 +96,10 @@ fn down_removes_what_k3s_leaves_and_never_deletes_through_a_mount() {
     // One idle volume and one a process holds open (it cannot be unmounted).
     mount_volume(&lab, "node2", "data");
     mount_volume(&lab, "node2", "busy");
-    lab.sh("node2", &format!("systemd-run --unit hold-volume sh -c 'cd {VOLUMES}/busy && exec sleep infinity' && sleep 1"));
+    lab.sh(
+        "node2",
+        &format!("systemd-run --unit hold-volume sh -c 'cd {VOLUMES}/busy && exec sleep infinity' && sleep 1"),
+    );
     let out = down(&lab, &["--limit", "node2"]);
     assert_eq!(
         canary(&lab, "node2", "data"),
@@ -122,18 +107,8 @@ fn down_removes_what_k3s_leaves_and_never_deletes_through_a_mount() {
         "down deleted a volume's data through its mount:\n{}",
         text(&out)
     );
-    assert_eq!(
-        canary(&lab, "node2", "busy"),
-        "precious",
-        "down deleted a busy volume's data:\n{}",
-        text(&out)
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "a volume left mounted is a leftover:\n{}",
-        text(&out)
-    );
+    assert_eq!(canary(&lab, "node2", "busy"), "precious", "down deleted a busy volume's data:\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "a volume left mounted is a leftover:\n{}", text(&out));
     let report = stdout(&out);
     for want in [
         "node2: FAILED",
@@ -141,26 +116,15 @@ fn down_removes_what_k3s_leaves_and_never_deletes_through_a_mount() {
         "/var/lib/kubelet (not deleted:",
         "fuser -vm",
     ] {
-        assert!(
-            report.contains(want),
-            "the run does not say {want:?}:\n{}",
-            text(&out)
-        );
+        assert!(report.contains(want), "the run does not say {want:?}:\n{}", text(&out));
     }
     let traces = k3s_traces(&lab, "node2");
     let unexpected: Vec<&str> = traces
         .lines()
         .filter(|l| !l.starts_with(&format!("mount {VOLUMES}/busy")) && *l != "/var/lib/kubelet")
         .collect();
-    assert!(
-        unexpected.is_empty(),
-        "only the busy volume (and the directory above it) may stay:\n{traces}"
-    );
-    assert!(
-        !lab.sh("node1", "k3s kubectl get nodes --no-headers")
-            .contains("node2"),
-        "node2 is still in the API"
-    );
+    assert!(unexpected.is_empty(), "only the busy volume (and the directory above it) may stay:\n{traces}");
+    assert!(!lab.sh("node1", "k3s kubectl get nodes --no-headers").contains("node2"), "node2 is still in the API");
 
     // Once the volume is free, `down` again finishes the job.
     lab.sh("node2", "systemctl stop hold-volume");
@@ -175,12 +139,7 @@ fn down_removes_what_k3s_leaves_and_never_deletes_through_a_mount() {
     assert_k3s_traces(&lab, "node2", "k3s-agent");
     mount_volume(&lab, "node2", "again");
     let out = down(&lab, &[]);
-    assert_eq!(
-        canary(&lab, "node2", "again"),
-        "precious",
-        "down deleted a volume's data:\n{}",
-        text(&out)
-    );
+    assert_eq!(canary(&lab, "node2", "again"), "precious", "down deleted a volume's data:\n{}", text(&out));
     assert!(out.status.success(), "{}", text(&out));
     for node in ["node1", "node2"] {
         assert_eq!(k3s_traces(&lab, node), "", "left on {node} after down");
@@ -189,12 +148,5 @@ fn down_removes_what_k3s_leaves_and_never_deletes_through_a_mount() {
     // A later `up` converges on the cleaned nodes.
     up_ok(&lab);
     let nodes = lab.sh("node1", "k3s kubectl get nodes --no-headers");
-    assert_eq!(
-        nodes
-            .lines()
-            .filter(|l| l.split_whitespace().nth(1) == Some("Ready"))
-            .count(),
-        2,
-        "{nodes}"
-    );
+    assert_eq!(nodes.lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count(), 2, "{nodes}");
 }

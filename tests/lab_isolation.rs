@@ -25,17 +25,12 @@ fn lab_sites(file: &str, text: &str) -> Vec<LabSite> {
             panic!("{at}: Lab::up without a literal lab name; use one so this check can see it");
         };
         let after_name = call[call.find('"').unwrap() + name.len() + 2..].trim_start();
-        let first_arg: String = after_name
-            .trim_start_matches(',')
-            .trim_start()
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        let octet = first_arg.parse().ok().or_else(|| {
-            literals(call)
-                .iter()
-                .find_map(|l| l.strip_prefix("10.77.")?.split('.').next()?.parse().ok())
-        });
+        let first_arg: String =
+            after_name.trim_start_matches(',').trim_start().chars().take_while(char::is_ascii_digit).collect();
+        let octet = first_arg
+            .parse()
+            .ok()
+            .or_else(|| literals(call).iter().find_map(|l| l.strip_prefix("10.77.")?.split('.').next()?.parse().ok()));
         sites.push(LabSite { at, name, octet });
     }
     sites
@@ -57,11 +52,7 @@ fn call_text(rest: &str) -> &str {
 
 /// The string literals (without escapes, which lab names and subnets do not have) in `code`.
 fn literals(code: &str) -> Vec<String> {
-    code.split('"')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_string)
-        .collect()
+    code.split('"').skip(1).step_by(2).map(str::to_string).collect()
 }
 
 /// Every name or octet used by more than one site, as readable lines.
@@ -91,63 +82,36 @@ fn every_lab_has_its_own_name_and_subnet() {
     let mut sites = Vec::new();
     for entry in std::fs::read_dir(&dir).expect("read tests/") {
         let path = entry.expect("tests/ entry").path();
-        if path.extension().is_some_and(|e| e == "rs")
-            && path.file_name() != Some("lab_isolation.rs".as_ref())
-        {
+        if path.extension().is_some_and(|e| e == "rs") && path.file_name() != Some("lab_isolation.rs".as_ref()) {
             let text = std::fs::read_to_string(&path).expect("read test source");
-            sites.extend(lab_sites(
-                &path.file_name().unwrap().to_string_lossy(),
-                &text,
-            ));
+            sites.extend(lab_sites(&path.file_name().unwrap().to_string_lossy(), &text));
         }
     }
     // The lab tests of host_prep, k3s_cluster and lab_nodes: finding none means the check is blind.
-    assert!(
-        sites.len() >= 10,
-        "found only {} Lab::up calls: {sites:#?}",
-        sites.len()
-    );
+    assert!(sites.len() >= 10, "found only {} Lab::up calls: {sites:#?}", sites.len());
     let unaddressed: Vec<_> = sites.iter().filter(|s| s.octet.is_none()).collect();
     assert!(
         unaddressed.is_empty(),
         "labs without their own subnet (the default one would be shared): {unaddressed:#?}"
     );
     let found = clashes(&sites);
-    assert!(
-        found.is_empty(),
-        "labs that collide when tests run in parallel:\n{}",
-        found.join("\n")
-    );
+    assert!(found.is_empty(), "labs that collide when tests run in parallel:\n{}", found.join("\n"));
 }
 
 #[test]
 fn clashes_are_found_in_both_call_styles() {
     let a = "let lab = Lab::up(\"k3s-ha\", 42, &[\"--nodes\", \"3\", x.to_str().unwrap()]);\n";
     let b = "fn t() {\n    let lab = Lab::up(\n        \"k3s-ha\",\n        &[\"--nodes\", \"2\", \"--subnet\", \"10.77.42.0/24\"],\n    );\n}\n";
-    let sites: Vec<_> = lab_sites("a.rs", a)
-        .into_iter()
-        .chain(lab_sites("b.rs", b))
-        .collect();
+    let sites: Vec<_> = lab_sites("a.rs", a).into_iter().chain(lab_sites("b.rs", b)).collect();
     assert_eq!(
         sites,
         [
-            LabSite {
-                at: "a.rs:1".into(),
-                name: "k3s-ha".into(),
-                octet: Some(42)
-            },
-            LabSite {
-                at: "b.rs:2".into(),
-                name: "k3s-ha".into(),
-                octet: Some(42)
-            },
+            LabSite { at: "a.rs:1".into(), name: "k3s-ha".into(), octet: Some(42) },
+            LabSite { at: "b.rs:2".into(), name: "k3s-ha".into(), octet: Some(42) },
         ]
     );
     assert_eq!(
         clashes(&sites),
-        [
-            "lab name \"k3s-ha\" is used at a.rs:1, b.rs:2",
-            "subnet 10.77.42.0/24 is used at a.rs:1, b.rs:2"
-        ]
+        ["lab name \"k3s-ha\" is used at a.rs:1, b.rs:2", "subnet 10.77.42.0/24 is used at a.rs:1, b.rs:2"]
     );
 }

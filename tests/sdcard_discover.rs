@@ -84,10 +84,7 @@ while True:
 fn wait_listening(ns: &str, port: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, "ss", "-lntu"])
-            .output()
-            .unwrap();
+        let out = Command::new("ip").args(["netns", "exec", ns, "ss", "-lntu"]).output().unwrap();
         if String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} ")) {
             return;
         }
@@ -97,12 +94,7 @@ fn wait_listening(ns: &str, port: &str) {
 }
 
 fn discover_in(ns: &str, args: &[&str]) -> std::process::Output {
-    Command::new("ip")
-        .args(["netns", "exec", ns, BIN, "discover"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    Command::new("ip").args(["netns", "exec", ns, BIN, "discover"]).args(args).stdin(Stdio::null()).output().unwrap()
 }
 
 const CLUSTER_HOSTS: &str = concat!(
@@ -125,32 +117,11 @@ const CLUSTER_HOSTS: &str = concat!(
 
 /// A bridge in a namespace of its own (`NET.1/24`), the sweeping side of the test LAN.
 fn lan(tag: &str, net24: &str) -> (Net, String) {
-    let mut net = Net {
-        prefix: format!("{tag}{}", std::process::id() % 100_000),
-        namespaces: Vec::new(),
-        children: Vec::new(),
-    };
+    let mut net =
+        Net { prefix: format!("{tag}{}", std::process::id() % 100_000), namespaces: Vec::new(), children: Vec::new() };
     let main = net.add_ns("m");
-    net.ip(&[
-        "-n",
-        &main,
-        "link",
-        "add",
-        "br0",
-        "type",
-        "bridge",
-        "mcast_snooping",
-        "0",
-    ]);
-    net.ip(&[
-        "-n",
-        &main,
-        "addr",
-        "add",
-        &format!("{net24}.1/24"),
-        "dev",
-        "br0",
-    ]);
+    net.ip(&["-n", &main, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"]);
+    net.ip(&["-n", &main, "addr", "add", &format!("{net24}.1/24"), "dev", "br0"]);
     net.ip(&["-n", &main, "link", "set", "br0", "up"]);
     // Multicast (the mDNS query) goes out on the test bridge only.
     net.ip(&["-n", &main, "route", "add", "224.0.0.0/4", "dev", "br0"]);
@@ -160,46 +131,16 @@ fn lan(tag: &str, net24: &str) -> (Net, String) {
 
 /// A fake Pi `NET.1i` with this MAC in a namespace on the bridge; a real sshd when `sshd`, and
 /// an mDNS responder giving `mdns` as its name when set.
-fn add_pi(
-    net: &mut Net,
-    dir: &Path,
-    net24: &str,
-    (i, mac, sshd, mdns): (u8, &str, bool, Option<&str>),
-) {
+fn add_pi(net: &mut Net, dir: &Path, net24: &str, (i, mac, sshd, mdns): (u8, &str, bool, Option<&str>)) {
     let main = net.ns("m");
     let host_key = dir.join("host_key");
     if !host_key.exists() {
-        sh(Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", ""])
-            .arg("-f")
-            .arg(&host_key));
+        sh(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", ""]).arg("-f").arg(&host_key));
     }
     let ns = net.add_ns(&format!("p{i}"));
     let ip = format!("{net24}.1{i}");
-    net.ip(&[
-        "-n",
-        &main,
-        "link",
-        "add",
-        &format!("vb{i}"),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &ns,
-    ]);
-    net.ip(&[
-        "-n",
-        &main,
-        "link",
-        "set",
-        &format!("vb{i}"),
-        "master",
-        "br0",
-        "up",
-    ]);
+    net.ip(&["-n", &main, "link", "add", &format!("vb{i}"), "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+    net.ip(&["-n", &main, "link", "set", &format!("vb{i}"), "master", "br0", "up"]);
     net.ip(&["-n", &ns, "link", "set", "eth0", "address", mac]);
     net.ip(&["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
     net.ip(&["-n", &ns, "link", "set", "eth0", "up"]);
@@ -214,23 +155,11 @@ fn add_pi(
             ),
         )
         .unwrap();
-        net.spawn_in(
-            &ns,
-            &["/usr/sbin/sshd", "-D", "-e", "-f", cfg.to_str().unwrap()],
-        );
+        net.spawn_in(&ns, &["/usr/sbin/sshd", "-D", "-e", "-f", cfg.to_str().unwrap()]);
         wait_listening(&ns, "22");
     }
     if let Some(name) = mdns {
-        net.spawn_in(
-            &ns,
-            &[
-                "python3",
-                "-c",
-                MDNS_RESPONDER,
-                &ip,
-                &format!("{name}.local"),
-            ],
-        );
+        net.spawn_in(&ns, &["python3", "-c", MDNS_RESPONDER, &ip, &format!("{name}.local")]);
         wait_listening(&ns, "5353");
     }
 }
@@ -256,39 +185,19 @@ fn discovers_pis_in_namespaces_and_writes_addresses() {
     let started = Instant::now();
     let out = discover_in(
         &main,
-        &[
-            "--subnet",
-            "10.79.0.0/24",
-            "-f",
-            cluster.to_str().unwrap(),
-            "--timeout-ms",
-            "400",
-            "--json",
-            "--write",
-        ],
+        &["--subnet", "10.79.0.0/24", "-f", cluster.to_str().unwrap(), "--timeout-ms", "400", "--json", "--write"],
     );
     assert!(out.status.success(), "discover failed:\n{}", text(&out));
     // 254 addresses, 256 in flight, 400 ms connect + 400 ms banner + 400 ms mDNS.
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "sweep took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(10), "sweep took {:?}", started.elapsed());
     let stdout = String::from_utf8_lossy(&out.stdout);
     // With --json, stdout is exactly one JSON document (notes go to stderr).
     let found: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is valid JSON");
     let notes = String::from_utf8_lossy(&out.stderr);
     assert!(notes.contains("rasp01 address: 10.79.0.11"), "{notes}");
     let found = found.as_array().unwrap();
-    let addrs: Vec<&str> = found
-        .iter()
-        .map(|f| f["address"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        addrs,
-        ["10.79.0.11", "10.79.0.12", "10.79.0.13"],
-        "{stdout}"
-    );
+    let addrs: Vec<&str> = found.iter().map(|f| f["address"].as_str().unwrap()).collect();
+    assert_eq!(addrs, ["10.79.0.11", "10.79.0.12", "10.79.0.13"], "{stdout}");
     let expect = [
         ("b8:27:eb:00:00:01", Some("Raspberry Pi"), "rasp01", "mac"),
         ("dc:a6:32:00:00:02", Some("Raspberry Pi"), "rasp02", "mac"),
@@ -299,63 +208,26 @@ fn discovers_pis_in_namespaces_and_writes_addresses() {
         assert_eq!(f["vendor"].as_str(), vendor, "{f}");
         assert_eq!(f["host"], host, "{f}");
         assert_eq!(f["matched_by"], how, "{f}");
-        assert!(
-            f["banner"]
-                .as_str()
-                .unwrap_or("")
-                .starts_with("SSH-2.0-OpenSSH"),
-            "{f}"
-        );
+        assert!(f["banner"].as_str().unwrap_or("").starts_with("SSH-2.0-OpenSSH"), "{f}");
     }
     assert_eq!(found[2]["hostname"], "rasp04");
 
     // --write: exactly three `address:` lines added, everything else byte for byte.
     let edited = std::fs::read_to_string(&cluster).unwrap();
-    let added: Vec<&str> = edited
-        .lines()
-        .filter(|l| !original.lines().any(|o| o == *l))
-        .collect();
-    assert_eq!(
-        added,
-        [
-            "    address: 10.79.0.11",
-            "    address: 10.79.0.12",
-            "    address: 10.79.0.13"
-        ],
-        "{edited}"
-    );
+    let added: Vec<&str> = edited.lines().filter(|l| !original.lines().any(|o| o == *l)).collect();
+    assert_eq!(added, ["    address: 10.79.0.11", "    address: 10.79.0.12", "    address: 10.79.0.13"], "{edited}");
     let without: Vec<&str> = edited.lines().filter(|l| !added.contains(l)).collect();
     assert_eq!(without, original.lines().collect::<Vec<_>>());
-    assert!(
-        edited.contains("  - name: rasp01   # top shelf\n    address: 10.79.0.11\n"),
-        "{edited}"
-    );
-    assert!(
-        edited.contains("  - name: rasp04\n    address: 10.79.0.13\n"),
-        "{edited}"
-    );
-    assert!(
-        edited.contains("address: 10.79.0.99"),
-        "rasp03's address must stay"
-    );
+    assert!(edited.contains("  - name: rasp01   # top shelf\n    address: 10.79.0.11\n"), "{edited}");
+    assert!(edited.contains("  - name: rasp04\n    address: 10.79.0.13\n"), "{edited}");
+    assert!(edited.contains("address: 10.79.0.99"), "rasp03's address must stay");
     // The strict loader (every host needs an address) now accepts the file.
-    assert!(
-        pikube_parses(&cluster),
-        "edited cluster file no longer loads"
-    );
+    assert!(pikube_parses(&cluster), "edited cluster file no longer loads");
 
     // Table output; a second --write has nothing left to fill in.
     let out = discover_in(
         &main,
-        &[
-            "--subnet",
-            "10.79.0.0/24",
-            "-f",
-            cluster.to_str().unwrap(),
-            "--timeout-ms",
-            "300",
-            "--write",
-        ],
+        &["--subnet", "10.79.0.0/24", "-f", cluster.to_str().unwrap(), "--timeout-ms", "300", "--write"],
     );
     assert!(out.status.success(), "{}", text(&out));
     let table = String::from_utf8_lossy(&out.stdout);
@@ -373,20 +245,13 @@ fn discovers_pis_in_namespaces_and_writes_addresses() {
     // Oversized sweeps are refused before any packet is sent.
     let out = discover_in(&main, &["--subnet", "10.0.0.0/8"]);
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("at most a /16"),
-        "{}",
-        text(&out)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most a /16"), "{}", text(&out));
 
     // No --subnet: derived from the namespace's only global address, and said before scanning.
     let out = discover_in(&main, &["--timeout-ms", "300", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let notes = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        notes.contains("scanning 10.79.0.0/24 (from br0)"),
-        "{notes}"
-    );
+    assert!(notes.contains("scanning 10.79.0.0/24 (from br0)"), "{notes}");
     let found: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
     assert_eq!(found.as_array().map(Vec::len), Some(3), "{found}");
     drop(net);
@@ -422,17 +287,11 @@ fn assert_rows(found: &serde_json::Value, net24: &str, expect: &[Expect]) {
     let found = found.as_array().expect("a list");
     for &(last, matched, conflict) in expect {
         let ip = format!("{net24}.1{last}");
-        let f = found
-            .iter()
-            .find(|f| f["address"] == ip.as_str())
-            .unwrap_or_else(|| panic!("{ip} not found: {found:?}"));
+        let f =
+            found.iter().find(|f| f["address"] == ip.as_str()).unwrap_or_else(|| panic!("{ip} not found: {found:?}"));
         match matched {
             Some((host, how)) => {
-                assert_eq!(
-                    (&f["host"], &f["matched_by"]),
-                    (&host.into(), &how.into()),
-                    "{f}"
-                );
+                assert_eq!((&f["host"], &f["matched_by"]), (&host.into(), &how.into()), "{f}");
                 assert!(f["conflict"].is_null(), "{f}");
             }
             None => {
@@ -493,32 +352,12 @@ fn ambiguous_and_spoofed_mdns_answers_are_not_matched() {
     assert!(out.status.success(), "{}", text(&out));
     let found: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
     let expect: [Expect; 7] = [
-        (
-            1,
-            None,
-            "rasp01's mac is b8:27:eb:00:00:01, not 52:54:00:00:00:11",
-        ),
+        (1, None, "rasp01's mac is b8:27:eb:00:00:01, not 52:54:00:00:00:11"),
         (2, Some(("rasp01", "mac")), ""),
-        (
-            3,
-            None,
-            "rasp04 is ambiguous: 10.85.0.13, 10.85.0.14 all match it by hostname",
-        ),
-        (
-            4,
-            None,
-            "rasp04 is ambiguous: 10.85.0.13, 10.85.0.14 all match it by hostname",
-        ),
-        (
-            5,
-            None,
-            "rasp03's mac is dc:a6:32:00:00:03, not 52:54:00:00:00:15",
-        ),
-        (
-            6,
-            None,
-            "answers as rasp05 by hostname but a machine matches rasp05 by address",
-        ),
+        (3, None, "rasp04 is ambiguous: 10.85.0.13, 10.85.0.14 all match it by hostname"),
+        (4, None, "rasp04 is ambiguous: 10.85.0.13, 10.85.0.14 all match it by hostname"),
+        (5, None, "rasp03's mac is dc:a6:32:00:00:03, not 52:54:00:00:00:15"),
+        (6, None, "answers as rasp05 by hostname but a machine matches rasp05 by address"),
         (7, Some(("rasp05", "address")), ""),
     ];
     assert_rows(&found, "10.85.0", &expect);
@@ -530,38 +369,19 @@ fn ambiguous_and_spoofed_mdns_answers_are_not_matched() {
     assert!(!out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr).replace('│', " ");
     let err = err.split_whitespace().collect::<Vec<_>>().join(" ");
-    assert!(
-        err.contains("not writing") && err.contains("rasp04 is ambiguous: 10.85.0.13, 10.85.0.14"),
-        "{err}"
-    );
+    assert!(err.contains("not writing") && err.contains("rasp04 is ambiguous: 10.85.0.13, 10.85.0.14"), "{err}");
     assert!(err.contains("give rasp04 its `mac:`"), "{err}");
     assert_eq!(std::fs::read_to_string(&cluster).unwrap(), original);
 
     // With rasp04's MAC in the file, the MAC decides; rasp01 gets the real machine's address.
-    let with_mac = original.replace(
-        "  - name: rasp04\n",
-        "  - name: rasp04\n    mac: 52:54:00:00:00:13\n",
-    );
+    let with_mac = original.replace("  - name: rasp04\n", "  - name: rasp04\n    mac: 52:54:00:00:00:13\n");
     std::fs::write(&cluster, &with_mac).unwrap();
     let out = run(true);
     assert!(out.status.success(), "{}", text(&out));
     let edited = std::fs::read_to_string(&cluster).unwrap();
-    let added: Vec<&str> = edited
-        .lines()
-        .filter(|l| !with_mac.lines().any(|o| o == *l))
-        .collect();
-    assert_eq!(
-        added,
-        ["    address: 10.85.0.12", "    address: 10.85.0.13"],
-        "{edited}"
-    );
-    assert!(
-        edited.contains("  - name: rasp01\n    address: 10.85.0.12\n"),
-        "{edited}"
-    );
-    assert!(
-        edited.contains("  - name: rasp04\n    address: 10.85.0.13\n"),
-        "{edited}"
-    );
+    let added: Vec<&str> = edited.lines().filter(|l| !with_mac.lines().any(|o| o == *l)).collect();
+    assert_eq!(added, ["    address: 10.85.0.12", "    address: 10.85.0.13"], "{edited}");
+    assert!(edited.contains("  - name: rasp01\n    address: 10.85.0.12\n"), "{edited}");
+    assert!(edited.contains("  - name: rasp04\n    address: 10.85.0.13\n"), "{edited}");
     drop(net);
 }

@@ -21,10 +21,7 @@ struct Loop {
 impl Loop {
     fn attach(backing: &Path) -> Loop {
         let out = sh(Command::new("losetup").args(["-f", "--show"]).arg(backing));
-        Loop {
-            dev: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            mount: None,
-        }
+        Loop { dev: String::from_utf8_lossy(&out.stdout).trim().to_string(), mount: None }
     }
 }
 
@@ -49,11 +46,7 @@ fn flat_stderr(out: &std::process::Output) -> String {
 
 fn file_sha(path: &Path) -> String {
     let out = sh(Command::new("sha256sum").arg(path));
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
 }
 
 #[test]
@@ -81,34 +74,17 @@ fn flash_xz_to_a_file_verifies_and_customises() {
     );
     let stdout = stdout_of(&out);
     // The hash pikube verified is the hash of the decompressed image, by sha256sum.
-    assert!(
-        stdout.contains(&format!("verified: sha256 {raw_sha}")),
-        "{stdout}"
-    );
+    assert!(stdout.contains(&format!("verified: sha256 {raw_sha}")), "{stdout}");
     assert!(stdout.contains("MB/s"), "{stdout}");
     assert!(stdout.contains("customised for rasp03"), "{stdout}");
-    assert!(mread(&card, "firstrun.sh")
-        .unwrap()
-        .contains("NEW_HOSTNAME='rasp03'"));
-    assert_eq!(
-        sha_range(&card, 100352 * 512, 1 << 20),
-        sha_range(&raw, 100352 * 512, 1 << 20)
-    );
+    assert!(mread(&card, "firstrun.sh").unwrap().contains("NEW_HOSTNAME='rasp03'"));
+    assert_eq!(sha_range(&card, 100352 * 512, 1 << 20), sha_range(&raw, 100352 * 512, 1 << 20));
     let fsck = fsck_boot(&card);
     assert!(fsck.status.success(), "{}", text(&fsck));
 
     // Existing target, no terminal, no --yes: refused and untouched.
     let before = file_sha(&card);
-    let out = pikube(
-        &[
-            "flash",
-            "--image",
-            raw.to_str().unwrap(),
-            "--device",
-            card.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let out = pikube(&["flash", "--image", raw.to_str().unwrap(), "--device", card.to_str().unwrap()], &[]);
     assert!(!out.status.success());
     assert!(flat_stderr(&out).contains("pass --yes"), "{}", text(&out));
     assert_eq!(file_sha(&card), before, "refused flash changed the target");
@@ -122,27 +98,11 @@ fn flash_to_a_loop_device_verifies() {
     let raw_sha = file_sha(&raw);
     sh(Command::new("gzip").args(["-k", "-1"]).arg(&raw));
     let backing = dir.join("sdcard.bin");
-    std::fs::File::create(&backing)
-        .unwrap()
-        .set_len(128 << 20)
-        .unwrap();
+    std::fs::File::create(&backing).unwrap().set_len(128 << 20).unwrap();
     let lo = Loop::attach(&backing);
-    let out = pikube(
-        &[
-            "flash",
-            "--image",
-            dir.join("pi.img.gz").to_str().unwrap(),
-            "--device",
-            &lo.dev,
-            "--yes",
-        ],
-        &[],
-    );
+    let out = pikube(&["flash", "--image", dir.join("pi.img.gz").to_str().unwrap(), "--device", &lo.dev, "--yes"], &[]);
     let stdout = stdout_of(&out);
-    assert!(
-        stdout.contains(&format!("verified: sha256 {raw_sha}")),
-        "{stdout}"
-    );
+    assert!(stdout.contains(&format!("verified: sha256 {raw_sha}")), "{stdout}");
     // Independent check through the device: the first 100 MiB are the image.
     assert_eq!(sha_range(Path::new(&lo.dev), 0, IMAGE_MIB << 20), raw_sha);
 
@@ -184,9 +144,7 @@ fn corruption_behind_the_writers_back_fails_verification() {
             let mut flips = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&card) {
-                    if f.metadata().map(|m| m.len() > 8192).unwrap_or(false)
-                        && f.write_at(&[0xa5], 4096).is_ok()
-                    {
+                    if f.metadata().map(|m| m.len() > 8192).unwrap_or(false) && f.write_at(&[0xa5], 4096).is_ok() {
                         flips += 1;
                     }
                 }
@@ -196,54 +154,26 @@ fn corruption_behind_the_writers_back_fails_verification() {
         })
     };
     std::fs::write(&card, b"").unwrap();
-    let out = pikube(
-        &[
-            "flash",
-            "--image",
-            raw.to_str().unwrap(),
-            "--device",
-            card.to_str().unwrap(),
-            "--yes",
-        ],
-        &[],
-    );
+    let out = pikube(&["flash", "--image", raw.to_str().unwrap(), "--device", card.to_str().unwrap(), "--yes"], &[]);
     stop.store(true, Ordering::Relaxed);
     let flips = corrupter.join().unwrap();
     assert!(flips > 0, "the corrupter never ran");
-    assert!(
-        !out.status.success(),
-        "corruption not detected:\n{}",
-        text(&out)
-    );
-    assert!(
-        flat_stderr(&out).contains("verification FAILED"),
-        "{}",
-        text(&out)
-    );
+    assert!(!out.status.success(), "corruption not detected:\n{}", text(&out));
+    assert!(flat_stderr(&out).contains("verification FAILED"), "{}", text(&out));
 }
 
 /// The device node holding `/`, if `/` is on a block device: by its device number, else by
 /// the mount source (btrfs and ZFS report anonymous `0:N` numbers).
 fn root_device() -> Option<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let line = info
-        .lines()
-        .find(|l| l.split_whitespace().nth(4) == Some("/"))?;
+    let line = info.lines().find(|l| l.split_whitespace().nth(4) == Some("/"))?;
     let dev = line.split_whitespace().nth(2)?;
-    let by_number = std::fs::read_to_string(format!("/sys/dev/block/{dev}/uevent"))
-        .ok()
-        .and_then(|u| {
-            let name = u.lines().find_map(|l| l.strip_prefix("DEVNAME="))?;
-            Some(PathBuf::from("/dev").join(name))
-        });
-    let by_source = line
-        .split_once(" - ")
-        .and_then(|(_, r)| r.split_whitespace().nth(1))
-        .map(PathBuf::from);
-    by_number
-        .into_iter()
-        .chain(by_source)
-        .find(|p| p.starts_with("/dev") && p.exists())
+    let by_number = std::fs::read_to_string(format!("/sys/dev/block/{dev}/uevent")).ok().and_then(|u| {
+        let name = u.lines().find_map(|l| l.strip_prefix("DEVNAME="))?;
+        Some(PathBuf::from("/dev").join(name))
+    });
+    let by_source = line.split_once(" - ").and_then(|(_, r)| r.split_whitespace().nth(1)).map(PathBuf::from);
+    by_number.into_iter().chain(by_source).find(|p| p.starts_with("/dev") && p.exists())
 }
 
 #[test]
@@ -256,33 +186,18 @@ fn the_root_disk_is_refused() {
     let raw = build_image(&dir, "pi.img", Table::Mbr, Style::Bookworm);
     // No --yes: even if the check failed, the missing confirmation would stop the write.
     for extra in [&[][..], &["--force"][..]] {
-        let mut args = vec![
-            "flash",
-            "--image",
-            raw.to_str().unwrap(),
-            "--device",
-            root.to_str().unwrap(),
-        ];
+        let mut args = vec!["flash", "--image", raw.to_str().unwrap(), "--device", root.to_str().unwrap()];
         args.extend_from_slice(extra);
         let out = pikube(&args, &[]);
         assert!(!out.status.success());
-        assert!(
-            flat_stderr(&out).contains("holds the root filesystem"),
-            "{}",
-            text(&out)
-        );
+        assert!(flat_stderr(&out).contains("holds the root filesystem"), "{}", text(&out));
     }
 }
 
 /// `pikube flash --yes --force IMAGE DEV` chrooted into a root of its own, in a private mount
 /// namespace: `mount_root` mounts it at `root`; this machine's /usr, /dev and /sys and a fresh
 /// /proc go inside, pikube and the image are bound in.
-fn flash_in_own_root(
-    root: &Path,
-    mount_root: &str,
-    image: &Path,
-    dev: &str,
-) -> std::process::Output {
+fn flash_in_own_root(root: &Path, mount_root: &str, image: &Path, dev: &str) -> std::process::Output {
     let script = format!(
         r#"
         set -e
@@ -302,15 +217,7 @@ fn flash_in_own_root(
     "#
     );
     Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-            "sh",
-        ])
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script, "sh"])
         .arg(root)
         .arg(dev)
         .arg(BIN)
@@ -328,10 +235,7 @@ fn a_btrfs_root_disk_is_refused_even_with_force() {
     let dir = tempdir("flash-btrfs-root");
     let raw = build_image(&dir, "pi.img", Table::Mbr, Style::Bookworm);
     let backing = dir.join("root.bin");
-    std::fs::File::create(&backing)
-        .unwrap()
-        .set_len(256 << 20)
-        .unwrap();
+    std::fs::File::create(&backing).unwrap().set_len(256 << 20).unwrap();
     let lo = Loop::attach(&backing);
     sh(Command::new("mkfs.btrfs").args(["-q", "-f", &lo.dev]));
     // btrfs leaves its first 64 KiB alone (mounting rewrites the superblock after them), where
@@ -340,19 +244,11 @@ fn a_btrfs_root_disk_is_refused_even_with_force() {
     let root = dir.join("root");
     let mount_root = format!("mount {} {}", lo.dev, root.display());
     let out = flash_in_own_root(&root, &mount_root, &raw, &lo.dev);
-    assert!(
-        !out.status.success(),
-        "flashed the root disk:\n{}",
-        text(&out)
-    );
+    assert!(!out.status.success(), "flashed the root disk:\n{}", text(&out));
     let err = flat_stderr(&out);
     assert!(err.contains("holds the root filesystem"), "{}", text(&out));
     drop(lo);
-    assert_eq!(
-        sha_range(&backing, 0, 64 << 10),
-        before,
-        "the refused flash wrote to the root disk"
-    );
+    assert_eq!(sha_range(&backing, 0, 64 << 10), before, "the refused flash wrote to the root disk");
 }
 
 /// When the disks behind `/` cannot be told (here an overlay, whose layers name no device),
@@ -376,23 +272,11 @@ fn an_unknown_root_disk_refuses_every_device() {
         root.display()
     );
     let out = flash_in_own_root(&root, &mount_root, &raw, &lo.dev);
-    assert!(
-        !out.status.success(),
-        "flashed with / unknown:\n{}",
-        text(&out)
-    );
+    assert!(!out.status.success(), "flashed with / unknown:\n{}", text(&out));
     let err = flat_stderr(&out);
-    assert!(
-        err.contains("cannot tell which disk holds / (overlay from overlay)"),
-        "{}",
-        text(&out)
-    );
+    assert!(err.contains("cannot tell which disk holds / (overlay from overlay)"), "{}", text(&out));
     drop(lo);
-    assert_eq!(
-        sha_range(&backing, 0, 1 << 20),
-        before,
-        "the refused flash wrote"
-    );
+    assert_eq!(sha_range(&backing, 0, 1 << 20), before, "the refused flash wrote");
 }
 
 #[test]
@@ -401,24 +285,14 @@ fn a_mounted_device_is_refused() {
     let dir = tempdir("flash-mounted");
     let raw = build_image(&dir, "pi.img", Table::Mbr, Style::Bookworm);
     let backing = dir.join("disk.bin");
-    std::fs::File::create(&backing)
-        .unwrap()
-        .set_len(128 << 20)
-        .unwrap();
+    std::fs::File::create(&backing).unwrap().set_len(128 << 20).unwrap();
     sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&backing));
     let mut lo = Loop::attach(&backing);
     let mnt = dir.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .arg(&lo.dev)
-        .arg(&mnt)
-        .output()
-        .unwrap();
+    let mounted = Command::new("mount").arg(&lo.dev).arg(&mnt).output().unwrap();
     if !mounted.status.success() {
-        skip!(
-            return "cannot mount ext4 on a loop device here: {}",
-            text(&mounted)
-        );
+        skip!(return "cannot mount ext4 on a loop device here: {}", text(&mounted));
     }
     lo.mount = Some(mnt.clone());
     // ext4 leaves its first 1 KiB alone (mount and umount rewrite the superblock after it),
@@ -427,39 +301,18 @@ fn a_mounted_device_is_refused() {
     // --force does not help: a mounted disk is refused, and the kernel's exclusive open would
     // refuse it too (before, --force dropped O_EXCL and wrote over the mounted filesystem).
     for extra in [&[][..], &["--force"][..]] {
-        let mut args = vec![
-            "flash",
-            "--image",
-            raw.to_str().unwrap(),
-            "--device",
-            &lo.dev,
-        ];
+        let mut args = vec!["flash", "--image", raw.to_str().unwrap(), "--device", &lo.dev];
         args.push("--yes");
         args.extend_from_slice(extra);
         let out = pikube(&args, &[]);
-        assert!(
-            !out.status.success(),
-            "flashed a mounted device ({extra:?}):\n{}",
-            text(&out)
-        );
+        assert!(!out.status.success(), "flashed a mounted device ({extra:?}):\n{}", text(&out));
         let err = flat_stderr(&out);
-        assert!(
-            err.contains("is mounted at") && err.replace(' ', "").contains(mnt.to_str().unwrap()),
-            "{err}"
-        );
+        assert!(err.contains("is mounted at") && err.replace(' ', "").contains(mnt.to_str().unwrap()), "{err}");
         assert!(err.contains("unmount it"), "{err}");
-        assert_eq!(
-            sha_range(&backing, 0, 1024),
-            before,
-            "the refused flash ({extra:?}) wrote to the device"
-        );
+        assert_eq!(sha_range(&backing, 0, 1024), before, "the refused flash ({extra:?}) wrote to the device");
     }
     drop(lo);
-    assert_eq!(
-        sha_range(&backing, 0, 1024),
-        before,
-        "the refused flash wrote to the device"
-    );
+    assert_eq!(sha_range(&backing, 0, 1024), before, "the refused flash wrote to the device");
 }
 
 #[test]
@@ -494,27 +347,15 @@ fn batch_walks_the_hosts_card_by_card() {
     let stdout = stdout_of(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     for host in ["rasp01", "rasp02", "rasp03"] {
-        assert!(
-            stderr.contains(&format!("insert the card for {host}")),
-            "{stderr}"
-        );
-        assert!(
-            stdout.contains(&format!("card for {host} is ready")),
-            "{stdout}"
-        );
+        assert!(stderr.contains(&format!("insert the card for {host}")), "{stderr}");
+        assert!(stdout.contains(&format!("card for {host} is ready")), "{stdout}");
     }
-    assert!(mread(&card, "user-data")
-        .unwrap()
-        .contains("hostname: \"rasp03\""));
+    assert!(mread(&card, "user-data").unwrap().contains("hostname: \"rasp03\""));
 
     // Input ends after the first card: stop, naming the next host.
     let out = run(b"\n");
     assert!(!out.status.success());
-    assert!(
-        flat_stderr(&out).contains("stopped before rasp02"),
-        "{}",
-        text(&out)
-    );
+    assert!(flat_stderr(&out).contains("stopped before rasp02"), "{}", text(&out));
 }
 
 #[test]
@@ -534,12 +375,7 @@ fn root_device_lookup_matches_stat() {
     if libc_major(root_dev) != 0 {
         let (maj, min) = (libc_major(meta.rdev()), libc_minor(meta.rdev()));
         let (rmaj, rmin) = (libc_major(root_dev), libc_minor(root_dev));
-        assert_eq!(
-            (maj, min),
-            (rmaj, rmin),
-            "{} is not the device of /",
-            root.display()
-        );
+        assert_eq!((maj, min), (rmaj, rmin), "{} is not the device of /", root.display());
     }
 }
 
@@ -556,34 +392,15 @@ fn a_card_too_small_for_the_image_fails_cleanly() {
     require!(image true, "losetup", "zip");
     let dir = tempdir("flash-small");
     let raw = build_image(&dir, "pi.img", Table::Mbr, Style::Bookworm);
-    sh(Command::new("zip")
-        .args(["-q", "-j", "-1"])
-        .arg(dir.join("pi.zip"))
-        .arg(&raw));
+    sh(Command::new("zip").args(["-q", "-j", "-1"]).arg(dir.join("pi.zip")).arg(&raw));
     let backing = dir.join("small.bin");
-    std::fs::File::create(&backing)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    std::fs::File::create(&backing).unwrap().set_len(64 << 20).unwrap();
     let lo = Loop::attach(&backing);
     // Raw: the size is known up front. Zip: found out when the device is full, and the
     // decompressing thread must not hang pikube.
-    for (input, want) in [
-        ("pi.img", "is larger than"),
-        ("pi.zip", "write failed after"),
-    ] {
+    for (input, want) in [("pi.img", "is larger than"), ("pi.zip", "write failed after")] {
         let started = std::time::Instant::now();
-        let out = pikube(
-            &[
-                "flash",
-                "--image",
-                dir.join(input).to_str().unwrap(),
-                "--device",
-                &lo.dev,
-                "--yes",
-            ],
-            &[],
-        );
+        let out = pikube(&["flash", "--image", dir.join(input).to_str().unwrap(), "--device", &lo.dev, "--yes"], &[]);
         assert!(!out.status.success(), "{input}: {}", text(&out));
         assert!(flat_stderr(&out).contains(want), "{input}: {}", text(&out));
         assert!(started.elapsed() < std::time::Duration::from_secs(60));
@@ -599,11 +416,7 @@ fn overwriting_asks_on_a_terminal() {
     // `script` gives pikube a pseudo-terminal and feeds it our answer.
     let ask = |answer: &str| {
         std::fs::write(&card, b"old card").unwrap();
-        let cmd = format!(
-            "{BIN} flash --image {} --device {}",
-            raw.display(),
-            card.display()
-        );
+        let cmd = format!("{BIN} flash --image {} --device {}", raw.display(), card.display());
         let mut child = Command::new("script")
             .args(["-qec", &cmd, "/dev/null"])
             .stdin(Stdio::piped())
@@ -611,21 +424,13 @@ fn overwriting_asks_on_a_terminal() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(answer.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(answer.as_bytes()).unwrap();
         child.wait_with_output().unwrap()
     };
     let out = ask("no\n");
     assert!(!out.status.success());
     let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        shown.contains("Type 'yes' to continue") && shown.contains("not confirmed"),
-        "{shown}"
-    );
+    assert!(shown.contains("Type 'yes' to continue") && shown.contains("not confirmed"), "{shown}");
     assert_eq!(std::fs::read(&card).unwrap(), b"old card");
     let out = ask("yes\n");
     assert!(out.status.success(), "{}", text(&out));

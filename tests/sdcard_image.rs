@@ -43,24 +43,12 @@ fn count(hay: &str, needle: &str) -> usize {
 
 fn assert_cmdline_once(img: &Path, first_run: bool) {
     let cmdline = mread(img, "cmdline.txt").expect("cmdline.txt");
-    assert_eq!(
-        cmdline.trim_end().lines().count(),
-        1,
-        "cmdline.txt must stay one line: {cmdline:?}"
-    );
-    for flag in [
-        "cgroup_enable=cpuset",
-        "cgroup_enable=memory",
-        "cgroup_memory=1",
-    ] {
+    assert_eq!(cmdline.trim_end().lines().count(), 1, "cmdline.txt must stay one line: {cmdline:?}");
+    for flag in ["cgroup_enable=cpuset", "cgroup_enable=memory", "cgroup_memory=1"] {
         assert_eq!(count(&cmdline, flag), 1, "{flag} once in {cmdline:?}");
     }
     let run = count(&cmdline, "systemd.run=/boot/firmware/firstrun.sh");
-    assert_eq!(
-        run,
-        usize::from(first_run),
-        "first-run token count in {cmdline:?}"
-    );
+    assert_eq!(run, usize::from(first_run), "first-run token count in {cmdline:?}");
     if first_run {
         // firstrun.sh cuts from " systemd.run" on: the cgroup flags must come before it.
         let cut = cmdline.find(" systemd.run").unwrap();
@@ -70,16 +58,9 @@ fn assert_cmdline_once(img: &Path, first_run: bool) {
 
 fn assert_fsck_clean(img: &Path) {
     let out = fsck_boot(img);
-    assert!(
-        out.status.success(),
-        "fsck.vfat -n found problems:\n{}",
-        text(&out)
-    );
+    assert!(out.status.success(), "fsck.vfat -n found problems:\n{}", text(&out));
     let all = text(&out);
-    assert!(
-        !all.to_lowercase().contains("dirty"),
-        "dirty bit left set:\n{all}"
-    );
+    assert!(!all.to_lowercase().contains("dirty"), "dirty bit left set:\n{all}");
 }
 
 fn root_partition_sha(img: &Path) -> String {
@@ -107,11 +88,7 @@ fn bookworm_mbr_gets_userconf_and_firstrun() {
     assert!(stdout.contains("Raspberry Pi OS first run"), "{stdout}");
     assert!(!text(&out).contains(secret), "the password was printed");
 
-    assert_eq!(
-        mread(&out_img, "ssh").as_deref(),
-        Some(""),
-        "empty ssh file"
-    );
+    assert_eq!(mread(&out_img, "ssh").as_deref(), Some(""), "empty ssh file");
     let userconf = mread(&out_img, "userconf.txt").expect("userconf.txt");
     let (user, hash) = userconf.trim().split_once(':').expect("user:hash");
     assert_eq!(user, "pi");
@@ -128,44 +105,20 @@ fn bookworm_mbr_gets_userconf_and_firstrun() {
         ]));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    assert_eq!(
-        crypt_matches(secret),
-        "match",
-        "crypt(3) rejects the userconf.txt hash"
-    );
+    assert_eq!(crypt_matches(secret), "match", "crypt(3) rejects the userconf.txt hash");
     assert_eq!(crypt_matches("wrong-password"), "mismatch");
     let firstrun = mread(&out_img, "firstrun.sh").expect("firstrun.sh");
     assert!(firstrun.starts_with("#!/bin/bash"));
     assert!(firstrun.contains("NEW_HOSTNAME='rasp01'"), "{firstrun}");
-    assert!(
-        firstrun.contains(&public_key(&dir)),
-        "authorized key in firstrun.sh"
-    );
+    assert!(firstrun.contains(&public_key(&dir)), "authorized key in firstrun.sh");
     assert!(firstrun.contains("PasswordAuthentication no"));
     assert!(firstrun.contains("role=%s") && firstrun.contains("'server'"));
-    let syntax = Command::new("bash")
-        .arg("-n")
-        .arg("-c")
-        .arg(&firstrun)
-        .output()
-        .unwrap();
-    assert!(
-        syntax.status.success(),
-        "firstrun.sh is not valid bash:\n{}",
-        text(&syntax)
-    );
-    assert_eq!(
-        mread(&out_img, "user-data"),
-        None,
-        "no cloud-init seed on a Bookworm image"
-    );
+    let syntax = Command::new("bash").arg("-n").arg("-c").arg(&firstrun).output().unwrap();
+    assert!(syntax.status.success(), "firstrun.sh is not valid bash:\n{}", text(&syntax));
+    assert_eq!(mread(&out_img, "user-data"), None, "no cloud-init seed on a Bookworm image");
     assert_cmdline_once(&out_img, true);
     assert_fsck_clean(&out_img);
-    assert_eq!(
-        root_partition_sha(&input),
-        root_partition_sha(&out_img),
-        "root partition changed"
-    );
+    assert_eq!(root_partition_sha(&input), root_partition_sha(&out_img), "root partition changed");
 
     // Without --password-env: a random password, only its hash on the card, nothing printed.
     let out2_img = dir.join("rasp02.img");
@@ -208,18 +161,9 @@ fn ubuntu_gpt_gets_valid_cloud_init() {
     let stdout = ok(&out);
     assert!(stdout.contains("GPT partition table"), "{stdout}");
     assert!(stdout.contains("cloud-init NoCloud"), "{stdout}");
-    assert!(
-        !text(&out).contains(psk),
-        "the Wi-Fi passphrase was printed"
-    );
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&out_img).unwrap().permissions(),
-    );
-    assert_eq!(
-        mode & 0o777,
-        0o600,
-        "an image holding secrets must be private"
-    );
+    assert!(!text(&out).contains(psk), "the Wi-Fi passphrase was printed");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&out_img).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "an image holding secrets must be private");
 
     let user_data = mread(&out_img, "user-data").expect("user-data");
     assert!(user_data.starts_with("#cloud-config\n"), "{user_data}");
@@ -228,27 +172,13 @@ fn ubuntu_gpt_gets_valid_cloud_init() {
     assert!(user_data.contains(&public_key(&dir)));
     let ud = dir.join("user-data.yaml");
     std::fs::write(&ud, &user_data).unwrap();
-    let schema = Command::new("cloud-init")
-        .arg("schema")
-        .arg("--config-file")
-        .arg(&ud)
-        .output()
-        .unwrap();
-    assert!(
-        schema.status.success(),
-        "cloud-init schema rejects user-data:\n{}",
-        text(&schema)
-    );
-    assert!(
-        String::from_utf8_lossy(&schema.stdout).contains("Valid cloud-config"),
-        "{}",
-        text(&schema)
-    );
+    let schema = Command::new("cloud-init").arg("schema").arg("--config-file").arg(&ud).output().unwrap();
+    assert!(schema.status.success(), "cloud-init schema rejects user-data:\n{}", text(&schema));
+    assert!(String::from_utf8_lossy(&schema.stdout).contains("Valid cloud-config"), "{}", text(&schema));
 
     let meta = mread(&out_img, "meta-data").expect("meta-data");
     assert!(
-        meta.contains("local-hostname: \"rasp02\"")
-            && meta.contains("instance-id: \"pikube-lab-rasp02-"),
+        meta.contains("local-hostname: \"rasp02\"") && meta.contains("instance-id: \"pikube-lab-rasp02-"),
         "{meta}"
     );
 
@@ -258,39 +188,16 @@ fn ubuntu_gpt_gets_valid_cloud_init() {
     std::fs::write(&nc_file, &nc).unwrap();
     let rendered = dir.join("net-out");
     let conv = Command::new("cloud-init")
-        .args([
-            "devel",
-            "net-convert",
-            "--kind",
-            "yaml",
-            "--output-kind",
-            "netplan",
-            "-D",
-            "ubuntu",
-            "--network-data",
-        ])
+        .args(["devel", "net-convert", "--kind", "yaml", "--output-kind", "netplan", "-D", "ubuntu", "--network-data"])
         .arg(&nc_file)
         .arg("-d")
         .arg(&rendered)
         .output()
         .unwrap();
-    assert!(
-        conv.status.success(),
-        "cloud-init cannot parse network-config:\n{}",
-        text(&conv)
-    );
+    assert!(conv.status.success(), "cloud-init cannot parse network-config:\n{}", text(&conv));
     let netplan = std::fs::read_to_string(rendered.join("etc/netplan/50-cloud-init.yaml")).unwrap();
-    for want in [
-        "10.0.0.12/24",
-        "10.0.0.1",
-        "10.0.0.53",
-        "Home Net",
-        "regulatory-domain: DE",
-    ] {
-        assert!(
-            netplan.contains(want),
-            "{want} missing from rendered netplan:\n{netplan}"
-        );
+    for want in ["10.0.0.12/24", "10.0.0.1", "10.0.0.53", "Home Net", "regulatory-domain: DE"] {
+        assert!(netplan.contains(want), "{want} missing from rendered netplan:\n{netplan}");
     }
     assert_cmdline_once(&out_img, false);
     assert_eq!(mread(&out_img, "firstrun.sh"), None);
@@ -302,10 +209,7 @@ fn preparing_twice_keeps_cmdline_flags_once() {
     require!(image false, "mtype", "fsck.vfat", "ssh-keygen");
     let dir = tempdir("img-twice");
     let cluster = cluster(&dir, THREE_HOSTS);
-    for (style, table, first_run) in [
-        (Style::Bookworm, Table::Gpt, true),
-        (Style::Ubuntu, Table::Mbr, false),
-    ] {
+    for (style, table, first_run) in [(Style::Bookworm, Table::Gpt, true), (Style::Ubuntu, Table::Mbr, false)] {
         let input = build_image(&dir, &format!("{style:?}.img"), table, style);
         let once = dir.join(format!("{style:?}-once.img"));
         let twice = dir.join(format!("{style:?}-twice.img"));
@@ -313,19 +217,11 @@ fn preparing_twice_keeps_cmdline_flags_once() {
         // The customised output as the next input: a re-prepared (or re-flashed) card.
         let out = prepare(&once, &twice, &cluster, "rasp03", &[], &[]);
         let stdout = ok(&out);
-        let expected = if first_run {
-            "Raspberry Pi OS first run"
-        } else {
-            "cloud-init NoCloud"
-        };
+        let expected = if first_run { "Raspberry Pi OS first run" } else { "cloud-init NoCloud" };
         assert!(stdout.contains(expected), "{style:?}: {stdout}");
         assert_cmdline_once(&twice, first_run);
         assert_fsck_clean(&twice);
-        let name_file = if first_run {
-            "firstrun.sh"
-        } else {
-            "user-data"
-        };
+        let name_file = if first_run { "firstrun.sh" } else { "user-data" };
         assert!(mread(&twice, name_file).unwrap().contains("rasp03"));
     }
 }
@@ -338,35 +234,17 @@ fn compressed_inputs_stream_to_the_same_image() {
     let cluster = cluster(&dir, THREE_HOSTS);
     sh(Command::new("xz").args(["-k", "-1", "-T1"]).arg(&raw));
     sh(Command::new("gzip").args(["-k", "-1"]).arg(&raw));
-    sh(Command::new("zip")
-        .args(["-q", "-j", "-1"])
-        .arg(dir.join("pi.zip"))
-        .arg(&raw));
+    sh(Command::new("zip").args(["-q", "-j", "-1"]).arg(dir.join("pi.zip")).arg(&raw));
     let want_root = root_partition_sha(&raw);
-    for (input, format) in [
-        ("pi.img.xz", "xz-compressed"),
-        ("pi.img.gz", "gzip-compressed"),
-        ("pi.zip", "zip archive"),
-    ] {
+    for (input, format) in [("pi.img.xz", "xz-compressed"), ("pi.img.gz", "gzip-compressed"), ("pi.zip", "zip archive")]
+    {
         let out_img = dir.join(format!("{input}.out.img"));
         let out = prepare(&dir.join(input), &out_img, &cluster, "rasp02", &[], &[]);
         let stdout = ok(&out);
         assert!(stdout.contains(format), "{input}: {stdout}");
-        assert_eq!(
-            std::fs::metadata(&out_img).unwrap().len(),
-            IMAGE_MIB << 20,
-            "{input}: size"
-        );
-        assert_eq!(
-            sha_range(&out_img, 0, 446),
-            sha_range(&raw, 0, 446),
-            "{input}: boot code"
-        );
-        assert_eq!(
-            root_partition_sha(&out_img),
-            want_root,
-            "{input}: root partition"
-        );
+        assert_eq!(std::fs::metadata(&out_img).unwrap().len(), IMAGE_MIB << 20, "{input}: size");
+        assert_eq!(sha_range(&out_img, 0, 446), sha_range(&raw, 0, 446), "{input}: boot code");
+        assert_eq!(root_partition_sha(&out_img), want_root, "{input}: root partition");
         assert!(mread(&out_img, "firstrun.sh").unwrap().contains("rasp02"));
         assert_fsck_clean(&out_img);
     }
@@ -395,11 +273,7 @@ fn all_hosts_get_their_own_image() {
         &[],
     );
     ok(&out);
-    for (host, role) in [
-        ("rasp01", "server"),
-        ("rasp02", "agent"),
-        ("rasp03", "agent"),
-    ] {
+    for (host, role) in [("rasp01", "server"), ("rasp02", "agent"), ("rasp03", "agent")] {
         let img = out_dir.join(format!("{host}.img"));
         let ud = mread(&img, "user-data").unwrap_or_else(|| panic!("{host}.img has no user-data"));
         assert!(ud.contains(&format!("hostname: \"{host}\"")), "{ud}");
@@ -415,22 +289,11 @@ fn images_that_cannot_be_customised_are_refused_clearly() {
     let expect_err = |input: &Path, extra: &[&str], env: &[(&str, &str)], want: &str| {
         let out_img = dir.join("out.img");
         let out = prepare(input, &out_img, &cluster, "rasp01", extra, env);
-        assert!(
-            !out.status.success(),
-            "{} should be refused:\n{}",
-            input.display(),
-            text(&out)
-        );
-        let err = String::from_utf8_lossy(&out.stderr)
-            .replace('\n', " ")
-            .replace("│", "");
+        assert!(!out.status.success(), "{} should be refused:\n{}", input.display(), text(&out));
+        let err = String::from_utf8_lossy(&out.stderr).replace('\n', " ").replace("│", "");
         let err = err.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(err.contains(want), "expected `{want}` in:\n{err}");
-        assert!(
-            !out_img.exists(),
-            "a failed prepare must not leave {}",
-            out_img.display()
-        );
+        assert!(!out_img.exists(), "a failed prepare must not leave {}", out_img.display());
     };
 
     // Garbage: no partition table at all.
@@ -440,10 +303,7 @@ fn images_that_cannot_be_customised_are_refused_clearly() {
 
     // A partition table without any FAT partition.
     let linux_only = dir.join("linux-only.img");
-    std::fs::File::create(&linux_only)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
+    std::fs::File::create(&linux_only).unwrap().set_len(8 << 20).unwrap();
     let mut sf = Command::new("sfdisk")
         .arg("-q")
         .arg(&linux_only)
@@ -451,11 +311,7 @@ fn images_that_cannot_be_customised_are_refused_clearly() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::io::Write::write_all(
-        sf.stdin.as_mut().unwrap(),
-        b"label: dos\nstart=2048, type=83\n",
-    )
-    .unwrap();
+    std::io::Write::write_all(sf.stdin.as_mut().unwrap(), b"label: dos\nstart=2048, type=83\n").unwrap();
     assert!(sf.wait().unwrap().success());
     expect_err(&linux_only, &[], &[], "no FAT partition");
 
@@ -470,18 +326,8 @@ fn images_that_cannot_be_customised_are_refused_clearly() {
 
     // Secrets must come from set environment variables, named in the error.
     let good = build_image(&dir, "good.img", Table::Mbr, Style::Bookworm);
-    expect_err(
-        &good,
-        &["--password-env", "PIKUBE_TEST_UNSET_VAR"],
-        &[],
-        "PIKUBE_TEST_UNSET_VAR",
-    );
-    expect_err(
-        &good,
-        &["--static", "192.168.7.0/24", "--gateway", "192.168.7.1"],
-        &[],
-        "outside --static",
-    );
+    expect_err(&good, &["--password-env", "PIKUBE_TEST_UNSET_VAR"], &[], "PIKUBE_TEST_UNSET_VAR");
+    expect_err(&good, &["--static", "192.168.7.0/24", "--gateway", "192.168.7.1"], &[], "outside --static");
 
     // A truncated download: the decompressor's error, and no half-written output.
     let xz = dir.join("good.img.xz");
@@ -493,11 +339,7 @@ fn images_that_cannot_be_customised_are_refused_clearly() {
 
     // A zip archive with two images is ambiguous.
     let z = dir.join("two.zip");
-    sh(Command::new("zip")
-        .args(["-q", "-j"])
-        .arg(&z)
-        .arg(&good)
-        .arg(&no_config));
+    sh(Command::new("zip").args(["-q", "-j"]).arg(&z).arg(&good).arg(&no_config));
     expect_err(&z, &[], &[], "exactly one .img");
 }
 
@@ -511,38 +353,26 @@ fn devices_are_refused_as_output() {
     let backing = dir.join("card.bin");
     std::fs::write(&backing, vec![0x42u8; 8 << 20]).unwrap();
     let before = sha_range(&backing, 0, 8 << 20);
-    let lo =
-        String::from_utf8(sh(Command::new("losetup").args(["-f", "--show"]).arg(&backing)).stdout)
-            .unwrap()
-            .trim()
-            .to_string();
+    let lo = String::from_utf8(sh(Command::new("losetup").args(["-f", "--show"]).arg(&backing)).stdout)
+        .unwrap()
+        .trim()
+        .to_string();
     let detach = Detach(lo.clone());
     // A character device of our own (null's numbers), so no system node is put at risk.
     let null = dir.join("null");
     sh(Command::new("mknod").arg(&null).args(["c", "1", "3"]));
     for out in [Path::new(&lo), null.as_path()] {
         let result = prepare(&input, out, &cluster, "rasp01", &[], &[]);
-        assert!(
-            !result.status.success(),
-            "{}: {}",
-            out.display(),
-            text(&result)
-        );
+        assert!(!result.status.success(), "{}: {}", out.display(), text(&result));
         let err = String::from_utf8_lossy(&result.stderr).replace('│', " ");
         let err = err.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(err.contains("is not a regular file"), "{err}");
         assert!(err.contains("pikube flash --image"), "{err}");
     }
     let meta = std::fs::metadata(&null).expect("the device node must not be removed");
-    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
-        &meta.file_type()
-    ));
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()));
     drop(detach);
-    assert_eq!(
-        sha_range(&backing, 0, 8 << 20),
-        before,
-        "the loop device was written"
-    );
+    assert_eq!(sha_range(&backing, 0, 8 << 20), before, "the loop device was written");
 }
 
 /// Detaches a loop device when the test ends, also on panic.
@@ -557,9 +387,7 @@ impl Drop for Detach {
 /// The `runcmd` step of a card's user-data, read with a YAML parser.
 fn runcmd_script(user_data: &str) -> String {
     let doc: serde_json::Value = serde_saphyr::from_str(user_data).expect("user-data is YAML");
-    let steps = doc["runcmd"]
-        .as_array()
-        .expect("user-data has a runcmd list");
+    let steps = doc["runcmd"].as_array().expect("user-data has a runcmd list");
     assert_eq!(steps.len(), 1, "{user_data}");
     steps[0].as_str().expect("a shell string").to_string()
 }
@@ -568,11 +396,7 @@ fn runcmd_script(user_data: &str) -> String {
 fn assert_valid_cloud_config(dir: &Path, user_data: &str) {
     let file = dir.join("check-user-data.yaml");
     std::fs::write(&file, user_data).unwrap();
-    let out = Command::new("cloud-init")
-        .args(["schema", "--config-file"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = Command::new("cloud-init").args(["schema", "--config-file"]).arg(&file).output().unwrap();
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Valid cloud-config"),
         "cloud-init schema rejects:\n{user_data}\n{}",
@@ -648,52 +472,29 @@ fn cloud_init_seed_is_scrubbed_after_first_boot() {
     let read = |name: &str| std::fs::read_to_string(seed.join(name)).unwrap();
     let (ud, nc) = (read("user-data"), read("network-config"));
     for secret in [hash.as_str(), pw, psk] {
-        assert!(
-            !ud.contains(secret) && !nc.contains(secret),
-            "{secret} left:\n{ud}\n{nc}"
-        );
+        assert!(!ud.contains(secret) && !nc.contains(secret), "{secret} left:\n{ud}\n{nc}");
     }
     // Later boots: meta-data (the instance-id) is untouched, so nothing per-instance re-runs;
     // what cloud-init re-reads every boot is still valid and still names the host.
     assert_eq!(read("meta-data"), original[1]);
-    assert!(
-        ud.contains("hostname: \"rasp02\"") && !ud.contains("runcmd"),
-        "{ud}"
-    );
+    assert!(ud.contains("hostname: \"rasp02\"") && !ud.contains("runcmd"), "{ud}");
     assert_valid_cloud_config(&dir, &ud);
     let rendered = dir.join("net-out");
     let conv = Command::new("cloud-init")
-        .args([
-            "devel",
-            "net-convert",
-            "--kind",
-            "yaml",
-            "--output-kind",
-            "netplan",
-        ])
+        .args(["devel", "net-convert", "--kind", "yaml", "--output-kind", "netplan"])
         .args(["-D", "ubuntu", "--network-data"])
         .arg(seed.join("network-config"))
         .arg("-d")
         .arg(&rendered)
         .output()
         .unwrap();
-    assert!(
-        conv.status.success(),
-        "scrubbed network-config:\n{nc}\n{}",
-        text(&conv)
-    );
+    assert!(conv.status.success(), "scrubbed network-config:\n{nc}\n{}", text(&conv));
     let netplan = std::fs::read_to_string(rendered.join("etc/netplan/50-cloud-init.yaml")).unwrap();
-    assert!(
-        netplan.contains("10.0.0.12/24") && !netplan.contains("wifis"),
-        "{netplan}"
-    );
+    assert!(netplan.contains("10.0.0.12/24") && !netplan.contains("wifis"), "{netplan}");
     // A second run (the seed no longer carries the marker) changes nothing.
     first_boot();
     assert_eq!((read("user-data"), read("network-config")), (ud, nc));
-    assert!(std::fs::read_dir(&seed).unwrap().all(|e| {
-        !e.unwrap()
-            .file_name()
-            .to_string_lossy()
-            .ends_with("pikube-tmp")
-    }));
+    assert!(std::fs::read_dir(&seed)
+        .unwrap()
+        .all(|e| { !e.unwrap().file_name().to_string_lossy().ends_with("pikube-tmp") }));
 }

@@ -23,28 +23,15 @@ const TEST_LIMIT: Duration = Duration::from_secs(90);
 
 fn skip_reason() -> Option<String> {
     if !Path::new(SSHD).exists() {
-        return Some(format!(
-            "{SSHD} is missing (apt-get install openssh-server)"
-        ));
+        return Some(format!("{SSHD} is missing (apt-get install openssh-server)"));
     }
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     if uid.as_deref().ok() != Some("0") {
         return Some("not running as root (sshd must start as root)".into());
     }
     for tool in ["ssh-keygen", "ssh-agent", "ssh-add"] {
-        if Command::new(tool)
-            .arg("-h")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_err()
-        {
-            return Some(format!(
-                "{tool} is missing (apt-get install openssh-client)"
-            ));
+        if Command::new(tool).arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+            return Some(format!("{tool} is missing (apt-get install openssh-client)"));
         }
     }
     None
@@ -59,9 +46,7 @@ macro_rules! require_sshd {
 }
 
 async fn within<T>(work: impl Future<Output = T>) -> T {
-    tokio::time::timeout(TEST_LIMIT, work)
-        .await
-        .expect("test took too long")
+    tokio::time::timeout(TEST_LIMIT, work).await.expect("test took too long")
 }
 
 /// A scratch directory, removed on drop.
@@ -89,46 +74,25 @@ impl Drop for Scratch {
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run helper command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A fresh ed25519 key pair at `path` / `path.pub`.
 fn keygen(path: &Path, passphrase: &str) {
     run(Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-C",
-            "pikube-test",
-            "-N",
-            passphrase,
-            "-f",
-        ])
+        .args(["-q", "-t", "ed25519", "-C", "pikube-test", "-N", passphrase, "-f"])
         .arg(path));
 }
 
 fn public_key(path: &Path) -> String {
     let text = fs::read_to_string(path.with_extension("pub")).expect("read public key");
-    text.split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ")
+    text.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
 
 fn sha256_fingerprint(path: &Path) -> String {
-    let out = run(Command::new("ssh-keygen")
-        .args(["-l", "-E", "sha256", "-f"])
-        .arg(path.with_extension("pub")));
-    out.split_whitespace()
-        .nth(1)
-        .expect("fingerprint field")
-        .to_string()
+    let out = run(Command::new("ssh-keygen").args(["-l", "-E", "sha256", "-f"]).arg(path.with_extension("pub")));
+    out.split_whitespace().nth(1).expect("fingerprint field").to_string()
 }
 
 fn free_port() -> u16 {
@@ -144,13 +108,7 @@ struct Sshd {
 }
 
 impl Sshd {
-    fn start(
-        dir: &Path,
-        name: &str,
-        host_key: &Path,
-        authorized_keys: &Path,
-        log_level: &str,
-    ) -> Sshd {
+    fn start(dir: &Path, name: &str, host_key: &Path, authorized_keys: &Path, log_level: &str) -> Sshd {
         fs::create_dir_all("/run/sshd").expect("create /run/sshd");
         let config = dir.join(format!("{name}.sshd_config"));
         let log = dir.join(format!("{name}.log"));
@@ -175,17 +133,10 @@ impl Sshd {
                 .stderr(stderr)
                 .spawn()
                 .expect("spawn sshd");
-            let mut sshd = Sshd {
-                child,
-                port,
-                log: log.clone(),
-            };
+            let mut sshd = Sshd { child, port, log: log.clone() };
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(10) {
-                if sshd
-                    .log_text()
-                    .contains(&format!("Server listening on 127.0.0.1 port {port}"))
-                {
+                if sshd.log_text().contains(&format!("Server listening on 127.0.0.1 port {port}")) {
                     return sshd;
                 }
                 if let Ok(Some(_)) = sshd.child.try_wait() {
@@ -194,10 +145,7 @@ impl Sshd {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        panic!(
-            "sshd did not start; last log:\n{}",
-            fs::read_to_string(&log).unwrap_or_default()
-        );
+        panic!("sshd did not start; last log:\n{}", fs::read_to_string(&log).unwrap_or_default());
     }
 
     fn log_text(&self) -> String {
@@ -220,9 +168,7 @@ fn children_of(parent: u32) -> Vec<u32> {
             continue;
         };
         // "pid (comm) state ppid ...": comm may hold spaces, so read after the last ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
         if ppid == Some(parent) {
             pids.push(pid);
         }
@@ -241,11 +187,7 @@ impl Drop for Sshd {
             frontier.extend(children);
         }
         for pid in doomed.into_iter().rev() {
-            let _ = Command::new("kill")
-                .arg("-9")
-                .arg(pid.to_string())
-                .stderr(Stdio::null())
-                .status();
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).stderr(Stdio::null()).status();
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -276,22 +218,12 @@ impl Lab {
         fs::write(&authorized, public_key(&client_key) + "\n").expect("write authorized_keys");
         let sshd = Sshd::start(&scratch.0, tag, &host_key, &authorized, log_level);
         let known_hosts = scratch.path("known_hosts");
-        Lab {
-            scratch,
-            client_key,
-            host_key,
-            known_hosts,
-            sshd,
-        }
+        Lab { scratch, client_key, host_key, known_hosts, sshd }
     }
 
     /// Records this sshd's real host key in known_hosts.
     fn trust(self) -> Lab {
-        let line = format!(
-            "[127.0.0.1]:{} {}\n",
-            self.sshd.port,
-            public_key(&self.host_key)
-        );
+        let line = format!("[127.0.0.1]:{} {}\n", self.sshd.port, public_key(&self.host_key));
         fs::write(&self.known_hosts, line).expect("write known_hosts");
         self
     }
@@ -312,9 +244,7 @@ impl Lab {
     }
 
     async fn session(&self) -> Session {
-        Session::connect(&self.target(HostKeyPolicy::Strict))
-            .await
-            .expect("connect")
+        Session::connect(&self.target(HostKeyPolicy::Strict)).await.expect("connect")
     }
 }
 
@@ -327,10 +257,7 @@ async fn exec_collects_stdout_stderr_and_exit_status() {
     within(async {
         let session = lab.session().await;
         assert_eq!(session.host(), "node1");
-        let out = session
-            .exec("printf 'out\\n'; printf err >&2; exit 3", None, T)
-            .await
-            .expect("exec");
+        let out = session.exec("printf 'out\\n'; printf err >&2; exit 3", None, T).await.expect("exec");
         assert_eq!(out.stdout_str(), "out\n");
         assert_eq!(out.stderr_str(), "err");
         assert_eq!(out.status, Some(3));
@@ -353,18 +280,12 @@ async fn stdin_round_trips_larger_than_the_window() {
         let session = lab.session().await;
         // 3 MiB: more than either side's channel window, so both directions must flow at once.
         let input: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-        let out = session
-            .exec("cat", Some(&input), T)
-            .await
-            .expect("exec cat");
+        let out = session.exec("cat", Some(&input), T).await.expect("exec cat");
         assert!(out.success());
         assert_eq!(out.stdout.len(), input.len());
         assert!(out.stdout == input, "cat returned different bytes");
         // A command that ignores its input still completes.
-        let out = session
-            .exec("echo ignored", Some(&input), T)
-            .await
-            .expect("exec echo");
+        let out = session.exec("echo ignored", Some(&input), T).await.expect("exec echo");
         assert_eq!(out.stdout_str(), "ignored\n");
         // No stdin means immediate EOF, not a hang.
         let out = session.exec("wc -c", None, T).await.expect("exec wc");
@@ -400,29 +321,15 @@ async fn concurrent_execs_share_one_session() {
             let fields: Vec<&str> = out.split_whitespace().collect();
             assert_eq!(fields.len(), 3, "`ID START END`: {out:?}");
             assert_eq!(fields[0], i.to_string(), "each command gets its own output");
-            spans.push((
-                fields[1].parse().expect("start"),
-                fields[2].parse().expect("end"),
-            ));
+            spans.push((fields[1].parse().expect("start"), fields[2].parse().expect("end")));
         }
         let at_once = |t: f64| spans.iter().filter(|(s, e)| *s <= t && t < *e).count();
         let most = spans.iter().map(|(s, _)| at_once(*s)).max().unwrap_or(0);
         // The session's channel limit (MAX_CHANNELS in src/ssh/session.rs), no more and no less.
-        assert_eq!(
-            most, 8,
-            "commands running at once on one session: {spans:?}"
-        );
+        assert_eq!(most, 8, "commands running at once on one session: {spans:?}");
         // 14 three-second commands, 8 at a time: two rounds, far from 42 s in sequence.
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "took {:?}",
-            started.elapsed()
-        );
-        assert_eq!(
-            lab.sshd.connection_pids().len(),
-            1,
-            "one connection for all commands"
-        );
+        assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+        assert_eq!(lab.sshd.connection_pids().len(), 1, "one connection for all commands");
         session.close().await;
     })
     .await;
@@ -469,43 +376,21 @@ async fn endless_output_is_cut_at_the_cap_with_a_clear_error() {
         // Exactly the cap, split over stdout and stderr, still comes back whole.
         let half = MAX_OUTPUT / 2;
         let out = session
-            .exec(
-                &format!("head -c {half} /dev/zero; head -c {half} /dev/zero >&2"),
-                None,
-                T,
-            )
+            .exec(&format!("head -c {half} /dev/zero; head -c {half} /dev/zero >&2"), None, T)
             .await
             .expect("output at the cap is fine");
         assert_eq!((out.stdout.len(), out.stderr.len()), (half, half));
         // One byte more (on stderr) is refused.
         let err = must_fail(
-            session
-                .exec(
-                    &format!(
-                        "head -c {half} /dev/zero; head -c {} /dev/zero >&2",
-                        half + 1
-                    ),
-                    None,
-                    T,
-                )
-                .await,
+            session.exec(&format!("head -c {half} /dev/zero; head -c {} /dev/zero >&2", half + 1), None, T).await,
             "one byte over the cap",
         );
         assert!(matches!(err, SshError::OutputTooLarge { .. }), "{err:?}");
         // Endless output: stopped as soon as it passes the cap, long before the timeout
         // (the old code buffered it all until the timeout, gigabytes on loopback).
         let started = Instant::now();
-        let err = must_fail(
-            session
-                .exec("cat /dev/zero", None, Duration::from_secs(60))
-                .await,
-            "endless output",
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "took {:?}",
-            started.elapsed()
-        );
+        let err = must_fail(session.exec("cat /dev/zero", None, Duration::from_secs(60)).await, "endless output");
+        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
         assert!(
             matches!(err, SshError::OutputTooLarge { ref host, ref command, limit_mib: 16 }
                 if host == "node1" && command == "cat /dev/zero"),
@@ -513,25 +398,14 @@ async fn endless_output_is_cut_at_the_cap_with_a_clear_error() {
         );
         let message = err.to_string();
         assert!(
-            message.contains("node1")
-                && message.contains("`cat /dev/zero`")
-                && message.contains("16 MiB"),
+            message.contains("node1") && message.contains("`cat /dev/zero`") && message.contains("16 MiB"),
             "{message}"
         );
         // The session survives, and timeouts still apply to commands below the cap.
-        let out = session
-            .exec("echo alive", None, T)
-            .await
-            .expect("session still usable");
+        let out = session.exec("echo alive", None, T).await.expect("session still usable");
         assert_eq!(out.stdout_str(), "alive\n");
         let err = must_fail(
-            session
-                .exec(
-                    "head -c 1000 /dev/zero; sleep 5",
-                    None,
-                    Duration::from_millis(500),
-                )
-                .await,
+            session.exec("head -c 1000 /dev/zero; sleep 5", None, Duration::from_millis(500)).await,
             "a command past its timeout",
         );
         assert!(matches!(err, SshError::Timeout { .. }), "{err:?}");
@@ -549,34 +423,23 @@ async fn closed_or_dead_connections_report_disconnected() {
         assert!(!session.is_closed());
         let running = {
             let session = session.clone();
-            tokio::spawn(
-                async move { session.exec("sleep 5", None, Duration::from_secs(60)).await },
-            )
+            tokio::spawn(async move { session.exec("sleep 5", None, Duration::from_secs(60)).await })
         };
         tokio::time::sleep(Duration::from_millis(500)).await;
         // Kill the server side of the connection mid-command.
         for pid in lab.sshd.connection_pids() {
             run(Command::new("kill").arg("-9").arg(pid.to_string()));
         }
-        let err = running
-            .await
-            .expect("task")
-            .expect_err("the connection died");
+        let err = running.await.expect("task").expect_err("the connection died");
         assert!(matches!(err, SshError::Disconnected { .. }), "{err:?}");
-        let err = session
-            .exec("true", None, T)
-            .await
-            .expect_err("dead session");
+        let err = session.exec("true", None, T).await.expect_err("dead session");
         assert!(matches!(err, SshError::Disconnected { .. }), "{err:?}");
         assert!(session.is_closed());
 
         let session = lab.session().await;
         session.close().await;
         assert!(session.is_closed());
-        let err = session
-            .exec("true", None, T)
-            .await
-            .expect_err("closed session");
+        let err = session.exec("true", None, T).await.expect_err("closed session");
         assert!(matches!(err, SshError::Disconnected { .. }), "{err:?}");
     })
     .await;
@@ -587,25 +450,16 @@ async fn strict_policy_refuses_an_unknown_host_key() {
     require_sshd!();
     let lab = Lab::new("strict");
     within(async {
-        let err = Session::connect(&lab.target(HostKeyPolicy::Strict))
-            .await
-            .expect_err("unknown host");
+        let err = Session::connect(&lab.target(HostKeyPolicy::Strict)).await.expect_err("unknown host");
         match err {
-            SshError::HostKeyUnknown {
-                host,
-                fingerprint,
-                known_hosts,
-            } => {
+            SshError::HostKeyUnknown { host, fingerprint, known_hosts } => {
                 assert_eq!(host, "node1");
                 assert_eq!(fingerprint, sha256_fingerprint(&lab.host_key));
                 assert_eq!(known_hosts, lab.known_hosts);
             }
             other => panic!("expected HostKeyUnknown, got {other:?}"),
         }
-        assert!(
-            !lab.known_hosts.exists(),
-            "strict mode must not write known_hosts"
-        );
+        assert!(!lab.known_hosts.exists(), "strict mode must not write known_hosts");
     })
     .await;
 }
@@ -616,14 +470,9 @@ async fn accept_new_records_the_key_and_strict_then_accepts_it() {
     let mut lab = Lab::new("acceptnew");
     lab.known_hosts = lab.scratch.path("fresh/dir/known_hosts");
     within(async {
-        let session = Session::connect(&lab.target(HostKeyPolicy::AcceptNew))
-            .await
-            .expect("first contact");
+        let session = Session::connect(&lab.target(HostKeyPolicy::AcceptNew)).await.expect("first contact");
         session.close().await;
-        let mode = fs::metadata(&lab.known_hosts)
-            .expect("known_hosts created")
-            .permissions()
-            .mode();
+        let mode = fs::metadata(&lab.known_hosts).expect("known_hosts created").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         // One line: this server's address and its real host key, nothing else.
         let entry = format!("[127.0.0.1]:{}", lab.sshd.port);
@@ -632,25 +481,14 @@ async fn accept_new_records_the_key_and_strict_then_accepts_it() {
             format!("{entry} {}\n", public_key(&lab.host_key))
         );
         // OpenSSH itself finds the entry we wrote.
-        run(Command::new("ssh-keygen")
-            .arg("-F")
-            .arg(&entry)
-            .arg("-f")
-            .arg(&lab.known_hosts));
+        run(Command::new("ssh-keygen").arg("-F").arg(&entry).arg("-f").arg(&lab.known_hosts));
 
-        let session = Session::connect(&lab.target(HostKeyPolicy::Strict))
-            .await
-            .expect("now known");
+        let session = Session::connect(&lab.target(HostKeyPolicy::Strict)).await.expect("now known");
         assert!(session.exec("true", None, T).await.expect("exec").success());
         session.close().await;
-        let again = Session::connect(&lab.target(HostKeyPolicy::AcceptNew))
-            .await
-            .expect("still known");
+        let again = Session::connect(&lab.target(HostKeyPolicy::AcceptNew)).await.expect("still known");
         again.close().await;
-        let lines = fs::read_to_string(&lab.known_hosts)
-            .expect("read known_hosts")
-            .lines()
-            .count();
+        let lines = fs::read_to_string(&lab.known_hosts).expect("read known_hosts").lines().count();
         assert_eq!(lines, 1, "a known host is not recorded twice");
     })
     .await;
@@ -662,24 +500,13 @@ async fn changed_host_key_is_refused_even_under_accept_new() {
     let lab = Lab::new("changed");
     let impostor = lab.scratch.path("old_host_key");
     keygen(&impostor, "");
-    let text = format!(
-        "# managed by hand\n\n[127.0.0.1]:{} {}\n",
-        lab.sshd.port,
-        public_key(&impostor)
-    );
+    let text = format!("# managed by hand\n\n[127.0.0.1]:{} {}\n", lab.sshd.port, public_key(&impostor));
     fs::write(&lab.known_hosts, &text).expect("write known_hosts");
     within(async {
         for policy in [HostKeyPolicy::AcceptNew, HostKeyPolicy::Strict] {
-            let err = Session::connect(&lab.target(policy))
-                .await
-                .expect_err("changed key");
+            let err = Session::connect(&lab.target(policy)).await.expect_err("changed key");
             match err {
-                SshError::HostKeyChanged {
-                    host,
-                    fingerprint,
-                    known_hosts,
-                    line,
-                } => {
+                SshError::HostKeyChanged { host, fingerprint, known_hosts, line } => {
                     assert_eq!((host.as_str(), line), ("node1", 3));
                     assert_eq!(known_hosts, lab.known_hosts);
                     assert_eq!(fingerprint, sha256_fingerprint(&lab.host_key));
@@ -687,11 +514,7 @@ async fn changed_host_key_is_refused_even_under_accept_new() {
                 other => panic!("expected HostKeyChanged, got {other:?}"),
             }
         }
-        assert_eq!(
-            fs::read_to_string(&lab.known_hosts).expect("read"),
-            text,
-            "known_hosts untouched"
-        );
+        assert_eq!(fs::read_to_string(&lab.known_hosts).expect("read"), text, "known_hosts untouched");
     })
     .await;
 }
@@ -700,15 +523,9 @@ async fn changed_host_key_is_refused_even_under_accept_new() {
 async fn hashed_known_hosts_entries_are_honoured() {
     require_sshd!();
     let lab = Lab::new("hashed").trust();
-    run(Command::new("ssh-keygen")
-        .arg("-H")
-        .arg("-f")
-        .arg(&lab.known_hosts));
+    run(Command::new("ssh-keygen").arg("-H").arg("-f").arg(&lab.known_hosts));
     let text = fs::read_to_string(&lab.known_hosts).expect("read");
-    assert!(
-        text.starts_with("|1|"),
-        "ssh-keygen -H hashes the entry: {text}"
-    );
+    assert!(text.starts_with("|1|"), "ssh-keygen -H hashes the entry: {text}");
     within(async {
         let session = lab.session().await;
         session.close().await;
@@ -728,31 +545,19 @@ async fn wrong_keys_fail_authentication_listing_what_was_tried() {
     let mut target = lab.target(HostKeyPolicy::Strict);
     target.identity_files = vec![locked.clone(), stranger.clone(), missing.clone()];
     within(async {
-        let err = Session::connect(&target)
-            .await
-            .expect_err("no acceptable key");
+        let err = Session::connect(&target).await.expect_err("no acceptable key");
         match err {
             SshError::AuthFailed { host, user, tried } => {
                 assert_eq!((host.as_str(), user.as_str()), ("node1", "root"));
-                assert!(
-                    tried.contains(&format!("{} (encrypted, skipped)", locked.display())),
-                    "{tried}"
-                );
+                assert!(tried.contains(&format!("{} (encrypted, skipped)", locked.display())), "{tried}");
                 assert!(tried.contains(&stranger.display().to_string()), "{tried}");
-                assert!(
-                    tried.contains(&format!("{} (unreadable", missing.display())),
-                    "{tried}"
-                );
+                assert!(tried.contains(&format!("{} (unreadable", missing.display())), "{tried}");
             }
             other => panic!("expected AuthFailed, got {other:?}"),
         }
         // The right key after wrong ones still gets in.
         target.identity_files = vec![stranger, lab.client_key.clone()];
-        Session::connect(&target)
-            .await
-            .expect("second key works")
-            .close()
-            .await;
+        Session::connect(&target).await.expect("second key works").close().await;
     })
     .await;
 }
@@ -787,18 +592,9 @@ fn agent_keys_authenticate() {
     while !socket.exists() && started.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    run(Command::new("ssh-add")
-        .arg("-q")
-        .arg(&lab.client_key)
-        .env("SSH_AUTH_SOCK", &socket));
+    run(Command::new("ssh-add").arg("-q").arg(&lab.client_key).env("SSH_AUTH_SOCK", &socket));
     let out = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "agent_login_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "agent_login_child", "--ignored", "--nocapture", "--test-threads=1"])
         .env("SSH_AUTH_SOCK", &socket)
         .env("PIKUBE_TEST_PORT", lab.sshd.port.to_string())
         .env("PIKUBE_TEST_KNOWN_HOSTS", &lab.known_hosts)
@@ -816,10 +612,7 @@ fn agent_keys_authenticate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "helper: run by agent_keys_authenticate with SSH_AUTH_SOCK set"]
 async fn agent_login_child() {
-    let port = std::env::var("PIKUBE_TEST_PORT")
-        .expect("PIKUBE_TEST_PORT")
-        .parse()
-        .expect("port");
+    let port = std::env::var("PIKUBE_TEST_PORT").expect("PIKUBE_TEST_PORT").parse().expect("port");
     let target = Target {
         name: "node1".into(),
         address: "127.0.0.1".into(),
@@ -829,9 +622,7 @@ async fn agent_login_child() {
         identity_files: Vec::new(),
         use_agent: true,
         jump: None,
-        known_hosts: std::env::var_os("PIKUBE_TEST_KNOWN_HOSTS")
-            .expect("known_hosts")
-            .into(),
+        known_hosts: std::env::var_os("PIKUBE_TEST_KNOWN_HOSTS").expect("known_hosts").into(),
         host_key_policy: HostKeyPolicy::Strict,
         connect_timeout: Duration::from_secs(10),
     };
@@ -856,8 +647,7 @@ async fn proxy_jump_through_a_second_sshd() {
         bastion.sshd.port,
         bastion.client_key.display()
     );
-    let ssh_config = SshConfig::parse(config.as_bytes(), Path::new("test_ssh_config"))
-        .expect("parse ssh config");
+    let ssh_config = SshConfig::parse(config.as_bytes(), Path::new("test_ssh_config")).expect("parse ssh config");
     let wanted = Wanted {
         user: Some("root".into()),
         port: Some(node.sshd.port),
@@ -870,14 +660,9 @@ async fn proxy_jump_through_a_second_sshd() {
     };
     let target = resolve("node1", "127.0.0.1", &wanted, &ssh_config).expect("resolve");
     let jump = target.jump.as_deref().expect("jump resolved");
-    assert_eq!(
-        (jump.port, jump.identity_files[0].as_path()),
-        (bastion.sshd.port, bastion.client_key.as_path())
-    );
+    assert_eq!((jump.port, jump.identity_files[0].as_path()), (bastion.sshd.port, bastion.client_key.as_path()));
     within(async {
-        let session = Session::connect(&target)
-            .await
-            .expect("connect through the jump host");
+        let session = Session::connect(&target).await.expect("connect through the jump host");
         let out = session.exec("echo via-jump", None, T).await.expect("exec");
         assert_eq!(out.stdout_str(), "via-jump\n");
         session.close().await;
@@ -921,7 +706,10 @@ async fn unreachable_and_silent_hosts_fail_within_the_connect_timeout() {
     };
     within(async {
         let err = Session::connect(&target).await.expect_err("nothing listens");
-        assert!(matches!(err, SshError::Unreachable { ref host, port, .. } if host == "ghost" && port == target.port), "{err:?}");
+        assert!(
+            matches!(err, SshError::Unreachable { ref host, port, .. } if host == "ghost" && port == target.port),
+            "{err:?}"
+        );
 
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         target.port = silent.local_addr().expect("addr").port();
@@ -941,10 +729,7 @@ fn ssh_config_load_reads_a_real_file() {
     fs::write(&path, "Host pi1\n  HostName 10.0.0.1\n  Port 2222\n").expect("write");
     let config = SshConfig::load(&path).expect("load");
     let settings = config.lookup("pi1");
-    assert_eq!(
-        (settings.host_name.as_deref(), settings.port),
-        (Some("10.0.0.1"), Some(2222))
-    );
+    assert_eq!((settings.host_name.as_deref(), settings.port), (Some("10.0.0.1"), Some(2222)));
     fs::write(&path, "Host pi1\n  Port nope\n").expect("rewrite");
     let err = SshConfig::load(&path).expect_err("garbled");
     assert!(err.starts_with(&format!("{}:2:", path.display())), "{err}");

@@ -89,8 +89,7 @@ pub enum HookWhen {
 
 impl HostHook {
     pub fn applies_to(&self, host: &HostSpec) -> bool {
-        self.on.is_empty()
-            || self.on.iter().any(|o| o.value == host.name.value || o.value == host.role.value.as_str())
+        self.on.is_empty() || self.on.iter().any(|o| o.value == host.name.value || o.value == host.role.value.as_str())
     }
 }
 
@@ -425,10 +424,8 @@ impl Cluster {
     fn parse_with(path: &Path, text: &str, addresses_required: bool) -> Result<Cluster, ConfigErrors> {
         let file = path.display().to_string();
         let located = Locator { file: &file, text };
-        let spec: ClusterFile = serde_saphyr::from_str(text).map_err(|e| ConfigErrors {
-            file: file.clone(),
-            errors: vec![located.parse_error(&e)],
-        })?;
+        let spec: ClusterFile = serde_saphyr::from_str(text)
+            .map_err(|e| ConfigErrors { file: file.clone(), errors: vec![located.parse_error(&e)] })?;
         let problems = validate::check(&spec, addresses_required);
         if !problems.is_empty() {
             return Err(ConfigErrors {
@@ -579,8 +576,7 @@ fn offset_of(text: &str, line: u64, column: u64) -> Option<usize> {
     let mut offset = 0usize;
     for (i, l) in text.split_inclusive('\n').enumerate() {
         if i as u64 + 1 == line {
-            let col_bytes: usize =
-                l.chars().take(column.saturating_sub(1) as usize).map(char::len_utf8).sum();
+            let col_bytes: usize = l.chars().take(column.saturating_sub(1) as usize).map(char::len_utf8).sum();
             return Some(offset + col_bytes.min(l.len()));
         }
         offset += l.len();

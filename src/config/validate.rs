@@ -481,13 +481,29 @@ mod tests {
 
     #[test]
     fn labels_follow_kubelet_and_apimachinery() {
-        for ok in ["disk", "example.com/disk", "node.kubernetes.io/pool", "x.node.kubernetes.io/a", "kubernetes.io/arch", "topology.kubernetes.io/zone", "kubelet.kubernetes.io/x"] {
+        for ok in [
+            "disk",
+            "example.com/disk",
+            "node.kubernetes.io/pool",
+            "x.node.kubernetes.io/a",
+            "kubernetes.io/arch",
+            "topology.kubernetes.io/zone",
+            "kubelet.kubernetes.io/x",
+        ] {
             assert!(qualified_name_flaw(ok).is_none() && is_kubelet_label(ok), "{ok}");
         }
-        for refused in ["node-role.kubernetes.io/worker", "kubernetes.io/role", "k8s.io/x", "a.k8s.io/x", "node-restriction.kubernetes.io/x"] {
+        for refused in [
+            "node-role.kubernetes.io/worker",
+            "kubernetes.io/role",
+            "k8s.io/x",
+            "a.k8s.io/x",
+            "node-restriction.kubernetes.io/x",
+        ] {
             assert!(qualified_name_flaw(refused).is_none() && !is_kubelet_label(refused), "{refused}");
         }
-        for bad in ["", "/x", "Example.com/x", "a/b/c", "-x", "x_", "a b", &"n".repeat(64), &format!("{}/x", "p".repeat(254))] {
+        for bad in
+            ["", "/x", "Example.com/x", "a/b/c", "-x", "x_", "a b", &"n".repeat(64), &format!("{}/x", "p".repeat(254))]
+        {
             assert!(qualified_name_flaw(bad).is_some(), "{bad}");
         }
         assert!(label_value_flaw("").is_none() && label_value_flaw("v1.2_x-y").is_none());
@@ -502,10 +518,20 @@ mod tests {
 
     #[test]
     fn plain_http_downloads_are_only_for_this_machine() {
-        for ok in ["127.0.0.1:8080", "127.0.0.53/k3s", "localhost", "LOCALHOST:80/x", "[::1]:8080/", "u:p@127.0.0.1:9"] {
+        for ok in ["127.0.0.1:8080", "127.0.0.53/k3s", "localhost", "LOCALHOST:80/x", "[::1]:8080/", "u:p@127.0.0.1:9"]
+        {
             assert!(is_loopback_host(ok), "{ok}");
         }
-        for bad in ["github.com", "10.0.0.1:8080", "[::2]:80", "127.0.0.1.evil.example", "localhost.evil.example", "127.0.0.1@evil.example", "[::1", ""] {
+        for bad in [
+            "github.com",
+            "10.0.0.1:8080",
+            "[::2]:80",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "127.0.0.1@evil.example",
+            "[::1",
+            "",
+        ] {
             assert!(!is_loopback_host(bad), "{bad}");
         }
     }

@@ -29,9 +29,7 @@ pub struct CacheLock {
 
 impl CacheLock {
     pub fn acquire(name: &str) -> Result<CacheLock> {
-        fs::create_dir_all(CACHE_DIR)
-            .into_diagnostic()
-            .wrap_err_with(|| format!("creating {CACHE_DIR}"))?;
+        fs::create_dir_all(CACHE_DIR).into_diagnostic().wrap_err_with(|| format!("creating {CACHE_DIR}"))?;
         let path = Path::new(CACHE_DIR).join(format!("{name}.lock"));
         let file = fs::OpenOptions::new()
             .create(true)
@@ -40,9 +38,7 @@ impl CacheLock {
             .open(&path)
             .into_diagnostic()
             .wrap_err_with(|| format!("opening {}", path.display()))?;
-        file.lock()
-            .into_diagnostic()
-            .wrap_err_with(|| format!("locking {}", path.display()))?;
+        file.lock().into_diagnostic().wrap_err_with(|| format!("locking {}", path.display()))?;
         Ok(CacheLock { _file: file })
     }
 }
@@ -62,9 +58,7 @@ pub fn ensure(arch: Arch) -> Result<PathBuf> {
     let log = done.with_extension("log");
     if tmp.exists() {
         // Left by an interrupted build; we hold the lock, so nobody else is using it.
-        fs::remove_dir_all(&tmp)
-            .into_diagnostic()
-            .wrap_err_with(|| format!("removing stale {}", tmp.display()))?;
+        fs::remove_dir_all(&tmp).into_diagnostic().wrap_err_with(|| format!("removing stale {}", tmp.display()))?;
     }
     println!(
         "building the {SUITE}/{} base tree (once; debootstrap, {}) — log: {}",
@@ -89,14 +83,8 @@ pub fn ensure(arch: Arch) -> Result<PathBuf> {
     )
     .wrap_err("debootstrap of the lab base tree failed")?;
     fix_up(&tmp, arch, &log).wrap_err("preparing the lab base tree")?;
-    fs::rename(&tmp, &done)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("moving {} into place", tmp.display()))?;
-    println!(
-        "base tree ready in {:.0?}: {}",
-        started.elapsed(),
-        done.display()
-    );
+    fs::rename(&tmp, &done).into_diagnostic().wrap_err_with(|| format!("moving {} into place", tmp.display()))?;
+    println!("base tree ready in {:.0?}: {}", started.elapsed(), done.display());
     Ok(done)
 }
 
@@ -111,31 +99,17 @@ fn fix_up(root: &Path, arch: Arch, log: &Path) -> Result<()> {
         // arm64 nodes' eth0 from outside instead), and units with credentials fail to set them
         // up; clearing LoadCredential= lets them run.
         Arch::Arm64 => {
-            for unit in [
-                "systemd-sysusers.service",
-                "systemd-tmpfiles-setup.service",
-                "systemd-tmpfiles-setup-dev.service",
-            ] {
+            for unit in
+                ["systemd-sysusers.service", "systemd-tmpfiles-setup.service", "systemd-tmpfiles-setup-dev.service"]
+            {
                 let dir = root.join("etc/systemd/system").join(format!("{unit}.d"));
                 fs::create_dir_all(&dir).into_diagnostic()?;
-                fs::write(
-                    dir.join("pikube-lab-qemu-user.conf"),
-                    "[Service]\nLoadCredential=\n",
-                )
-                .into_diagnostic()?;
+                fs::write(dir.join("pikube-lab-qemu-user.conf"), "[Service]\nLoadCredential=\n").into_diagnostic()?;
             }
         }
     }
     chroot(&["passwd", "--lock", "root"])?;
-    chroot(&[
-        "useradd",
-        "--create-home",
-        "--shell",
-        "/bin/bash",
-        "--groups",
-        "sudo",
-        "pi",
-    ])?;
+    chroot(&["useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", "pi"])?;
     let mut chpasswd = Command::new("chroot")
         .arg(root)
         .arg("chpasswd")
@@ -150,17 +124,13 @@ fn fix_up(root: &Path, arch: Arch, log: &Path) -> Result<()> {
         .write_all(b"pi:raspberry\n")
         .into_diagnostic()?;
     if !chpasswd.wait().into_diagnostic()?.success() {
-        return Err(miette!(
-            "setting the pi user's password in the base tree failed"
-        ));
+        return Err(miette!("setting the pi user's password in the base tree failed"));
     }
     chroot(&["apt-get", "clean"])?;
 
     let write = |rel: &str, contents: &str| {
         let path = root.join(rel);
-        fs::write(&path, contents)
-            .into_diagnostic()
-            .wrap_err_with(|| format!("writing {}", path.display()))
+        fs::write(&path, contents).into_diagnostic().wrap_err_with(|| format!("writing {}", path.display()))
     };
     // Empty, not missing: systemd then takes nspawn's --uuid as this boot's machine id.
     write("etc/machine-id", "")?;
@@ -171,11 +141,7 @@ fn fix_up(root: &Path, arch: Arch, log: &Path) -> Result<()> {
         .wrap_err("linking the D-Bus machine id")?;
     for entry in fs::read_dir(root.join("etc/ssh")).into_diagnostic()? {
         let path = entry.into_diagnostic()?.path();
-        if path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("ssh_host_"))
-        {
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("ssh_host_")) {
             fs::remove_file(&path).into_diagnostic()?;
         }
     }
@@ -187,9 +153,7 @@ fn fix_up(root: &Path, arch: Arch, log: &Path) -> Result<()> {
     write("etc/hostname", "debian\n")?;
     write("etc/hosts", &hosts("debian"))?;
     // Package lists from the build would be stale and point at a mirror nodes cannot reach.
-    run(Command::new("find")
-        .arg(root.join("var/lib/apt/lists"))
-        .args(["-maxdepth", "1", "-type", "f", "-delete"]))?;
+    run(Command::new("find").arg(root.join("var/lib/apt/lists")).args(["-maxdepth", "1", "-type", "f", "-delete"]))?;
     Ok(())
 }
 

@@ -43,11 +43,7 @@ fn preflight(tools: &[(&str, &str)]) -> Result<()> {
     packages.dedup();
     Err(miette!(
         "missing {}; install with: apt-get install -y {}",
-        missing
-            .iter()
-            .map(|(p, _)| *p)
-            .collect::<Vec<_>>()
-            .join(", "),
+        missing.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(", "),
         packages.join(" ")
     ))
 }
@@ -55,9 +51,7 @@ fn preflight(tools: &[(&str, &str)]) -> Result<()> {
 /// Lab names become netns, machine and directory names: keep them short and plain, and unable
 /// to collide with another lab's node namespaces (`pikube-<lab>-<node>`).
 fn check_name(name: &str) -> Result<()> {
-    let plain = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let plain = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if name.is_empty()
         || name.len() > 20
         || !plain
@@ -89,10 +83,7 @@ pub(super) fn up(args: UpArgs) -> Result<()> {
     preflight(RUN_TOOLS)?;
     let existing = LabState::load(name)?;
     // Tool checks come before a new lab is recorded, so a missing package leaves nothing behind.
-    let arch = existing
-        .as_ref()
-        .map(|lab| lab.arch)
-        .unwrap_or(args.arch.unwrap_or(Arch::Amd64));
+    let arch = existing.as_ref().map(|lab| lab.arch).unwrap_or(args.arch.unwrap_or(Arch::Amd64));
     if !base::path(arch).is_dir() || !mirror::root(arch).join("debian").is_dir() {
         preflight(BUILD_TOOLS)?;
     }
@@ -109,7 +100,8 @@ pub(super) fn up(args: UpArgs) -> Result<()> {
     };
     // Kubernetes settings only shape the cluster file, so a re-run may change them.
     if let Some(dir) = &args.k3s_artifacts {
-        let dir = fs::canonicalize(dir).into_diagnostic().wrap_err_with(|| format!("--k3s-artifacts {}", dir.display()))?;
+        let dir =
+            fs::canonicalize(dir).into_diagnostic().wrap_err_with(|| format!("--k3s-artifacts {}", dir.display()))?;
         lab.kubernetes.artifacts = Some(dir.display().to_string());
         lab.kubernetes.version = Some(args.k3s_version.clone().unwrap_or_else(|| "v1.31.4+k3s1".into()));
     } else if let Some(v) = &args.k3s_version {
@@ -133,8 +125,7 @@ pub(super) fn up(args: UpArgs) -> Result<()> {
 
     let boot_started = Instant::now();
     for node in &lab.nodes {
-        node::provision(&lab, node, &client_pub)
-            .wrap_err_with(|| format!("preparing node {}", node.name))?;
+        node::provision(&lab, node, &client_pub).wrap_err_with(|| format!("preparing node {}", node.name))?;
         let running = node::launcher_pid(name, &node.name).is_some();
         node::power_on(&lab, node)?;
         println!(
@@ -142,9 +133,7 @@ pub(super) fn up(args: UpArgs) -> Result<()> {
             node.name,
             node.address,
             node.role,
-            node.layout
-                .map(|l| format!(", Pi ({})", l.name()))
-                .unwrap_or_default(),
+            node.layout.map(|l| format!(", Pi ({})", l.name())).unwrap_or_default(),
             if running { "running" } else { "booting" }
         );
     }
@@ -155,10 +144,7 @@ pub(super) fn up(args: UpArgs) -> Result<()> {
     util::write_atomic(&paths.known_hosts(), known_hosts.as_bytes(), 0o644)?;
     util::write_atomic(&paths.cluster_file(), cluster_file(&lab).as_bytes(), 0o644)?;
 
-    let timeout = args.timeout.unwrap_or(match lab.arch {
-        Arch::Amd64 => 120,
-        Arch::Arm64 => 900,
-    });
+    let timeout = args.timeout.unwrap_or(ssh_timeout(lab.arch));
     wait_for_nodes(&lab, &lab.nodes.iter().collect::<Vec<_>>(), timeout)?;
     println!(
         "{} answer SSH ({:.1}s after boot, {:.1}s in total)",
@@ -220,16 +206,12 @@ fn new_lab(name: &str, args: &UpArgs) -> Result<LabState> {
         return Err(miette!("--nodes must be between 1 and 100"));
     }
     if servers == 0 || servers > nodes {
-        return Err(miette!(
-            "--servers must be between 1 and the number of nodes ({nodes})"
-        ));
+        return Err(miette!("--servers must be between 1 and the number of nodes ({nodes})"));
     }
     let prefix = parse_subnet(args.subnet.as_deref().unwrap_or("10.77.0.0/24"))?;
     net::check_subnet_free(&prefix)?;
     if let Some(other) = lab_using(&prefix)? {
-        return Err(miette!(
-            "subnet {prefix}.0/24 is used by lab {other:?}; choose another with --subnet"
-        ));
+        return Err(miette!("subnet {prefix}.0/24 is used by lab {other:?}; choose another with --subnet"));
     }
     let loadbalancers = args.loadbalancers.unwrap_or(0);
     if servers + loadbalancers > nodes {
@@ -286,12 +268,8 @@ fn check_arm64_emulation() -> Result<()> {
              apt-get install -y qemu-user-static binfmt-support"
         ));
     }
-    let registration =
-        fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64").unwrap_or_default();
-    let fixed = registration
-        .lines()
-        .find_map(|l| l.strip_prefix("flags: "))
-        .is_some_and(|flags| flags.contains('F'));
+    let registration = fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64").unwrap_or_default();
+    let fixed = registration.lines().find_map(|l| l.strip_prefix("flags: ")).is_some_and(|flags| flags.contains('F'));
     if !registration.starts_with("enabled") || !fixed {
         return Err(miette!(
             "qemu-aarch64 is not registered with binfmt_misc (with the F flag); run: \
@@ -360,11 +338,7 @@ fn cluster_file(lab: &LabState) -> String {
         kubernetes_section(lab),
     );
     for node in &lab.nodes {
-        let _ = write!(
-            out,
-            "  - name: {}\n    address: {}\n    role: {}\n",
-            node.name, node.address, node.role
-        );
+        let _ = write!(out, "  - name: {}\n    address: {}\n    role: {}\n", node.name, node.address, node.role);
     }
     out
 }
@@ -376,16 +350,11 @@ fn ensure_client_key(paths: &LabPaths) -> Result<String> {
         let _ = fs::remove_file(&key);
         let _ = fs::remove_file(&public);
         util::run(
-            Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", "pikube-lab"])
-                .arg("-f")
-                .arg(&key),
+            Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "pikube-lab"]).arg("-f").arg(&key),
         )
         .wrap_err("generating the lab client key")?;
     }
-    fs::read_to_string(&public)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("reading {}", public.display()))
+    fs::read_to_string(&public).into_diagnostic().wrap_err_with(|| format!("reading {}", public.display()))
 }
 
 fn mirror_server_pid(lab: &str) -> Option<u32> {
@@ -418,13 +387,8 @@ fn ensure_mirror_server(lab: &LabState, root: &Path) -> Result<()> {
     .map(|s| s.to_string())
     .collect();
     util::spawn_detached(&argv, &paths.mirror_log())?;
-    if !wait_until(Duration::from_secs(10), || {
-        mirror_server_pid(&lab.name).is_some()
-    }) {
-        return Err(miette!(
-            "the lab mirror server did not start; see {}",
-            paths.mirror_log().display()
-        ));
+    if !wait_until(Duration::from_secs(10), || mirror_server_pid(&lab.name).is_some()) {
+        return Err(miette!("the lab mirror server did not start; see {}", paths.mirror_log().display()));
     }
     println!("package mirror: {}", lab.mirror_url());
     Ok(())
@@ -446,41 +410,23 @@ fn wait_for_nodes(lab: &LabState, nodes: &[&state::NodeState], timeout: u64) -> 
         return Ok(());
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let pending: Vec<&str> = stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("pending "))
-        .collect();
+    let pending: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("pending ")).collect();
     let mut report = String::new();
-    for node in nodes
-        .iter()
-        .filter(|n| pending.contains(&n.address.as_str()))
-    {
+    for node in nodes.iter().filter(|n| pending.contains(&n.address.as_str())) {
         let running = node::launcher_pid(&lab.name, &node.name).is_some();
         let _ = write!(
             report,
             "\n  {} ({}): {}; console: {}",
             node.name,
             node.address,
-            if running {
-                "running but sshd is not answering"
-            } else {
-                "not running"
-            },
-            LabPaths::new(&lab.name)
-                .node(&node.name)
-                .console_log()
-                .display()
+            if running { "running but sshd is not answering" } else { "not running" },
+            LabPaths::new(&lab.name).node(&node.name).console_log().display()
         );
     }
     if report.is_empty() {
-        return Err(miette!(
-            "waiting for the nodes' SSH failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(miette!("waiting for the nodes' SSH failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
-    Err(miette!(
-        "nodes did not answer SSH within {timeout}s:{report}"
-    ))
+    Err(miette!("nodes did not answer SSH within {timeout}s:{report}"))
 }
 
 pub(super) fn down(name: &str) -> Result<()> {
@@ -494,11 +440,7 @@ pub(super) fn down(name: &str) -> Result<()> {
         Some(lab) => lab.nodes.into_iter().map(|n| n.name).collect(),
         // No state file: whatever node directories a crash left behind.
         None => fs::read_dir(paths.dir.join("nodes"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default(),
     };
     let lab_netns_exists = Path::new(&net::netns_path(&net::lab_netns(name))).exists();
@@ -508,17 +450,8 @@ pub(super) fn down(name: &str) -> Result<()> {
     }
     // Halt nodes in parallel: each clean halt takes a few seconds.
     let results: Vec<Result<()>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = nodes
-            .iter()
-            .map(|node| scope.spawn(move || node::power_off(name, node, halt)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(miette!("halting a node panicked")))
-            })
-            .collect()
+        let handles: Vec<_> = nodes.iter().map(|node| scope.spawn(move || node::power_off(name, node, halt))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(miette!("halting a node panicked")))).collect()
     });
     for result in results {
         result?;
@@ -545,30 +478,15 @@ pub(super) fn down(name: &str) -> Result<()> {
             .into_diagnostic()
             .wrap_err_with(|| format!("deleting {}", paths.dir.display()))?;
     }
-    println!(
-        "lab {name:?} is down ({} removed)",
-        plural(nodes.len(), "node")
-    );
+    println!("lab {name:?} is down ({} removed)", plural(nodes.len(), "node"));
     Ok(())
 }
 
 pub(super) fn status(name: &str) -> Result<()> {
     let lab = LabState::require(name)?;
-    let mirror = if mirror_server_pid(name).is_some() {
-        "serving"
-    } else {
-        "stopped"
-    };
-    println!(
-        "lab {name:?} ({}, {}.0/24, mirror {} {mirror})",
-        lab.arch.debian(),
-        lab.prefix,
-        lab.mirror_url()
-    );
-    println!(
-        "{:<8} {:<15} {:<12} {:<8} {:<8} PI",
-        "NODE", "ADDRESS", "ROLE", "STATE", "PID"
-    );
+    let mirror = if mirror_server_pid(name).is_some() { "serving" } else { "stopped" };
+    println!("lab {name:?} ({}, {}.0/24, mirror {} {mirror})", lab.arch.debian(), lab.prefix, lab.mirror_url());
+    println!("{:<8} {:<15} {:<12} {:<8} {:<8} PI", "NODE", "ADDRESS", "ROLE", "STATE", "PID");
     for node in &lab.nodes {
         let pid = node::launcher_pid(name, &node.name);
         let state = match (pid, net::link_up(name, &node.name)) {
@@ -593,10 +511,7 @@ pub(super) fn status(name: &str) -> Result<()> {
 fn require_network(name: &str) -> Result<LabState> {
     let lab = LabState::require(name)?;
     if !Path::new(&net::netns_path(&net::lab_netns(name))).exists() {
-        return Err(miette!(
-            "lab {name:?} has no network (host rebooted?); run `pikube lab up{}`",
-            name_flag(name)
-        ));
+        return Err(miette!("lab {name:?} has no network (host rebooted?); run `pikube lab up{}`", name_flag(name)));
     }
     Ok(lab)
 }
@@ -611,10 +526,7 @@ pub(super) fn ssh(args: SshArgs) -> Result<()> {
     cmd.args(["netns", "exec", &net::lab_netns(name), "ssh", "-i"])
         .arg(paths.client_key())
         .args(["-o", "IdentitiesOnly=yes", "-o"])
-        .arg(format!(
-            "UserKnownHostsFile={}",
-            paths.known_hosts().display()
-        ))
+        .arg(format!("UserKnownHostsFile={}", paths.known_hosts().display()))
         .args([
             "-o",
             "GlobalKnownHostsFile=/dev/null",
@@ -638,17 +550,14 @@ pub(super) fn exec(name: &str, command: &[String]) -> Result<()> {
     preflight(&[("ip", "iproute2")])?;
     require_network(name)?;
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &net::lab_netns(name)])
-        .args(command);
+    cmd.args(["netns", "exec", &net::lab_netns(name)]).args(command);
     pass_through(cmd)
 }
 
 /// Runs an interactive child with our stdio and exits with its status, so `lab ssh`/`lab exec`
 /// behave like the command they wrap.
 fn pass_through(mut cmd: Command) -> Result<()> {
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| miette!("could not run {:?}: {e}", cmd.get_program()))?;
+    let mut child = cmd.spawn().map_err(|e| miette!("could not run {:?}: {e}", cmd.get_program()))?;
     // Like system(3): Ctrl-C belongs to the child (it gets it from the terminal too); we wait
     // for it to finish cleanly and pass its status on instead of dying first.
     // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
@@ -656,9 +565,7 @@ fn pass_through(mut cmd: Command) -> Result<()> {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    let status = child
-        .wait()
-        .map_err(|e| miette!("waiting for {:?}: {e}", cmd.get_program()))?;
+    let status = child.wait().map_err(|e| miette!("waiting for {:?}: {e}", cmd.get_program()))?;
     if status.success() {
         return Ok(());
     }
@@ -690,10 +597,7 @@ pub(super) fn start(name: &str, node_name: &str) -> Result<()> {
     net::ensure_node(name, node_name, lab.outside_address(node))?;
     ensure_mirror_server(&lab, &mirror::root(lab.arch))?;
     node::power_on(&lab, node)?;
-    let timeout = match lab.arch {
-        Arch::Amd64 => 120,
-        Arch::Arm64 => 900,
-    };
+    let timeout = ssh_timeout(lab.arch);
     wait_for_nodes(&lab, &[node], timeout)?;
     println!("{node_name}: up ({})", node.address);
     Ok(())
@@ -715,15 +619,18 @@ pub(super) fn wipe(name: &str, node_name: &str) -> Result<()> {
     net::ensure_node(name, node_name, lab.outside_address(node))?;
     ensure_mirror_server(&lab, &mirror::root(lab.arch))?;
     node::power_on(&lab, node)?;
-    let timeout = match lab.arch {
-        Arch::Amd64 => 120,
-        Arch::Arm64 => 900,
-    };
+    let timeout = ssh_timeout(lab.arch);
     wait_for_nodes(&lab, &[node], timeout)?;
-    let fingerprint = Command::new("ssh-keygen").arg("-lf").arg(paths.node(node_name).host_key().with_extension("pub")).output();
+    let fingerprint =
+        Command::new("ssh-keygen").arg("-lf").arg(paths.node(node_name).host_key().with_extension("pub")).output();
     let fingerprint = fingerprint.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
     println!("{node_name}: new card, up ({}); new host key {fingerprint}", node.address);
-    println!("  the old key is still in {}: ssh-keygen -R {} -f {}", paths.known_hosts().display(), node.address, paths.known_hosts().display());
+    println!(
+        "  the old key is still in {}: ssh-keygen -R {} -f {}",
+        paths.known_hosts().display(),
+        node.address,
+        paths.known_hosts().display()
+    );
     Ok(())
 }
 
@@ -732,9 +639,15 @@ pub(super) fn set_link(name: &str, node_name: &str, up: bool) -> Result<()> {
     let lab = require_network(name)?;
     lab.node(node_name)?;
     net::set_link(name, node_name, up)?;
-    println!(
-        "{node_name}: network {}",
-        if up { "restored" } else { "cut" }
-    );
+    println!("{node_name}: network {}", if up { "restored" } else { "cut" });
     Ok(())
+}
+
+/// Seconds to wait for booting nodes to answer SSH. A node answers in a few seconds when the
+/// machine is idle; the bound is wide because CI boots several labs at once on 2 cores.
+fn ssh_timeout(arch: Arch) -> u64 {
+    match arch {
+        Arch::Amd64 => 300,
+        Arch::Arm64 => 900,
+    }
 }

@@ -38,12 +38,7 @@ fn compatible(layout: PiLayout) -> &'static str {
 
 /// What the firmware puts in front of cmdline.txt (board-specific driver parameters).
 fn firmware_prefix(layout: PiLayout, serial: &str) -> String {
-    let mac = format!(
-        "{}:{}:{}",
-        &serial[10..12],
-        &serial[12..14],
-        &serial[14..16]
-    );
+    let mac = format!("{}:{}:{}", &serial[10..12], &serial[12..14], &serial[14..16]);
     match layout {
         PiLayout::Bookworm => format!(
             "coherent_pool=1M 8250.nr_uarts=0 snd_bcm2835.enable_headphones=0 \
@@ -81,9 +76,7 @@ pub fn write_boot_files(tree: &Path, layout: PiLayout, seed: &str) -> Result<()>
     };
     for (name, contents) in [("cmdline.txt", cmdline.as_str()), ("config.txt", config)] {
         let path = boot.join(name);
-        fs::write(&path, contents)
-            .into_diagnostic()
-            .wrap_err_with(|| format!("writing {}", path.display()))?;
+        fs::write(&path, contents).into_diagnostic().wrap_err_with(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -101,28 +94,20 @@ pub fn prepare_boot(tree: &Path, layout: PiLayout, seed: &str, out: &Path) -> Re
         .unwrap_or_default();
     let serial = serial(seed);
     let cmdline = format!("{} {user}\n", firmware_prefix(layout, &serial));
-    let host_cgroups = fs::read_to_string("/proc/cgroups")
-        .into_diagnostic()
-        .wrap_err("reading the host's /proc/cgroups")?;
+    let host_cgroups =
+        fs::read_to_string("/proc/cgroups").into_diagnostic().wrap_err("reading the host's /proc/cgroups")?;
 
     let dt = out.join("sys/devicetree/base");
-    fs::create_dir_all(&dt)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("creating {}", dt.display()))?;
+    fs::create_dir_all(&dt).into_diagnostic().wrap_err_with(|| format!("creating {}", dt.display()))?;
     let files: [(PathBuf, String); 5] = [
         (dt.join("model"), format!("{}\0", model(layout))),
         (dt.join("compatible"), compatible(layout).to_string()),
         (dt.join("serial-number"), format!("{serial}\0")),
         (out.join("cmdline"), cmdline.clone()),
-        (
-            out.join("cgroups"),
-            cgroups_table(&host_cgroups, memory_enabled(&cmdline)),
-        ),
+        (out.join("cgroups"), cgroups_table(&host_cgroups, memory_enabled(&cmdline))),
     ];
     for (path, contents) in files {
-        fs::write(&path, contents)
-            .into_diagnostic()
-            .wrap_err_with(|| format!("writing {}", path.display()))?;
+        fs::write(&path, contents).into_diagnostic().wrap_err_with(|| format!("writing {}", path.display()))?;
     }
     Ok(vec![
         format!("--bind-ro={}:{IN_NODE}", out.display()),
@@ -176,13 +161,7 @@ fn cgroups_table(host: &str, memory: bool) -> String {
         .map(|line| {
             let cols: Vec<&str> = line.split('\t').collect();
             if cols.first() == Some(&"memory") && cols.len() == 4 {
-                format!(
-                    "{}\t{}\t{}\t{}\n",
-                    cols[0],
-                    cols[1],
-                    cols[2],
-                    u8::from(memory)
-                )
+                format!("{}\t{}\t{}\t{}\n", cols[0], cols[1], cols[2], u8::from(memory))
             } else {
                 format!("{line}\n")
             }
@@ -271,12 +250,8 @@ mod tests {
     #[test]
     fn memory_cgroup_follows_the_command_line() {
         assert!(!memory_enabled("console=tty1 quiet"));
-        assert!(memory_enabled(
-            "quiet cgroup_enable=cpuset,memory cgroup_memory=1"
-        ));
-        assert!(!memory_enabled(
-            "cgroup_enable=memory cgroup_disable=memory"
-        ));
+        assert!(memory_enabled("quiet cgroup_enable=cpuset,memory cgroup_memory=1"));
+        assert!(!memory_enabled("cgroup_enable=memory cgroup_disable=memory"));
     }
 
     #[test]
@@ -285,18 +260,13 @@ mod tests {
         assert_eq!(cmdline_file("cmdline=custom.txt\n"), "custom.txt");
         let later = format!("{CONFIG_BOOKWORM}cmdline=custom.txt\n");
         assert_eq!(cmdline_file(&later), "custom.txt", "after the final [all]");
-        assert_eq!(
-            cmdline_file("[cm4]\ncmdline=cm4.txt\n[all]\n"),
-            "cmdline.txt",
-            "other boards only"
-        );
+        assert_eq!(cmdline_file("[cm4]\ncmdline=cm4.txt\n[all]\n"), "cmdline.txt", "other boards only");
         assert_eq!(cmdline_file("cmdline=../../etc/shadow\n"), "cmdline.txt");
     }
 
     #[test]
     fn cgroups_table_sets_only_the_memory_column() {
-        let host =
-            "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t1\t1\t1\nmemory\t4\t14\t1\n";
+        let host = "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t1\t1\t1\nmemory\t4\t14\t1\n";
         assert_eq!(
             cgroups_table(host, false),
             "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t1\t1\t1\nmemory\t4\t14\t0\n"

@@ -56,25 +56,14 @@ pub fn ensure(arch: Arch) -> Result<PathBuf> {
         }
     }
     let _ = fs::remove_file(&log);
-    println!(
-        "building the lab package mirror for {} (once) — log: {}",
-        arch.debian(),
-        log.display()
-    );
+    println!("building the lab package mirror for {} (once) — log: {}", arch.debian(), log.display());
     let started = Instant::now();
     let apt = tmp.join("apt");
-    let archives =
-        download(arch, &apt, &log).wrap_err("downloading packages for the lab mirror")?;
+    let archives = download(arch, &apt, &log).wrap_err("downloading packages for the lab mirror")?;
     index(arch, &archives, &tmp.join("debian"), &log).wrap_err("indexing the lab mirror")?;
     fs::remove_dir_all(&apt).into_diagnostic()?;
-    fs::rename(&tmp, &done)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("moving {} into place", tmp.display()))?;
-    println!(
-        "package mirror ready in {:.0?}: {}",
-        started.elapsed(),
-        done.display()
-    );
+    fs::rename(&tmp, &done).into_diagnostic().wrap_err_with(|| format!("moving {} into place", tmp.display()))?;
+    println!("package mirror ready in {:.0?}: {}", started.elapsed(), done.display());
     Ok(done)
 }
 
@@ -95,17 +84,12 @@ fn download(arch: Arch, apt: &Path, log: &Path) -> Result<PathBuf> {
     }
     fs::write(
         etc.join("sources.list"),
-        format!(
-            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {DEBIAN_MIRROR} {SUITE} main\n"
-        ),
+        format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {DEBIAN_MIRROR} {SUITE} main\n"),
     )
     .into_diagnostic()?;
-    fs::copy(
-        base::path(arch).join("var/lib/dpkg/status"),
-        apt.join("status"),
-    )
-    .into_diagnostic()
-    .wrap_err("copying the base tree's dpkg status")?;
+    fs::copy(base::path(arch).join("var/lib/dpkg/status"), apt.join("status"))
+        .into_diagnostic()
+        .wrap_err("copying the base tree's dpkg status")?;
     let options = [
         format!("Dir::Etc={}", etc.display()),
         format!("Dir::State={}", apt.join("state").display()),
@@ -136,11 +120,7 @@ fn download(arch: Arch, apt: &Path, log: &Path) -> Result<PathBuf> {
 /// `dists/<suite>/main/binary-<arch>/Packages{,.gz}` and `dists/<suite>/Release`.
 fn index(arch: Arch, archives: &Path, debian: &Path, log: &Path) -> Result<()> {
     let pool = debian.join("pool/main");
-    let binary = debian
-        .join("dists")
-        .join(SUITE)
-        .join("main")
-        .join(format!("binary-{}", arch.debian()));
+    let binary = debian.join("dists").join(SUITE).join("main").join(format!("binary-{}", arch.debian()));
     fs::create_dir_all(&pool).into_diagnostic()?;
     fs::create_dir_all(&binary).into_diagnostic()?;
     for entry in fs::read_dir(archives).into_diagnostic()? {
@@ -160,12 +140,7 @@ fn index(arch: Arch, archives: &Path, debian: &Path, log: &Path) -> Result<()> {
         "/dev/null",
     ]))?;
     write_atomic(&binary.join("Packages"), packages.as_bytes(), 0o644)?;
-    run_logged(
-        Command::new("gzip")
-            .args(["-9", "--keep", "--force"])
-            .arg(binary.join("Packages")),
-        log,
-    )?;
+    run_logged(Command::new("gzip").args(["-9", "--keep", "--force"]).arg(binary.join("Packages")), log)?;
     let suite_dir = debian.join("dists").join(SUITE);
     let release = run(Command::new("apt-ftparchive")
         .current_dir(&suite_dir)
@@ -178,10 +153,7 @@ fn index(arch: Arch, archives: &Path, debian: &Path, log: &Path) -> Result<()> {
         .arg("-o")
         .arg(format!("APT::FTPArchive::Release::Codename={SUITE}"))
         .arg("-o")
-        .arg(format!(
-            "APT::FTPArchive::Release::Architectures={}",
-            arch.debian()
-        ))
+        .arg(format!("APT::FTPArchive::Release::Architectures={}", arch.debian()))
         .arg("-o")
         .arg("APT::FTPArchive::Release::Components=main")
         .args(["release", "."]))?;
@@ -204,13 +176,7 @@ fn pool_name(name: &str) -> String {
 mod tests {
     #[test]
     fn pool_names_drop_the_epoch() {
-        assert_eq!(
-            super::pool_name("libssl3_1%3a3.0.15-1_amd64.deb"),
-            "libssl3_3.0.15-1_amd64.deb"
-        );
-        assert_eq!(
-            super::pool_name("haproxy_2.6.12-1_amd64.deb"),
-            "haproxy_2.6.12-1_amd64.deb"
-        );
+        assert_eq!(super::pool_name("libssl3_1%3a3.0.15-1_amd64.deb"), "libssl3_3.0.15-1_amd64.deb");
+        assert_eq!(super::pool_name("haproxy_2.6.12-1_amd64.deb"), "haproxy_2.6.12-1_amd64.deb");
     }
 }

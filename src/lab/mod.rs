@@ -53,11 +53,7 @@ pub enum LabCommand {
     Boot { lab: String, node: String },
     /// Lab mirror server (started detached inside the lab network by `lab up`).
     #[command(name = "__serve", hide = true)]
-    Serve {
-        root: PathBuf,
-        listen: String,
-        pid_file: PathBuf,
-    },
+    Serve { root: PathBuf, listen: String, pid_file: PathBuf },
     /// Waits until sshd answers on each address (run inside the lab network).
     #[command(name = "__wait-ssh", hide = true)]
     WaitSsh {
@@ -108,7 +104,7 @@ pub struct UpArgs {
     /// Give every node the same machine id (the cloned-SD-card fault, on purpose).
     #[arg(long)]
     pub clone_machine_id: bool,
-    /// Seconds to wait for all nodes to answer SSH [default: 120, 900 for arm64].
+    /// Seconds to wait for all nodes to answer SSH [default: 300, 900 for arm64].
     #[arg(long)]
     pub timeout: Option<u64>,
 }
@@ -146,15 +142,9 @@ pub struct ExecArgs {
 
 pub async fn run(cmd: LabCommand) -> miette::Result<()> {
     match cmd {
-        LabCommand::Serve {
-            root,
-            listen,
-            pid_file,
-        } => serve::serve(root, listen, pid_file).await,
+        LabCommand::Serve { root, listen, pid_file } => serve::serve(root, listen, pid_file).await,
         // Everything else drives host tools and waits on processes: keep it off the reactor.
-        other => tokio::task::spawn_blocking(move || run_blocking(other))
-            .await
-            .into_diagnostic()?,
+        other => tokio::task::spawn_blocking(move || run_blocking(other)).await.into_diagnostic()?,
     }
 }
 
@@ -171,9 +161,7 @@ fn run_blocking(cmd: LabCommand) -> Result<()> {
         LabCommand::Heal(args) => commands::set_link(&args.lab.name, &args.node, true),
         LabCommand::Exec(args) => commands::exec(&args.lab.name, &args.command),
         LabCommand::Boot { lab, node } => node::boot(&lab, &node),
-        LabCommand::WaitSsh { timeout, addresses } => {
-            net::wait_ssh(Duration::from_secs(timeout), &addresses)
-        }
+        LabCommand::WaitSsh { timeout, addresses } => net::wait_ssh(Duration::from_secs(timeout), &addresses),
         LabCommand::Serve { .. } => Err(miette!("`lab __serve` runs on the async runtime")),
     }
 }

@@ -48,15 +48,7 @@ pub fn ensure_lab(lab: &str, bridge_ip: &str) -> Result<()> {
         ip(&["netns", "add", &ns])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{bridge_ip}/24"),
-            "dev",
-            "br0",
-        ])?;
+        ip(&["-n", &ns, "addr", "add", &format!("{bridge_ip}/24"), "dev", "br0"])?;
         ip(&["-n", &ns, "link", "set", "br0", "up"])
     };
     setup().wrap_err_with(|| format!("creating the lab network namespace {ns}"))
@@ -73,22 +65,11 @@ pub fn ensure_node(lab: &str, node: &str, address: Option<&str>) -> Result<()> {
     let setup = || -> Result<()> {
         ip(&["netns", "add", &ns])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n", &lab_ns, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
-            &ns,
-        ])?;
+        ip(&["-n", &lab_ns, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
         ip(&["-n", &lab_ns, "link", "set", &port, "master", "br0"])?;
         ip(&["-n", &lab_ns, "link", "set", &port, "up"])?;
         if let Some(address) = address {
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{address}/24"),
-                "dev",
-                "eth0",
-            ])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         }
         Ok(())
@@ -101,32 +82,15 @@ pub fn ensure_node(lab: &str, node: &str, address: Option<&str>) -> Result<()> {
 pub fn set_link(lab: &str, node: &str, up: bool) -> Result<()> {
     let port = bridge_port(node);
     if link_up(lab, node).is_none() {
-        return Err(miette!(
-            "node {node} has no network (is lab {lab:?} up? try `pikube lab up --name {lab}`)"
-        ));
+        return Err(miette!("node {node} has no network (is lab {lab:?} up? try `pikube lab up --name {lab}`)"));
     }
-    ip(&[
-        "-n",
-        &lab_netns(lab),
-        "link",
-        "set",
-        &port,
-        if up { "up" } else { "down" },
-    ])
+    ip(&["-n", &lab_netns(lab), "link", "set", &port, if up { "up" } else { "down" }])
 }
 
 /// Whether the node's bridge port is administratively up; `None` when it does not exist.
 pub fn link_up(lab: &str, node: &str) -> Option<bool> {
-    let out = run(Command::new("ip").args([
-        "-n",
-        &lab_netns(lab),
-        "-o",
-        "link",
-        "show",
-        "dev",
-        &bridge_port(node),
-    ]))
-    .ok()?;
+    let out =
+        run(Command::new("ip").args(["-n", &lab_netns(lab), "-o", "link", "show", "dev", &bridge_port(node)])).ok()?;
     let flags = out.split(['<', '>']).nth(1)?;
     Some(flags.split(',').any(|f| f == "UP"))
 }
@@ -134,10 +98,7 @@ pub fn link_up(lab: &str, node: &str) -> Option<bool> {
 /// Deletes the node netns and the lab netns (and with them the veths and the bridge).
 pub fn delete(lab: &str, nodes: &[String]) -> Result<()> {
     let mut failed = Vec::new();
-    let all = nodes
-        .iter()
-        .map(|node| node_netns(lab, node))
-        .chain(std::iter::once(lab_netns(lab)));
+    let all = nodes.iter().map(|node| node_netns(lab, node)).chain(std::iter::once(lab_netns(lab)));
     for ns in all {
         if exists(&ns) {
             if let Err(e) = ip(&["netns", "delete", &ns]) {
@@ -148,34 +109,23 @@ pub fn delete(lab: &str, nodes: &[String]) -> Result<()> {
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(miette!(
-            "could not delete network namespaces: {}",
-            failed.join("; ")
-        ))
+        Err(miette!("could not delete network namespaces: {}", failed.join("; ")))
     }
 }
 
 /// Refuses a subnet that the root namespace already routes (a clash would make the lab's
 /// addresses ambiguous for anyone reading the cluster file on the host).
 pub fn check_subnet_free(prefix: &str) -> Result<()> {
-    let ours = parse_cidr(&format!("{prefix}.0/24"))
-        .ok_or_else(|| miette!("bad subnet prefix {prefix}"))?;
+    let ours = parse_cidr(&format!("{prefix}.0/24")).ok_or_else(|| miette!("bad subnet prefix {prefix}"))?;
     let routes = run(Command::new("ip").args(["-4", "route", "show", "table", "all"]))?;
     for line in routes.lines() {
         let mut words = line.split_whitespace().peekable();
         // `ip route show table all` prefixes non-unicast routes with their type.
-        if words
-            .peek()
-            .is_some_and(|w| !w.starts_with(|c: char| c.is_ascii_digit()) && *w != "default")
-        {
+        if words.peek().is_some_and(|w| !w.starts_with(|c: char| c.is_ascii_digit()) && *w != "default") {
             words.next();
         }
         let Some(dest) = words.next() else { continue };
-        let cidr = if dest.contains('/') {
-            dest.to_string()
-        } else {
-            format!("{dest}/32")
-        };
+        let cidr = if dest.contains('/') { dest.to_string() } else { format!("{dest}/32") };
         if let Some(theirs) = parse_cidr(&cidr) {
             if overlaps(ours, theirs) {
                 return Err(miette!(
@@ -206,11 +156,7 @@ fn overlaps(a: (u32, u8), b: (u32, u8)) -> bool {
 pub fn wait_ssh(timeout: Duration, addresses: &[String]) -> Result<()> {
     let mut pending: Vec<SocketAddr> = addresses
         .iter()
-        .map(|a| {
-            format!("{a}:22")
-                .parse()
-                .map_err(|_| miette!("bad address {a:?}"))
-        })
+        .map(|a| format!("{a}:22").parse().map_err(|_| miette!("bad address {a:?}")))
         .collect::<Result<_>>()?;
     let deadline = Instant::now() + timeout;
     while !pending.is_empty() && Instant::now() < deadline {

@@ -35,9 +35,7 @@ fn mount_disk(state: &LabState, paths: &NodePaths) -> Result<()> {
         return Ok(());
     }
     for dir in [paths.upper(), paths.work(), merged.clone()] {
-        fs::create_dir_all(&dir)
-            .into_diagnostic()
-            .wrap_err_with(|| format!("creating {}", dir.display()))?;
+        fs::create_dir_all(&dir).into_diagnostic().wrap_err_with(|| format!("creating {}", dir.display()))?;
     }
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
@@ -45,18 +43,15 @@ fn mount_disk(state: &LabState, paths: &NodePaths) -> Result<()> {
         paths.upper().display(),
         paths.work().display()
     );
-    run(Command::new("mount")
-        .args(["-t", "overlay", "pikube-lab", "-o", &options])
-        .arg(&merged))
-    .wrap_err_with(|| format!("mounting the disk of node at {}", merged.display()))
-    .map(drop)
+    run(Command::new("mount").args(["-t", "overlay", "pikube-lab", "-o", &options]).arg(&merged))
+        .wrap_err_with(|| format!("mounting the disk of node at {}", merged.display()))
+        .map(drop)
 }
 
 pub fn unmount_disk(paths: &NodePaths) -> Result<()> {
     let merged = paths.merged();
     if is_mounted(&merged) {
-        run(Command::new("umount").arg(&merged))
-            .wrap_err_with(|| format!("unmounting {}", merged.display()))?;
+        run(Command::new("umount").arg(&merged)).wrap_err_with(|| format!("unmounting {}", merged.display()))?;
     }
     Ok(())
 }
@@ -97,11 +92,7 @@ pub fn provision(state: &LabState, node: &NodeState, client_pub: &str) -> Result
     };
 
     // Not the node name: like a freshly flashed card, so pikube's hostname step has work to do.
-    let hostname = if node.layout.is_some() {
-        "raspberrypi"
-    } else {
-        "debian"
-    };
+    let hostname = if node.layout.is_some() { "raspberrypi" } else { "debian" };
     write("etc/hostname", &format!("{hostname}\n"), 0o644)?;
     write("etc/hosts", &base::hosts(hostname), 0o644)?;
     // No gateway: the lab has no way out. Carrier loss (`lab cut`) must not drop the address.
@@ -130,16 +121,13 @@ pub fn provision(state: &LabState, node: &NodeState, client_pub: &str) -> Result
     write("etc/ssh/ssh_host_ed25519_key.pub", &public, 0o644)?;
 
     write("root/.ssh/authorized_keys", client_pub, 0o600)?;
-    fs::set_permissions(tree.join("root/.ssh"), fs::Permissions::from_mode(0o700))
-        .into_diagnostic()?;
+    fs::set_permissions(tree.join("root/.ssh"), fs::Permissions::from_mode(0o700)).into_diagnostic()?;
     let (uid, gid) = user_ids(&tree, "pi")?;
     write("home/pi/.ssh/authorized_keys", client_pub, 0o600)?;
     let pi_ssh = tree.join("home/pi/.ssh");
     fs::set_permissions(&pi_ssh, fs::Permissions::from_mode(0o700)).into_diagnostic()?;
     for path in [pi_ssh.clone(), pi_ssh.join("authorized_keys")] {
-        chown(&path, Some(uid), Some(gid))
-            .into_diagnostic()
-            .wrap_err_with(|| format!("chown {}", path.display()))?;
+        chown(&path, Some(uid), Some(gid)).into_diagnostic().wrap_err_with(|| format!("chown {}", path.display()))?;
     }
 
     if let Some(layout) = node.layout {
@@ -150,13 +138,8 @@ pub fn provision(state: &LabState, node: &NodeState, client_pub: &str) -> Result
 
 /// The node's `<address> ssh-ed25519 …` known_hosts line.
 pub fn known_host(state: &LabState, node: &NodeState) -> Result<String> {
-    let path = LabPaths::new(&state.name)
-        .node(&node.name)
-        .host_key()
-        .with_extension("pub");
-    let public = fs::read_to_string(&path)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("reading {}", path.display()))?;
+    let path = LabPaths::new(&state.name).node(&node.name).host_key().with_extension("pub");
+    let public = fs::read_to_string(&path).into_diagnostic().wrap_err_with(|| format!("reading {}", path.display()))?;
     let mut words = public.split_whitespace();
     match (words.next(), words.next()) {
         (Some(kind), Some(key)) => Ok(format!("{} {kind} {key}\n", node.address)),
@@ -186,33 +169,18 @@ pub fn power_on(state: &LabState, node: &NodeState) -> Result<()> {
     if launcher_pid(&state.name, &node.name).is_some() {
         return Ok(());
     }
-    let argv = [
-        super::util::self_exe()?,
-        "lab".into(),
-        "__boot".into(),
-        state.name.clone(),
-        node.name.clone(),
-    ];
+    let argv = [super::util::self_exe()?, "lab".into(), "__boot".into(), state.name.clone(), node.name.clone()];
     super::util::spawn_detached(&argv, &paths.console_log())?;
     // The launcher writes its own pid file; waiting for it makes `status` right away accurate.
-    if !wait_until(Duration::from_secs(10), || {
-        launcher_pid(&state.name, &node.name).is_some()
-    }) {
-        return Err(miette!(
-            "the launcher of node {} did not start; see {}",
-            node.name,
-            paths.console_log().display()
-        ));
+    if !wait_until(Duration::from_secs(10), || launcher_pid(&state.name, &node.name).is_some()) {
+        return Err(miette!("the launcher of node {} did not start; see {}", node.name, paths.console_log().display()));
     }
     Ok(())
 }
 
 /// The nspawn process of a running node and the container's PID 1 (the node's systemd).
 fn container_pids(launcher: u32) -> (Option<u32>, Option<u32>) {
-    let nspawn = children(launcher)
-        .into_iter()
-        .find(|(_, comm)| comm == "systemd-nspawn")
-        .map(|(pid, _)| pid);
+    let nspawn = children(launcher).into_iter().find(|(_, comm)| comm == "systemd-nspawn").map(|(pid, _)| pid);
     let init = nspawn.and_then(|n| children(n).into_iter().next().map(|(pid, _)| pid));
     (nspawn, init)
 }
@@ -275,9 +243,7 @@ pub fn power_off(lab: &str, node: &str, how: PowerOff) -> Result<()> {
     if wait_until(Duration::from_secs(5), gone) {
         Ok(())
     } else {
-        Err(miette!(
-            "could not stop node {node} (launcher pid {launcher})"
-        ))
+        Err(miette!("could not stop node {node} (launcher pid {launcher})"))
     }
 }
 
@@ -322,11 +288,7 @@ pub fn boot(lab: &str, node_name: &str) -> Result<()> {
             .into_diagnostic()
             .wrap_err_with(|| format!("moving the launcher into cgroup {}", dir.display()))?;
     }
-    write_atomic(
-        &paths.launcher_pid(),
-        format!("{}\n", std::process::id()).as_bytes(),
-        0o644,
-    )?;
+    write_atomic(&paths.launcher_pid(), format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
     let result = boot_loop(&state, &node, &paths);
     let _ = fs::remove_file(paths.launcher_pid());
     if let Err(e) = &result {
@@ -343,12 +305,7 @@ fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()
         }
         mount_disk(state, paths)?;
         let firmware_args = match node.layout {
-            Some(layout) => firmware::prepare_boot(
-                &paths.merged(),
-                layout,
-                &seed(state, node),
-                &paths.firmware(),
-            )?,
+            Some(layout) => firmware::prepare_boot(&paths.merged(), layout, &seed(state, node), &paths.firmware())?,
             None => Vec::new(),
         };
         eprintln!("pikube-lab: booting {}", node.name);

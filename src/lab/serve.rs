@@ -17,11 +17,7 @@ pub async fn serve(root: PathBuf, listen: String, pid_file: PathBuf) -> Result<(
         .await
         .into_diagnostic()
         .wrap_err_with(|| format!("binding the lab mirror to {listen}"))?;
-    super::util::write_atomic(
-        &pid_file,
-        format!("{}\n", std::process::id()).as_bytes(),
-        0o644,
-    )?;
+    super::util::write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
     eprintln!("serving {} on http://{listen}", root.display());
     loop {
         let (stream, peer) = listener.accept().await.into_diagnostic()?;
@@ -46,9 +42,7 @@ async fn connection(stream: TcpStream, root: &Path) -> std::io::Result<()> {
         };
         let mut words = head.lines().next().unwrap_or_default().split(' ');
         let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-        let close = head
-            .lines()
-            .any(|l| l.to_ascii_lowercase().replace(' ', "") == "connection:close");
+        let close = head.lines().any(|l| l.to_ascii_lowercase().replace(' ', "") == "connection:close");
         let out = stream.get_mut();
         if method != "GET" && method != "HEAD" {
             respond(out, "405 Method Not Allowed", None, true).await?;
@@ -59,18 +53,10 @@ async fn connection(stream: TcpStream, root: &Path) -> std::io::Result<()> {
             None => None,
         };
         let len = match &file {
-            Some(f) => f
-                .metadata()
-                .await
-                .ok()
-                .filter(|m| m.is_file())
-                .map(|m| m.len()),
+            Some(f) => f.metadata().await.ok().filter(|m| m.is_file()).map(|m| m.len()),
             None => None,
         };
-        eprintln!(
-            "{method} {target} {}",
-            if len.is_some() { 200 } else { 404 }
-        );
+        eprintln!("{method} {target} {}", if len.is_some() { 200 } else { 404 });
         match (file, len) {
             (Some(mut file), Some(len)) => {
                 respond(out, "200 OK", Some(len), close).await?;
@@ -104,24 +90,13 @@ async fn read_head(stream: &mut BufReader<TcpStream>) -> std::io::Result<Option<
     }
 }
 
-async fn respond(
-    out: &mut TcpStream,
-    status: &str,
-    len: Option<u64>,
-    close: bool,
-) -> std::io::Result<()> {
+async fn respond(out: &mut TcpStream, status: &str, len: Option<u64>, close: bool) -> std::io::Result<()> {
     let mut head = format!("HTTP/1.1 {status}\r\nServer: pikube-lab\r\n");
     match len {
-        Some(len) => head.push_str(&format!(
-            "Content-Type: application/octet-stream\r\nContent-Length: {len}\r\n"
-        )),
+        Some(len) => head.push_str(&format!("Content-Type: application/octet-stream\r\nContent-Length: {len}\r\n")),
         None => head.push_str("Content-Length: 0\r\n"),
     }
-    head.push_str(if close {
-        "Connection: close\r\n\r\n"
-    } else {
-        "Connection: keep-alive\r\n\r\n"
-    });
+    head.push_str(if close { "Connection: close\r\n\r\n" } else { "Connection: keep-alive\r\n\r\n" });
     out.write_all(head.as_bytes()).await
 }
 
@@ -180,14 +155,7 @@ mod tests {
             resolve(root, "/debian/pool/main/a%2Bb_1.deb?x=1").unwrap(),
             Path::new("/m/debian/pool/main/a+b_1.deb")
         );
-        for bad in [
-            "/../etc/passwd",
-            "/debian/%2e%2e/x",
-            "/a%2fb",
-            "/a%00",
-            "x",
-            "/%zz",
-        ] {
+        for bad in ["/../etc/passwd", "/debian/%2e%2e/x", "/a%2fb", "/a%00", "x", "/%zz"] {
             assert!(resolve(root, bad).is_none(), "{bad}");
         }
     }

@@ -145,11 +145,7 @@ impl LabState {
                     }
                     .to_string(),
                     layout: pi.layout(i),
-                    machine_id: if clone_machine_id {
-                        shared_id.clone()
-                    } else {
-                        machine_id(name, &node)
-                    },
+                    machine_id: if clone_machine_id { shared_id.clone() } else { machine_id(name, &node) },
                     name: node,
                 }
             })
@@ -181,9 +177,8 @@ impl LabState {
 
     /// Loads a lab that must exist, with a hint when it does not.
     pub fn require(name: &str) -> Result<LabState> {
-        LabState::load(name)?.ok_or_else(|| {
-            miette!("no lab named {name:?}; create it with `pikube lab up --name {name}`")
-        })
+        LabState::load(name)?
+            .ok_or_else(|| miette!("no lab named {name:?}; create it with `pikube lab up --name {name}`"))
     }
 
     pub fn save(&self) -> Result<()> {
@@ -198,11 +193,7 @@ impl LabState {
     pub fn node(&self, node: &str) -> Result<&NodeState> {
         self.nodes.iter().find(|n| n.name == node).ok_or_else(|| {
             let known: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
-            miette!(
-                "lab {:?} has no node {node:?} (nodes: {})",
-                self.name,
-                known.join(", ")
-            )
+            miette!("lab {:?} has no node {node:?} (nodes: {})", self.name, known.join(", "))
         })
     }
 
@@ -223,10 +214,8 @@ impl LabState {
 
 /// A fresh 128-bit id, unique per lab/node/creation time (nspawn wants 32 hex digits).
 fn machine_id(lab: &str, node: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
     let digest = Sha256::new()
         .chain_update(lab)
         .chain_update([0])
@@ -244,9 +233,7 @@ pub struct LabPaths {
 
 impl LabPaths {
     pub fn new(lab: &str) -> LabPaths {
-        LabPaths {
-            dir: Path::new(STATE_DIR).join(lab),
-        }
+        LabPaths { dir: Path::new(STATE_DIR).join(lab) }
     }
     pub fn state_file(&self) -> PathBuf {
         self.dir.join("lab.json")
@@ -267,9 +254,7 @@ impl LabPaths {
         self.dir.join("mirror.log")
     }
     pub fn node(&self, node: &str) -> NodePaths {
-        NodePaths {
-            dir: self.dir.join("nodes").join(node),
-        }
+        NodePaths { dir: self.dir.join("nodes").join(node) }
     }
 }
 

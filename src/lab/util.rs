@@ -15,16 +15,9 @@ use miette::{miette, IntoDiagnostic, Result, WrapErr};
 /// its stderr so the user sees what the host tool said.
 pub fn run(cmd: &mut Command) -> Result<String> {
     let shown = describe(cmd);
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| miette!("could not run `{shown}`: {e}"))?;
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| miette!("could not run `{shown}`: {e}"))?;
     if !out.status.success() {
-        return Err(miette!(
-            "`{shown}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(miette!("`{shown}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -47,20 +40,13 @@ pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
         .status()
         .map_err(|e| miette!("could not run `{shown}`: {e}"))?;
     if !status.success() {
-        return Err(miette!(
-            "`{shown}` failed ({status}); see {}",
-            log.display()
-        ));
+        return Err(miette!("`{shown}` failed ({status}); see {}", log.display()));
     }
     Ok(())
 }
 
 fn describe(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ")
+    std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
 }
 
 /// Whether the effective uid is 0 (read from /proc: no libc here).
@@ -104,10 +90,7 @@ pub fn alive(pid: u32, markers: &[&str]) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
     markers.iter().all(|m| args.iter().any(|a| a == m))
 }
 
@@ -159,9 +142,7 @@ pub fn is_mounted(path: &Path) -> bool {
         return false;
     };
     let want = path.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mount_point| mount_point == want)
+    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|mount_point| mount_point == want)
 }
 
 /// Whether any mount point lies at or below `dir` (guards recursive deletes).
@@ -169,9 +150,7 @@ pub fn has_mounts_below(dir: &Path) -> bool {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return true;
     };
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mount_point| Path::new(mount_point).starts_with(dir))
+    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|mount_point| Path::new(mount_point).starts_with(dir))
 }
 
 /// Writes a file atomically (temp file + rename) so readers never see half a file.
@@ -216,9 +195,7 @@ pub fn self_exe() -> Result<String> {
             if Path::new(&proc_exe).exists() {
                 Ok(proc_exe)
             } else {
-                Err(miette!(
-                    "cannot locate the pikube binary to start a helper process"
-                ))
+                Err(miette!("cannot locate the pikube binary to start a helper process"))
             }
         }
     }

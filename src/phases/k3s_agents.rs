@@ -18,7 +18,11 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
         let token = match k3s::token(fleet).await {
             Ok(t) => t,
             Err(e) => {
-                fleet.nodes.iter().filter(|n| n.role() == Role::Agent).for_each(|n| n.fail(format!("cannot get the cluster token: {e}")));
+                fleet
+                    .nodes
+                    .iter()
+                    .filter(|n| n.role() == Role::Agent)
+                    .for_each(|n| n.fail(format!("cannot get the cluster token: {e}")));
                 return;
             }
         };
@@ -26,7 +30,11 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
         let token = match k3s::join_token(fleet, &token).await {
             Ok(t) => t,
             Err(e) => {
-                fleet.nodes.iter().filter(|n| n.role() == Role::Agent).for_each(|n| n.fail(format!("cannot read the full join token: {e}")));
+                fleet
+                    .nodes
+                    .iter()
+                    .filter(|n| n.role() == Role::Agent)
+                    .for_each(|n| n.fail(format!("cannot read the full join token: {e}")));
                 return;
             }
         };

@@ -50,7 +50,14 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     })
 }
 
-async fn push(fleet: &Fleet, node: &Node, host: &Host, version: &str, bin: &K3sBinary, bytes: &[u8]) -> Result<(), String> {
+async fn push(
+    fleet: &Fleet,
+    node: &Node,
+    host: &Host,
+    version: &str,
+    bin: &K3sBinary,
+    bytes: &[u8],
+) -> Result<(), String> {
     let have = host.file_state(BIN).await.map_err(|e| e.to_string())?;
     let pushing = have.sha256 != bin.sha256;
     let (started, mib) = (Instant::now(), bin.size as f64 / 1048576.0);
@@ -77,7 +84,9 @@ async fn push(fleet: &Fleet, node: &Node, host: &Host, version: &str, bin: &K3sB
             l = quote(link)
         ));
         if host.run_ok(&probe).await.map_err(|e| e.to_string())?.trim() != "present" {
-            host.apply(format!("link {path} → k3s"), &Cmd::change("ln", &["-s", "k3s", &path])).await.map_err(|e| e.to_string())?;
+            host.apply(format!("link {path} → k3s"), &Cmd::change("ln", &["-s", "k3s", &path]))
+                .await
+                .map_err(|e| e.to_string())?;
         }
     }
     if fleet.mode == Mode::Apply {

@@ -28,7 +28,8 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
         for (i, node) in servers.iter().enumerate() {
             let Some(host) = node.host.as_ref().filter(|_| node.ok()) else {
                 if i == 0 && holders.is_empty() && !cluster_exists(fleet) {
-                    blocked = Some(format!("the first server {} is not available to initialise the cluster", node.name()));
+                    blocked =
+                        Some(format!("the first server {} is not available to initialise the cluster", node.name()));
                 }
                 continue;
             };
@@ -45,7 +46,8 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
             let result = async {
                 let target = if let Join::Via(ep) = &join { Some(*ep) } else { None };
                 if let Some(ep) = target.filter(|_| fleet.mode == Mode::Apply && !running(node)) {
-                    k3s::wait_for_endpoint(host, ep, fleet.ready_timeout.min(std::time::Duration::from_secs(120))).await?;
+                    k3s::wait_for_endpoint(host, ep, fleet.ready_timeout.min(std::time::Duration::from_secs(120)))
+                        .await?;
                 }
                 // Joins use the full token (it pins the cluster CA), read from a server holding it.
                 let token = if plan == Plan::Init { token.clone() } else { k3s::join_token(fleet, &token).await? };
@@ -76,7 +78,8 @@ async fn remove_file(host: &Host, path: &str) -> Result<bool, crate::remote::Rem
     if host.run_ok(&probe).await?.trim() != "present" {
         return Ok(false);
     }
-    host.apply(format!("remove {path} (no registry mirrors in the cluster file)"), &Cmd::change("rm", &["-f", path])).await?;
+    host.apply(format!("remove {path} (no registry mirrors in the cluster file)"), &Cmd::change("rm", &["-f", path]))
+        .await?;
     Ok(true)
 }
 
@@ -166,7 +169,13 @@ async fn forget_if_reflashed(fleet: &Fleet, node: &Node, host: &Host) -> Result<
 
 /// Writes a node's k3s files and starts or restarts its unit when needed.
 /// Returns whether k3s was (re)started, i.e. whether readiness must be awaited.
-pub async fn converge_node(fleet: &Fleet, node: &Node, host: &Host, token: &str, join: Join<'_>) -> Result<bool, String> {
+pub async fn converge_node(
+    fleet: &Fleet,
+    node: &Node,
+    host: &Host,
+    token: &str,
+    join: Join<'_>,
+) -> Result<bool, String> {
     let facts = node.facts().ok_or("no facts gathered")?;
     let role = node.role();
     let node_ip = k3s::node_ip(&node.spec, &facts)?;
@@ -178,7 +187,10 @@ pub async fn converge_node(fleet: &Fleet, node: &Node, host: &Host, token: &str,
         // Mirrors removed from the cluster file: a registries.yaml left behind would keep them.
         None => changed |= remove_file(host, k3s::REGISTRIES).await.map_err(e)?,
     }
-    changed |= host.ensure_file(&k3s::env_path(role), k3s::env_file(&fleet.cluster).as_bytes(), Some(0o600)).await.map_err(e)?;
+    changed |= host
+        .ensure_file(&k3s::env_path(role), k3s::env_file(&fleet.cluster).as_bytes(), Some(0o600))
+        .await
+        .map_err(e)?;
     changed |= host.ensure_file(&k3s::unit_path(role), k3s::unit(role).as_bytes(), Some(0o644)).await.map_err(e)?;
     changed |= node.k3s_binary_changed.load(std::sync::atomic::Ordering::SeqCst);
     let state = facts.services.get(k3s::unit_name(role)).cloned().unwrap_or_default();
@@ -191,7 +203,9 @@ pub async fn converge_node(fleet: &Fleet, node: &Node, host: &Host, token: &str,
         Ok(true)
     } else if !state.enabled {
         let unit = k3s::unit_name(role);
-        host.apply(format!("enable {unit} at boot"), &Cmd::change("systemctl", &["enable", "-q", unit])).await.map_err(e)?;
+        host.apply(format!("enable {unit} at boot"), &Cmd::change("systemctl", &["enable", "-q", unit]))
+            .await
+            .map_err(e)?;
         Ok(false)
     } else {
         Ok(false)
@@ -242,12 +256,18 @@ mod tests {
     #[test]
     fn a_replaced_first_server_never_joins_through_itself() {
         let others = [holder("n2", "10.0.0.2", JOINED), holder("n3", "10.0.0.3", JOINED)];
-        let direct = |port| Plan::Direct(ApiEndpoint { mode: EndpointMode::None, address: "10.0.0.2".into(), port, vip: None });
+        let direct =
+            |port| Plan::Direct(ApiEndpoint { mode: EndpointMode::None, address: "10.0.0.2".into(), port, vip: None });
         // mode none: the endpoint is the first server's own address.
         assert_eq!(plan(0, "n1", "10.0.0.1", &others, &ep(EndpointMode::None, "10.0.0.1")), direct(6443));
         assert_eq!(plan(0, "n1", "10.0.0.1", &others, &ep(EndpointMode::None, "10.0.0.9")), Plan::Endpoint);
         // vip on the servers: it may hold the address; servers listen on the endpoint port.
-        let vip = ApiEndpoint { mode: EndpointMode::Vip, address: "10.0.0.10".into(), port: 7443, vip: Some("10.0.0.10".into()) };
+        let vip = ApiEndpoint {
+            mode: EndpointMode::Vip,
+            address: "10.0.0.10".into(),
+            port: 7443,
+            vip: Some("10.0.0.10".into()),
+        };
         assert_eq!(plan(0, "n1", "10.0.0.1", &others, &vip), direct(7443));
     }
 }

@@ -28,33 +28,21 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
 
 /// Writes the kubeconfig to `to` (default `build/<cluster>-config.yml`); returns the path
 /// and whether the file changed.
-pub async fn write_local(
-    cluster: &Cluster,
-    api: &Host,
-    to: Option<&Path>,
-) -> Result<(PathBuf, bool), String> {
+pub async fn write_local(cluster: &Cluster, api: &Host, to: Option<&Path>) -> Result<(PathBuf, bool), String> {
     let remote = api
         .run_ok(&Cmd::read_script(format!("cat {}", k3s::REMOTE_KUBECONFIG)))
         .await
         .map_err(|e| format!("cannot read the server's kubeconfig: {e}"))?;
-    let doc = kubeconfig::from_k3s(
-        &remote,
-        &api.name,
-        cluster.name(),
-        &cluster.endpoint().url(),
-    )
-    .map_err(|e| e.to_string())?;
+    let doc = kubeconfig::from_k3s(&remote, &api.name, cluster.name(), &cluster.endpoint().url())
+        .map_err(|e| e.to_string())?;
     match to {
         // An explicit target (e.g. ~/.kube/config) is merged into, never replaced.
-        Some(path) => {
-            kubeconfig::merge_into(path, &doc).map(|changed| (path.to_path_buf(), changed))
-        }
+        Some(path) => kubeconfig::merge_into(path, &doc).map(|changed| (path.to_path_buf(), changed)),
         None => {
             let path = cluster.kubeconfig_path();
             // pikube's own file: whatever is there is replaced; reading it only spares a rewrite.
             let existing = std::fs::read_to_string(&path).ok();
-            kubeconfig::write_if_changed(&path, existing.as_deref(), &doc)
-                .map(|changed| (path, changed))
+            kubeconfig::write_if_changed(&path, existing.as_deref(), &doc).map(|changed| (path, changed))
         }
     }
     .map_err(|e| e.to_string())

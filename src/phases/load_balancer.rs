@@ -34,7 +34,8 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 if installed || fleet.mode == Mode::Apply {
                     validate(host, config).await?;
                 }
-                let changed = host.ensure_file(CONFIG, config.as_bytes(), Some(0o644)).await.map_err(|e| e.to_string())?;
+                let changed =
+                    host.ensure_file(CONFIG, config.as_bytes(), Some(0o644)).await.map_err(|e| e.to_string())?;
                 let state = facts.services.get("haproxy").cloned().unwrap_or_default();
                 ensure_running(host, "haproxy", changed && installed, &state).await
             })
@@ -51,7 +52,12 @@ pub async fn install_package(host: &Host, package: &str) -> Result<(), String> {
 }
 
 /// Enables and starts `unit`, or restarts it when its config changed while it ran.
-pub async fn ensure_running(host: &Host, unit: &str, restart: bool, state: &crate::facts::ServiceState) -> Result<(), String> {
+pub async fn ensure_running(
+    host: &Host,
+    unit: &str,
+    restart: bool,
+    state: &crate::facts::ServiceState,
+) -> Result<(), String> {
     let (what, script) = if restart && state.active {
         (format!("restart {unit} (config changed)"), format!("systemctl enable -q {unit} && systemctl restart {unit}"))
     } else if !state.active || !state.enabled {

@@ -30,7 +30,12 @@ pub struct Phase {
     pub run: for<'a> fn(&'a Fleet) -> BoxFuture<'a, ()>,
 }
 
-const fn phase(name: &'static str, in_plan: bool, kubernetes: bool, run: for<'a> fn(&'a Fleet) -> BoxFuture<'a, ()>) -> Phase {
+const fn phase(
+    name: &'static str,
+    in_plan: bool,
+    kubernetes: bool,
+    run: for<'a> fn(&'a Fleet) -> BoxFuture<'a, ()>,
+) -> Phase {
     Phase { name, in_plan, kubernetes, run }
 }
 

@@ -49,17 +49,28 @@ async fn prepare(cluster: &Cluster, node: &Node, host: &Host, f: &HostFacts) -> 
     }
 
     let modules: String = MODULES.iter().map(|m| format!("{m}\n")).collect();
-    host.ensure_file(MODULES_FILE, format!("# Written by pikube: Kubernetes needs these at boot.\n{modules}").as_bytes(), Some(0o644)).await?;
+    host.ensure_file(
+        MODULES_FILE,
+        format!("# Written by pikube: Kubernetes needs these at boot.\n{modules}").as_bytes(),
+        Some(0o644),
+    )
+    .await?;
     for m in MODULES.iter().filter(|m| !f.modules_loaded.iter().any(|l| l == *m)) {
         host.apply(format!("load kernel module {m}"), &Cmd::change("modprobe", &[m])).await?;
     }
 
     let sysctls: String = SYSCTLS.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
-    host.ensure_file(SYSCTL_FILE, format!("# Written by pikube: Kubernetes networking.\n{sysctls}").as_bytes(), Some(0o644)).await?;
+    host.ensure_file(
+        SYSCTL_FILE,
+        format!("# Written by pikube: Kubernetes networking.\n{sysctls}").as_bytes(),
+        Some(0o644),
+    )
+    .await?;
     let stale: Vec<&str> =
         SYSCTLS.iter().filter(|(k, v)| f.sysctl.get(*k).map(String::as_str) != Some(*v)).map(|(k, _)| *k).collect();
     if !stale.is_empty() {
-        host.apply(format!("apply sysctls {}", stale.join(", ")), &Cmd::change("sysctl", &["-q", "-p", SYSCTL_FILE])).await?;
+        host.apply(format!("apply sysctls {}", stale.join(", ")), &Cmd::change("sysctl", &["-q", "-p", SYSCTL_FILE]))
+            .await?;
     }
 
     configure_apt(cluster, host, f).await
@@ -96,9 +107,11 @@ async fn disable_swap(host: &Host, f: &HostFacts) -> Result<(), RemoteError> {
 
 async fn configure_apt(cluster: &Cluster, host: &Host, f: &HostFacts) -> Result<(), RemoteError> {
     let pk = &cluster.spec.packages;
-    let proxy = pk.proxy.as_ref().map(|p| p.value.clone()).or_else(|| {
-        cluster.spec.proxy.as_ref().and_then(|p| p.http.as_ref()).map(|p| p.value.clone())
-    });
+    let proxy = pk
+        .proxy
+        .as_ref()
+        .map(|p| p.value.clone())
+        .or_else(|| cluster.spec.proxy.as_ref().and_then(|p| p.http.as_ref()).map(|p| p.value.clone()));
     if let Some(p) = proxy {
         let (content, mode) = apt_proxy_file(&p);
         host.ensure_file(APT_PROXY_FILE, content.as_bytes(), Some(mode)).await?;
@@ -176,7 +189,10 @@ fn etc_hosts(current: &str, old_name: &str, name: &str, cluster: &Cluster) -> St
                 let mut f = l.split_whitespace();
                 if f.next() == Some("127.0.1.1") {
                     let rest: Vec<&str> = f.filter(|h| *h != old_name && *h != name).collect();
-                    out.push_str(&format!("127.0.1.1\t{name}{}\n", rest.iter().map(|h| format!(" {h}")).collect::<String>()));
+                    out.push_str(&format!(
+                        "127.0.1.1\t{name}{}\n",
+                        rest.iter().map(|h| format!(" {h}")).collect::<String>()
+                    ));
                     has_self = true;
                 } else {
                     out.push_str(line);
@@ -207,7 +223,10 @@ mod tests {
         assert_eq!(once, "console=serial0,115200 root=PARTUUID=abcd-02 rootwait cgroup_enable=cpuset cgroup_enable=memory cgroup_memory=1\n");
         assert_eq!(with_cgroup_flags(&once), once, "idempotent");
         let partial = "root=/dev/mmcblk0p2 cgroup_memory=1";
-        assert_eq!(with_cgroup_flags(partial), "root=/dev/mmcblk0p2 cgroup_memory=1 cgroup_enable=cpuset cgroup_enable=memory\n");
+        assert_eq!(
+            with_cgroup_flags(partial),
+            "root=/dev/mmcblk0p2 cgroup_memory=1 cgroup_enable=cpuset cgroup_enable=memory\n"
+        );
     }
 
     #[test]

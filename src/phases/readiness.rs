@@ -80,7 +80,11 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
 /// added to the cluster file later is set through the API, as are `api_labels` (labels
 /// kubelet may not set itself, like node-role.kubernetes.io/*). Ones removed from the file stay
 /// (pikube cannot tell them from labels set by others).
-async fn reconcile_labels_and_taints(api: &crate::remote::Host, members: &[&Node], status: &BTreeMap<String, k3s::NodeStatus>) {
+async fn reconcile_labels_and_taints(
+    api: &crate::remote::Host,
+    members: &[&Node],
+    status: &BTreeMap<String, k3s::NodeStatus>,
+) {
     for n in members {
         let Some(s) = status.get(n.name()) else { continue };
         let labels: Vec<String> = n
@@ -98,7 +102,12 @@ async fn reconcile_labels_and_taints(api: &crate::remote::Host, members: &[&Node
                 continue;
             }
             let args: Vec<String> = changes.iter().map(|c| quote(c)).collect();
-            let cmd = Cmd::change_script(format!("{} kubectl {verb} node {} {} --overwrite", k3s::BIN, quote(n.name()), args.join(" ")));
+            let cmd = Cmd::change_script(format!(
+                "{} kubectl {verb} node {} {} --overwrite",
+                k3s::BIN,
+                quote(n.name()),
+                args.join(" ")
+            ));
             if let Err(e) = api.apply(format!("{verb} node {}: {}", n.name(), changes.join(" ")), &cmd).await {
                 n.fail(format!("cannot {verb} the node: {e}"));
             }

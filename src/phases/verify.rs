@@ -5,8 +5,8 @@
 use futures::future::BoxFuture;
 
 use crate::facts::{self, HostFacts, MODULES, SYSCTLS};
-use crate::remote::Host;
 use crate::fleet::{Fleet, Node};
+use crate::remote::Host;
 
 pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     Box::pin(fleet.each(move |node: &'a Node, host: &'a Host| async move {

@@ -45,13 +45,12 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 }
                 let facts = node.facts().ok_or("no facts gathered")?;
                 let me = node.spec.address();
-                let iface = facts
-                    .ipv4
-                    .iter()
-                    .find(|a| a.address == me)
-                    .ok_or_else(|| format!("no interface holds {me}; the VIP needs the host's own IPv4 address as `address:`"))?;
+                let iface = facts.ipv4.iter().find(|a| a.address == me).ok_or_else(|| {
+                    format!("no interface holds {me}; the VIP needs the host's own IPv4 address as `address:`")
+                })?;
                 let index = peers.iter().position(|p| p == me).unwrap_or(0);
-                let conf = keepalived_conf(&fleet.cluster, node.name(), &iface.iface, iface.prefix, me, peers, index, token);
+                let conf =
+                    keepalived_conf(&fleet.cluster, node.name(), &iface.iface, iface.prefix, me, peers, index, token);
                 let installed = facts.packages.iter().any(|p| p == "keepalived");
                 if !installed {
                     install_package(host, "keepalived").await?;
@@ -61,7 +60,8 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                     "#!/bin/sh\n# Written by pikube: keepalived holds the VIP only while the API port answers here.\n\
                      exec timeout 2 bash -c '</dev/tcp/127.0.0.1/{port}'\n"
                 );
-                let mut changed = host.ensure_file(CHECK, script.as_bytes(), Some(0o755)).await.map_err(|e| e.to_string())?;
+                let mut changed =
+                    host.ensure_file(CHECK, script.as_bytes(), Some(0o755)).await.map_err(|e| e.to_string())?;
                 changed |= host.ensure_file(CONFIG, conf.as_bytes(), Some(0o600)).await.map_err(|e| e.to_string())?;
                 let state = facts.services.get("keepalived").cloned().unwrap_or_default();
                 ensure_running(host, "keepalived", changed && installed, &state).await

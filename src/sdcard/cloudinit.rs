@@ -56,12 +56,7 @@ done
 /// hostname settings on every boot.
 fn user_data_with(n: &NodeConfig, secrets: bool) -> String {
     let mut y = String::from("#cloud-config\n");
-    y += &format!(
-        "# Written by pikube: node {} (role {}) of cluster {}.\n",
-        n.hostname,
-        n.role.as_str(),
-        n.cluster
-    );
+    y += &format!("# Written by pikube: node {} (role {}) of cluster {}.\n", n.hostname, n.role.as_str(), n.cluster);
     y += &format!("hostname: {}\n", q(&n.hostname));
     y += "preserve_hostname: false\n";
     y += "manage_etc_hosts: true\n";
@@ -90,26 +85,14 @@ fn user_data_with(n: &NodeConfig, secrets: bool) -> String {
     y += "write_files:\n";
     y += "  - path: /etc/pikube/node\n";
     y += "    permissions: \"0644\"\n";
-    y += &format!(
-        "    content: {}\n",
-        q(&format!(
-            "cluster={}\nrole={}\n",
-            n.cluster,
-            n.role.as_str()
-        ))
-    );
+    y += &format!("    content: {}\n", q(&format!("cluster={}\nrole={}\n", n.cluster, n.role.as_str())));
     y
 }
 
 pub fn meta_data(n: &NodeConfig) -> String {
     format!(
         "instance-id: {}\nlocal-hostname: {}\n",
-        q(&format!(
-            "pikube-{}-{}-{}",
-            n.cluster,
-            n.hostname,
-            n.fingerprint()
-        )),
+        q(&format!("pikube-{}-{}-{}", n.cluster, n.hostname, n.fingerprint())),
         q(&n.hostname)
     )
 }
@@ -125,27 +108,16 @@ fn network_config_with(n: &NodeConfig, secrets: bool) -> String {
     let mut y = String::from("version: 2\nethernets:\n  eth0:\n    optional: true\n");
     match &n.network {
         Network::Dhcp => y += "    dhcp4: true\n",
-        Network::Static {
-            address,
-            prefix,
-            gateway,
-            dns,
-        } => {
+        Network::Static { address, prefix, gateway, dns } => {
             y += "    dhcp4: false\n";
             y += &format!("    addresses: [{}]\n", q(&format!("{address}/{prefix}")));
-            y += &format!(
-                "    routes:\n      - to: default\n        via: {}\n",
-                q(&gateway.to_string())
-            );
+            y += &format!("    routes:\n      - to: default\n        via: {}\n", q(&gateway.to_string()));
             let dns: Vec<String> = dns.iter().map(|d| q(&d.to_string())).collect();
             y += &format!("    nameservers:\n      addresses: [{}]\n", dns.join(", "));
         }
     }
     if let (Some(w), false) = (&n.wifi, secrets) {
-        y += &format!(
-            "# Wi-Fi {} was set up on the first boot; its passphrase is not kept here.\n",
-            q(&w.ssid)
-        );
+        y += &format!("# Wi-Fi {} was set up on the first boot; its passphrase is not kept here.\n", q(&w.ssid));
     } else if let Some(w) = &n.wifi {
         y += "wifis:\n  wlan0:\n    optional: true\n    dhcp4: true\n";
         y += &format!("    regulatory-domain: {}\n", q(&w.country));

@@ -11,11 +11,7 @@ use super::partition::{self, Table};
 use super::rpios;
 
 /// Kernel flags k3s/kubeadm need on Raspberry Pi kernels (memory cgroup is off by default).
-pub const CGROUP_FLAGS: [&str; 3] = [
-    "cgroup_enable=cpuset",
-    "cgroup_enable=memory",
-    "cgroup_memory=1",
-];
+pub const CGROUP_FLAGS: [&str; 3] = ["cgroup_enable=cpuset", "cgroup_enable=memory", "cgroup_memory=1"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -42,10 +38,8 @@ pub struct Report {
 
 /// Decides the customisation method from the boot partition's root directory and cmdline.txt.
 pub fn detect(names: &[String], cmdline: &str) -> Result<Method, String> {
-    let missing: Vec<&str> = ["cmdline.txt", "config.txt"]
-        .into_iter()
-        .filter(|f| !names.iter().any(|n| n == f))
-        .collect();
+    let missing: Vec<&str> =
+        ["cmdline.txt", "config.txt"].into_iter().filter(|f| !names.iter().any(|n| n == f)).collect();
     if !missing.is_empty() {
         return Err(format!(
             "the boot partition has no {}: not a Raspberry Pi boot partition pikube can customise",
@@ -63,15 +57,8 @@ pub fn detect(names: &[String], cmdline: &str) -> Result<Method, String> {
 /// cmdline.txt is one line: add the cgroup flags once, and the first-run tokens (last, because
 /// firstrun.sh cuts everything from ` systemd.run` on) when asked.
 pub fn edit_cmdline(cmdline: &str, first_run: bool) -> String {
-    let line = cmdline
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("");
-    let mut tokens: Vec<&str> = line
-        .split_whitespace()
-        .filter(|t| !rpios::is_run_token(t))
-        .collect();
+    let line = cmdline.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let mut tokens: Vec<&str> = line.split_whitespace().filter(|t| !rpios::is_run_token(t)).collect();
     for flag in CGROUP_FLAGS {
         if !tokens.contains(&flag) {
             tokens.push(flag);
@@ -96,28 +83,16 @@ pub fn apply(target: &Path, node: &NodeConfig) -> Result<Report, String> {
         .open(target)
         .map_err(|e| format!("cannot open {shown} for writing: {e}"))?;
     let layout = partition::read_layout(&mut file).map_err(|e| format!("{shown}: {e}"))?;
-    let part =
-        partition::boot_partition(&mut file, &layout).map_err(|e| format!("{shown}: {e}"))?;
-    let fs = BootFs::open(file, &part).map_err(|e| {
-        format!(
-            "{shown}: boot partition {} is not a readable FAT filesystem: {e}",
-            part.index
-        )
-    })?;
-    let names = fs
-        .root_names()
-        .map_err(io_ctx("cannot list the boot partition"))?;
-    let cmdline_raw = fs
-        .read("cmdline.txt")
-        .map_err(io_ctx("cannot read cmdline.txt"))?
-        .unwrap_or_default();
-    let cmdline =
-        String::from_utf8(cmdline_raw).map_err(|_| "cmdline.txt is not text".to_string())?;
+    let part = partition::boot_partition(&mut file, &layout).map_err(|e| format!("{shown}: {e}"))?;
+    let fs = BootFs::open(file, &part)
+        .map_err(|e| format!("{shown}: boot partition {} is not a readable FAT filesystem: {e}", part.index))?;
+    let names = fs.root_names().map_err(io_ctx("cannot list the boot partition"))?;
+    let cmdline_raw = fs.read("cmdline.txt").map_err(io_ctx("cannot read cmdline.txt"))?.unwrap_or_default();
+    let cmdline = String::from_utf8(cmdline_raw).map_err(|_| "cmdline.txt is not text".to_string())?;
     let method = detect(&names, &cmdline).map_err(|e| format!("{shown}: {e}"))?;
     let mut written = Vec::new();
     let mut put = |name: &'static str, content: &[u8]| -> Result<(), String> {
-        fs.write(name, content)
-            .map_err(|e| format!("cannot write {name} to the boot partition: {e}"))?;
+        fs.write(name, content).map_err(|e| format!("cannot write {name} to the boot partition: {e}"))?;
         written.push(name);
         Ok(())
     };
@@ -135,14 +110,8 @@ pub fn apply(target: &Path, node: &NodeConfig) -> Result<Report, String> {
             put("cmdline.txt", edit_cmdline(&cmdline, true).as_bytes())?;
         }
     }
-    fs.finish()
-        .map_err(io_ctx("cannot flush the boot partition"))?;
-    Ok(Report {
-        table: layout.table,
-        partition: part.index,
-        method,
-        written,
-    })
+    fs.finish().map_err(io_ctx("cannot flush the boot partition"))?;
+    Ok(Report { table: layout.table, partition: part.index, method, written })
 }
 
 #[cfg(test)]
@@ -159,7 +128,10 @@ mod tests {
         // Switching to cloud-init drops the first-run tokens.
         let ci = edit_cmdline(&once, false);
         assert!(!ci.contains("systemd.run"));
-        assert_eq!(ci, "console=tty1 root=PARTUUID=1-02 rootwait cgroup_enable=cpuset cgroup_enable=memory cgroup_memory=1\n");
+        assert_eq!(
+            ci,
+            "console=tty1 root=PARTUUID=1-02 rootwait cgroup_enable=cpuset cgroup_enable=memory cgroup_memory=1\n"
+        );
     }
 
     #[test]
@@ -169,21 +141,8 @@ mod tests {
         assert!(err.contains("no cmdline.txt"), "{err}");
         let err = detect(&names(&[]), "").unwrap_err();
         assert!(err.contains("no cmdline.txt and no config.txt"), "{err}");
-        assert_eq!(
-            detect(&names(&["cmdline.txt", "config.txt"]), "quiet").unwrap(),
-            Method::RpiFirstRun
-        );
-        assert_eq!(
-            detect(
-                &names(&["cmdline.txt", "config.txt"]),
-                "ds=nocloud;s=/boot/"
-            )
-            .unwrap(),
-            Method::CloudInit
-        );
-        assert_eq!(
-            detect(&names(&["cmdline.txt", "config.txt", "user-data"]), "").unwrap(),
-            Method::CloudInit
-        );
+        assert_eq!(detect(&names(&["cmdline.txt", "config.txt"]), "quiet").unwrap(), Method::RpiFirstRun);
+        assert_eq!(detect(&names(&["cmdline.txt", "config.txt"]), "ds=nocloud;s=/boot/").unwrap(), Method::CloudInit);
+        assert_eq!(detect(&names(&["cmdline.txt", "config.txt", "user-data"]), "").unwrap(), Method::CloudInit);
     }
 }

@@ -47,9 +47,7 @@ pub struct DiscoverArgs {
 }
 
 /// Raspberry Pi Foundation / Raspberry Pi Trading OUIs.
-const PI_OUIS: [&str; 6] = [
-    "b8:27:eb", "dc:a6:32", "e4:5f:01", "28:cd:c1", "d8:3a:dd", "2c:cf:67",
-];
+const PI_OUIS: [&str; 6] = ["b8:27:eb", "dc:a6:32", "e4:5f:01", "28:cd:c1", "d8:3a:dd", "2c:cf:67"];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Found {
@@ -73,20 +71,12 @@ pub fn vendor(mac: &str) -> Option<&'static str> {
 /// `aa:bb:cc:dd:ee:ff`, accepting `-` or `:` separators and any case.
 pub fn normalize_mac(mac: &str) -> Option<String> {
     let hex: String = mac.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    let seps = mac
-        .chars()
-        .filter(|c| !c.is_ascii_hexdigit())
-        .all(|c| c == ':' || c == '-');
+    let seps = mac.chars().filter(|c| !c.is_ascii_hexdigit()).all(|c| c == ':' || c == '-');
     if hex.len() != 12 || !seps {
         return None;
     }
     let lower = hex.to_lowercase();
-    Some(
-        (0..6)
-            .map(|i| &lower[2 * i..2 * i + 2])
-            .collect::<Vec<_>>()
-            .join(":"),
-    )
+    Some((0..6).map(|i| &lower[2 * i..2 * i + 2]).collect::<Vec<_>>().join(":"))
 }
 
 /// Complete neighbour entries of /proc/net/arp (IPv4 → MAC).
@@ -109,29 +99,19 @@ fn neighbours() -> BTreeMap<Ipv4Addr, String> {
 fn targets(net: Ipv4Addr, prefix: u8) -> impl Iterator<Item = Ipv4Addr> {
     let size = 1u64 << (32 - u32::from(prefix));
     let base = u64::from(u32::from(net)) & !(size - 1);
-    let (first, last) = if prefix >= 31 {
-        (base, base + size - 1)
-    } else {
-        (base + 1, base + size - 2)
-    };
+    let (first, last) = if prefix >= 31 { (base, base + size - 1) } else { (base + 1, base + size - 2) };
     (first..=last).filter_map(|a| u32::try_from(a).ok().map(Ipv4Addr::from))
 }
 
 /// One connect attempt; `Some(banner)` when the port is open.
 async fn probe(ip: Ipv4Addr, port: u16, timeout: Duration) -> Option<Option<String>> {
     let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
-    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
+    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr)).await.ok()?.ok()?;
     let mut buf = [0u8; 256];
     let banner = match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
         Ok(Ok(n)) if n > 0 => {
             let text = String::from_utf8_lossy(&buf[..n]);
-            text.lines()
-                .next()
-                .map(|l| l.trim().to_string())
-                .filter(|l| l.starts_with("SSH-"))
+            text.lines().next().map(|l| l.trim().to_string()).filter(|l| l.starts_with("SSH-"))
         }
         _ => None,
     };
@@ -144,9 +124,7 @@ async fn probe(ip: Ipv4Addr, port: u16, timeout: Duration) -> Option<Option<Stri
 async fn mdns_name(ip: Ipv4Addr, timeout: Duration) -> Option<String> {
     let o = ip.octets();
     let qname = format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0]);
-    let mut q = vec![
-        0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-    ];
+    let mut q = vec![0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00];
     for label in qname.split('.') {
         q.push(label.len() as u8);
         q.extend_from_slice(label.as_bytes());
@@ -158,16 +136,9 @@ async fn mdns_name(ip: Ipv4Addr, timeout: Duration) -> Option<String> {
     let mut buf = [0u8; 1500];
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let (n, _) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
+        let (n, _) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await.ok()?.ok()?;
         if let Some(name) = parse_ptr_answer(&buf[..n], &qname) {
-            return Some(
-                name.trim_end_matches('.')
-                    .trim_end_matches(".local")
-                    .to_string(),
-            );
+            return Some(name.trim_end_matches('.').trim_end_matches(".local").to_string());
         }
     }
 }
@@ -212,9 +183,7 @@ pub fn parse_ptr_answer(msg: &[u8], qname: &str) -> Option<String> {
         let rdlen = u16::from_be_bytes([*msg.get(after + 8)?, *msg.get(after + 9)?]) as usize;
         let rdata = after + 10;
         if rtype == 12 && name.eq_ignore_ascii_case(qname) {
-            return read_name(msg, rdata)
-                .map(|(n, _)| n)
-                .filter(|n| !n.is_empty());
+            return read_name(msg, rdata).map(|(n, _)| n).filter(|n| !n.is_empty());
         }
         pos = rdata + rdlen;
     }
@@ -236,11 +205,7 @@ fn local_subnet() -> Result<(String, String), String> {
         let Some(Ok((ip, prefix))) = f.get(i + 1).map(|c| parse_cidr(c)) else {
             continue;
         };
-        let mask = if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(prefix))
-        };
+        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
         let net = Ipv4Addr::from(u32::from(ip) & mask);
         return Ok((format!("{net}/{prefix}"), iface.to_string()));
     }
@@ -259,21 +224,14 @@ pub async fn discover(args: DiscoverArgs) -> Result<(), Error> {
     };
     let (net, prefix) = parse_cidr(&cidr)?;
     if prefix < 8 {
-        return Err(
-            format!("{cidr} is too large to sweep; the limit is a /8 (with --force)").into(),
-        );
+        return Err(format!("{cidr} is too large to sweep; the limit is a /8 (with --force)").into());
     }
     if prefix < 16 && !args.force {
-        return Err(format!(
-            "{cidr} has {} addresses; sweep at most a /16, or pass --force",
-            1u64 << (32 - prefix)
-        )
-        .into());
+        return Err(
+            format!("{cidr} has {} addresses; sweep at most a /16, or pass --force", 1u64 << (32 - prefix)).into()
+        );
     }
-    let cluster_path = args
-        .file
-        .clone()
-        .or_else(|| Some(PathBuf::from("cluster.yaml")).filter(|p| p.exists()));
+    let cluster_path = args.file.clone().or_else(|| Some(PathBuf::from("cluster.yaml")).filter(|p| p.exists()));
     if args.write && cluster_path.is_none() {
         return Err("--write needs a cluster file (-f FILE)".into());
     }
@@ -282,22 +240,13 @@ pub async fn discover(args: DiscoverArgs) -> Result<(), Error> {
         None => None,
     };
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
-    let mut found = sweep(
-        targets(net, prefix),
-        args.port,
-        timeout,
-        args.concurrency.max(1),
-    )
-    .await;
+    let mut found = sweep(targets(net, prefix), args.port, timeout, args.concurrency.max(1)).await;
     let ambiguous = match &cluster {
         Some(c) => match_hosts(c, &mut found),
         None => Vec::new(),
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&found).map_err(|e| e.to_string())?
-        );
+        println!("{}", serde_json::to_string_pretty(&found).map_err(|e| e.to_string())?);
     } else {
         print_table(&cidr, args.port, &found);
     }
@@ -316,12 +265,7 @@ pub async fn discover(args: DiscoverArgs) -> Result<(), Error> {
     Ok(())
 }
 
-async fn sweep(
-    ips: impl Iterator<Item = Ipv4Addr>,
-    port: u16,
-    timeout: Duration,
-    concurrency: usize,
-) -> Vec<Found> {
+async fn sweep(ips: impl Iterator<Item = Ipv4Addr>, port: u16, timeout: Duration, concurrency: usize) -> Vec<Found> {
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut tasks = JoinSet::new();
     let mut open = Vec::new();
@@ -447,11 +391,7 @@ pub fn match_hosts(cluster: &Cluster, found: &mut [Found]) -> Vec<Ambiguous> {
             found[only].matched_by = Some(best.as_str());
             continue;
         }
-        let a = Ambiguous {
-            host,
-            by: best.as_str(),
-            candidates: top.iter().map(|&i| found[i].address).collect(),
-        };
+        let a = Ambiguous { host, by: best.as_str(), candidates: top.iter().map(|&i| found[i].address).collect() };
         for &i in &top {
             found[i].conflict = Some(a.to_string());
         }
@@ -464,10 +404,7 @@ pub fn match_hosts(cluster: &Cluster, found: &mut [Found]) -> Vec<Ambiguous> {
 /// machine's is a conflict, not a claim (the name is the machine's word, the MAC the hardware's).
 fn claim(cluster: &Cluster, f: &mut Found) -> Option<(String, Tie)> {
     let mac_of = |h: &crate::config::HostSpec| h.mac.as_ref().and_then(|m| normalize_mac(&m.value));
-    if let Some(h) = cluster
-        .hosts()
-        .find(|h| mac_of(h).is_some_and(|m| Some(&m) == f.mac.as_ref()))
-    {
+    if let Some(h) = cluster.hosts().find(|h| mac_of(h).is_some_and(|m| Some(&m) == f.mac.as_ref())) {
         return Some((h.name.value.clone(), Tie::Mac));
     }
     let ip = f.address.to_string();
@@ -475,9 +412,7 @@ fn claim(cluster: &Cluster, f: &mut Found) -> Option<(String, Tie)> {
         return Some((h.name.value.clone(), Tie::Address));
     }
     let name = f.hostname.as_ref()?;
-    let h = cluster
-        .hosts()
-        .find(|h| h.name.value.eq_ignore_ascii_case(name))?;
+    let h = cluster.hosts().find(|h| h.name.value.eq_ignore_ascii_case(name))?;
     if let Some(declared) = mac_of(h) {
         f.conflict = Some(format!(
             "answers as {} by hostname, but {}'s mac is {declared}, not {}",
@@ -511,14 +446,7 @@ fn print_table(cidr: &str, port: u16, found: &[Found]) {
             ]
         })
         .collect();
-    let header = [
-        "ADDRESS",
-        "MAC",
-        "VENDOR",
-        "HOSTNAME",
-        "CLUSTER HOST",
-        "SSH BANNER",
-    ];
+    let header = ["ADDRESS", "MAC", "VENDOR", "HOSTNAME", "CLUSTER HOST", "SSH BANNER"];
     print!("{}", crate::check::render_table(&header, &rows));
 }
 
@@ -530,26 +458,16 @@ pub fn insert_addresses(text: &str, inserts: &[(u64, Ipv4Addr)]) -> Result<Strin
     // Bottom-up, so earlier line numbers stay valid.
     sorted.sort_by_key(|s| std::cmp::Reverse(s.0));
     for (line_no, ip) in sorted {
-        let idx = usize::try_from(line_no)
-            .ok()
-            .and_then(|l| l.checked_sub(1))
-            .filter(|&i| i < lines.len());
+        let idx = usize::try_from(line_no).ok().and_then(|l| l.checked_sub(1)).filter(|&i| i < lines.len());
         let Some(idx) = idx else {
             return Err(format!("line {line_no} is not in the cluster file"));
         };
         let line = &lines[idx];
-        let key_at = line
-            .find("name:")
-            .filter(|&at| !line[..at].contains(['{', '#']));
+        let key_at = line.find("name:").filter(|&at| !line[..at].contains(['{', '#']));
         let Some(key_at) = key_at else {
-            return Err(format!(
-                "line {line_no} is not a block-style `name:` entry; add the address by hand"
-            ));
+            return Err(format!("line {line_no} is not a block-style `name:` entry; add the address by hand"));
         };
-        let indent: String = line[..key_at]
-            .chars()
-            .map(|c| if c == '\t' { '\t' } else { ' ' })
-            .collect();
+        let indent: String = line[..key_at].chars().map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
         let newline = if line.ends_with("\r\n") { "\r\n" } else { "\n" };
         if !line.ends_with('\n') {
             lines[idx].push_str(newline);
@@ -564,30 +482,17 @@ pub fn insert_addresses(text: &str, inserts: &[(u64, Ipv4Addr)]) -> Result<Strin
 fn refuse_ambiguous(cluster: &Cluster, path: &Path, ambiguous: &[Ambiguous]) -> Result<(), String> {
     let open: Vec<String> = ambiguous
         .iter()
-        .filter(|a| {
-            cluster
-                .hosts()
-                .any(|h| h.name.value == a.host && h.address.is_none())
-        })
+        .filter(|a| cluster.hosts().any(|h| h.name.value == a.host && h.address.is_none()))
         .map(ToString::to_string)
         .collect();
     if open.is_empty() {
         return Ok(());
     }
-    Err(format!(
-        "not writing {}: {}",
-        path.display(),
-        open.join("; ")
-    ))
+    Err(format!("not writing {}: {}", path.display(), open.join("; ")))
 }
 
 /// `quiet_stdout`: with --json, stdout holds only the JSON document; notes go to stderr.
-fn write_addresses(
-    cluster: &Cluster,
-    path: &Path,
-    found: &[Found],
-    quiet_stdout: bool,
-) -> Result<(), String> {
+fn write_addresses(cluster: &Cluster, path: &Path, found: &[Found], quiet_stdout: bool) -> Result<(), String> {
     let note = |msg: String| {
         if quiet_stdout {
             eprintln!("{msg}");
@@ -608,33 +513,18 @@ fn write_addresses(
         }
     }
     if inserts.is_empty() {
-        note(format!(
-            "{}: no missing addresses to fill in",
-            path.display()
-        ));
+        note(format!("{}: no missing addresses to fill in", path.display()));
         return Ok(());
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let new = insert_addresses(&text, &inserts)?;
     // Never leave a file that no longer parses or lost track of a host.
-    let parsed: ClusterFile = serde_saphyr::from_str(&new).map_err(|e| {
-        format!(
-            "not writing {}: the edited file would not parse: {e}",
-            path.display()
-        )
-    })?;
+    let parsed: ClusterFile = serde_saphyr::from_str(&new)
+        .map_err(|e| format!("not writing {}: the edited file would not parse: {e}", path.display()))?;
     for (name, (_, ip)) in names.iter().zip(&inserts) {
-        let ok = parsed
-            .hosts
-            .value
-            .iter()
-            .any(|h| &h.name.value == name && h.address() == ip.to_string());
+        let ok = parsed.hosts.value.iter().any(|h| &h.name.value == name && h.address() == ip.to_string());
         if !ok {
-            return Err(format!(
-                "not writing {}: the edit did not give {name} its address",
-                path.display()
-            ));
+            return Err(format!("not writing {}: the edit did not give {name} its address", path.display()));
         }
     }
     let tmp = path.with_extension("yaml.pikube-tmp");
@@ -655,10 +545,7 @@ mod tests {
 
     #[test]
     fn macs_normalise_and_pi_ouis_are_known() {
-        assert_eq!(
-            normalize_mac("DC-A6-32-01-02-0F").as_deref(),
-            Some("dc:a6:32:01:02:0f")
-        );
+        assert_eq!(normalize_mac("DC-A6-32-01-02-0F").as_deref(), Some("dc:a6:32:01:02:0f"));
         assert_eq!(normalize_mac("dc:a6:32:01:02"), None);
         assert_eq!(normalize_mac("dc:a6:32:01:02:0f:aa"), None);
         assert_eq!(vendor("2c:cf:67:00:00:01"), Some("Raspberry Pi"));
@@ -668,13 +555,7 @@ mod tests {
     #[test]
     fn sweep_targets_skip_network_and_broadcast() {
         let t: Vec<_> = targets(Ipv4Addr::new(10, 1, 2, 77), 30).collect();
-        assert_eq!(
-            t,
-            [
-                Ipv4Addr::new(10, 1, 2, 77 & !3 | 1),
-                Ipv4Addr::new(10, 1, 2, 78)
-            ]
-        );
+        assert_eq!(t, [Ipv4Addr::new(10, 1, 2, 77 & !3 | 1), Ipv4Addr::new(10, 1, 2, 78)]);
         assert_eq!(targets(Ipv4Addr::new(10, 0, 0, 0), 16).count(), 65_534);
         assert_eq!(targets(Ipv4Addr::new(10, 0, 0, 9), 32).count(), 1);
     }
@@ -704,23 +585,12 @@ mod tests {
     #[test]
     fn addresses_go_under_the_name_line_keeping_the_rest() {
         let text = "hosts:\r\n  - name: a   # first\r\n    role: server\r\n  -   name: b\r\n    role: agent";
-        let out = insert_addresses(
-            text,
-            &[
-                (2, Ipv4Addr::new(10, 0, 0, 1)),
-                (4, Ipv4Addr::new(10, 0, 0, 2)),
-            ],
-        )
-        .unwrap();
+        let out = insert_addresses(text, &[(2, Ipv4Addr::new(10, 0, 0, 1)), (4, Ipv4Addr::new(10, 0, 0, 2))]).unwrap();
         assert_eq!(
             out,
             "hosts:\r\n  - name: a   # first\r\n    address: 10.0.0.1\r\n    role: server\r\n  -   name: b\r\n      address: 10.0.0.2\r\n    role: agent"
         );
-        let err = insert_addresses(
-            "hosts: [{name: a, role: server}]\n",
-            &[(1, Ipv4Addr::LOCALHOST)],
-        )
-        .unwrap_err();
+        let err = insert_addresses("hosts: [{name: a, role: server}]\n", &[(1, Ipv4Addr::LOCALHOST)]).unwrap_err();
         assert!(err.contains("add the address by hand"), "{err}");
         assert!(insert_addresses("x\n", &[(9, Ipv4Addr::LOCALHOST)]).is_err());
     }

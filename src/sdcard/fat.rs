@@ -37,10 +37,7 @@ impl Write for Slice {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = (buf.len() as u64).min(self.remaining()) as usize;
         if n == 0 && !buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "write past the end of the boot partition",
-            ));
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "write past the end of the boot partition"));
         }
         self.inner.seek(SeekFrom::Start(self.start + self.pos))?;
         let put = self.inner.write(&buf[..n])?;
@@ -65,10 +62,7 @@ impl Seek for Slice {
                 self.pos = p;
                 Ok(p)
             }
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek outside the boot partition",
-            )),
+            _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "seek outside the boot partition")),
         }
     }
 }
@@ -83,23 +77,14 @@ pub struct BootFs {
 impl BootFs {
     pub fn open(file: File, part: &Partition) -> io::Result<BootFs> {
         let sync = file.try_clone()?;
-        let slice = Slice {
-            inner: file,
-            start: part.start,
-            len: part.len,
-            pos: 0,
-        };
+        let slice = Slice { inner: file, start: part.start, len: part.len, pos: 0 };
         let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new().time_provider(&UtcClock))?;
         Ok(BootFs { fs, sync })
     }
 
     /// Lower-cased names in the root directory (FAT is case-insensitive).
     pub fn root_names(&self) -> io::Result<Vec<String>> {
-        self.fs
-            .root_dir()
-            .iter()
-            .map(|e| e.map(|e| e.file_name().to_lowercase()))
-            .collect()
+        self.fs.root_dir().iter().map(|e| e.map(|e| e.file_name().to_lowercase())).collect()
     }
 
     pub fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
@@ -135,9 +120,7 @@ struct UtcClock;
 
 impl UtcClock {
     fn now() -> fatfs::DateTime {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
         // Civil-from-days (H. Hinnant), valid for the whole FAT date range.
         let z = days + 719_468;

@@ -52,12 +52,7 @@ enum Target {
     /// A regular file (or a path that does not exist yet).
     File { exists: bool },
     /// A block device, known by its sysfs name (e.g. `sdb`, `loop3`, `sdb1`).
-    Block {
-        name: String,
-        disk: String,
-        partition: bool,
-        size: u64,
-    },
+    Block { name: String, disk: String, partition: bool, size: u64 },
 }
 
 /// (device name, whole-disk name, is-partition) of a block device number.
@@ -75,13 +70,7 @@ fn dev_numbers(meta: &std::fs::Metadata) -> (u32, u32) {
 }
 
 /// Why the target must not be written (or needs --force), as user-facing refusals.
-fn check_block(
-    dev: &Path,
-    name: &str,
-    disk: &str,
-    partition: bool,
-    force: bool,
-) -> Result<(), String> {
+fn check_block(dev: &Path, name: &str, disk: &str, partition: bool, force: bool) -> Result<(), String> {
     // Fail safe: when the system's disks cannot be told, no block device is known to be safe.
     let system = sysdisk::this_system().map_err(|e| format!("refusing {}: {e}", dev.display()))?;
     if system.contains(disk) {
@@ -94,35 +83,22 @@ fn check_block(
     // In use: --force cannot help, the exclusive open below would be refused by the kernel.
     let busy = in_use(disk);
     if !busy.is_empty() {
-        return Err(format!(
-            "refusing {}: {}; unmount it (and swapoff) first",
-            dev.display(),
-            busy.join("; ")
-        ));
+        return Err(format!("refusing {}: {}; unmount it (and swapoff) first", dev.display(), busy.join("; ")));
     }
     let mut problems = Vec::new();
     if partition {
-        problems.push(format!(
-            "{name} is a partition of {disk}; flash the whole disk /dev/{disk}"
-        ));
+        problems.push(format!("{name} is a partition of {disk}; flash the whole disk /dev/{disk}"));
     }
     // Built-in SD slots (mmcblk) report removable=0; loop devices are files in disguise.
-    let removable =
-        std::fs::read_to_string(format!("/sys/block/{disk}/removable")).unwrap_or_default();
+    let removable = std::fs::read_to_string(format!("/sys/block/{disk}/removable")).unwrap_or_default();
     let card_like = disk.starts_with("mmcblk") || disk.starts_with("loop");
     if removable.trim() != "1" && !card_like {
-        problems.push(format!(
-            "{disk} is not a removable disk (/sys/block/{disk}/removable is not 1)"
-        ));
+        problems.push(format!("{disk} is not a removable disk (/sys/block/{disk}/removable is not 1)"));
     }
     if problems.is_empty() || force {
         return Ok(());
     }
-    Err(format!(
-        "refusing {}: {}; pass --force if you are sure",
-        dev.display(),
-        problems.join("; ")
-    ))
+    Err(format!("refusing {}: {}; pass --force if you are sure", dev.display(), problems.join("; ")))
 }
 
 /// Where `disk` (or a partition of it, or anything stacked on them) is mounted or swapped on.
@@ -134,11 +110,9 @@ fn in_use(disk: &str) -> Vec<String> {
         .into_iter()
         .filter(|m| {
             // By source path too: a btrfs mount's numbers are virtual, its source is not.
-            let base = Path::new(&m.source)
-                .file_name()
-                .map(|b| b.to_string_lossy());
-            let by_path = m.source.starts_with("/dev/")
-                && base.is_some_and(|b| b == disk || is_partition_name(&b, disk));
+            let base = Path::new(&m.source).file_name().map(|b| b.to_string_lossy());
+            let by_path =
+                m.source.starts_with("/dev/") && base.is_some_and(|b| b == disk || is_partition_name(&b, disk));
             by_path || sysdisk::disks_of_mount(sys, m, &no_zfs).is_ok_and(|d| d.contains(disk))
         })
         .map(|m| m.at)
@@ -147,23 +121,13 @@ fn in_use(disk: &str) -> Vec<String> {
     mounted.dedup();
     let mut problems = Vec::new();
     if !mounted.is_empty() {
-        problems.push(format!(
-            "{disk} (or a partition of it) is mounted at {}",
-            mounted.join(", ")
-        ));
+        problems.push(format!("{disk} (or a partition of it) is mounted at {}", mounted.join(", ")));
     }
     let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
-    let swapped = swaps
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next())
-        .any(|s| {
-            let base = Path::new(s)
-                .file_name()
-                .map(|b| b.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            base == disk || is_partition_name(&base, disk)
-        });
+    let swapped = swaps.lines().skip(1).filter_map(|l| l.split_whitespace().next()).any(|s| {
+        let base = Path::new(s).file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
+        base == disk || is_partition_name(&base, disk)
+    });
     if swapped {
         problems.push(format!("{disk} (or a partition of it) is in use as swap"));
     }
@@ -195,39 +159,25 @@ fn inspect(dev: &Path, force: bool) -> Result<Target, String> {
         return Ok(Target::File { exists: true });
     }
     if !ft.is_block_device() {
-        return Err(format!(
-            "{} is neither a block device nor a regular file",
-            dev.display()
-        ));
+        return Err(format!("{} is neither a block device nor a regular file", dev.display()));
     }
     let (ma, mi) = dev_numbers(&meta);
-    let (name, disk, partition) = block_names(ma, mi)
-        .ok_or_else(|| format!("{} ({ma}:{mi}) is not in /sys/dev/block", dev.display()))?;
+    let (name, disk, partition) =
+        block_names(ma, mi).ok_or_else(|| format!("{} ({ma}:{mi}) is not in /sys/dev/block", dev.display()))?;
     check_block(dev, &name, &disk, partition, force)?;
-    let sectors =
-        std::fs::read_to_string(format!("/sys/class/block/{name}/size")).unwrap_or_default();
+    let sectors = std::fs::read_to_string(format!("/sys/class/block/{name}/size")).unwrap_or_default();
     let size = sectors.trim().parse::<u64>().unwrap_or(0) * 512;
-    Ok(Target::Block {
-        name,
-        disk,
-        partition,
-        size,
-    })
+    Ok(Target::Block { name, disk, partition, size })
 }
 
 fn confirm(question: &str) -> Result<(), String> {
     if !io::stdin().is_terminal() {
-        return Err(format!(
-            "{question}: no terminal to confirm on; pass --yes to overwrite without asking"
-        ));
+        return Err(format!("{question}: no terminal to confirm on; pass --yes to overwrite without asking"));
     }
     eprint!("{question}? Type 'yes' to continue: ");
     let _ = io::stderr().flush();
     let mut answer = String::new();
-    io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .map_err(|e| format!("cannot read the answer: {e}"))?;
+    io::stdin().lock().read_line(&mut answer).map_err(|e| format!("cannot read the answer: {e}"))?;
     if answer.trim() == "yes" {
         Ok(())
     } else {
@@ -237,16 +187,14 @@ fn confirm(question: &str) -> Result<(), String> {
 
 /// Re-reads what was written, bypassing the page cache, and hashes it.
 fn read_back(dev: &Path, len: u64) -> Result<[u8; 32], String> {
-    let mut f =
-        File::open(dev).map_err(|e| format!("cannot reopen {} to verify: {e}", dev.display()))?;
+    let mut f = File::open(dev).map_err(|e| format!("cannot reopen {} to verify: {e}", dev.display()))?;
     // Cached pages would only prove that memory holds the image; drop them so the read hits
     // the medium. Dirty pages (rewritten by someone else since) stay and are read as they are.
     // SAFETY: plain syscall on a valid open descriptor.
     unsafe {
         libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
     }
-    f.seek(SeekFrom::Start(0))
-        .map_err(|e| format!("cannot seek {}: {e}", dev.display()))?;
+    f.seek(SeekFrom::Start(0)).map_err(|e| format!("cannot seek {}: {e}", dev.display()))?;
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; 4 << 20];
     let mut left = len;
@@ -254,9 +202,7 @@ fn read_back(dev: &Path, len: u64) -> Result<[u8; 32], String> {
     let pb = image::progress_bar(len, "verify");
     while left > 0 {
         let want = left.min(buf.len() as u64) as usize;
-        let n = f
-            .read(&mut buf[..want])
-            .map_err(|e| format!("read-back of {} failed: {e}", dev.display()))?;
+        let n = f.read(&mut buf[..want]).map_err(|e| format!("read-back of {} failed: {e}", dev.display()))?;
         if n == 0 {
             return Err(format!(
                 "read-back of {} ended {left} bytes early: the target is smaller than the image",
@@ -278,20 +224,13 @@ fn flash_one(args: &FlashArgs, node: Option<&NodeConfig>) -> Result<(), String> 
     let target = inspect(dev, args.force)?;
     let what = match &target {
         Target::File { .. } => format!("file {}", dev.display()),
-        Target::Block {
-            name, disk, size, ..
-        } => {
-            let model = std::fs::read_to_string(format!("/sys/block/{disk}/device/model"))
-                .unwrap_or_default();
+        Target::Block { name, disk, size, .. } => {
+            let model = std::fs::read_to_string(format!("/sys/block/{disk}/device/model")).unwrap_or_default();
             format!(
                 "{} ({name}, {:.1} GB{})",
                 dev.display(),
                 *size as f64 / 1e9,
-                if model.trim().is_empty() {
-                    String::new()
-                } else {
-                    format!(", {}", crate::term::clean(model.trim()))
-                }
+                if model.trim().is_empty() { String::new() } else { format!(", {}", crate::term::clean(model.trim())) }
             )
         }
     };
@@ -300,17 +239,10 @@ fn flash_one(args: &FlashArgs, node: Option<&NodeConfig>) -> Result<(), String> 
         confirm(&format!("Overwrite {what} with {}", args.image.display()))?;
     }
     let src = source::open(&args.image)?;
-    println!(
-        "writing {} to {what}: {}",
-        args.image.display(),
-        src.describe()
-    );
+    println!("writing {} to {what}: {}", args.image.display(), src.describe());
     if let Target::Block { size, .. } = &target {
         if *size > 0 && src.format == source::Format::Raw && src.total > *size {
-            return Err(format!(
-                "the image ({} bytes) is larger than {what}",
-                src.total
-            ));
+            return Err(format!("the image ({} bytes) is larger than {what}", src.total));
         }
     }
     let mut out = match &target {
@@ -318,10 +250,7 @@ fn flash_one(args: &FlashArgs, node: Option<&NodeConfig>) -> Result<(), String> 
         Target::File { .. } => image::create_private(dev),
         // O_EXCL on a block device, always (also with --force): the kernel refuses if anything
         // mounted or claimed it, also since the checks above (the check-then-write race).
-        Target::Block { .. } => OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_EXCL)
-            .open(dev),
+        Target::Block { .. } => OpenOptions::new().write(true).custom_flags(libc::O_EXCL).open(dev),
     }
     .map_err(|e| match e.raw_os_error() {
         Some(libc::EBUSY) => format!(
@@ -353,10 +282,7 @@ fn flash_one(args: &FlashArgs, node: Option<&NodeConfig>) -> Result<(), String> 
         let report = customize::apply(dev, node)?;
         image::print_report(dev, &node.hostname, &report);
     }
-    if let Target::Block {
-        partition: false, ..
-    } = target
-    {
+    if let Target::Block { partition: false, .. } = target {
         reread_partitions(dev);
     }
     Ok(())
@@ -390,10 +316,8 @@ pub fn flash(args: FlashArgs) -> Result<(), Error> {
 
 fn batch(args: &FlashArgs) -> Result<(), Error> {
     let cluster = Cluster::load(&args.cluster.file)?;
-    let nodes = cluster
-        .hosts()
-        .map(|h| node::node_config(&cluster, h, &args.customize))
-        .collect::<Result<Vec<_>, String>>()?;
+    let nodes =
+        cluster.hosts().map(|h| node::node_config(&cluster, h, &args.customize)).collect::<Result<Vec<_>, String>>()?;
     let stdin = io::stdin();
     for (i, node) in nodes.iter().enumerate() {
         eprint!(
@@ -406,9 +330,7 @@ fn batch(args: &FlashArgs) -> Result<(), Error> {
         let _ = io::stderr().flush();
         let mut line = String::new();
         match stdin.lock().read_line(&mut line) {
-            Ok(0) | Err(_) => {
-                return Err(format!("stopped before {}: no more input", node.hostname).into())
-            }
+            Ok(0) | Err(_) => return Err(format!("stopped before {}: no more input", node.hostname).into()),
             Ok(_) => {}
         }
         flash_one(args, Some(node)).map_err(|e| format!("{}: {e}", node.hostname))?;

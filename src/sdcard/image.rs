@@ -25,22 +25,12 @@ pub struct PrepareArgs {
     #[arg(long, value_name = "IN")]
     pub image: PathBuf,
     /// Output image for --node.
-    #[arg(
-        long,
-        value_name = "OUT",
-        required_unless_present = "all",
-        conflicts_with = "all"
-    )]
+    #[arg(long, value_name = "OUT", required_unless_present = "all", conflicts_with = "all")]
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub cluster: FileArg,
     /// The cluster-file host to prepare the image for.
-    #[arg(
-        long,
-        value_name = "NAME",
-        required_unless_present = "all",
-        conflicts_with = "all"
-    )]
+    #[arg(long, value_name = "NAME", required_unless_present = "all", conflicts_with = "all")]
     pub node: Option<String>,
     /// Prepare one image per host of the cluster file (into --out-dir, as NAME.img).
     #[arg(long, requires = "out_dir")]
@@ -70,9 +60,9 @@ impl Written {
 pub fn progress_bar(total: u64, label: &str) -> ProgressBar {
     let pb = ProgressBar::new(total);
     // The template is a constant; fall back to the default style rather than fail.
-    if let Ok(style) = ProgressStyle::with_template(
-        "{prefix} [{elapsed_precise}] [{wide_bar}] {percent:>3}% {msg} eta {eta}",
-    ) {
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix} [{elapsed_precise}] [{wide_bar}] {percent:>3}% {msg} eta {eta}")
+    {
         pb.set_style(style);
     }
     pb.set_prefix(label.to_string());
@@ -82,11 +72,7 @@ pub fn progress_bar(total: u64, label: &str) -> ProgressBar {
 /// `"1234 MB, 85.2 MB/s"` for the progress message.
 pub fn rate_message(bytes: u64, started: Instant) -> String {
     let secs = started.elapsed().as_secs_f64().max(1e-3);
-    format!(
-        "{} MB, {:.1} MB/s",
-        bytes / 1_000_000,
-        bytes as f64 / 1e6 / secs
-    )
+    format!("{} MB, {:.1} MB/s", bytes / 1_000_000, bytes as f64 / 1e6 / secs)
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -143,9 +129,7 @@ pub fn write_image(mut src: Source, out: &mut File, label: &str) -> Result<Writt
         let _ = back_tx.send(buf);
     }
     drop(rx);
-    let read_result = reader
-        .join()
-        .map_err(|_| "image reader thread panicked".to_string())?;
+    let read_result = reader.join().map_err(|_| "image reader thread panicked".to_string())?;
     if let Some(e) = write_err {
         pb.abandon();
         return Err(format!("write failed after {bytes} bytes: {e}"));
@@ -159,11 +143,7 @@ pub fn write_image(mut src: Source, out: &mut File, label: &str) -> Result<Writt
     if bytes == 0 {
         return Err("the image is empty".into());
     }
-    Ok(Written {
-        bytes,
-        sha256,
-        elapsed: started.elapsed(),
-    })
+    Ok(Written { bytes, sha256, elapsed: started.elapsed() })
 }
 
 pub fn print_report(target: &Path, node: &str, r: &Report) {
@@ -182,17 +162,8 @@ pub fn prepare(args: PrepareArgs) -> Result<(), Error> {
     let jobs: Vec<(String, PathBuf)> = match (&args.node, &args.out, args.all, &args.out_dir) {
         (Some(n), Some(out), false, _) => vec![(n.clone(), out.clone())],
         (None, None, true, Some(dir)) => {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            cluster
-                .hosts()
-                .map(|h| {
-                    (
-                        h.name.value.clone(),
-                        dir.join(format!("{}.img", h.name.value)),
-                    )
-                })
-                .collect()
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            cluster.hosts().map(|h| (h.name.value.clone(), dir.join(format!("{}.img", h.name.value)))).collect()
         }
         _ => return Err("use either --node NAME --out OUT, or --all --out-dir DIR".into()),
     };
@@ -208,16 +179,11 @@ pub fn prepare(args: PrepareArgs) -> Result<(), Error> {
         .collect::<Result<Vec<_>, String>>()?;
     for (node, out) in nodes {
         if same_file(&args.image, out) {
-            return Err(format!(
-                "--out {} is the input image; choose another path",
-                out.display()
-            )
-            .into());
+            return Err(format!("--out {} is the input image; choose another path", out.display()).into());
         }
         let src = source::open(&args.image)?;
         println!("{}: {}", args.image.display(), src.describe());
-        let mut file =
-            create_private(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+        let mut file = create_private(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
         let result = write_image(src, &mut file, &node.hostname).and_then(|written| {
             drop(file);
             println!(
@@ -260,12 +226,7 @@ fn check_output(out: &Path) -> Result<(), String> {
 /// Anything but a regular file is refused once opened too (it may have been swapped in after
 /// [`check_output`]), before its mode is touched or a byte is written.
 pub fn create_private(path: &Path) -> io::Result<File> {
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     if !f.metadata()?.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -64,9 +64,7 @@ impl From<miette::Report> for Error {
 pub async fn run(cmd: CardCommand) -> miette::Result<()> {
     let result = match cmd {
         // Disk I/O and prompts block: keep them off the async workers.
-        CardCommand::Image {
-            command: ImageCommand::Prepare(args),
-        } => blocking(move || image::prepare(args)).await,
+        CardCommand::Image { command: ImageCommand::Prepare(args) } => blocking(move || image::prepare(args)).await,
         CardCommand::Flash(args) => blocking(move || flash::flash(args)).await,
         CardCommand::Discover(args) => discover::discover(args).await,
     };
@@ -77,7 +75,5 @@ pub async fn run(cmd: CardCommand) -> miette::Result<()> {
 }
 
 async fn blocking(f: impl FnOnce() -> Result<(), Error> + Send + 'static) -> Result<(), Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Msg(format!("worker failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Msg(format!("worker failed: {e}")))?
 }

@@ -40,12 +40,7 @@ pub struct CustomizeArgs {
 
 pub enum Network {
     Dhcp,
-    Static {
-        address: Ipv4Addr,
-        prefix: u8,
-        gateway: IpAddr,
-        dns: Vec<IpAddr>,
-    },
+    Static { address: Ipv4Addr, prefix: u8, gateway: IpAddr, dns: Vec<IpAddr> },
 }
 
 pub struct Wifi {
@@ -85,20 +80,11 @@ impl NodeConfig {
     /// so cloud-init treats a re-prepared card as a new instance.
     pub fn fingerprint(&self) -> String {
         let mut h = Sha256::new();
-        for part in [
-            &self.cluster,
-            &self.hostname,
-            self.role.as_str(),
-            &self.user,
-            &self.authorized_key,
-        ] {
+        for part in [&self.cluster, &self.hostname, self.role.as_str(), &self.user, &self.authorized_key] {
             h.update(part.as_bytes());
             h.update([0]);
         }
-        if let Network::Static {
-            address, prefix, ..
-        } = &self.network
-        {
+        if let Network::Static { address, prefix, .. } = &self.network {
             h.update(format!("{address}/{prefix}").as_bytes());
         }
         hex::encode(&h.finalize()[..6])
@@ -118,11 +104,7 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
 }
 
 pub fn in_subnet(ip: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(prefix))
-    };
+    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
     u32::from(ip) & mask == u32::from(net) & mask
 }
 
@@ -130,9 +112,7 @@ fn secret_from_env(var: &str, what: &str) -> Result<String, String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Ok(v),
         Ok(_) => Err(format!("environment variable {var} (the {what}) is empty")),
-        Err(_) => Err(format!(
-            "environment variable {var} (the {what}) is not set"
-        )),
+        Err(_) => Err(format!("environment variable {var} (the {what}) is not set")),
     }
 }
 
@@ -155,17 +135,12 @@ fn key_path(cluster: &Cluster, host: &HostSpec) -> Result<PathBuf, String> {
     if let Some(k) = cluster.ssh_for(host).key {
         return Ok(cluster.resolve_path(&k));
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
     ["id_ed25519", "id_ecdsa", "id_rsa"]
         .iter()
         .map(|n| home.join(".ssh").join(n))
         .find(|p| with_pub(p).exists())
-        .ok_or_else(|| {
-            "no SSH key: set ssh.key in the cluster file (its .pub file goes on the card)"
-                .to_string()
-        })
+        .ok_or_else(|| "no SSH key: set ssh.key in the cluster file (its .pub file goes on the card)".to_string())
 }
 
 fn with_pub(p: &Path) -> PathBuf {
@@ -176,19 +151,12 @@ fn with_pub(p: &Path) -> PathBuf {
 
 fn read_public_key(private: &Path) -> Result<String, String> {
     let path = with_pub(private);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read SSH public key {}: {e}", path.display()))?;
-    let key = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .unwrap_or("");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("cannot read SSH public key {}: {e}", path.display()))?;
+    let key = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).unwrap_or("");
     let known = ["ssh-", "ecdsa-", "sk-"].iter().any(|p| key.starts_with(p));
     if !known || key.split_whitespace().count() < 2 {
-        return Err(format!(
-            "{} does not hold an OpenSSH public key",
-            path.display()
-        ));
+        return Err(format!("{} does not hold an OpenSSH public key", path.display()));
     }
     Ok(key.to_string())
 }
@@ -199,51 +167,31 @@ fn valid_hostname(name: &str) -> bool {
         && name.len() <= 63
         && !name.starts_with('-')
         && !name.ends_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn valid_user(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 32
         && name.as_bytes()[0].is_ascii_lowercase()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 pub fn find_host<'a>(cluster: &'a Cluster, name: &str) -> Result<&'a HostSpec, String> {
-    cluster
-        .hosts()
-        .find(|h| h.name.value == name)
-        .ok_or_else(|| {
-            let names: Vec<&str> = cluster.hosts().map(|h| h.name.value.as_str()).collect();
-            format!(
-                "no host `{name}` in {}; hosts: {}",
-                cluster.file.display(),
-                names.join(", ")
-            )
-        })
+    cluster.hosts().find(|h| h.name.value == name).ok_or_else(|| {
+        let names: Vec<&str> = cluster.hosts().map(|h| h.name.value.as_str()).collect();
+        format!("no host `{name}` in {}; hosts: {}", cluster.file.display(), names.join(", "))
+    })
 }
 
 /// Resolved once per command: the secrets are read (and a random password drawn) per node.
-pub fn node_config(
-    cluster: &Cluster,
-    host: &HostSpec,
-    args: &CustomizeArgs,
-) -> Result<NodeConfig, String> {
+pub fn node_config(cluster: &Cluster, host: &HostSpec, args: &CustomizeArgs) -> Result<NodeConfig, String> {
     let hostname = host.name.value.clone();
     if !valid_hostname(&hostname) {
-        return Err(format!(
-            "host name `{hostname}` is not a valid hostname (lowercase letters, digits, -)"
-        ));
+        return Err(format!("host name `{hostname}` is not a valid hostname (lowercase letters, digits, -)"));
     }
     let ssh = cluster.ssh_for(host);
-    let user = ssh
-        .user
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_default();
+    let user = ssh.user.or_else(|| std::env::var("USER").ok()).unwrap_or_default();
     if !valid_user(&user) || user == "root" {
         return Err(format!(
             "cannot create login user `{user}` on {hostname}: set ssh.user in the cluster file to a non-root user name"
@@ -266,44 +214,24 @@ pub fn node_config(
                 )
             })?;
             if !in_subnet(address, net, prefix) {
-                return Err(format!(
-                    "{hostname}'s address {address} is outside --static {cidr}"
-                ));
+                return Err(format!("{hostname}'s address {address} is outside --static {cidr}"));
             }
             let gateway = args.gateway.ok_or("--static needs --gateway")?;
-            let dns = if args.dns.is_empty() {
-                vec![gateway]
-            } else {
-                args.dns.clone()
-            };
-            Network::Static {
-                address,
-                prefix,
-                gateway,
-                dns,
-            }
+            let dns = if args.dns.is_empty() { vec![gateway] } else { args.dns.clone() };
+            Network::Static { address, prefix, gateway, dns }
         }
     };
     let wifi = match (&args.wifi_ssid, &args.wifi_psk_env) {
         (Some(ssid), Some(var)) => {
             let psk = secret_from_env(var, "Wi-Fi passphrase")?;
             if !(8..=63).contains(&psk.len()) {
-                return Err(format!(
-                    "the Wi-Fi passphrase in {var} must be 8 to 63 characters"
-                ));
+                return Err(format!("the Wi-Fi passphrase in {var} must be 8 to 63 characters"));
             }
             let country = args.wifi_country.to_uppercase();
             if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(format!(
-                    "--wifi-country `{}` is not a two-letter country code",
-                    args.wifi_country
-                ));
+                return Err(format!("--wifi-country `{}` is not a two-letter country code", args.wifi_country));
             }
-            Some(Wifi {
-                ssid: ssid.clone(),
-                psk,
-                country,
-            })
+            Some(Wifi { ssid: ssid.clone(), psk, country })
         }
         _ => None,
     };

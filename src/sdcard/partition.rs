@@ -42,9 +42,7 @@ pub enum LayoutError {
     Io(#[from] std::io::Error),
     #[error("no partition table (no MBR signature 55 AA at byte 510): unknown image layout")]
     NoTable,
-    #[error(
-        "the image starts with a bare FAT filesystem, not a partitioned disk: unknown image layout"
-    )]
+    #[error("the image starts with a bare FAT filesystem, not a partitioned disk: unknown image layout")]
     Superfloppy,
     #[error("corrupt GPT: {0}")]
     BadGpt(&'static str),
@@ -55,12 +53,10 @@ pub enum LayoutError {
 /// FAT partition types in an MBR: FAT12, FAT16 (<32M, >32M, LBA), FAT32 (CHS, LBA), EFI.
 const MBR_FAT_TYPES: [u8; 7] = [0x01, 0x04, 0x06, 0x0b, 0x0c, 0x0e, 0xef];
 /// GPT type GUIDs as stored on disk (mixed-endian): Microsoft basic data and EFI system.
-const GPT_BASIC_DATA: [u8; 16] = [
-    0xa2, 0xa0, 0xd0, 0xeb, 0xe5, 0xb9, 0x33, 0x44, 0x87, 0xc0, 0x68, 0xb6, 0xb7, 0x26, 0x99, 0xc7,
-];
-const GPT_EFI_SYSTEM: [u8; 16] = [
-    0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
-];
+const GPT_BASIC_DATA: [u8; 16] =
+    [0xa2, 0xa0, 0xd0, 0xeb, 0xe5, 0xb9, 0x33, 0x44, 0x87, 0xc0, 0x68, 0xb6, 0xb7, 0x26, 0x99, 0xc7];
+const GPT_EFI_SYSTEM: [u8; 16] =
+    [0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b];
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
@@ -82,9 +78,7 @@ pub fn read_layout<D: Read + Seek>(disk: &mut D) -> Result<Layout, LayoutError> 
     if looks_like_fat(&mbr) {
         return Err(LayoutError::Superfloppy);
     }
-    let entries: Vec<&[u8]> = (0..4)
-        .map(|i| &mbr[446 + 16 * i..446 + 16 * (i + 1)])
-        .collect();
+    let entries: Vec<&[u8]> = (0..4).map(|i| &mbr[446 + 16 * i..446 + 16 * (i + 1)]).collect();
     if entries.iter().any(|e| e[4] == 0xee) {
         return read_gpt(disk, disk_len);
     }
@@ -100,10 +94,7 @@ pub fn read_layout<D: Read + Seek>(disk: &mut D) -> Result<Layout, LayoutError> 
         })
         .filter(|p| p.start.saturating_add(p.len) <= disk_len)
         .collect();
-    Ok(Layout {
-        table: Table::Mbr,
-        partitions,
-    })
+    Ok(Layout { table: Table::Mbr, partitions })
 }
 
 fn read_gpt<D: Read + Seek>(disk: &mut D, disk_len: u64) -> Result<Layout, LayoutError> {
@@ -111,26 +102,18 @@ fn read_gpt<D: Read + Seek>(disk: &mut D, disk_len: u64) -> Result<Layout, Layou
     disk.seek(SeekFrom::Start(SECTOR))?;
     disk.read_exact(&mut header)?;
     if &header[0..8] != b"EFI PART" {
-        return Err(LayoutError::BadGpt(
-            "protective MBR but no \"EFI PART\" header at LBA 1",
-        ));
+        return Err(LayoutError::BadGpt("protective MBR but no \"EFI PART\" header at LBA 1"));
     }
     let entries_lba = u64_at(&header, 72);
     let count = u32_at(&header, 80);
     let entry_size = u32_at(&header, 84);
     if !(128..=4096).contains(&entry_size) || count > 1024 {
-        return Err(LayoutError::BadGpt(
-            "implausible partition entry size or count",
-        ));
+        return Err(LayoutError::BadGpt("implausible partition entry size or count"));
     }
     let table_len = u64::from(count) * u64::from(entry_size);
-    let table_start = entries_lba
-        .checked_mul(SECTOR)
-        .ok_or(LayoutError::BadGpt("entry LBA out of range"))?;
+    let table_start = entries_lba.checked_mul(SECTOR).ok_or(LayoutError::BadGpt("entry LBA out of range"))?;
     if table_start.saturating_add(table_len) > disk_len {
-        return Err(LayoutError::BadGpt(
-            "partition entries lie past the end of the disk",
-        ));
+        return Err(LayoutError::BadGpt("partition entries lie past the end of the disk"));
     }
     // Bounded by the checks above: at most 1024 * 4096 bytes.
     let mut table = vec![0u8; table_len as usize];
@@ -144,10 +127,7 @@ fn read_gpt<D: Read + Seek>(disk: &mut D, disk_len: u64) -> Result<Layout, Layou
             let first = u64_at(e, 32);
             let last = u64_at(e, 40);
             let start = first.checked_mul(SECTOR)?;
-            let len = last
-                .checked_sub(first)?
-                .checked_add(1)?
-                .checked_mul(SECTOR)?;
+            let len = last.checked_sub(first)?.checked_add(1)?.checked_mul(SECTOR)?;
             (start.checked_add(len)? <= disk_len).then_some(Partition {
                 index: i + 1,
                 start,
@@ -156,10 +136,7 @@ fn read_gpt<D: Read + Seek>(disk: &mut D, disk_len: u64) -> Result<Layout, Layou
             })
         })
         .collect();
-    Ok(Layout {
-        table: Table::Gpt,
-        partitions,
-    })
+    Ok(Layout { table: Table::Gpt, partitions })
 }
 
 /// A FAT boot sector: x86 jump, sane bytes-per-sector, and the "FAT" type string (FAT12/16 at
@@ -172,10 +149,7 @@ fn looks_like_fat(sector: &[u8; 512]) -> bool {
 }
 
 /// The boot partition: the first partition typed FAT whose content really is a FAT filesystem.
-pub fn boot_partition<D: Read + Seek>(
-    disk: &mut D,
-    layout: &Layout,
-) -> Result<Partition, LayoutError> {
+pub fn boot_partition<D: Read + Seek>(disk: &mut D, layout: &Layout) -> Result<Partition, LayoutError> {
     for p in layout.partitions.iter().filter(|p| p.fat_type) {
         let mut sector = [0u8; 512];
         disk.seek(SeekFrom::Start(p.start))?;

@@ -82,13 +82,7 @@ printf 'cluster=%s\nrole=%s\n' {cluster_q} {role_q} >/etc/pikube/node
         cluster_q = sq(&n.cluster),
         role_q = sq(n.role.as_str()),
     );
-    if let Network::Static {
-        address,
-        prefix,
-        gateway,
-        dns,
-    } = &n.network
-    {
+    if let Network::Static { address, prefix, gateway, dns } = &n.network {
         let dns: Vec<String> = dns.iter().map(|d| format!("{d};")).collect();
         s += &format!(
             r#"

@@ -119,26 +119,14 @@ pub fn open(path: &Path) -> Result<Source, String> {
         reader
     } else {
         let file = File::open(path).map_err(ctx)?;
-        let counted = Counting {
-            inner: BufReader::with_capacity(1 << 20, file),
-            consumed: consumed.clone(),
-        };
+        let counted = Counting { inner: BufReader::with_capacity(1 << 20, file), consumed: consumed.clone() };
         match format {
-            Format::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(
-                BufReader::with_capacity(1 << 20, counted),
-            )),
+            Format::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, counted))),
             Format::Xz => Box::new(lzma_rust2::XzReader::new(counted, true)),
             Format::Raw | Format::Zip => Box::new(counted),
         }
     };
-    Ok(Source {
-        format,
-        total,
-        consumed,
-        inner_name,
-        reader,
-        worker,
-    })
+    Ok(Source { format, total, consumed, inner_name, reader, worker })
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -152,20 +140,14 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got)
 }
 
-type ZipParts = (
-    String,
-    u64,
-    Box<dyn Read + Send>,
-    JoinHandle<io::Result<u64>>,
-);
+type ZipParts = (String, u64, Box<dyn Read + Send>, JoinHandle<io::Result<u64>>);
 
 /// The archive's image entry (the only `.img` file, or the only file) streamed through a pipe:
 /// the zip crate's entry reader borrows the archive, so a thread owns both. Progress counts the
 /// entry's decompressed bytes against its recorded size.
 fn open_zip(path: &Path, progress: Arc<AtomicU64>) -> Result<ZipParts, String> {
     let ctx = |e: zip::result::ZipError| format!("cannot read zip archive {}: {e}", path.display());
-    let file =
-        File::open(path).map_err(|e| format!("cannot read image {}: {e}", path.display()))?;
+    let file = File::open(path).map_err(|e| format!("cannot read image {}: {e}", path.display()))?;
     let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(ctx)?;
     let mut files = Vec::new();
     for i in 0..archive.len() {
@@ -174,10 +156,7 @@ fn open_zip(path: &Path, progress: Arc<AtomicU64>) -> Result<ZipParts, String> {
             files.push((i, entry.name().map_err(ctx)?.to_string(), entry.size()));
         }
     }
-    let images: Vec<_> = files
-        .iter()
-        .filter(|(_, n, _)| n.to_lowercase().ends_with(".img"))
-        .collect();
+    let images: Vec<_> = files.iter().filter(|(_, n, _)| n.to_lowercase().ends_with(".img")).collect();
     let (index, name, size) = match (images.as_slice(), files.as_slice()) {
         ([one], _) => (*one).clone(),
         ([], [only]) => only.clone(),
@@ -186,21 +165,14 @@ fn open_zip(path: &Path, progress: Arc<AtomicU64>) -> Result<ZipParts, String> {
             return Err(format!(
                 "zip archive {} must hold exactly one .img file; it holds: {}",
                 path.display(),
-                if names.is_empty() {
-                    "nothing".to_string()
-                } else {
-                    names.join(", ")
-                }
+                if names.is_empty() { "nothing".to_string() } else { names.join(", ") }
             ));
         }
     };
     let (reader, writer) = io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
     let handle = std::thread::spawn(move || -> io::Result<u64> {
         let mut entry = archive.by_index(index).map_err(io::Error::other)?;
-        let mut out = Counting {
-            inner: writer,
-            consumed: progress,
-        };
+        let mut out = Counting { inner: writer, consumed: progress };
         io::copy(&mut entry, &mut out)
     });
     Ok((name, size, Box::new(reader), handle))

@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 const SYSTEM_MOUNTS: [&str; 5] = ["/", "/boot", "/boot/firmware", "/boot/efi", "/usr"];
 /// Filesystems no local disk holds: memory, the network, and systemd's untriggered automounts
 /// (once triggered, the real mount shows as a line of its own).
-const DISKLESS_FS: [&str; 10] = [
-    "tmpfs", "ramfs", "rootfs", "autofs", "nfs", "nfs4", "cifs", "smb3", "9p", "virtiofs",
-];
+const DISKLESS_FS: [&str; 10] = ["tmpfs", "ramfs", "rootfs", "autofs", "nfs", "nfs4", "cifs", "smb3", "9p", "virtiofs"];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
@@ -62,9 +60,7 @@ fn unescape(s: &str) -> String {
     let mut rest = s;
     while let Some(i) = rest.find('\\') {
         out.push_str(&rest[..i]);
-        let code = rest
-            .get(i + 1..i + 4)
-            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
         match code {
             Some(c) => {
                 out.push(char::from(c));
@@ -126,10 +122,7 @@ fn btrfs_siblings(sys: &Path, name: &str) -> Vec<String> {
         let Ok(devs) = std::fs::read_dir(fsid.path().join("devices")) else {
             continue;
         };
-        let devs: Vec<String> = devs
-            .flatten()
-            .map(|d| d.file_name().to_string_lossy().into_owned())
-            .collect();
+        let devs: Vec<String> = devs.flatten().map(|d| d.file_name().to_string_lossy().into_owned()).collect();
         if devs.iter().any(|d| d == name) {
             return devs;
         }
@@ -148,10 +141,7 @@ pub fn disks_under(sys: &Path, name: &str) -> BTreeSet<String> {
         let (disk, _) = disk_of(sys, &n).unwrap_or((n.clone(), false));
         out.insert(disk);
         if let Ok(dir) = std::fs::read_dir(sys.join("class/block").join(&n).join("slaves")) {
-            todo.extend(
-                dir.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned()),
-            );
+            todo.extend(dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()));
         }
     }
     out
@@ -163,11 +153,7 @@ pub fn disks_of_mount(
     m: &Mount,
     zpool: &dyn Fn(&str) -> Option<Vec<String>>,
 ) -> Result<BTreeSet<String>, Unknown> {
-    let unknown = || Unknown {
-        mount: m.at.clone(),
-        fstype: m.fstype.clone(),
-        device: m.source.clone(),
-    };
+    let unknown = || Unknown { mount: m.at.clone(), fstype: m.fstype.clone(), device: m.source.clone() };
     if DISKLESS_FS.contains(&m.fstype.as_str()) {
         return Ok(BTreeSet::new());
     }
@@ -205,25 +191,14 @@ pub fn system_disks(
 ) -> Result<BTreeSet<String>, Unknown> {
     let mounts = parse_mountinfo(mountinfo);
     if !mounts.iter().any(|m| m.at == "/") {
-        return Err(Unknown {
-            mount: "/".into(),
-            fstype: "no entry".into(),
-            device: "mountinfo".into(),
-        });
+        return Err(Unknown { mount: "/".into(), fstype: "no entry".into(), device: "mountinfo".into() });
     }
     let mut disks = BTreeSet::new();
-    for m in mounts
-        .iter()
-        .filter(|m| SYSTEM_MOUNTS.contains(&m.at.as_str()))
-    {
+    for m in mounts.iter().filter(|m| SYSTEM_MOUNTS.contains(&m.at.as_str())) {
         disks.extend(disks_of_mount(sys, m, zpool)?);
     }
     // Swap files live on a mounted filesystem (covered above); swap partitions name a device.
-    for dev in swaps
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next())
-    {
+    for dev in swaps.lines().skip(1).filter_map(|l| l.split_whitespace().next()) {
         if let Some(name) = name_of_source(sys, &unescape(dev)) {
             disks.extend(disks_under(sys, &name));
         }
@@ -233,19 +208,12 @@ pub fn system_disks(
 
 /// Vdev device paths of a ZFS pool, from `zpool list -vHP POOL` (None without zpool).
 pub fn zpool_vdevs(pool: &str) -> Option<Vec<String>> {
-    let out = std::process::Command::new("zpool")
-        .args(["list", "-vHP", pool])
-        .output()
-        .ok()?;
+    let out = std::process::Command::new("zpool").args(["list", "-vHP", pool]).output().ok()?;
     if !out.status.success() {
         return None;
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let devs: Vec<String> = text
-        .split_whitespace()
-        .filter(|w| w.starts_with("/dev/"))
-        .map(str::to_string)
-        .collect();
+    let devs: Vec<String> = text.split_whitespace().filter(|w| w.starts_with("/dev/")).map(str::to_string).collect();
     (!devs.is_empty()).then_some(devs)
 }
 
@@ -272,8 +240,7 @@ mod tests {
 
     impl Sys {
         fn new(tag: &str) -> Sys {
-            let root =
-                std::env::temp_dir().join(format!("pikube-sysdisk-{tag}-{}", std::process::id()));
+            let root = std::env::temp_dir().join(format!("pikube-sysdisk-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&root);
             std::fs::create_dir_all(root.join("class/block")).unwrap();
             std::fs::create_dir_all(root.join("dev/block")).unwrap();
@@ -311,9 +278,7 @@ mod tests {
         sys.dev("sda", None, "8:0");
         sys.dev("sda1", Some("sda"), "8:1");
         // A second device of the same btrfs filesystem (a raid1 profile).
-        let fs = sys
-            .0
-            .join("fs/btrfs/0b2e7c4a-1111-2222-3333-444455556666/devices");
+        let fs = sys.0.join("fs/btrfs/0b2e7c4a-1111-2222-3333-444455556666/devices");
         std::fs::create_dir_all(&fs).unwrap();
         symlink(sys.0.join("class/block/nvme0n1p2"), fs.join("nvme0n1p2")).unwrap();
         symlink(sys.0.join("class/block/sda1"), fs.join("sda1")).unwrap();
@@ -386,15 +351,9 @@ mod tests {
         let diskless = "1 1 0:2 / / rw - rootfs rootfs rw
 2 1 0:60 / /boot/efi rw - autofs systemd-1 rw,fd=48
 ";
-        assert_eq!(
-            system_disks(diskless, SWAPS, &sys.0, &no_zfs),
-            Ok(BTreeSet::new())
-        );
+        assert_eq!(system_disks(diskless, SWAPS, &sys.0, &no_zfs), Ok(BTreeSet::new()));
         let nfs = "1 1 0:61 / / rw - nfs4 10.0.0.1:/pis/rasp01 rw\n";
-        assert_eq!(
-            system_disks(nfs, SWAPS, &sys.0, &no_zfs),
-            Ok(BTreeSet::new())
-        );
+        assert_eq!(system_disks(nfs, SWAPS, &sys.0, &no_zfs), Ok(BTreeSet::new()));
     }
 
     #[test]

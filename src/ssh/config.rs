@@ -71,8 +71,7 @@ impl SshConfig {
         let mut in_match = false;
         for (index, raw) in bytes.split(|&b| b == b'\n').enumerate() {
             let at = || format!("{}:{}", origin.display(), index + 1);
-            let line =
-                std::str::from_utf8(raw).map_err(|_| format!("{}: not valid UTF-8", at()))?;
+            let line = std::str::from_utf8(raw).map_err(|_| format!("{}: not valid UTF-8", at()))?;
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
@@ -83,11 +82,7 @@ impl SshConfig {
             let single = || match args.as_slice() {
                 [one] => Ok(one.clone()),
                 [] => Err(format!("{}: {keyword} needs a value", at())),
-                _ => Err(format!(
-                    "{}: {keyword} takes one value, got {}",
-                    at(),
-                    args.len()
-                )),
+                _ => Err(format!("{}: {keyword} takes one value, got {}", at(), args.len())),
             };
             let setting = match keyword.as_str() {
                 "host" => {
@@ -95,17 +90,11 @@ impl SshConfig {
                         return Err(format!("{}: Host needs at least one pattern", at()));
                     }
                     in_match = false;
-                    blocks.push(Block {
-                        patterns: Some(args),
-                        settings: Vec::new(),
-                    });
+                    blocks.push(Block { patterns: Some(args), settings: Vec::new() });
                     continue;
                 }
                 "match" => {
-                    tracing::warn!(
-                        "{}: Match blocks are not supported; this block is ignored",
-                        at()
-                    );
+                    tracing::warn!("{}: Match blocks are not supported; this block is ignored", at());
                     in_match = true;
                     continue;
                 }
@@ -134,10 +123,7 @@ impl SshConfig {
             };
             match blocks.last_mut() {
                 Some(block) => block.settings.push(setting),
-                None => blocks.push(Block {
-                    patterns: None,
-                    settings: vec![setting],
-                }),
+                None => blocks.push(Block { patterns: None, settings: vec![setting] }),
             }
         }
         Ok(SshConfig { blocks })
@@ -172,9 +158,7 @@ fn first<T: Clone>(slot: &mut Option<T>, value: &T) {
 
 /// OpenSSH allows `Keyword value`, `Keyword=value` and `Keyword = value`.
 fn split_keyword(line: &str) -> (&str, &str) {
-    let end = line
-        .find(|c: char| c.is_whitespace() || c == '=')
-        .unwrap_or(line.len());
+    let end = line.find(|c: char| c.is_whitespace() || c == '=').unwrap_or(line.len());
     let (keyword, rest) = line.split_at(end);
     let rest = rest.trim_start();
     (keyword, rest.strip_prefix('=').unwrap_or(rest).trim_start())
@@ -232,50 +216,25 @@ pub struct Wanted {
 /// (`$USER` or root, port 22, ~/.ssh/id_{ed25519,ecdsa,rsa} that exist, ~/.ssh/known_hosts).
 /// A `HostName` is honoured only for `address`: an explicit address is never redirected by a
 /// block that matched the name.
-pub fn resolve(
-    name: &str,
-    address: &str,
-    wanted: &Wanted,
-    ssh_config: &SshConfig,
-) -> Result<Target, String> {
+pub fn resolve(name: &str, address: &str, wanted: &Wanted, ssh_config: &SshConfig) -> Result<Target, String> {
     let address = address.trim();
     if address.is_empty() {
         return Err("empty address".into());
     }
     let by_address = ssh_config.lookup(address);
-    let by_name = if name == address {
-        HostSettings::default()
-    } else {
-        ssh_config.lookup(name)
-    };
+    let by_name = if name == address { HostSettings::default() } else { ssh_config.lookup(name) };
     let mut identity_files = by_address.identity_files.clone();
-    identity_files.extend(
-        by_name
-            .identity_files
-            .iter()
-            .filter(|f| !by_address.identity_files.contains(f))
-            .cloned(),
-    );
+    identity_files.extend(by_name.identity_files.iter().filter(|f| !by_address.identity_files.contains(f)).cloned());
     let settings = HostSettings {
         host_name: by_address.host_name,
         user: by_address.user.or(by_name.user),
         port: by_address.port.or(by_name.port),
         identity_files,
         proxy_jump: by_address.proxy_jump.or(by_name.proxy_jump),
-        user_known_hosts_file: by_address
-            .user_known_hosts_file
-            .or(by_name.user_known_hosts_file),
+        user_known_hosts_file: by_address.user_known_hosts_file.or(by_name.user_known_hosts_file),
     };
-    let explicit = Hop {
-        user: wanted.user.clone(),
-        host: address.to_string(),
-        port: wanted.port,
-    };
-    let jump = match wanted
-        .proxy_jump
-        .as_deref()
-        .or(settings.proxy_jump.as_deref())
-    {
+    let explicit = Hop { user: wanted.user.clone(), host: address.to_string(), port: wanted.port };
+    let jump = match wanted.proxy_jump.as_deref().or(settings.proxy_jump.as_deref()) {
         Some(spec) => resolve_jumps(spec, wanted, ssh_config, 0)?,
         None => None,
     };
@@ -311,9 +270,7 @@ fn build(
         None => hop.host.clone(),
     };
     let config_file = |file: &str| -> Result<PathBuf, String> {
-        Ok(expand_tilde(Path::new(&expand(
-            file, &address, &hop.host, &user, port,
-        )?)))
+        Ok(expand_tilde(Path::new(&expand(file, &address, &hop.host, &user, port)?)))
     };
     let cluster_key = wanted.identity_file.as_deref().map(expand_tilde);
     let mut identity_files = Vec::new();
@@ -366,9 +323,7 @@ fn resolve_jumps(
     }
     let hops: Vec<&str> = spec.split(',').map(str::trim).collect();
     if depth + hops.len() > MAX_JUMPS {
-        return Err(format!(
-            "ProxyJump chain longer than {MAX_JUMPS} hops (a loop in ~/.ssh/config?)"
-        ));
+        return Err(format!("ProxyJump chain longer than {MAX_JUMPS} hops (a loop in ~/.ssh/config?)"));
     }
     let mut previous: Option<Box<Target>> = None;
     for (index, text) in hops.iter().enumerate() {
@@ -379,14 +334,7 @@ fn resolve_jumps(
             _ => previous.take(),
         };
         let name = hop.host.clone();
-        previous = Some(Box::new(build(
-            &name,
-            hop,
-            settings,
-            wanted,
-            jump,
-            Role::Jump,
-        )?));
+        previous = Some(Box::new(build(&name, hop, settings, wanted, jump, Role::Jump)?));
     }
     Ok(previous)
 }
@@ -404,10 +352,7 @@ fn parse_hop(text: &str) -> Result<Hop, String> {
         let (host, after) = bracketed.split_once(']').ok_or_else(|| bad("missing ]"))?;
         match after {
             "" => (host, None),
-            _ => (
-                host,
-                Some(after.strip_prefix(':').ok_or_else(|| bad("junk after ]"))?),
-            ),
+            _ => (host, Some(after.strip_prefix(':').ok_or_else(|| bad("junk after ]"))?)),
         }
     } else {
         match rest.split_once(':') {
@@ -427,11 +372,7 @@ fn parse_hop(text: &str) -> Result<Hop, String> {
             _ => return Err(bad("bad port")),
         },
     };
-    Ok(Hop {
-        user,
-        host: host.to_string(),
-        port,
-    })
+    Ok(Hop { user, host: host.to_string(), port })
 }
 
 /// OpenSSH `%` tokens: `%h` host name, `%n` host as given, `%r` remote user, `%u` local user,
@@ -470,16 +411,11 @@ fn expand_tilde(path: &Path) -> PathBuf {
 }
 
 fn home_dir() -> Option<PathBuf> {
-    std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)
 }
 
 fn local_user() -> String {
-    std::env::var("USER")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "root".to_string())
+    std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".to_string())
 }
 
 fn default_identity_files() -> Vec<PathBuf> {
@@ -551,21 +487,11 @@ Host *
         let cfg = parse(SAMPLE).expect("sample parses");
         let pi1 = cfg.lookup("pi1");
         assert_eq!(pi1.host_name.as_deref(), Some("%h.lan"));
-        assert_eq!(
-            pi1.user.as_deref(),
-            Some("fallback"),
-            "top-of-file value comes first"
-        );
+        assert_eq!(pi1.user.as_deref(), Some("fallback"), "top-of-file value comes first");
         assert_eq!(pi1.port, Some(2201));
-        assert_eq!(
-            pi1.identity_files,
-            vec!["/keys/pi key", "/keys/second", "/keys/star"]
-        );
+        assert_eq!(pi1.identity_files, vec!["/keys/pi key", "/keys/second", "/keys/star"]);
         let pi9 = cfg.lookup("PI9");
-        assert_eq!(
-            pi9.host_name, None,
-            "negated pattern vetoes the first block"
-        );
+        assert_eq!(pi9.host_name, None, "negated pattern vetoes the first block");
         assert_eq!(pi9.port, Some(2299));
         let other = cfg.lookup("example");
         assert_eq!(other.port, None);
@@ -574,42 +500,21 @@ Host *
 
     #[test]
     fn garbled_lines_name_file_and_line() {
-        assert_eq!(
-            parse("Host a\n  Port abc\n").unwrap_err(),
-            "cfg:2: bad port \"abc\""
-        );
-        assert_eq!(
-            parse("Host a\n  Port 0\n").unwrap_err(),
-            "cfg:2: bad port \"0\""
-        );
-        assert_eq!(
-            parse("\n\nHost\n").unwrap_err(),
-            "cfg:3: Host needs at least one pattern"
-        );
-        assert_eq!(
-            parse("User \"open\n").unwrap_err(),
-            "cfg:1: unterminated quote"
-        );
-        assert_eq!(
-            parse("Host a\nUser\n").unwrap_err(),
-            "cfg:2: user needs a value"
-        );
-        assert_eq!(
-            parse("User a b\n").unwrap_err(),
-            "cfg:1: user takes one value, got 2"
-        );
+        assert_eq!(parse("Host a\n  Port abc\n").unwrap_err(), "cfg:2: bad port \"abc\"");
+        assert_eq!(parse("Host a\n  Port 0\n").unwrap_err(), "cfg:2: bad port \"0\"");
+        assert_eq!(parse("\n\nHost\n").unwrap_err(), "cfg:3: Host needs at least one pattern");
+        assert_eq!(parse("User \"open\n").unwrap_err(), "cfg:1: unterminated quote");
+        assert_eq!(parse("Host a\nUser\n").unwrap_err(), "cfg:2: user needs a value");
+        assert_eq!(parse("User a b\n").unwrap_err(), "cfg:1: user takes one value, got 2");
         let err = SshConfig::parse(b"Host a\n\xff\n", Path::new("cfg")).unwrap_err();
         assert_eq!(err, "cfg:2: not valid UTF-8");
         // Options pikube does not use are ignored, not errors.
-        assert!(
-            parse("Host a\n  ForwardAgent yes\n  Include other\n  ServerAliveInterval=5\n").is_ok()
-        );
+        assert!(parse("Host a\n  ForwardAgent yes\n  Include other\n  ServerAliveInterval=5\n").is_ok());
     }
 
     #[test]
     fn missing_file_is_empty() {
-        let cfg =
-            SshConfig::load(Path::new("/nonexistent/pikube/ssh_config")).expect("missing is fine");
+        let cfg = SshConfig::load(Path::new("/nonexistent/pikube/ssh_config")).expect("missing is fine");
         assert_eq!(cfg.lookup("x"), HostSettings::default());
     }
 
@@ -649,67 +554,37 @@ Host *
         let t = resolve("n", "10.0.0.9", &w, &cfg).expect("resolves");
         let jump = t.jump.expect("one hop");
         // The top-of-file User comes before the bastion block's, as in OpenSSH.
-        assert_eq!(
-            (jump.address.as_str(), jump.port, jump.user.as_str()),
-            ("127.0.0.1", 2022, "fallback")
-        );
-        assert_eq!(
-            jump.identity_files,
-            vec![PathBuf::from("/keys/star"), PathBuf::from("/keys/cluster")]
-        );
-        assert_eq!(
-            jump.known_hosts,
-            PathBuf::from("/kh"),
-            "jump hosts share the cluster's known_hosts"
-        );
+        assert_eq!((jump.address.as_str(), jump.port, jump.user.as_str()), ("127.0.0.1", 2022, "fallback"));
+        assert_eq!(jump.identity_files, vec![PathBuf::from("/keys/star"), PathBuf::from("/keys/cluster")]);
+        assert_eq!(jump.known_hosts, PathBuf::from("/kh"), "jump hosts share the cluster's known_hosts");
         assert!(jump.jump.is_none());
 
         // Explicit parts beat the alias; a chain nests first hop innermost.
         w.proxy_jump = Some("a@first:2200,ops@bastion:2023".into());
         let t = resolve("n", "10.0.0.9", &w, &cfg).expect("resolves");
         let near = t.jump.expect("near hop");
-        assert_eq!(
-            (near.address.as_str(), near.port, near.user.as_str()),
-            ("127.0.0.1", 2023, "ops")
-        );
+        assert_eq!((near.address.as_str(), near.port, near.user.as_str()), ("127.0.0.1", 2023, "ops"));
         let far = near.jump.expect("far hop");
-        assert_eq!(
-            (far.address.as_str(), far.port, far.user.as_str()),
-            ("first", 2200, "a")
-        );
+        assert_eq!((far.address.as_str(), far.port, far.user.as_str()), ("first", 2200, "a"));
 
         w.proxy_jump = Some("[::1]:2200".into());
         let t = resolve("n", "10.0.0.9", &w, &cfg).expect("resolves");
-        assert_eq!(
-            t.jump.map(|j| (j.address, j.port)),
-            Some(("::1".to_string(), 2200))
-        );
+        assert_eq!(t.jump.map(|j| (j.address, j.port)), Some(("::1".to_string(), 2200)));
 
         w.proxy_jump = Some("none".into());
-        assert!(resolve("n", "10.0.0.9", &w, &cfg)
-            .expect("resolves")
-            .jump
-            .is_none());
+        assert!(resolve("n", "10.0.0.9", &w, &cfg).expect("resolves").jump.is_none());
 
         w.proxy_jump = Some("loop1".into());
-        assert!(resolve("n", "10.0.0.9", &w, &cfg)
-            .unwrap_err()
-            .contains("loop"));
+        assert!(resolve("n", "10.0.0.9", &w, &cfg).unwrap_err().contains("loop"));
         for bad in ["host:notaport", "@host", "[::1", "host,", ""] {
             w.proxy_jump = Some(bad.into());
-            assert!(
-                resolve("n", "10.0.0.9", &w, &cfg).is_err(),
-                "{bad:?} must be refused"
-            );
+            assert!(resolve("n", "10.0.0.9", &w, &cfg).is_err(), "{bad:?} must be refused");
         }
     }
 
     #[test]
     fn token_expansion() {
-        assert_eq!(
-            expand("/k/%h-%r-%p-%n%%", "h.lan", "h", "pi", 22).as_deref(),
-            Ok("/k/h.lan-pi-22-h%")
-        );
+        assert_eq!(expand("/k/%h-%r-%p-%n%%", "h.lan", "h", "pi", 22).as_deref(), Ok("/k/h.lan-pi-22-h%"));
         assert!(expand("%z", "h", "h", "u", 22).is_err());
         assert!(expand("50%", "h", "h", "u", 22).is_err());
     }

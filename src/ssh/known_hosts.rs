@@ -72,15 +72,8 @@ fn entries_for(text: &str, host: &str) -> Vec<Entry> {
             continue;
         }
         match parse_public_key_base64(blob) {
-            Ok(key) => found.push(Entry {
-                line: index + 1,
-                revoked,
-                key,
-            }),
-            Err(e) => tracing::debug!(
-                "known_hosts line {}: unreadable key skipped: {e}",
-                index + 1
-            ),
+            Ok(key) => found.push(Entry { line: index + 1, revoked, key }),
+            Err(e) => tracing::debug!("known_hosts line {}: unreadable key skipped: {e}", index + 1),
         }
     }
     found
@@ -118,19 +111,14 @@ pub(crate) fn same_kind(a: &Algorithm, b: &Algorithm) -> bool {
 /// `accept-new`, a host recorded only with keys of other types counts as changed, not new.
 pub(crate) fn check(path: &Path, host: &str, key: &PublicKey) -> Result<Verdict, String> {
     let entries = entries_for(&read(path)?, host);
-    if let Some(e) = entries
-        .iter()
-        .find(|e| e.revoked && e.key.key_data() == key.key_data())
-    {
+    if let Some(e) = entries.iter().find(|e| e.revoked && e.key.key_data() == key.key_data()) {
         return Ok(Verdict::Revoked { line: e.line });
     }
     let valid = || entries.iter().filter(|e| !e.revoked);
     if valid().any(|e| e.key.key_data() == key.key_data()) {
         return Ok(Verdict::Known);
     }
-    let other = valid()
-        .find(|e| same_kind(&e.key.algorithm(), &key.algorithm()))
-        .or_else(|| valid().next());
+    let other = valid().find(|e| same_kind(&e.key.algorithm(), &key.algorithm())).or_else(|| valid().next());
     Ok(match other {
         Some(e) => Verdict::Changed { line: e.line },
         None => Verdict::Unknown,
@@ -152,34 +140,17 @@ pub(crate) fn known_algorithms(path: &Path, host: &str) -> Vec<Algorithm> {
 
 /// Appends `host key` to `path`, creating the file (0600) and its directory (0700) if needed.
 pub(crate) fn learn(path: &Path, host: &str, key: &PublicKey) -> Result<(), String> {
-    let fail =
-        |e: &dyn std::fmt::Display| format!("cannot record host key in {}: {e}", path.display());
+    let fail = |e: &dyn std::fmt::Display| format!("cannot record host key in {}: {e}", path.display());
     // Written without the key's comment: the server's key has none, and the field is free text.
-    let openssh = PublicKey::new(key.key_data().clone(), "")
-        .to_openssh()
-        .map_err(|e| fail(&e))?;
+    let openssh = PublicKey::new(key.key_data().clone(), "").to_openssh().map_err(|e| fail(&e))?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .map_err(|e| fail(&e))?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(|e| fail(&e))?;
     }
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| fail(&e))?;
+    let mut file =
+        fs::OpenOptions::new().read(true).append(true).create(true).mode(0o600).open(path).map_err(|e| fail(&e))?;
     let mut last = [0u8; 1];
-    let needs_newline = file.seek(SeekFrom::End(-1)).is_ok()
-        && file.read_exact(&mut last).is_ok()
-        && last[0] != b'\n';
-    let line = format!(
-        "{}{host} {openssh}\n",
-        if needs_newline { "\n" } else { "" }
-    );
+    let needs_newline = file.seek(SeekFrom::End(-1)).is_ok() && file.read_exact(&mut last).is_ok() && last[0] != b'\n';
+    let line = format!("{}{host} {openssh}\n", if needs_newline { "\n" } else { "" });
     // One write of the whole line: O_APPEND keeps it intact next to other writers.
     file.write_all(line.as_bytes()).map_err(|e| fail(&e))
 }
@@ -236,43 +207,26 @@ mod tests {
         let scratch = scratch("verdicts", &text);
         let path = &scratch.path;
         assert_eq!(check(path, "pi1", &key(KEY_A)), Ok(Verdict::Known));
-        assert_eq!(
-            check(path, "10.0.0.1", &key(KEY_B)),
-            Ok(Verdict::Changed { line: 4 })
-        );
+        assert_eq!(check(path, "10.0.0.1", &key(KEY_B)), Ok(Verdict::Changed { line: 4 }));
         assert_eq!(check(path, "[pi2]:2222", &key(KEY_B)), Ok(Verdict::Known));
         assert_eq!(check(path, "pi2", &key(KEY_B)), Ok(Verdict::Unknown));
         assert_eq!(check(path, "x.lan", &key(KEY_A)), Ok(Verdict::Known));
         assert_eq!(check(path, "bad.lan", &key(KEY_A)), Ok(Verdict::Unknown));
-        assert_eq!(
-            check(path, "pi3", &key(KEY_B)),
-            Ok(Verdict::Revoked { line: 7 })
-        );
+        assert_eq!(check(path, "pi3", &key(KEY_B)), Ok(Verdict::Revoked { line: 7 }));
         assert_eq!(check(path, "pi4", &key(KEY_B)), Ok(Verdict::Unknown));
-        assert_eq!(
-            check(&path.with_file_name("missing"), "pi1", &key(KEY_A)),
-            Ok(Verdict::Unknown)
-        );
+        assert_eq!(check(&path.with_file_name("missing"), "pi1", &key(KEY_A)), Ok(Verdict::Unknown));
         assert_eq!(known_algorithms(path, "pi1"), vec![Algorithm::Ed25519]);
     }
 
     #[test]
     fn hashed_entries_match() {
         // From russh's own test suite: the hashed name is "example.com".
-        let text = format!(
-            "|1|O33ESRMWPVkMYIwJ1Uw+n877jTo=|nuuC5vEqXlEZ/8BXQR7m619W6Ak= ssh-ed25519 {KEY_B}\n"
-        );
+        let text = format!("|1|O33ESRMWPVkMYIwJ1Uw+n877jTo=|nuuC5vEqXlEZ/8BXQR7m619W6Ak= ssh-ed25519 {KEY_B}\n");
         let scratch = scratch("hashed", &text);
         let path = &scratch.path;
         assert_eq!(check(path, "example.com", &key(KEY_B)), Ok(Verdict::Known));
-        assert_eq!(
-            check(path, "example.com", &key(KEY_A)),
-            Ok(Verdict::Changed { line: 1 })
-        );
-        assert_eq!(
-            check(path, "example.org", &key(KEY_A)),
-            Ok(Verdict::Unknown)
-        );
+        assert_eq!(check(path, "example.com", &key(KEY_A)), Ok(Verdict::Changed { line: 1 }));
+        assert_eq!(check(path, "example.org", &key(KEY_A)), Ok(Verdict::Unknown));
     }
 
     #[test]
@@ -281,10 +235,7 @@ mod tests {
         let path = &scratch.path;
         learn(path, "[pi2]:2222", &key(KEY_B)).expect("learn");
         let text = fs::read_to_string(path).expect("read back");
-        assert_eq!(
-            text,
-            format!("pi1 ssh-ed25519 {KEY_A}\n[pi2]:2222 ssh-ed25519 {KEY_B}\n")
-        );
+        assert_eq!(text, format!("pi1 ssh-ed25519 {KEY_A}\n[pi2]:2222 ssh-ed25519 {KEY_B}\n"));
         assert_eq!(check(path, "[pi2]:2222", &key(KEY_B)), Ok(Verdict::Known));
     }
 }

@@ -19,17 +19,7 @@ use std::time::Duration;
 pub use session::{Session, MAX_OUTPUT};
 
 /// What to do with a host key that is not in known_hosts. A *changed* key is always refused.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde::Deserialize,
-    serde::Serialize,
-    schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum HostKeyPolicy {
     /// Refuse hosts whose key is not already in known_hosts.
@@ -82,39 +72,17 @@ impl Output {
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
     #[error("cannot reach {host} at {address}:{port}: {reason}")]
-    Unreachable {
-        host: String,
-        address: String,
-        port: u16,
-        reason: String,
-    },
+    Unreachable { host: String, address: String, port: u16, reason: String },
     #[error("authentication as {user}@{host} failed (tried: {tried})")]
-    AuthFailed {
-        host: String,
-        user: String,
-        tried: String,
-    },
+    AuthFailed { host: String, user: String, tried: String },
     #[error("host key of {host} ({fingerprint}) is not in {known_hosts}")]
-    HostKeyUnknown {
-        host: String,
-        fingerprint: String,
-        known_hosts: PathBuf,
-    },
+    HostKeyUnknown { host: String, fingerprint: String, known_hosts: PathBuf },
     #[error("HOST KEY OF {host} CHANGED ({fingerprint}); known_hosts {known_hosts}:{line} has another key")]
-    HostKeyChanged {
-        host: String,
-        fingerprint: String,
-        known_hosts: PathBuf,
-        line: usize,
-    },
+    HostKeyChanged { host: String, fingerprint: String, known_hosts: PathBuf, line: usize },
     #[error("command on {host} timed out after {after:?}")]
     Timeout { host: String, after: Duration },
     #[error("{host}: `{command}` printed more than {limit_mib} MiB, so it was stopped; pikube reads far less: is a file it reads a link to a device such as /dev/zero?")]
-    OutputTooLarge {
-        host: String,
-        command: String,
-        limit_mib: usize,
-    },
+    OutputTooLarge { host: String, command: String, limit_mib: usize },
     #[error("connection to {host} lost: {reason}")]
     Disconnected { host: String, reason: String },
     #[error("{host}: {reason}")]

@@ -27,8 +27,7 @@ pub(crate) fn wildcard(subject: &str, pattern: &str) -> bool {
             },
         }
     }
-    p.get(pi..)
-        .is_some_and(|rest| rest.iter().all(|&c| c == '*'))
+    p.get(pi..).is_some_and(|rest| rest.iter().all(|&c| c == '*'))
 }
 
 /// A pattern list as OpenSSH reads it: any matching `!pattern` vetoes the whole list,

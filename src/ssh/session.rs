@@ -49,10 +49,7 @@ struct Inner {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("host", &self.inner.host)
-            .field("closed", &self.is_closed())
-            .finish()
+        f.debug_struct("Session").field("host", &self.inner.host).field("closed", &self.is_closed()).finish()
     }
 }
 
@@ -82,10 +79,9 @@ impl Session {
         let handshake = async {
             let connected = match &jump {
                 None => {
-                    let tcp =
-                        tokio::net::TcpStream::connect((target.address.as_str(), target.port))
-                            .await
-                            .map_err(|e| unreachable(e.to_string()))?;
+                    let tcp = tokio::net::TcpStream::connect((target.address.as_str(), target.port))
+                        .await
+                        .map_err(|e| unreachable(e.to_string()))?;
                     if let Err(e) = tcp.set_nodelay(true) {
                         tracing::debug!("{}: cannot set TCP_NODELAY: {e}", target.name);
                     }
@@ -95,16 +91,9 @@ impl Session {
                     let tunnel = jump
                         .inner
                         .handle
-                        .channel_open_direct_tcpip(
-                            target.address.as_str(),
-                            u32::from(target.port),
-                            "127.0.0.1",
-                            0,
-                        )
+                        .channel_open_direct_tcpip(target.address.as_str(), u32::from(target.port), "127.0.0.1", 0)
                         .await
-                        .map_err(|e| {
-                            unreachable(format!("through jump host {}: {e}", jump.host()))
-                        })?;
+                        .map_err(|e| unreachable(format!("through jump host {}: {e}", jump.host())))?;
                     client::connect_stream(config, tunnel.into_stream(), verifier).await
                 }
             };
@@ -115,15 +104,9 @@ impl Session {
         };
         let mut handle = tokio::time::timeout(target.connect_timeout, handshake)
             .await
-            .map_err(|_| {
-                unreachable(format!(
-                    "no SSH handshake within {:?}",
-                    target.connect_timeout
-                ))
-            })??;
+            .map_err(|_| unreachable(format!("no SSH handshake within {:?}", target.connect_timeout)))??;
 
-        match tokio::time::timeout(target.connect_timeout, authenticate(&mut handle, target)).await
-        {
+        match tokio::time::timeout(target.connect_timeout, authenticate(&mut handle, target)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 goodbye(&handle).await;
@@ -131,10 +114,7 @@ impl Session {
             }
             Err(_) => {
                 goodbye(&handle).await;
-                return Err(unreachable(format!(
-                    "authentication did not finish within {:?}",
-                    target.connect_timeout
-                )));
+                return Err(unreachable(format!("authentication did not finish within {:?}", target.connect_timeout)));
             }
         }
         tracing::debug!("{}: connected as {}", target.name, target.user);
@@ -171,55 +151,30 @@ impl Session {
     /// then EOF, and collects its output. `timeout` covers the command itself, not the wait for a
     /// free channel; on expiry the command is sent SIGTERM (sshd honours that for non-root
     /// logins only) and its channel is closed.
-    pub async fn exec(
-        &self,
-        command: &str,
-        stdin: Option<&[u8]>,
-        timeout: Duration,
-    ) -> Result<Output, SshError> {
+    pub async fn exec(&self, command: &str, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output, SshError> {
         let host = self.host();
-        let lost = |reason: String| SshError::Disconnected {
-            host: host.to_string(),
-            reason,
-        };
+        let lost = |reason: String| SshError::Disconnected { host: host.to_string(), reason };
         if self.is_closed() {
             return Err(lost("the session is closed".into()));
         }
-        let _permit = self
-            .inner
-            .channels
-            .acquire()
-            .await
-            .map_err(|e| lost(e.to_string()))?;
+        let _permit = self.inner.channels.acquire().await.map_err(|e| lost(e.to_string()))?;
         let deadline = Instant::now() + timeout;
-        let timed_out = || SshError::Timeout {
-            host: host.to_string(),
-            after: timeout,
+        let timed_out = || SshError::Timeout { host: host.to_string(), after: timeout };
+        let channel = match tokio::time::timeout_at(deadline, self.inner.handle.channel_open_session()).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Ok(channel)) => channel,
+            Ok(Err(e)) if self.inner.handle.is_closed() => return Err(lost(e.to_string())),
+            Ok(Err(e)) => {
+                return Err(SshError::Other { host: host.to_string(), reason: format!("cannot open a channel: {e}") })
+            }
         };
-        let channel =
-            match tokio::time::timeout_at(deadline, self.inner.handle.channel_open_session()).await
-            {
-                Err(_) => return Err(timed_out()),
-                Ok(Ok(channel)) => channel,
-                Ok(Err(e)) if self.inner.handle.is_closed() => return Err(lost(e.to_string())),
-                Ok(Err(e)) => {
-                    return Err(SshError::Other {
-                        host: host.to_string(),
-                        reason: format!("cannot open a channel: {e}"),
-                    })
-                }
-            };
         let (mut reader, writer) = channel.split();
-        let outcome =
-            tokio::time::timeout_at(deadline, run(&mut reader, &writer, command, stdin)).await;
+        let outcome = tokio::time::timeout_at(deadline, run(&mut reader, &writer, command, stdin)).await;
         match outcome {
             Ok(Ok(output)) => Ok(output),
             Ok(Err(Failure::Refused)) => {
                 close_channel(&writer, false).await;
-                Err(SshError::Other {
-                    host: host.to_string(),
-                    reason: "the server refused to run the command".into(),
-                })
+                Err(SshError::Other { host: host.to_string(), reason: "the server refused to run the command".into() })
             }
             Ok(Err(Failure::Lost(reason))) => Err(lost(reason)),
             Ok(Err(Failure::TooLarge)) => {
@@ -265,10 +220,7 @@ async fn run(
     command: &str,
     stdin: Option<&[u8]>,
 ) -> Result<Output, Failure> {
-    writer
-        .exec(true, command)
-        .await
-        .map_err(|e| Failure::Lost(e.to_string()))?;
+    writer.exec(true, command).await.map_err(|e| Failure::Lost(e.to_string()))?;
     let feed = async {
         if let Some(bytes) = stdin.filter(|b| !b.is_empty()) {
             writer.data_bytes(bytes.to_vec()).await?;
@@ -297,9 +249,7 @@ async fn run(
             }
         }
         // The channel vanished without a close: the connection itself is gone.
-        Err(Failure::Lost(
-            "connection closed while a command was running".into(),
-        ))
+        Err(Failure::Lost("connection closed while a command was running".into()))
     };
     tokio::pin!(feed, collect);
     let mut feeding = true;
@@ -329,32 +279,23 @@ async fn close_channel(writer: &ChannelWriteHalf<client::Msg>, terminate: bool) 
 }
 
 async fn goodbye(handle: &Handle<Verifier>) {
-    let _ = tokio::time::timeout(
-        GOODBYE_TIMEOUT,
-        handle.disconnect(Disconnect::ByApplication, "", "en"),
-    )
-    .await;
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, handle.disconnect(Disconnect::ByApplication, "", "en")).await;
 }
 
 /// Default russh settings plus keepalives, and host key algorithms reordered so the server
 /// offers a key type known_hosts already has for it (as OpenSSH does).
 async fn client_config(known_hosts: &Path, entry: &str) -> client::Config {
     let (path, host) = (known_hosts.to_path_buf(), entry.to_string());
-    let known = tokio::task::spawn_blocking(move || known_hosts::known_algorithms(&path, &host))
-        .await
-        .unwrap_or_default();
+    let known =
+        tokio::task::spawn_blocking(move || known_hosts::known_algorithms(&path, &host)).await.unwrap_or_default();
     let is_known = |a: &Algorithm| known.iter().any(|k| known_hosts::same_kind(k, a));
-    let (mut keys, rest): (Vec<Algorithm>, Vec<Algorithm>) =
-        Preferred::DEFAULT.key.iter().cloned().partition(is_known);
+    let (mut keys, rest): (Vec<Algorithm>, Vec<Algorithm>) = Preferred::DEFAULT.key.iter().cloned().partition(is_known);
     keys.extend(rest);
     client::Config {
         keepalive_interval: Some(KEEPALIVE_INTERVAL),
         keepalive_max: KEEPALIVE_MAX,
         nodelay: true,
-        preferred: Preferred {
-            key: Cow::Owned(keys),
-            ..Preferred::DEFAULT
-        },
+        preferred: Preferred { key: Cow::Owned(keys), ..Preferred::DEFAULT },
         ..client::Config::default()
     }
 }
@@ -383,25 +324,13 @@ impl From<russh::Error> for HandlerError {
 impl client::Handler for Verifier {
     type Error = HandlerError;
 
-    async fn check_server_key(
-        &mut self,
-        key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, HandlerError> {
-        let (host, entry, path, policy) = (
-            self.host.clone(),
-            self.entry.clone(),
-            self.known_hosts.clone(),
-            self.policy,
-        );
+    async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, HandlerError> {
+        let (host, entry, path, policy) =
+            (self.host.clone(), self.entry.clone(), self.known_hosts.clone(), self.policy);
         let key = key.public_key();
         tokio::task::spawn_blocking(move || verify_host_key(&host, &entry, &path, policy, &key))
             .await
-            .map_err(|e| {
-                HandlerError::Refused(SshError::Other {
-                    host: self.host.clone(),
-                    reason: e.to_string(),
-                })
-            })?
+            .map_err(|e| HandlerError::Refused(SshError::Other { host: self.host.clone(), reason: e.to_string() }))?
             .map_err(HandlerError::Refused)?;
         Ok(true)
     }
@@ -418,34 +347,22 @@ fn verify_host_key(
     static KNOWN_HOSTS: Mutex<()> = Mutex::new(());
     let _guard = KNOWN_HOSTS.lock().unwrap_or_else(PoisonError::into_inner);
     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-    let other = |reason: String| SshError::Other {
-        host: host.to_string(),
-        reason,
-    };
+    let other = |reason: String| SshError::Other { host: host.to_string(), reason };
     match known_hosts::check(path, entry, key).map_err(other)? {
         Verdict::Known => Ok(()),
-        Verdict::Changed { line } => Err(SshError::HostKeyChanged {
-            host: host.to_string(),
-            fingerprint,
-            known_hosts: path.to_path_buf(),
-            line,
-        }),
-        Verdict::Revoked { line } => Err(other(format!(
-            "host key {fingerprint} is marked @revoked in {}:{line}",
-            path.display()
-        ))),
+        Verdict::Changed { line } => {
+            Err(SshError::HostKeyChanged { host: host.to_string(), fingerprint, known_hosts: path.to_path_buf(), line })
+        }
+        Verdict::Revoked { line } => {
+            Err(other(format!("host key {fingerprint} is marked @revoked in {}:{line}", path.display())))
+        }
         Verdict::Unknown => match policy {
-            HostKeyPolicy::Strict => Err(SshError::HostKeyUnknown {
-                host: host.to_string(),
-                fingerprint,
-                known_hosts: path.to_path_buf(),
-            }),
+            HostKeyPolicy::Strict => {
+                Err(SshError::HostKeyUnknown { host: host.to_string(), fingerprint, known_hosts: path.to_path_buf() })
+            }
             HostKeyPolicy::AcceptNew => {
                 known_hosts::learn(path, entry, key).map_err(other)?;
-                tracing::info!(
-                    "{host}: recorded new host key {fingerprint} for {entry} in {}",
-                    path.display()
-                );
+                tracing::info!("{host}: recorded new host key {fingerprint} for {entry} in {}", path.display());
                 Ok(())
             }
         },
@@ -480,10 +397,7 @@ async fn authenticate(handle: &mut Handle<Verifier>, target: &Target) -> Result<
         let key = match decode_secret_key(&text, None) {
             Ok(key) => key,
             Err(russh::keys::Error::KeyIsEncrypted) => {
-                tracing::warn!(
-                    "{}: identity file {shown} is encrypted; skipped (add it to ssh-agent)",
-                    target.name
-                );
+                tracing::warn!("{}: identity file {shown} is encrypted; skipped (add it to ssh-agent)", target.name);
                 tried.push(format!("{shown} (encrypted, skipped)"));
                 continue;
             }
@@ -493,18 +407,8 @@ async fn authenticate(handle: &mut Handle<Verifier>, target: &Target) -> Result<
                 continue;
             }
         };
-        let hash = if key.algorithm().is_rsa() {
-            rsa.get(handle).await
-        } else {
-            None
-        };
-        match handle
-            .authenticate_publickey(
-                &target.user,
-                PrivateKeyWithHashAlg::new(Arc::new(key), hash),
-            )
-            .await
-        {
+        let hash = if key.algorithm().is_rsa() { rsa.get(handle).await } else { None };
+        match handle.authenticate_publickey(&target.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash)).await {
             Ok(result) if result.success() => return Ok(()),
             Ok(_) => tried.push(shown.to_string()),
             Err(e) => tried.push(format!("{shown} ({e})")),
@@ -513,11 +417,7 @@ async fn authenticate(handle: &mut Handle<Verifier>, target: &Target) -> Result<
     Err(SshError::AuthFailed {
         host: target.name.clone(),
         user: target.user.clone(),
-        tried: if tried.is_empty() {
-            "no agent keys and no identity files".into()
-        } else {
-            tried.join(", ")
-        },
+        tried: if tried.is_empty() { "no agent keys and no identity files".into() } else { tried.join(", ") },
     })
 }
 
@@ -556,31 +456,21 @@ async fn with_agent(
             break;
         }
         let public = identity.public_key().into_owned();
-        let hash = if public.algorithm().is_rsa() {
-            rsa.get(handle).await
-        } else {
-            None
-        };
+        let hash = if public.algorithm().is_rsa() { rsa.get(handle).await } else { None };
         let result = match identity {
             AgentIdentity::PublicKey { key, .. } => {
-                handle
-                    .authenticate_publickey_with(&target.user, key, hash, &mut agent)
-                    .await
+                handle.authenticate_publickey_with(&target.user, key, hash, &mut agent).await
             }
             AgentIdentity::Certificate { certificate, .. } => {
-                handle
-                    .authenticate_certificate_with(&target.user, certificate, hash, &mut agent)
-                    .await
+                handle.authenticate_certificate_with(&target.user, certificate, hash, &mut agent).await
             }
         };
         match result {
             Ok(result) if result.success() => return true,
             Ok(_) => {}
-            Err(e) => tracing::debug!(
-                "{}: agent key {} not usable: {e}",
-                target.name,
-                public.fingerprint(HashAlg::Sha256)
-            ),
+            Err(e) => {
+                tracing::debug!("{}: agent key {} not usable: {e}", target.name, public.fingerprint(HashAlg::Sha256))
+            }
         }
     }
     false

@@ -11,23 +11,16 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_pikube");
 
 /// Returns why lab tests cannot run here, or None when they can.
 pub fn lab_unavailable() -> Option<String> {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
-        });
+    let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+    });
     if uid.as_deref() != Some("0") {
         return Some("lab tests need root (network namespaces, systemd-nspawn)".into());
     }
     for tool in ["systemd-nspawn", "debootstrap", "ip"] {
-        let found = std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()));
+        let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()));
         if !found {
-            return Some(format!(
-                "{tool} is not installed (run .ci/run or scripts/test to install the lab packages)"
-            ));
+            return Some(format!("{tool} is not installed (run .ci/run or scripts/test to install the lab packages)"));
         }
     }
     None
@@ -51,12 +44,8 @@ impl Lab {
     /// `pikube lab up` with the given extra flags; panics with the lab's output on failure.
     pub fn up(name: &str, subnet_octet: u8, args: &[&str]) -> Lab {
         // Clear leftovers of an interrupted earlier run of the same test.
-        let _ = Command::new(BIN)
-            .args(["lab", "down", "--name", name])
-            .output();
-        let lab = Lab {
-            name: name.to_string(),
-        };
+        let _ = Command::new(BIN).args(["lab", "down", "--name", name]).output();
+        let lab = Lab { name: name.to_string() };
         let subnet = format!("10.77.{subnet_octet}.0/24");
         let out = Command::new(BIN)
             .args(["lab", "up", "--name", name, "--subnet", &subnet])
@@ -82,8 +71,7 @@ impl Lab {
 
     pub fn pikube_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(BIN);
-        cmd.args(["lab", "exec", "--name", &self.name, "--", BIN])
-            .args(args);
+        cmd.args(["lab", "exec", "--name", &self.name, "--", BIN]).args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -96,10 +84,7 @@ impl Lab {
             .args(["lab", "ssh", "--name", &self.name, node, "--", script])
             .output()
             .expect("run lab ssh");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Like `ssh` but panics unless the command succeeds.
@@ -108,33 +93,20 @@ impl Lab {
             .args(["lab", "ssh", "--name", &self.name, node, "--", script])
             .output()
             .expect("run lab ssh");
-        assert!(
-            out.status.success(),
-            "on {node}: `{script}` failed:\n{}",
-            text(&out)
-        );
+        assert!(out.status.success(), "on {node}: `{script}` failed:\n{}", text(&out));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     pub fn lab(&self, verb: &str, node: &str) {
-        let out = Command::new(BIN)
-            .args(["lab", verb, "--name", &self.name, node])
-            .output()
-            .expect("run lab verb");
-        assert!(
-            out.status.success(),
-            "lab {verb} {node} failed:\n{}",
-            text(&out)
-        );
+        let out = Command::new(BIN).args(["lab", verb, "--name", &self.name, node]).output().expect("run lab verb");
+        assert!(out.status.success(), "lab {verb} {node} failed:\n{}", text(&out));
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
         if std::env::var_os("PIKUBE_KEEP_LAB").is_none() {
-            let _ = Command::new(BIN)
-                .args(["lab", "down", "--name", &self.name])
-                .output();
+            let _ = Command::new(BIN).args(["lab", "down", "--name", &self.name]).output();
         }
     }
 }
@@ -183,17 +155,9 @@ pub fn standin_release(version: &str) -> PathBuf {
         .env("STANDIN_K3S_VERSION", version)
         .output()
         .expect("run cargo build for the k3s stand-in");
-    assert!(
-        out.status.success(),
-        "building the k3s stand-in failed:\n{}",
-        text(&out)
-    );
+    assert!(out.status.success(), "building the k3s stand-in failed:\n{}", text(&out));
     std::fs::copy(build_dir.join("debug/k3s"), dir.join("k3s")).unwrap();
-    let sum = Command::new("sha256sum")
-        .arg("k3s")
-        .current_dir(&dir)
-        .output()
-        .expect("sha256sum");
+    let sum = Command::new("sha256sum").arg("k3s").current_dir(&dir).output().expect("sha256sum");
     std::fs::write(dir.join("sha256sum-amd64.txt"), &sum.stdout).unwrap();
     built.push((version.to_string(), dir.clone()));
     dir
@@ -201,11 +165,8 @@ pub fn standin_release(version: &str) -> PathBuf {
 
 /// `kubectl` on PATH (the real client), or None with a visible SKIP line.
 pub fn real_kubectl() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("kubectl"))
-            .find(|k| k.exists())
-    });
+    let found = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("kubectl")).find(|k| k.exists()));
     if found.is_none() {
         crate::skip!("the real kubectl client is not installed (scripts/test installs kubernetes-client)");
     }
@@ -225,11 +186,7 @@ impl Lab {
     /// The real kubectl against the cluster's kubeconfig, from inside the lab network.
     pub fn kubectl(&self, kubectl: &std::path::Path, args: &[&str]) -> Output {
         let kubeconfig = self.dir().join(format!("build/{}-config.yml", self.name));
-        let mut all = vec![
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--request-timeout=5s",
-        ];
+        let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap(), "--request-timeout=5s"];
         all.extend_from_slice(args);
         self.exec(kubectl.to_str().unwrap(), &all)
     }

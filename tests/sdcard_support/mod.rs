@@ -19,18 +19,13 @@ pub const UBUNTU_CMDLINE: &str =
     "console=serial0,115200 dwc_otg.lpm_enable=0 console=tty1 root=LABEL=writable rootfstype=ext4 rootwait fixrtc quiet splash";
 
 fn have(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
 }
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
 }
 
@@ -71,9 +66,7 @@ pub fn text(o: &Output) -> String {
 
 /// Runs a helper tool and panics with its output on failure.
 pub fn sh(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?} failed:\n{}", text(&out));
     out
 }
@@ -163,32 +156,20 @@ pub fn build_image(dir: &Path, name: &str, table: Table, style: Style) -> PathBu
     let files = dir.join(format!("{name}.files"));
     std::fs::create_dir_all(&files).unwrap();
     let (cmdline, extra): (&str, &[(&str, &str)]) = match style {
-        Style::Bookworm => (
-            BOOKWORM_CMDLINE,
-            &[("issue.txt", "Raspberry Pi reference 2024-11-19\n")],
-        ),
+        Style::Bookworm => (BOOKWORM_CMDLINE, &[("issue.txt", "Raspberry Pi reference 2024-11-19\n")]),
         Style::Ubuntu => (
             UBUNTU_CMDLINE,
             &[
                 ("user-data", "#cloud-config\nhostname: ubuntu\n"),
                 ("meta-data", "instance-id: ubuntu\n"),
-                (
-                    "network-config",
-                    "version: 2\nethernets:\n  eth0:\n    dhcp4: true\n    optional: true\n",
-                ),
+                ("network-config", "version: 2\nethernets:\n  eth0:\n    dhcp4: true\n    optional: true\n"),
             ],
         ),
     };
-    let mut names = vec![
-        ("cmdline.txt", format!("{cmdline}\n")),
-        ("config.txt", "arm_64bit=1\n".to_string()),
-    ];
+    let mut names = vec![("cmdline.txt", format!("{cmdline}\n")), ("config.txt", "arm_64bit=1\n".to_string())];
     names.extend(extra.iter().map(|(n, c)| (*n, c.to_string())));
     let mut mcopy = Command::new("mcopy");
-    mcopy
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-i")
-        .arg(format!("{}@@{BOOT_OFFSET}", img.display()));
+    mcopy.env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(format!("{}@@{BOOT_OFFSET}", img.display()));
     for (n, c) in &names {
         let p = files.join(n);
         std::fs::write(&p, c).unwrap();
@@ -198,9 +179,7 @@ pub fn build_image(dir: &Path, name: &str, table: Table, style: Style) -> PathBu
     // A pattern in the root partition, to prove it passes through untouched.
     let mut f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
     f.seek(SeekFrom::Start(100352 * 512)).unwrap();
-    let pattern: Vec<u8> = (0..1 << 20)
-        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let pattern: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     std::io::Write::write_all(&mut f, &pattern).unwrap();
     img
 }
@@ -214,9 +193,7 @@ pub fn mread(img: &Path, name: &str) -> Option<String> {
         .arg(format!("::{name}"))
         .output()
         .expect("run mtype");
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// `fsck.vfat -n` on the boot partition, copied out (fsck.vfat has no offset option).
@@ -227,11 +204,7 @@ pub fn fsck_boot(img: &Path) -> Output {
     f.seek(SeekFrom::Start(BOOT_OFFSET)).unwrap();
     f.read_exact(&mut data).unwrap();
     std::fs::write(&part, &data).unwrap();
-    let out = Command::new("fsck.vfat")
-        .arg("-n")
-        .arg(&part)
-        .output()
-        .expect("run fsck.vfat");
+    let out = Command::new("fsck.vfat").arg("-n").arg(&part).output().expect("run fsck.vfat");
     let _ = std::fs::remove_file(&part);
     out
 }
@@ -246,20 +219,14 @@ pub fn sha_range(path: &Path, offset: u64, len: u64) -> String {
     std::fs::write(&tmp, &data).unwrap();
     let out = sh(Command::new("sha256sum").arg(&tmp));
     let _ = std::fs::remove_file(&tmp);
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string()
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string()
 }
 
 /// A cluster file with an SSH key pair next to it.
 pub fn cluster(dir: &Path, body_hosts: &str) -> PathBuf {
     let key = dir.join("id_test");
     if !key.exists() {
-        sh(Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "pikube-test", "-f"])
-            .arg(&key));
+        sh(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "pikube-test", "-f"]).arg(&key));
     }
     let file = dir.join("cluster.yaml");
     let text = format!(
@@ -272,8 +239,5 @@ pub fn cluster(dir: &Path, body_hosts: &str) -> PathBuf {
 pub const THREE_HOSTS: &str = "  - name: rasp01\n    address: 10.0.0.11\n    role: server\n  - name: rasp02\n    address: 10.0.0.12\n    role: agent\n  - name: rasp03\n    address: 10.0.0.13\n    role: agent\n";
 
 pub fn public_key(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("id_test.pub"))
-        .unwrap()
-        .trim()
-        .to_string()
+    std::fs::read_to_string(dir.join("id_test.pub")).unwrap().trim().to_string()
 }

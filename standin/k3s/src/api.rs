@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// (group, version, resource, kind, namespaced, short names, verbs)
-type Res = (&'static str, &'static str, &'static str, &'static str, bool, &'static [&'static str], &'static [&'static str]);
+type Res =
+    (&'static str, &'static str, &'static str, &'static str, bool, &'static [&'static str], &'static [&'static str]);
 const GET_LIST: &[&str] = &["get", "list"];
 const RESOURCES: &[Res] = &[
     ("", "v1", "nodes", "Node", false, &["no"], &["delete", "get", "list", "patch"]),
@@ -28,7 +29,11 @@ const RESOURCES: &[Res] = &[
 const GROUPS: &[&str] = &["apps"];
 
 fn gv(group: &str, version: &str) -> String {
-    if group.is_empty() { version.to_string() } else { format!("{group}/{version}") }
+    if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    }
 }
 
 fn resource_list(group: &str, version: &str) -> Option<Value> {
@@ -44,7 +49,9 @@ fn resource_list(group: &str, version: &str) -> Option<Value> {
             v
         })
         .collect();
-    (!rs.is_empty()).then(|| json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv(group, version), "resources": rs}))
+    (!rs.is_empty()).then(
+        || json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv(group, version), "resources": rs}),
+    )
 }
 
 fn group_json(g: &str) -> Value {
@@ -117,7 +124,8 @@ fn obj_table(objs: &[Value], rv: String) -> Value {
         .map(|o| {
             let name = o["metadata"]["name"].as_str().unwrap_or("");
             let ts = o["metadata"]["creationTimestamp"].as_str().unwrap_or("");
-            let age = crate::kubectl::parse_rfc3339(ts).map(|t| human_age(now_unix().saturating_sub(t))).unwrap_or_default();
+            let age =
+                crate::kubectl::parse_rfc3339(ts).map(|t| human_age(now_unix().saturating_sub(t))).unwrap_or_default();
             json!({"cells": [name, age], "object": partial(&o["metadata"])})
         })
         .collect();
@@ -145,7 +153,10 @@ fn not_found(res: &str, name: &str) -> Resp {
 fn unschedulable_from_patch(body: &[u8]) -> Option<bool> {
     let v: Value = serde_json::from_slice(body).ok()?;
     if let Some(ops) = v.as_array() {
-        return ops.iter().find(|o| o["path"] == "/spec/unschedulable").map(|o| o["op"] != "remove" && o["value"] == true);
+        return ops
+            .iter()
+            .find(|o| o["path"] == "/spec/unschedulable")
+            .map(|o| o["op"] != "remove" && o["value"] == true);
     }
     let spec = v.get("spec")?.as_object()?;
     spec.get("unschedulable").map(|u| u == &Value::Bool(true))
@@ -159,12 +170,18 @@ pub async fn handle(srv: &Arc<Srv>, req: &Request, path: &str) -> Resp {
         ("GET", ["readyz" | "livez" | "healthz", ..]) => return (200, "text/plain; charset=utf-8", b"ok".to_vec()),
         ("GET", ["api"]) => {
             let addr = srv.self_url.trim_start_matches("https://").to_string();
-            return j(200, json!({"kind": "APIVersions", "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": addr}]}));
+            return j(
+                200,
+                json!({"kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": addr}]}),
+            );
         }
         ("GET", ["apis"]) => {
-            return j(200, json!({"kind": "APIGroupList", "apiVersion": "v1",
-                "groups": GROUPS.iter().map(|g| group_json(g)).collect::<Vec<_>>()}));
+            return j(
+                200,
+                json!({"kind": "APIGroupList", "apiVersion": "v1",
+                "groups": GROUPS.iter().map(|g| group_json(g)).collect::<Vec<_>>()}),
+            );
         }
         ("GET", ["apis", g]) if GROUPS.contains(g) => {
             let mut v = group_json(g);
@@ -228,8 +245,11 @@ pub async fn handle(srv: &Arc<Srv>, req: &Request, path: &str) -> Resp {
                     return not_found("nodes", n);
                 }
                 push(srv, part, true).await;
-                j(200, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                    "details": {"name": n, "kind": "nodes", "uid": ""}}))
+                j(
+                    200,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "details": {"name": n, "kind": "nodes", "uid": ""}}),
+                )
             }
             ("PATCH", Some(n)) => {
                 let want = unschedulable_from_patch(&req.body);
@@ -248,14 +268,22 @@ pub async fn handle(srv: &Arc<Srv>, req: &Request, path: &str) -> Resp {
                 push(srv, part, true).await;
                 j(200, obj.unwrap_or(Value::Null))
             }
-            _ => status_err(405, "MethodNotAllowed", &format!("STAND-IN: {m} on nodes is not supported by the k3s stand-in")),
+            _ => status_err(
+                405,
+                "MethodNotAllowed",
+                &format!("STAND-IN: {m} on nodes is not supported by the k3s stand-in"),
+            ),
         };
     }
     if let ("DELETE", "secrets", Some("kube-system"), Some(n)) = (m, res, ns, name) {
         return delete_password_secret(srv, n).await;
     }
     if m != "GET" {
-        return status_err(405, "MethodNotAllowed", &format!("STAND-IN: {m} on {qualified} is not supported by the k3s stand-in (use k3s kubectl apply)"));
+        return status_err(
+            405,
+            "MethodNotAllowed",
+            &format!("STAND-IN: {m} on {qualified} is not supported by the k3s stand-in (use k3s kubectl apply)"),
+        );
     }
     let st = srv.state.lock().unwrap();
     let kind = rdef.3;
@@ -285,8 +313,11 @@ pub async fn handle(srv: &Arc<Srv>, req: &Request, path: &str) -> Resp {
             None => not_found(&qualified, n),
         },
         None if table => j(200, obj_table(&items, rv)),
-        None => j(200, json!({"apiVersion": gv(group, version), "kind": format!("{kind}List"),
-            "metadata": {"resourceVersion": rv}, "items": items})),
+        None => j(
+            200,
+            json!({"apiVersion": gv(group, version), "kind": format!("{kind}List"),
+            "metadata": {"resourceVersion": rv}, "items": items}),
+        ),
     }
 }
 
@@ -305,6 +336,9 @@ async fn delete_password_secret(srv: &Arc<Srv>, secret: &str) -> Resp {
         return not_found("secrets", secret);
     }
     push(srv, part, true).await;
-    j(200, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-        "details": {"name": secret, "kind": "secrets", "uid": ""}}))
+    j(
+        200,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+        "details": {"name": secret, "kind": "secrets", "uid": ""}}),
+    )
 }

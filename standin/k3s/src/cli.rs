@@ -135,8 +135,7 @@ pub const SERVER_FLAGS: &[(&str, &str, Kind, &str)] = &[
 ];
 
 pub fn lookup(server: bool, name: &str) -> Option<(&'static str, Kind)> {
-    let tables: &[&[(&str, &str, Kind, &str)]] =
-        if server { &[AGENT_FLAGS, SERVER_FLAGS] } else { &[AGENT_FLAGS] };
+    let tables: &[&[(&str, &str, Kind, &str)]] = if server { &[AGENT_FLAGS, SERVER_FLAGS] } else { &[AGENT_FLAGS] };
     for t in tables {
         for (long, short, kind, _) in t.iter() {
             if *long == name || (!short.is_empty() && *short == name) {
@@ -172,11 +171,7 @@ impl Opts {
                 let b = match val {
                     "true" | "1" | "t" | "T" | "TRUE" | "True" => true,
                     "false" | "0" | "f" | "F" | "FALSE" | "False" => false,
-                    _ => {
-                        return Err(format!(
-                            "invalid boolean value \"{val}\" for -{name}: parse error"
-                        ))
-                    }
+                    _ => return Err(format!("invalid boolean value \"{val}\" for -{name}: parse error")),
                 };
                 self.bools.insert(name.into(), b);
             }
@@ -266,9 +261,7 @@ pub fn apply_config(server: bool, text: &str, into: &mut Opts) -> Result<(), Str
                     into.set(long, kind, &v)?;
                 }
             }
-            _ if server => into.warnings.push(format!(
-                "Unknown flag --{k} found in config.yaml, skipping"
-            )),
+            _ if server => into.warnings.push(format!("Unknown flag --{k} found in config.yaml, skipping")),
             _ => return Err(format!("flag provided but not defined: -{k}")),
         }
     }
@@ -276,16 +269,11 @@ pub fn apply_config(server: bool, text: &str, into: &mut Opts) -> Result<(), Str
 }
 
 /// Full resolution: env → config file → CLI (later wins for scalars, lists append).
-pub fn resolve(
-    server: bool,
-    args: &[String],
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Opts, String> {
+pub fn resolve(server: bool, args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Opts, String> {
     let cli = parse_args(server, args)?;
     let mut out = Opts::default();
     // environment variables (urfave EnvVar)
-    let tables: &[&[(&str, &str, Kind, &str)]] =
-        if server { &[AGENT_FLAGS, SERVER_FLAGS] } else { &[AGENT_FLAGS] };
+    let tables: &[&[(&str, &str, Kind, &str)]] = if server { &[AGENT_FLAGS, SERVER_FLAGS] } else { &[AGENT_FLAGS] };
     for t in tables {
         for (long, _, kind, envn) in t.iter() {
             if !envn.is_empty() {
@@ -297,10 +285,7 @@ pub fn resolve(
             }
         }
     }
-    let cfg_path = cli
-        .get("config")
-        .map(String::from)
-        .or_else(|| out.get("config").map(String::from));
+    let cfg_path = cli.get("config").map(String::from).or_else(|| out.get("config").map(String::from));
     let (path, explicit) = match cfg_path {
         Some(p) => (p, true),
         None => ("/etc/rancher/k3s/config.yaml".to_string(), false),
@@ -378,9 +363,7 @@ pub fn format_token(ca_hash: &str, user: &str, pw: &str) -> String {
 }
 
 pub fn validate_taint(t: &str) -> Result<(), String> {
-    let (kv, effect) = t
-        .rsplit_once(':')
-        .ok_or_else(|| format!("invalid taint {t}: must be key[=value]:Effect"))?;
+    let (kv, effect) = t.rsplit_once(':').ok_or_else(|| format!("invalid taint {t}: must be key[=value]:Effect"))?;
     if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
         return Err(format!("invalid taint effect: {effect}, unsupported taint effect"));
     }
@@ -416,13 +399,19 @@ pub fn validate_label(l: &str) -> Result<(String, String), String> {
     let (k, v) = l.split_once('=').ok_or_else(|| format!("invalid node label {l}: must be key=value"))?;
     let (prefix, name) = k.split_once('/').map_or((None, k), |(p, n)| (Some(p), n));
     let dns_label = |l: &str| {
-        !l.is_empty() && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     };
-    if prefix.is_some_and(|p| p.len() > 253 || !p.split('.').all(dns_label)) || name.is_empty() || !is_label_value(name) {
+    if prefix.is_some_and(|p| p.len() > 253 || !p.split('.').all(dns_label)) || name.is_empty() || !is_label_value(name)
+    {
         return Err(format!("invalid node label {l}: key is not a qualified name ([prefix/]name)"));
     }
     if !is_label_value(v) {
-        return Err(format!("invalid node label {l}: value must be at most 63 of [A-Za-z0-9_.-], starting and ending alphanumeric"));
+        return Err(format!(
+            "invalid node label {l}: value must be at most 63 of [A-Za-z0-9_.-], starting and ending alphanumeric"
+        ));
     }
     Ok((k.to_string(), v.to_string()))
 }
@@ -438,9 +427,17 @@ fn is_label_value(v: &str) -> bool {
 
 /// Labels kubelet may set on its own Node (k8s.io/kubernetes pkg/kubelet/apis `IsKubeletLabel`).
 const KUBELET_LABELS: &[&str] = &[
-    "kubernetes.io/hostname", "kubernetes.io/arch", "kubernetes.io/os", "beta.kubernetes.io/arch", "beta.kubernetes.io/os",
-    "beta.kubernetes.io/instance-type", "node.kubernetes.io/instance-type", "topology.kubernetes.io/zone",
-    "topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/region",
+    "kubernetes.io/hostname",
+    "kubernetes.io/arch",
+    "kubernetes.io/os",
+    "beta.kubernetes.io/arch",
+    "beta.kubernetes.io/os",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "topology.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "failure-domain.beta.kubernetes.io/region",
 ];
 
 /// kubelet's check of `--node-labels` at start: keys in the kubernetes.io / k8s.io namespaces
@@ -493,8 +490,21 @@ mod tests {
     fn flag_forms() {
         let o = parse_args(
             true,
-            &s(&["--cluster-init", "--tls-san=a,b", "--tls-san", "c", "-t", "tok", "--node-label", "x=y",
-                "--write-kubeconfig-mode", "0644", "--disable=traefik", "-d", "/x"]),
+            &s(&[
+                "--cluster-init",
+                "--tls-san=a,b",
+                "--tls-san",
+                "c",
+                "-t",
+                "tok",
+                "--node-label",
+                "x=y",
+                "--write-kubeconfig-mode",
+                "0644",
+                "--disable=traefik",
+                "-d",
+                "/x",
+            ]),
         )
         .unwrap();
         assert!(o.flag("cluster-init"));
@@ -542,12 +552,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("config.yaml");
         std::fs::write(&p, "token: fromfile\nnode-label: [a=1]\n").unwrap();
-        let o = resolve(
-            false,
-            &s(&["--config", p.to_str().unwrap(), "--token", "fromcli", "--node-label", "b=2"]),
-            &noenv,
-        )
-        .unwrap();
+        let o =
+            resolve(false, &s(&["--config", p.to_str().unwrap(), "--token", "fromcli", "--node-label", "b=2"]), &noenv)
+                .unwrap();
         assert_eq!(o.get("token"), Some("fromcli"));
         assert_eq!(o.list("node-label"), s(&["a=1", "b=2"]));
         let env = |k: &str| (k == "K3S_URL").then(|| "https://e:6443".to_string());
@@ -589,9 +596,22 @@ mod tests {
 
     #[test]
     fn kubelet_refuses_labels_in_its_reserved_namespaces() {
-        let ok = s(&["disk", "example.com/x", "node.kubernetes.io/pool", "a.kubelet.kubernetes.io/b", "kubernetes.io/arch", "topology.kubernetes.io/zone"]);
+        let ok = s(&[
+            "disk",
+            "example.com/x",
+            "node.kubernetes.io/pool",
+            "a.kubelet.kubernetes.io/b",
+            "kubernetes.io/arch",
+            "topology.kubernetes.io/zone",
+        ]);
         assert!(check_kubelet_labels(&ok).is_ok());
-        for bad in ["node-role.kubernetes.io/worker", "kubernetes.io/role", "k8s.io/x", "x.k8s.io/y", "node-restriction.kubernetes.io/z"] {
+        for bad in [
+            "node-role.kubernetes.io/worker",
+            "kubernetes.io/role",
+            "k8s.io/x",
+            "x.k8s.io/y",
+            "node-restriction.kubernetes.io/z",
+        ] {
             let e = check_kubelet_labels(&s(&["disk", bad])).unwrap_err();
             assert!(e.contains(&format!("[{bad}]")), "{e}");
         }

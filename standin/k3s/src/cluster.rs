@@ -68,7 +68,11 @@ pub fn password_secret(node: &str) -> String {
 
 impl NodeReg {
     pub fn kubelet_version(&self) -> &str {
-        if self.version.is_empty() { VERSION } else { &self.version }
+        if self.version.is_empty() {
+            VERSION
+        } else {
+            &self.version
+        }
     }
 }
 
@@ -155,7 +159,14 @@ impl State {
                 let name = reg.name.clone();
                 self.nodes.insert(
                     name,
-                    NodeRec { reg, created: crate::util::now_unix(), last_seen: now, unschedulable: false, updated, deleted: false },
+                    NodeRec {
+                        reg,
+                        created: crate::util::now_unix(),
+                        last_seen: now,
+                        unschedulable: false,
+                        updated,
+                        deleted: false,
+                    },
                 );
                 Ok(true)
             }
@@ -241,7 +252,12 @@ impl State {
     }
 
     /// `kubectl label`: value None removes the key. Returns Some(changed), None for no node.
-    pub fn label(&mut self, name: &str, want: &BTreeMap<String, Option<String>>, overwrite: bool) -> Option<Result<bool, String>> {
+    pub fn label(
+        &mut self,
+        name: &str,
+        want: &BTreeMap<String, Option<String>>,
+        overwrite: bool,
+    ) -> Option<Result<bool, String>> {
         let n = self.nodes.get_mut(name).filter(|n| !n.deleted)?;
         let mut labels = n.reg.labels.clone();
         for (k, v) in want {
@@ -249,7 +265,9 @@ impl State {
                 Some(v) => {
                     if let Some(old) = labels.get(k).filter(|old| *old != v) {
                         if !overwrite {
-                            return Some(Err(format!("error: '{k}' already has a value ({old}), and --overwrite is false")));
+                            return Some(Err(format!(
+                                "error: '{k}' already has a value ({old}), and --overwrite is false"
+                            )));
                         }
                     }
                     labels.insert(k.clone(), v.clone());
@@ -263,7 +281,13 @@ impl State {
     }
 
     /// `kubectl taint`: add `key[=value]:Effect`, remove `key[:Effect]-`.
-    pub fn taint(&mut self, name: &str, add: &[String], remove: &[String], overwrite: bool) -> Option<Result<bool, String>> {
+    pub fn taint(
+        &mut self,
+        name: &str,
+        add: &[String],
+        remove: &[String],
+        overwrite: bool,
+    ) -> Option<Result<bool, String>> {
         let n = self.nodes.get(name).filter(|n| !n.deleted)?;
         let key_effect = |t: &str| -> (String, String) {
             let (kv, effect) = t.rsplit_once(':').unwrap_or((t, ""));
@@ -281,7 +305,9 @@ impl State {
             let (k, e) = key_effect(t);
             if let Some(pos) = taints.iter().position(|x| key_effect(x) == (k.clone(), e.clone())) {
                 if taints[pos] != *t && !overwrite {
-                    return Some(Err(format!("error: node {name} already has {k} taint(s) with same effect(s) and --overwrite is false")));
+                    return Some(Err(format!(
+                        "error: node {name} already has {k} taint(s) with same effect(s) and --overwrite is false"
+                    )));
                 }
                 taints[pos] = t.clone();
             } else {
@@ -291,7 +317,12 @@ impl State {
         Some(Ok(self.set_node_meta(name, None, Some(taints))))
     }
 
-    fn set_node_meta(&mut self, name: &str, labels: Option<BTreeMap<String, String>>, taints: Option<Vec<String>>) -> bool {
+    fn set_node_meta(
+        &mut self,
+        name: &str,
+        labels: Option<BTreeMap<String, String>>,
+        taints: Option<Vec<String>>,
+    ) -> bool {
         let Some(n) = self.nodes.get_mut(name) else { return false };
         let before = (n.reg.labels.clone(), n.reg.taints.clone());
         if let Some(l) = labels {
@@ -418,7 +449,12 @@ impl State {
             None => {
                 self.objects.insert(
                     key.clone(),
-                    ObjRec { applied: doc, created: crate::util::now_unix(), uid: uuid(), updated: crate::util::now_ms() },
+                    ObjRec {
+                        applied: doc,
+                        created: crate::util::now_unix(),
+                        uid: uuid(),
+                        updated: crate::util::now_ms(),
+                    },
                 );
                 "created"
             }
@@ -436,19 +472,28 @@ fn uuid() -> String {
 }
 
 const CLUSTER_SCOPED: &[&str] = &[
-    "Namespace", "Node", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
-    "StorageClass", "PersistentVolume", "PriorityClass", "APIService", "IngressClass",
-    "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "CSIDriver", "RuntimeClass",
+    "Namespace",
+    "Node",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "StorageClass",
+    "PersistentVolume",
+    "PriorityClass",
+    "APIService",
+    "IngressClass",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+    "CSIDriver",
+    "RuntimeClass",
 ];
 
 /// (store key, kubectl display name like `deployment.apps/web`)
 pub fn object_key(doc: &Value) -> Result<(String, String), String> {
-    let api = doc.get("apiVersion").and_then(Value::as_str).ok_or("error: error validating data: apiVersion not set")?;
+    let api =
+        doc.get("apiVersion").and_then(Value::as_str).ok_or("error: error validating data: apiVersion not set")?;
     let kind = doc.get("kind").and_then(Value::as_str).ok_or("error: error validating data: kind not set")?;
-    let name = doc
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .ok_or("error: resource name may not be empty")?;
+    let name = doc.pointer("/metadata/name").and_then(Value::as_str).ok_or("error: resource name may not be empty")?;
     let group = api.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
     let ns = if CLUSTER_SCOPED.contains(&kind) {
         ""
@@ -474,10 +519,20 @@ pub fn kind_matches(arg: &str, kind: &str, group: &str) -> bool {
     }
     let k = kind.to_ascii_lowercase();
     let short: &[(&str, &str)] = &[
-        ("deploy", "deployment"), ("svc", "service"), ("cm", "configmap"), ("ns", "namespace"),
-        ("ds", "daemonset"), ("sts", "statefulset"), ("po", "pod"), ("sa", "serviceaccount"),
-        ("ing", "ingress"), ("pvc", "persistentvolumeclaim"), ("pv", "persistentvolume"),
-        ("crd", "customresourcedefinition"), ("no", "node"), ("secret", "secret"),
+        ("deploy", "deployment"),
+        ("svc", "service"),
+        ("cm", "configmap"),
+        ("ns", "namespace"),
+        ("ds", "daemonset"),
+        ("sts", "statefulset"),
+        ("po", "pod"),
+        ("sa", "serviceaccount"),
+        ("ing", "ingress"),
+        ("pvc", "persistentvolumeclaim"),
+        ("pv", "persistentvolume"),
+        ("crd", "customresourcedefinition"),
+        ("no", "node"),
+        ("secret", "secret"),
     ];
     res == k
         || res == format!("{k}s")
@@ -516,12 +571,13 @@ pub fn node_uid(n: &NodeRec) -> String {
 }
 
 pub fn roles(labels: &BTreeMap<String, String>) -> String {
-    let r: Vec<&str> = labels
-        .keys()
-        .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
-        .filter(|r| !r.is_empty())
-        .collect();
-    if r.is_empty() { "<none>".into() } else { r.join(",") }
+    let r: Vec<&str> =
+        labels.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/")).filter(|r| !r.is_empty()).collect();
+    if r.is_empty() {
+        "<none>".into()
+    } else {
+        r.join(",")
+    }
 }
 
 pub fn node_json(n: &NodeRec) -> Value {
@@ -595,7 +651,10 @@ mod tests {
     fn apply_results_and_keys() {
         let mut s = State::default();
         let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}});
-        assert_eq!(s.apply(d.clone()).unwrap(), ("apps/Deployment/default/web".into(), "deployment.apps/web".into(), "created"));
+        assert_eq!(
+            s.apply(d.clone()).unwrap(),
+            ("apps/Deployment/default/web".into(), "deployment.apps/web".into(), "created")
+        );
         assert_eq!(s.apply(d.clone()).unwrap().2, "unchanged");
         let mut d2 = d.clone();
         d2["spec"] = json!({"replicas": 2});
@@ -660,7 +719,10 @@ mod tests {
         // a reflashed node: new password under the same name
         let other = NodeReg { password: "pw2".into(), ..reg("n1") };
         assert_eq!(st.heartbeat(other.clone(), true), Err(Refused::PasswordRejected));
-        assert_eq!(st.heartbeat(NodeReg { password: String::new(), ..reg("n1") }, true), Err(Refused::PasswordRejected));
+        assert_eq!(
+            st.heartbeat(NodeReg { password: String::new(), ..reg("n1") }, true),
+            Err(Refused::PasswordRejected)
+        );
         // heartbeats of the running node are not re-checked (k3s checks at registration)
         assert_eq!(st.heartbeat(reg("n1"), false), Ok(false));
         // deleting the secret lets the new password in

@@ -29,7 +29,8 @@ fn data_or_file(v: &Value, key: &str) -> Result<Option<String>, String> {
 
 fn load_kubeconfig(path: &str) -> Result<Kube, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("error: stat {path}: {e}"))?;
-    let v: Value = serde_saphyr::from_str(&text).map_err(|e| format!("error: error loading config file \"{path}\": {e}"))?;
+    let v: Value =
+        serde_saphyr::from_str(&text).map_err(|e| format!("error: error loading config file \"{path}\": {e}"))?;
     let cluster = v.pointer("/clusters/0/cluster").ok_or("error: no clusters in kubeconfig")?;
     let url = cluster.get("server").and_then(Value::as_str).ok_or("error: no server in kubeconfig")?.to_string();
     let ca = data_or_file(cluster, "certificate-authority")?.ok_or("error: no certificate-authority-data")?;
@@ -46,16 +47,19 @@ fn load_kubeconfig(path: &str) -> Result<Kube, String> {
 impl Kube {
     async fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Value), String> {
         let bearer = (!self.token.is_empty()).then_some(self.token.as_str());
-        let r = net::request_as(&self.url, &Trust::Ca(self.ca.clone()), self.ident.as_ref(), method, path, bearer, body)
-            .await
-            .map_err(|e| {
-                let hp = self.url.trim_start_matches("https://").trim_end_matches('/');
-                if e.contains("refused") || e.contains("dial tcp") {
-                    format!("The connection to the server {hp} was refused - did you specify the right host or port?")
-                } else {
-                    format!("Unable to connect to the server: {e}")
-                }
-            })?;
+        let r =
+            net::request_as(&self.url, &Trust::Ca(self.ca.clone()), self.ident.as_ref(), method, path, bearer, body)
+                .await
+                .map_err(|e| {
+                    let hp = self.url.trim_start_matches("https://").trim_end_matches('/');
+                    if e.contains("refused") || e.contains("dial tcp") {
+                        format!(
+                            "The connection to the server {hp} was refused - did you specify the right host or port?"
+                        )
+                    } else {
+                        format!("Unable to connect to the server: {e}")
+                    }
+                })?;
         let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
         if r.status == 401 {
             return Err("error: You must be logged in to the server (Unauthorized)".into());
@@ -104,7 +108,16 @@ fn parse(verb: &str, args: &[String], allowed: &[&str]) -> Result<Args, String> 
                     take(&mut i, inline)?;
                 }
                 n if allowed.contains(&n) => {
-                    let needs_value = matches!(n, "timeout" | "grace-period" | "pod-selector" | "selector" | "chunk-size" | "skip-wait-for-delete-timeout" | "field-manager");
+                    let needs_value = matches!(
+                        n,
+                        "timeout"
+                            | "grace-period"
+                            | "pod-selector"
+                            | "selector"
+                            | "chunk-size"
+                            | "skip-wait-for-delete-timeout"
+                            | "field-manager"
+                    );
                     let v = if needs_value { take(&mut i, inline)? } else { inline.unwrap_or("true").to_string() };
                     a.flags.push(format!("{n}={v}"));
                 }
@@ -119,7 +132,11 @@ fn parse(verb: &str, args: &[String], allowed: &[&str]) -> Result<Args, String> 
                     take(&mut i, inline)?;
                 }
                 "A" if verb == "get" => {}
-                _ => return Err(format!("error: unknown shorthand flag: '{name}' in {s}\nSee 'kubectl {verb} --help' for usage.")),
+                _ => {
+                    return Err(format!(
+                        "error: unknown shorthand flag: '{name}' in {s}\nSee 'kubectl {verb} --help' for usage."
+                    ))
+                }
             }
         } else {
             a.positional.push(s.clone());
@@ -185,10 +202,15 @@ async fn run_inner(args: &[String]) -> Result<String, String> {
         "version" => Ok(format!("Client Version: {v}\nServer Version: {v}\n", v = cluster::VERSION)),
         "get" => get(&kube, &a).await,
         "delete" => {
-            let (kind, names) = a.positional.split_first().ok_or("error: You must provide one or more resources by argument or filename.")?;
+            let (kind, names) = a
+                .positional
+                .split_first()
+                .ok_or("error: You must provide one or more resources by argument or filename.")?;
             let node = cluster::kind_matches(kind, "Node", "");
             if !node && !cluster::kind_matches(kind, "Secret", "") {
-                return Err(format!("error: STAND-IN kubectl can only delete nodes and node-password secrets, not {kind:?}"));
+                return Err(format!(
+                    "error: STAND-IN kubectl can only delete nodes and node-password secrets, not {kind:?}"
+                ));
             }
             if names.is_empty() {
                 return Err("error: resource(s) were provided, but no name was specified".into());
@@ -215,7 +237,13 @@ async fn run_inner(args: &[String]) -> Result<String, String> {
         }
         "cordon" | "uncordon" => {
             let n = a.positional.first().ok_or(format!("error: USAGE: {verb} NODE [flags]"))?;
-            let (code, v) = kube.call("POST", &format!("/v1-standin/cordon/{n}"), json!({"unschedulable": verb == "cordon"}).to_string().as_bytes()).await?;
+            let (code, v) = kube
+                .call(
+                    "POST",
+                    &format!("/v1-standin/cordon/{n}"),
+                    json!({"unschedulable": verb == "cordon"}).to_string().as_bytes(),
+                )
+                .await?;
             if code != 200 {
                 return Err(server_error(&v));
             }
@@ -227,7 +255,8 @@ async fn run_inner(args: &[String]) -> Result<String, String> {
             if !cluster::kind_matches(kind, "Node", "") {
                 return Err(format!("error: STAND-IN kubectl can only {verb} nodes, not {kind:?}"));
             }
-            let (n, changes) = rest.split_first().ok_or("error: resource(s) were provided, but no name was specified")?;
+            let (n, changes) =
+                rest.split_first().ok_or("error: resource(s) were provided, but no name was specified")?;
             if changes.is_empty() {
                 return Err(format!("error: at least one {verb} update is required"));
             }
@@ -272,7 +301,9 @@ async fn run_inner(args: &[String]) -> Result<String, String> {
             let n = a.positional.first().ok_or("error: USAGE: drain NODE [flags]")?;
             if let Some(t) = a.flags.iter().find_map(|f| f.strip_prefix("timeout=")) {
                 if !valid_duration(t) {
-                    return Err(format!("error: invalid argument \"{t}\" for \"--timeout\" flag: time: invalid duration \"{t}\""));
+                    return Err(format!(
+                        "error: invalid argument \"{t}\" for \"--timeout\" flag: time: invalid duration \"{t}\""
+                    ));
                 }
             }
             let (code, v) = kube.call("POST", &format!("/v1-standin/cordon/{n}"), br#"{"unschedulable":true}"#).await?;
@@ -296,7 +327,8 @@ async fn run_inner(args: &[String]) -> Result<String, String> {
                 } else {
                     std::fs::read_to_string(f).map_err(|_| format!("error: the path \"{f}\" does not exist"))?
                 };
-                let docs: Vec<Value> = serde_saphyr::from_multiple(&text).map_err(|e| format!("error: error parsing {f}: {e}"))?;
+                let docs: Vec<Value> =
+                    serde_saphyr::from_multiple(&text).map_err(|e| format!("error: error parsing {f}: {e}"))?;
                 for d in docs.into_iter().filter(|d| !d.is_null()) {
                     let items = if d.get("kind").and_then(Value::as_str) == Some("List") {
                         d.get("items").and_then(Value::as_array).cloned().unwrap_or_default()
@@ -305,7 +337,8 @@ async fn run_inner(args: &[String]) -> Result<String, String> {
                     };
                     for item in items {
                         cluster::object_key(&item)?;
-                        let (code, v) = kube.call("POST", "/v1-standin/apply", &serde_json::to_vec(&item).unwrap()).await?;
+                        let (code, v) =
+                            kube.call("POST", "/v1-standin/apply", &serde_json::to_vec(&item).unwrap()).await?;
                         if code != 200 {
                             print!("{out}");
                             return Err(server_error(&v));
@@ -347,9 +380,10 @@ fn valid_duration(s: &str) -> bool {
 }
 
 fn node_status(n: &Value) -> String {
-    let ready = n.pointer("/status/conditions").and_then(Value::as_array).and_then(|c| {
-        c.iter().find(|c| c["type"] == "Ready").map(|c| c["status"] == "True")
-    });
+    let ready = n
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready").map(|c| c["status"] == "True"));
     let mut s = if ready == Some(true) { "Ready".to_string() } else { "NotReady".to_string() };
     if n.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
         s.push_str(",SchedulingDisabled");
@@ -405,7 +439,10 @@ async fn get(kube: &Kube, a: &Args) -> Result<String, String> {
             None => v["items"].as_array().cloned().unwrap_or_default(),
         };
         if out == "name" {
-            return Ok(items.iter().map(|n| format!("node/{}\n", n["metadata"]["name"].as_str().unwrap_or(""))).collect());
+            return Ok(items
+                .iter()
+                .map(|n| format!("node/{}\n", n["metadata"]["name"].as_str().unwrap_or("")))
+                .collect());
         }
         if items.is_empty() {
             eprintln!("No resources found");
@@ -413,9 +450,14 @@ async fn get(kube: &Kube, a: &Args) -> Result<String, String> {
         }
         let mut rows = vec![];
         if !no_headers {
-            let mut h: Vec<String> = ["NAME", "STATUS", "ROLES", "AGE", "VERSION"].iter().map(|s| s.to_string()).collect();
+            let mut h: Vec<String> =
+                ["NAME", "STATUS", "ROLES", "AGE", "VERSION"].iter().map(|s| s.to_string()).collect();
             if out == "wide" {
-                h.extend(["INTERNAL-IP", "EXTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"].iter().map(|s| s.to_string()));
+                h.extend(
+                    ["INTERNAL-IP", "EXTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"]
+                        .iter()
+                        .map(|s| s.to_string()),
+                );
             }
             rows.push(h);
         }
@@ -481,7 +523,11 @@ async fn get(kube: &Kube, a: &Args) -> Result<String, String> {
         };
     }
     match out {
-        "json" => Ok(serde_json::to_string_pretty(&json!({"apiVersion": "v1", "kind": "List", "items": matching, "metadata": {"resourceVersion": ""}})).unwrap() + "\n"),
+        "json" => Ok(serde_json::to_string_pretty(
+            &json!({"apiVersion": "v1", "kind": "List", "items": matching, "metadata": {"resourceVersion": ""}}),
+        )
+        .unwrap()
+            + "\n"),
         "name" => Ok(matching.iter().map(|o| format!("{}\n", display_name(o))).collect()),
         _ => {
             if matching.is_empty() {
@@ -509,7 +555,12 @@ mod tests {
     }
     #[test]
     fn kubectl_flag_strictness() {
-        let a = parse("drain", &s(&["n1", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=60s", "--force"]), &["ignore-daemonsets", "delete-emptydir-data", "force", "timeout"]).unwrap();
+        let a = parse(
+            "drain",
+            &s(&["n1", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=60s", "--force"]),
+            &["ignore-daemonsets", "delete-emptydir-data", "force", "timeout"],
+        )
+        .unwrap();
         assert_eq!(a.positional, s(&["n1"]));
         assert!(a.flags.contains(&"timeout=60s".to_string()));
         let e = parse("drain", &s(&["n1", "--bogus"]), &["force"]).err().unwrap();

@@ -69,13 +69,16 @@ fn main() {
             Some("generate") => {
                 let mut b = [0u8; 22];
                 getrandom::getrandom(&mut b).expect("getrandom");
-                let a: String = b.iter().map(|x| b"abcdefghijklmnopqrstuvwxyz0123456789"[*x as usize % 36] as char).collect();
+                let a: String =
+                    b.iter().map(|x| b"abcdefghijklmnopqrstuvwxyz0123456789"[*x as usize % 36] as char).collect();
                 println!("{}.{}", &a[..6], &a[6..]);
             }
             None | Some("-h") | Some("--help") => {
                 println!("NAME:\n   k3s token - Manage tokens (STAND-IN: only `generate` is implemented)\n\nCOMMANDS:\n   generate  Generate and print a bootstrap token, but do not actually create it");
             }
-            Some(other) => util::fatal(&format!("STAND-IN: `k3s token {other}` is not implemented by the k3s stand-in")),
+            Some(other) => {
+                util::fatal(&format!("STAND-IN: `k3s token {other}` is not implemented by the k3s stand-in"))
+            }
         },
         other if other.starts_with('-') => {
             eprintln!("Incorrect Usage: flag provided but not defined: -{}\n", other.trim_start_matches('-'));

@@ -45,10 +45,7 @@ fn ca_params(cn: &str) -> rcgen::CertificateParams {
 
 impl Ca {
     pub fn generate() -> Ca {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         // real k3s: "k3s-server-ca@<unix time>"
         let cn = format!("k3s-server-ca@{secs}");
         let key = rcgen::KeyPair::generate().unwrap();
@@ -84,10 +81,7 @@ impl Ca {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, &issuer).unwrap();
         let ca_der = pem_to_der(&self.cert_pem);
-        (
-            vec![cert.der().clone(), ca_der],
-            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
+        (vec![cert.der().clone(), ca_der], PrivateKeyDer::Pkcs8(key.serialize_der().into()))
     }
 }
 
@@ -167,9 +161,9 @@ impl rustls::client::danger::ServerCertVerifier for AnyName {
         }
         match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForNameContext { .. },
-            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            | Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. })) => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
             other => other,
         }
     }
@@ -204,14 +198,13 @@ fn client_config(trust: &Trust, ident: Option<&Identity>) -> Result<Arc<rustls::
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(c.as_bytes())
                 .collect::<Result<_, _>>()
                 .map_err(|e| format!("error: bad client-certificate-data: {e}"))?;
-            let key = PrivateKeyDer::from_pem_slice(k.as_bytes()).map_err(|e| format!("error: bad client-key-data: {e}"))?;
+            let key =
+                PrivateKeyDer::from_pem_slice(k.as_bytes()).map_err(|e| format!("error: bad client-key-data: {e}"))?;
             Some((chain, key))
         }
         None => None,
     };
-    let b = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap();
+    let b = rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().unwrap();
     let mut roots = rustls::RootCertStore::empty();
     let ca = match trust {
         Trust::Ca(p) | Trust::CaAnyName(p) => Some(p.clone()),
@@ -230,8 +223,7 @@ fn client_config(trust: &Trust, ident: Option<&Identity>) -> Result<Arc<rustls::
             let v = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
                 .build()
                 .map_err(|e| e.to_string())?;
-            b.dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyName(v, matches!(trust, Trust::Insecure))))
+            b.dangerous().with_custom_certificate_verifier(Arc::new(AnyName(v, matches!(trust, Trust::Insecure))))
         }
     };
     let mut c = match ident {
@@ -253,10 +245,7 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -282,10 +271,8 @@ async fn read_head<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<(Vec<u8>,
 fn parse_headers(head: &str) -> (String, Vec<(String, String)>) {
     let mut lines = head.split("\r\n");
     let first = lines.next().unwrap_or("").to_string();
-    let hs = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let hs =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     (first, hs)
 }
 
@@ -410,9 +397,8 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
 
 /// Split `https://host:port[/...]` into (host, port).
 pub fn parse_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .ok_or_else(|| format!("invalid server url {url}: must start with https://"))?;
+    let rest =
+        url.strip_prefix("https://").ok_or_else(|| format!("invalid server url {url}: must start with https://"))?;
     let hostport = rest.split('/').next().unwrap_or("");
     let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
         let (h, p) = h.split_once(']').ok_or_else(|| format!("invalid server url {url}"))?;
@@ -460,13 +446,11 @@ pub async fn request_as(
     let (host, port) = parse_url(url)?;
     let cfg = client_config(trust, ident)?;
     let conn = tokio_rustls::TlsConnector::from(cfg);
-    let tcp = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        tokio::net::TcpStream::connect((host.as_str(), port)),
-    )
-    .await
-    .map_err(|_| format!("dial tcp {host}:{port}: i/o timeout"))?
-    .map_err(|e| format!("dial tcp {host}:{port}: connect: {e}"))?;
+    let tcp =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect((host.as_str(), port)))
+            .await
+            .map_err(|_| format!("dial tcp {host}:{port}: i/o timeout"))?
+            .map_err(|e| format!("dial tcp {host}:{port}: connect: {e}"))?;
     let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
     let mut tls = tokio::time::timeout(std::time::Duration::from_secs(5), conn.connect(name, tcp))
         .await
@@ -487,10 +471,8 @@ pub async fn request_as(
         let (h, mut rest) = read_head(&mut tls).await?;
         let (first, headers) = parse_headers(&String::from_utf8_lossy(&h));
         let status: u16 = first.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let len: Option<usize> = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok());
+        let len: Option<usize> =
+            headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse().ok());
         match len {
             Some(l) => {
                 while rest.len() < l {

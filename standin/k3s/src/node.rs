@@ -14,7 +14,8 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/rancher/k3s";
 /// The shim the stand-in starts, named like containerd's runc shim.
 const SHIM: &str = "containerd-shim-runc-v2";
 /// The stand-in's pod: a fixed uid, as a kubelet dir holds `pods/<uid>/volumes/...`.
-const POD_VOLUME: &str = "/var/lib/kubelet/pods/5b1e7a6c-standin-0000-0000-000000000001/volumes/kubernetes.io~empty-dir/cache";
+const POD_VOLUME: &str =
+    "/var/lib/kubelet/pods/5b1e7a6c-standin-0000-0000-000000000001/volumes/kubernetes.io~empty-dir/cache";
 
 /// The directory real k3s extracts its binaries to (`<data-dir>/data/<hash>/bin`).
 fn bin_dir(data_dir: &Path) -> PathBuf {
@@ -27,22 +28,14 @@ fn bin_dir(data_dir: &Path) -> PathBuf {
 pub fn reexec(sub: &str, data_dir: &Path) {
     let args: Vec<String> = std::env::args().collect();
     let name = format!("k3s-{sub}");
-    if args
-        .first()
-        .and_then(|a| Path::new(a).file_name())
-        .is_some_and(|n| n == name.as_str())
-    {
+    if args.first().and_then(|a| Path::new(a).file_name()).is_some_and(|n| n == name.as_str()) {
         return;
     }
-    let result = link_self(data_dir, &name)
-        .map(|link| Command::new(link).arg0(&name).args(&args[1..]).exec());
+    let result = link_self(data_dir, &name).map(|link| Command::new(link).arg0(&name).args(&args[1..]).exec());
     let why = match result {
         Ok(e) | Err(e) => e,
     };
-    log(
-        "warning",
-        &format!("STAND-IN: could not re-exec as {name} ({why}); running as k3s"),
-    );
+    log("warning", &format!("STAND-IN: could not re-exec as {name} ({why}); running as k3s"));
 }
 
 /// A symlink to this binary in the data dir's bin directory, as k3s extracts its multi-call binary.
@@ -77,20 +70,18 @@ pub fn leave_traces(data_dir: &Path) {
         return;
     }
     if let Err(e) = start_shim(data_dir) {
-        log(
-            "warning",
-            &format!("STAND-IN: no containerd shim started: {e}"),
-        );
+        log("warning", &format!("STAND-IN: no containerd shim started: {e}"));
     }
     let files: [(&str, &str); 2] = [
-        ("/run/flannel/subnet.env", "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.0.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"),
+        (
+            "/run/flannel/subnet.env",
+            "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.0.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        ),
         ("/var/lib/cni/networks/cbr0/last_reserved_ip.0", "10.42.0.2"),
     ];
     for (path, body) in files {
-        let written = Path::new(path)
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|_| std::fs::write(path, body));
+        let written =
+            Path::new(path).parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|_| std::fs::write(path, body));
         if let Err(e) = written {
             log("warning", &format!("STAND-IN: could not write {path}: {e}"));
         }
@@ -106,15 +97,9 @@ pub fn leave_traces(data_dir: &Path) {
             Ok(o) if o.status.success() => {}
             Ok(o) => log(
                 "warning",
-                &format!(
-                    "STAND-IN: could not create {what}: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
+                &format!("STAND-IN: could not create {what}: {}", String::from_utf8_lossy(&o.stderr).trim()),
             ),
-            Err(e) => log(
-                "warning",
-                &format!("STAND-IN: could not create {what}: {e}"),
-            ),
+            Err(e) => log("warning", &format!("STAND-IN: could not create {what}: {e}")),
         }
     }
 }
@@ -141,15 +126,8 @@ fn start_shim(data_dir: &Path) -> std::io::Result<()> {
     let link = link_self(data_dir, SHIM)?;
     // Full path as argv[0], as containerd starts its shims (what upstream's killall looks for).
     let mut cmd = Command::new(link);
-    cmd.args([
-        "-namespace",
-        "k8s.io",
-        "-address",
-        "/run/k3s/containerd/containerd.sock",
-    ]);
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+    cmd.args(["-namespace", "k8s.io", "-address", "/run/k3s/containerd/containerd.sock"]);
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     // SAFETY: setsid is async-signal-safe, as pre_exec requires.
     unsafe {
         cmd.pre_exec(|| {

@@ -111,7 +111,8 @@ fn node_reg(o: &Opts, data_dir: &Path, server_role: Option<bool>) -> NodeReg {
             labels.insert("node-role.kubernetes.io/etcd".into(), "true".into());
         }
     }
-    let given: Vec<String> = o.list("node-label").iter().map(|l| l.split('=').next().unwrap_or("").to_string()).collect();
+    let given: Vec<String> =
+        o.list("node-label").iter().map(|l| l.split('=').next().unwrap_or("").to_string()).collect();
     if let Err(e) = cli::check_kubelet_labels(&given) {
         fatal(&e);
     }
@@ -182,7 +183,9 @@ fn common_start(o: &Opts) {
             }
             Err(e) => fatal(&e),
         },
-        Err(_) if o.get("private-registry").is_some() => fatal(&format!("failed to read private registry config {reg}")),
+        Err(_) if o.get("private-registry").is_some() => {
+            fatal(&format!("failed to read private registry config {reg}"))
+        }
         Err(_) => {}
     }
 }
@@ -378,7 +381,10 @@ pub async fn run_server(o: Opts) -> ! {
     let local_state: Option<State> = load_json(&state_file);
     let has_data = local_ca.is_some() && local_state.is_some();
     if join.is_some() && o.flag("cluster-init") && !has_data {
-        log("warning", "STAND-IN: --cluster-init is ignored because --server is set (this server joins the existing cluster)");
+        log(
+            "warning",
+            "STAND-IN: --cluster-init is ignored because --server is set (this server joins the existing cluster)",
+        );
     }
     let etcd = join.is_some() || o.flag("cluster-init");
     let me_url = self_url(&o, port);
@@ -395,15 +401,25 @@ pub async fn run_server(o: Opts) -> ! {
         let tok = cli::parse_token(&t).unwrap_or_else(|e| fatal(&e));
         if let Some(u) = &tok.username {
             if u != "server" {
-                fatal("starting kubernetes: preparing server: token is not a server token (username must be \"server\")");
+                fatal(
+                    "starting kubernetes: preparing server: token is not a server token (username must be \"server\")",
+                );
             }
         }
-        let ca_pem = fetch_ca(url, &tok)
-            .await
-            .unwrap_or_else(|e| fatal(&format!("starting kubernetes: preparing server: {e}")));
-        let r = net::request(url, &Trust::CaAnyName(ca_pem.clone()), "GET", "/v1-k3s/server-bootstrap", Some(&tok.password), b"")
-            .await
-            .unwrap_or_else(|e| fatal(&format!("starting kubernetes: preparing server: failed to get bootstrap data: {e}")));
+        let ca_pem =
+            fetch_ca(url, &tok).await.unwrap_or_else(|e| fatal(&format!("starting kubernetes: preparing server: {e}")));
+        let r = net::request(
+            url,
+            &Trust::CaAnyName(ca_pem.clone()),
+            "GET",
+            "/v1-k3s/server-bootstrap",
+            Some(&tok.password),
+            b"",
+        )
+        .await
+        .unwrap_or_else(|e| {
+            fatal(&format!("starting kubernetes: preparing server: failed to get bootstrap data: {e}"))
+        });
         if r.status != 200 {
             let reason = if r.status == 401 { "401 Unauthorized".to_string() } else { r.status.to_string() };
             fatal(&format!(
@@ -430,7 +446,10 @@ pub async fn run_server(o: Opts) -> ! {
                 let tok = cli::parse_token(t).unwrap_or_else(|e| fatal(&e));
                 if let Some(h) = &tok.ca_hash {
                     if *h != ca.hash() {
-                        fatal(&format!("token CA hash does not match the Cluster CA certificate hash: {} != {h}", ca.hash()));
+                        fatal(&format!(
+                            "token CA hash does not match the Cluster CA certificate hash: {} != {h}",
+                            ca.hash()
+                        ));
                     }
                 }
                 if let Some(ex) = &existing {
@@ -443,11 +462,18 @@ pub async fn run_server(o: Opts) -> ! {
             None => existing.map(|e| e.password).unwrap_or_else(|| net::random_hex(16)),
         };
         if has_data && etcd {
-            log("info", &format!(
-                "Found existing cluster data in {} (STAND-IN: replicated state, not etcd); starting from it{}",
-                state_file.display(),
-                if join.is_some() || o.flag("cluster-init") { "; --server / --cluster-init are ignored, as with real k3s" } else { "" }
-            ));
+            log(
+                "info",
+                &format!(
+                    "Found existing cluster data in {} (STAND-IN: replicated state, not etcd); starting from it{}",
+                    state_file.display(),
+                    if join.is_some() || o.flag("cluster-init") {
+                        "; --server / --cluster-init are ignored, as with real k3s"
+                    } else {
+                        ""
+                    }
+                ),
+            );
         } else if !etcd {
             log("info", "Configuring sqlite3 database connection pooling (STAND-IN: state in standin-state.json)");
         } else {
@@ -467,12 +493,18 @@ pub async fn run_server(o: Opts) -> ! {
         .unwrap_or_else(|e| fatal(&format!("writing server-ca.crt: {e}")));
     if let Some(a) = &agent_token {
         let p = cli::parse_token(a).unwrap_or_else(|e| fatal(&e)).password;
-        write_file(&server_dir.join("agent-token"), &format!("{}\n", cli::format_token(&ca.hash(), "node", &p)), 0o600).ok();
+        write_file(&server_dir.join("agent-token"), &format!("{}\n", cli::format_token(&ca.hash(), "node", &p)), 0o600)
+            .ok();
     }
 
     let me = node_reg(&o, &data_dir, Some(etcd));
     let mut sans: Vec<String> = [
-        "127.0.0.1", "::1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+        "127.0.0.1",
+        "::1",
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
         "kubernetes.default.svc.cluster.local",
     ]
     .iter()
@@ -509,7 +541,8 @@ pub async fn run_server(o: Opts) -> ! {
     };
     let kc_path = PathBuf::from(o.get("write-kubeconfig").unwrap_or("/etc/rancher/k3s/k3s.yaml"));
     let mode_str = o.get("write-kubeconfig-mode").unwrap_or("0600");
-    let kc_mode = u32::from_str_radix(mode_str, 8).unwrap_or_else(|_| fatal(&format!("invalid write-kubeconfig-mode {mode_str}")));
+    let kc_mode = u32::from_str_radix(mode_str, 8)
+        .unwrap_or_else(|_| fatal(&format!("invalid write-kubeconfig-mode {mode_str}")));
     let host = if bind == "0.0.0.0" || bind == "::" { "127.0.0.1".to_string() } else { bind.clone() };
     let kc = format!(
         "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://{host}:{port}\n  name: default\ncontexts:\n- context:\n    cluster: default\n    user: default\n  name: default\ncurrent-context: default\nkind: Config\npreferences: {{}}\nusers:\n- name: default\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
@@ -538,7 +571,10 @@ pub async fn run_server(o: Opts) -> ! {
             .await
             .unwrap_or_else(|e| fatal(&format!("starting kubernetes: preparing server: failed to join cluster: {e}")));
         if r.status != 200 {
-            fatal(&format!("starting kubernetes: preparing server: failed to join cluster via {url}: HTTP {}", r.status));
+            fatal(&format!(
+                "starting kubernetes: preparing server: failed to join cluster via {url}: HTTP {}",
+                r.status
+            ));
         }
         let st: State = serde_json::from_slice(&r.body).unwrap_or_else(|e| fatal(&format!("bad member data: {e}")));
         let members: Vec<String> = {
@@ -547,8 +583,15 @@ pub async fn run_server(o: Opts) -> ! {
             s.members.keys().cloned().collect()
         };
         let bytes = serde_json::to_vec(&*srv.state.lock().unwrap()).unwrap();
-        write_atomic(&state_file, &bytes, 0o600).unwrap_or_else(|e| fatal(&format!("writing {}: {e}", state_file.display())));
-        log("info", &format!("Joined cluster via {url} as member {me_url} (STAND-IN multi-master replication; members: {})", members.join(", ")));
+        write_atomic(&state_file, &bytes, 0o600)
+            .unwrap_or_else(|e| fatal(&format!("writing {}: {e}", state_file.display())));
+        log(
+            "info",
+            &format!(
+                "Joined cluster via {url} as member {me_url} (STAND-IN multi-master replication; members: {})",
+                members.join(", ")
+            ),
+        );
     } else {
         // a restarted member announces itself (its peers usually know it already)
         let part = srv.state.lock().unwrap().part(None, None, Some(&me_url));
@@ -574,12 +617,17 @@ pub async fn run_server(o: Opts) -> ! {
                             first = false;
                         }
                     }
-                    Err(Refused::NotFound) => {
-                        log("error", &format!("Error updating node status, will retry: nodes \"{}\" not found", me.name))
-                    }
-                    Err(Refused::PasswordRejected) => {
-                        log("info", &format!("Waiting to retrieve agent configuration; server is not ready: {}", cluster::PASSWORD_REJECTED))
-                    }
+                    Err(Refused::NotFound) => log(
+                        "error",
+                        &format!("Error updating node status, will retry: nodes \"{}\" not found", me.name),
+                    ),
+                    Err(Refused::PasswordRejected) => log(
+                        "info",
+                        &format!(
+                            "Waiting to retrieve agent configuration; server is not ready: {}",
+                            cluster::PASSWORD_REJECTED
+                        ),
+                    ),
                 }
                 tokio::time::sleep(cluster::HEARTBEAT).await;
             }
@@ -603,7 +651,8 @@ pub async fn run_server(o: Opts) -> ! {
             };
             // the verifier only lets through certificates that chain to the cluster CA
             let client_cert = s.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-            let Ok(Ok(req)) = tokio::time::timeout(std::time::Duration::from_secs(30), net::read_request(&mut s)).await else {
+            let Ok(Ok(req)) = tokio::time::timeout(std::time::Duration::from_secs(30), net::read_request(&mut s)).await
+            else {
                 return;
             };
             let (code, ctype, body) = handle(&srv, req, client_cert).await;
@@ -617,7 +666,10 @@ pub fn j(code: u16, v: Value) -> Resp {
 }
 
 pub fn status_err(code: u16, reason: &str, msg: &str) -> Resp {
-    j(code, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": msg, "reason": reason, "code": code}))
+    j(
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": msg, "reason": reason, "code": code}),
+    )
 }
 
 async fn handle(srv: &Arc<Srv>, req: net::Request, client_cert: bool) -> Resp {
@@ -636,13 +688,17 @@ async fn handle(srv: &Arc<Srv>, req: net::Request, client_cert: bool) -> Resp {
     }
     let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
     // server-to-server endpoints need the server token
-    if matches!(seg.as_slice(), ["v1-k3s", "server-bootstrap"] | ["v1-standin", "members" | "state" | "merge"]) && !is_server {
+    if matches!(seg.as_slice(), ["v1-k3s", "server-bootstrap"] | ["v1-standin", "members" | "state" | "merge"])
+        && !is_server
+    {
         return status_err(401, "Unauthorized", "Unauthorized");
     }
     match (req.method.as_str(), seg.as_slice()) {
         ("GET", ["v1-k3s", "server-bootstrap"]) => j(200, serde_json::to_value(&srv.ca).unwrap()),
         ("POST", ["v1-standin", "members"]) => {
-            let Some(url) = serde_json::from_slice::<Value>(&req.body).ok().and_then(|v| v["url"].as_str().map(String::from)) else {
+            let Some(url) =
+                serde_json::from_slice::<Value>(&req.body).ok().and_then(|v| v["url"].as_str().map(String::from))
+            else {
                 return status_err(400, "BadRequest", "member url missing");
             };
             let (full, part) = {
@@ -710,7 +766,12 @@ async fn handle(srv: &Arc<Srv>, req: net::Request, client_cert: bool) -> Resp {
             let v: Value = serde_json::from_slice(&req.body).unwrap_or(json!({}));
             let overwrite = v.get("overwrite").and_then(Value::as_bool).unwrap_or(false);
             let strings = |k: &str| -> Vec<String> {
-                v.get(k).and_then(Value::as_array).into_iter().flatten().filter_map(|x| x.as_str().map(String::from)).collect()
+                v.get(k)
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
             };
             let (r, part) = {
                 let mut st = srv.state.lock().unwrap();
@@ -794,7 +855,15 @@ pub async fn run_agent(o: Opts) -> ! {
     let ca_pem = loop {
         let res = async {
             let ca = fetch_ca(&url, &tok).await?;
-            let r = net::request(&url, &Trust::CaAnyName(ca.clone()), "POST", "/v1-standin/heartbeat?register=1", Some(&tok.password), &body).await?;
+            let r = net::request(
+                &url,
+                &Trust::CaAnyName(ca.clone()),
+                "POST",
+                "/v1-standin/heartbeat?register=1",
+                Some(&tok.password),
+                &body,
+            )
+            .await?;
             match r.status {
                 200 => Ok(ca),
                 401 => Err(format!("failed to get CA certs / agent config from {url}: 401 Unauthorized")),
@@ -817,9 +886,20 @@ pub async fn run_agent(o: Opts) -> ! {
     crate::util::sd_notify_ready();
     loop {
         tokio::time::sleep(cluster::HEARTBEAT).await;
-        match net::request(&url, &Trust::CaAnyName(ca_pem.clone()), "POST", "/v1-standin/heartbeat", Some(&tok.password), &body).await {
+        match net::request(
+            &url,
+            &Trust::CaAnyName(ca_pem.clone()),
+            "POST",
+            "/v1-standin/heartbeat",
+            Some(&tok.password),
+            &body,
+        )
+        .await
+        {
             Ok(r) if r.status == 200 => {}
-            Ok(r) if r.status == 404 => log("error", &format!("Error updating node status, will retry: nodes \"{}\" not found", me.name)),
+            Ok(r) if r.status == 404 => {
+                log("error", &format!("Error updating node status, will retry: nodes \"{}\" not found", me.name))
+            }
             Ok(r) => log("warning", &format!("node status update failed: HTTP {}", r.status)),
             Err(e) => log("warning", &format!("node status update failed: {e}")),
         }

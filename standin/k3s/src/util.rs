@@ -3,17 +3,11 @@
 use serde_json::Value;
 
 pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// systemd `Type=notify` (sd_notify(3)): send `READY=1` to $NOTIFY_SOCKET as a unix
@@ -113,17 +107,29 @@ pub fn human_age(secs: u64) -> String {
         format!("{secs}s")
     } else if m < 10 {
         let s = secs % 60;
-        if s == 0 { format!("{m}m") } else { format!("{m}m{s}s") }
+        if s == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{s}s")
+        }
     } else if h < 3 {
         format!("{m}m")
     } else if h < 8 {
         let mm = m % 60;
-        if mm == 0 { format!("{h}h") } else { format!("{h}h{mm}m") }
+        if mm == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{mm}m")
+        }
     } else if h < 48 {
         format!("{h}h")
     } else if h < 24 * 8 {
         let hh = h % 24;
-        if hh == 0 { format!("{d}d") } else { format!("{d}d{hh}h") }
+        if hh == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{hh}h")
+        }
     } else {
         format!("{d}d")
     }
@@ -173,18 +179,26 @@ pub fn check_registries(text: &str) -> Result<Vec<String>, String> {
                     for (mk, x) in mo {
                         match mk.as_str() {
                             "endpoint" => {
-                                let eps = x.as_array().ok_or(format!("registries.yaml: mirrors.{reg}.endpoint must be a list"))?;
+                                let eps = x
+                                    .as_array()
+                                    .ok_or(format!("registries.yaml: mirrors.{reg}.endpoint must be a list"))?;
                                 for e in eps {
-                                    let s = e.as_str().ok_or(format!("registries.yaml: mirrors.{reg}.endpoint entries must be strings"))?;
+                                    let s = e.as_str().ok_or(format!(
+                                        "registries.yaml: mirrors.{reg}.endpoint entries must be strings"
+                                    ))?;
                                     if !(s.starts_with("http://") || s.starts_with("https://")) {
                                         warn.push(format!("registries.yaml: mirrors.{reg} endpoint {s:?} has no http:// or https:// scheme"));
                                     }
                                 }
                             }
                             "rewrite" => {
-                                let r = x.as_object().ok_or(format!("registries.yaml: mirrors.{reg}.rewrite must be a mapping"))?;
+                                let r = x
+                                    .as_object()
+                                    .ok_or(format!("registries.yaml: mirrors.{reg}.rewrite must be a mapping"))?;
                                 if r.values().any(|v| !v.is_string()) {
-                                    return Err(format!("registries.yaml: mirrors.{reg}.rewrite values must be strings"));
+                                    return Err(format!(
+                                        "registries.yaml: mirrors.{reg}.rewrite values must be strings"
+                                    ));
                                 }
                             }
                             other => warn.push(format!("registries.yaml: unknown key mirrors.{reg}.{other}")),
@@ -205,13 +219,16 @@ pub fn check_registries(text: &str) -> Result<Vec<String>, String> {
                                 continue;
                             }
                         };
-                        let o = x.as_object().ok_or(format!("registries.yaml: configs.{reg}.{ck} must be a mapping"))?;
+                        let o =
+                            x.as_object().ok_or(format!("registries.yaml: configs.{reg}.{ck} must be a mapping"))?;
                         for (fk, fv) in o {
                             if !allowed.contains(&fk.as_str()) {
                                 warn.push(format!("registries.yaml: unknown key configs.{reg}.{ck}.{fk}"));
                             } else if fk == "insecure_skip_verify" {
                                 if !fv.is_boolean() {
-                                    return Err(format!("registries.yaml: configs.{reg}.tls.insecure_skip_verify must be a boolean"));
+                                    return Err(format!(
+                                        "registries.yaml: configs.{reg}.tls.insecure_skip_verify must be a boolean"
+                                    ));
                                 }
                             } else if !fv.is_string() {
                                 return Err(format!("registries.yaml: configs.{reg}.{ck}.{fk} must be a string"));

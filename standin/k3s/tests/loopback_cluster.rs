@@ -32,14 +32,7 @@ fn free_port() -> u16 {
 
 fn spawn(args: &[&str], log: &Path) -> Proc {
     let f = std::fs::File::create(log).unwrap();
-    Proc(
-        Command::new(BIN)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(f)
-            .spawn()
-            .unwrap(),
-    )
+    Proc(Command::new(BIN).args(args).stdout(Stdio::null()).stderr(f).spawn().unwrap())
 }
 
 fn kubectl(kc: &Path, args: &[&str]) -> Output {
@@ -83,8 +76,23 @@ fn server_agent_join_tokens_and_readiness() {
 
     let s1_port = p1.to_string();
     let _s1 = spawn(
-        &["server", "--config", &d("config.yaml"), "--bind-address", "127.0.0.1", "--https-listen-port", &s1_port,
-          "--data-dir", &d("s1"), "--write-kubeconfig", &d("s1.yaml"), "--node-name", "srv1", "--node-ip", "127.0.0.1"],
+        &[
+            "server",
+            "--config",
+            &d("config.yaml"),
+            "--bind-address",
+            "127.0.0.1",
+            "--https-listen-port",
+            &s1_port,
+            "--data-dir",
+            &d("s1"),
+            "--write-kubeconfig",
+            &d("s1.yaml"),
+            "--node-name",
+            "srv1",
+            "--node-ip",
+            "127.0.0.1",
+        ],
         &dir.join("s1.log"),
     );
     let kc1 = dir.join("s1.yaml");
@@ -107,14 +115,42 @@ fn server_agent_join_tokens_and_readiness() {
     // agent with the full K10 token
     let url1 = format!("https://127.0.0.1:{p1}");
     let agent = spawn(
-        &["agent", "--config", &d("empty.yaml"), "--server", &url1, "--token", &full, "--node-name", "ag1",
-          "--node-ip", "127.0.0.1", "--data-dir", &d("a1"), "--node-taint", "dedicated=lab:NoSchedule"],
+        &[
+            "agent",
+            "--config",
+            &d("empty.yaml"),
+            "--server",
+            &url1,
+            "--token",
+            &full,
+            "--node-name",
+            "ag1",
+            "--node-ip",
+            "127.0.0.1",
+            "--data-dir",
+            &d("a1"),
+            "--node-taint",
+            "dedicated=lab:NoSchedule",
+        ],
         &dir.join("a1.log"),
     );
     // second agent with the short token form
     let _agent2 = spawn(
-        &["agent", "--config", &d("empty.yaml"), "--server", &url1, "--token", "lab-secret", "--node-name", "ag2",
-          "--node-ip", "127.0.0.1", "--data-dir", &d("a2")],
+        &[
+            "agent",
+            "--config",
+            &d("empty.yaml"),
+            "--server",
+            &url1,
+            "--token",
+            "lab-secret",
+            "--node-name",
+            "ag2",
+            "--node-ip",
+            "127.0.0.1",
+            "--data-dir",
+            &d("a2"),
+        ],
         &dir.join("a2.log"),
     );
     wait_for("ag1 and ag2 Ready", Duration::from_secs(20), || {
@@ -124,15 +160,41 @@ fn server_agent_join_tokens_and_readiness() {
     // wrong password: agent keeps retrying (like real k3s under systemd) and never registers
     let bad = full.replace("::server:lab-secret", "::server:wrong");
     let mut bad_agent = spawn(
-        &["agent", "--config", &d("empty.yaml"), "--server", &url1, "--token", &bad, "--node-name", "intruder",
-          "--node-ip", "127.0.0.1", "--data-dir", &d("bad")],
+        &[
+            "agent",
+            "--config",
+            &d("empty.yaml"),
+            "--server",
+            &url1,
+            "--token",
+            &bad,
+            "--node-name",
+            "intruder",
+            "--node-ip",
+            "127.0.0.1",
+            "--data-dir",
+            &d("bad"),
+        ],
         &dir.join("bad.log"),
     );
     // wrong CA hash
     let wrong_hash = format!("K10{}::server:lab-secret", "0".repeat(64));
     let _bad2 = spawn(
-        &["agent", "--config", &d("empty.yaml"), "--server", &url1, "--token", &wrong_hash, "--node-name", "intruder2",
-          "--node-ip", "127.0.0.1", "--data-dir", &d("bad2")],
+        &[
+            "agent",
+            "--config",
+            &d("empty.yaml"),
+            "--server",
+            &url1,
+            "--token",
+            &wrong_hash,
+            "--node-name",
+            "intruder2",
+            "--node-ip",
+            "127.0.0.1",
+            "--data-dir",
+            &d("bad2"),
+        ],
         &dir.join("bad2.log"),
     );
     wait_for("wrong-token refusals logged", Duration::from_secs(15), || {
@@ -146,8 +208,23 @@ fn server_agent_join_tokens_and_readiness() {
 
     // a joining server with a wrong token exits 1
     let out = Command::new(BIN)
-        .args(["server", "--config", &d("empty.yaml"), "--server", &url1, "--token", "nope", "--bind-address", "127.0.0.1",
-               "--https-listen-port", &free_port().to_string(), "--data-dir", &d("sbad"), "--write-kubeconfig", &d("sbad.yaml")])
+        .args([
+            "server",
+            "--config",
+            &d("empty.yaml"),
+            "--server",
+            &url1,
+            "--token",
+            "nope",
+            "--bind-address",
+            "127.0.0.1",
+            "--https-listen-port",
+            &free_port().to_string(),
+            "--data-dir",
+            &d("sbad"),
+            "--write-kubeconfig",
+            &d("sbad.yaml"),
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -156,9 +233,27 @@ fn server_agent_join_tokens_and_readiness() {
     // a joining server with the right token sees the full cluster
     let s2_port = p2.to_string();
     let _s2 = spawn(
-        &["server", "--config", &d("empty.yaml"), "--server", &url1, "--token", &full, "--bind-address", "127.0.0.1",
-          "--https-listen-port", &s2_port, "--data-dir", &d("s2"), "--write-kubeconfig", &d("s2.yaml"),
-          "--node-name", "srv2", "--node-ip", "127.0.0.1"],
+        &[
+            "server",
+            "--config",
+            &d("empty.yaml"),
+            "--server",
+            &url1,
+            "--token",
+            &full,
+            "--bind-address",
+            "127.0.0.1",
+            "--https-listen-port",
+            &s2_port,
+            "--data-dir",
+            &d("s2"),
+            "--write-kubeconfig",
+            &d("s2.yaml"),
+            "--node-name",
+            "srv2",
+            "--node-ip",
+            "127.0.0.1",
+        ],
         &dir.join("s2.log"),
     );
     let kc2 = dir.join("s2.yaml");
@@ -254,8 +349,21 @@ fn test_dir(name: &str) -> PathBuf {
 fn server_args(dir: &Path, name: &str, ip: &str, port: u16, extra: &[&str]) -> Vec<String> {
     let d = |s: &str| dir.join(s).to_string_lossy().to_string();
     let mut a: Vec<String> = [
-        "server", "--config", &d("empty.yaml"), "--bind-address", ip, "--https-listen-port", &port.to_string(),
-        "--data-dir", &d(name), "--write-kubeconfig", &d(&format!("{name}.yaml")), "--node-name", name, "--node-ip", ip,
+        "server",
+        "--config",
+        &d("empty.yaml"),
+        "--bind-address",
+        ip,
+        "--https-listen-port",
+        &port.to_string(),
+        "--data-dir",
+        &d(name),
+        "--write-kubeconfig",
+        &d(&format!("{name}.yaml")),
+        "--node-name",
+        name,
+        "--node-ip",
+        ip,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -290,8 +398,21 @@ fn ha_failover_without_a_primary() {
     let _s3 = spawn_s(&server_args(&dir, "h3", ip3, p3, &["--server", &url1, "--token", &full]), &dir.join("h3.log"));
     // the agent only ever talks to server 2 (pikube points agents at an LB/VIP)
     let _agent = spawn(
-        &["agent", "--config", &d("empty.yaml"), "--server", &url2, "--token", &full, "--node-name", "ha-ag",
-          "--node-ip", "127.0.0.21", "--data-dir", &d("ag")],
+        &[
+            "agent",
+            "--config",
+            &d("empty.yaml"),
+            "--server",
+            &url2,
+            "--token",
+            &full,
+            "--node-name",
+            "ha-ag",
+            "--node-ip",
+            "127.0.0.21",
+            "--data-dir",
+            &d("ag"),
+        ],
         &dir.join("ag.log"),
     );
     let (kc2, kc3) = (dir.join("h2.yaml"), dir.join("h3.yaml"));
@@ -304,14 +425,21 @@ fn ha_failover_without_a_primary() {
 
     // the kubeconfig of one server works on another (shared CA, admin client cert)
     let kc1_on_3 = dir.join("kc1-on-3.yaml");
-    std::fs::write(&kc1_on_3, std::fs::read_to_string(&kc1).unwrap().replace(&url1, &format!("https://{ip3}:{p3}"))).unwrap();
+    std::fs::write(&kc1_on_3, std::fs::read_to_string(&kc1).unwrap().replace(&url1, &format!("https://{ip3}:{p3}")))
+        .unwrap();
     assert!(all_ready(&kc1_on_3, &["h1", "ha-ag"]));
 
     // a write on server 1 reaches the others
-    std::fs::write(dir.join("before.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: before\ndata:\n  a: b\n").unwrap();
+    std::fs::write(
+        dir.join("before.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: before\ndata:\n  a: b\n",
+    )
+    .unwrap();
     let o = kubectl(&kc1, &["apply", "-f", &d("before.yaml")]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "configmap/before created\n");
-    wait_for("configmap on server 3", Duration::from_secs(10), || kubectl(&kc3, &["get", "cm", "before"]).status.success());
+    wait_for("configmap on server 3", Duration::from_secs(10), || {
+        kubectl(&kc3, &["get", "cm", "before"]).status.success()
+    });
 
     // kill the FIRST server
     let _ = s1.0.kill();
@@ -324,7 +452,12 @@ fn ha_failover_without_a_primary() {
     // writes keep working on the survivors
     std::fs::write(dir.join("during.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: during\n").unwrap();
     let o = kubectl(&kc3, &["apply", "-f", &d("during.yaml")]);
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "configmap/during created\n", "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "configmap/during created\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = kubectl(&kc2, &["cordon", "ha-ag"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "node/ha-ag cordoned\n");
     wait_for("h1 NotReady after the grace period", Duration::from_secs(25), || {
@@ -400,7 +533,13 @@ fn real_kubectl_with_client_cert_kubeconfig() {
     } else {
         skip!("`kubectl` is not on PATH; the real-kubectl checks were not run");
     }
-    bins.extend(std::env::var("STANDIN_EXTRA_KUBECTL").unwrap_or_default().split(':').filter(|s| !s.is_empty()).map(String::from));
+    bins.extend(
+        std::env::var("STANDIN_EXTRA_KUBECTL")
+            .unwrap_or_default()
+            .split(':')
+            .filter(|s| !s.is_empty())
+            .map(String::from),
+    );
     if bins.is_empty() {
         return;
     }
@@ -408,17 +547,36 @@ fn real_kubectl_with_client_cert_kubeconfig() {
     let d = |s: &str| dir.join(s).to_string_lossy().to_string();
     let ip = "127.0.0.1";
     let (pa, pb) = (free_port_on(ip), free_port_on(ip));
-    let _a = spawn_s(&server_args(&dir, "ka", ip, pa, &["--token", "kc-secret", "--write-kubeconfig-mode", "0640"]), &dir.join("ka.log"));
+    let _a = spawn_s(
+        &server_args(&dir, "ka", ip, pa, &["--token", "kc-secret", "--write-kubeconfig-mode", "0640"]),
+        &dir.join("ka.log"),
+    );
     // a second, unrelated cluster: its admin cert is signed by another CA
     let _b = spawn_s(&server_args(&dir, "kb", ip, pb, &["--token", "other"]), &dir.join("kb.log"));
     let _agent = spawn(
-        &["agent", "--config", &d("empty.yaml"), "--server", &format!("https://{ip}:{pa}"), "--token", "kc-secret",
-          "--node-name", "kc-ag", "--node-ip", ip, "--data-dir", &d("ag")],
+        &[
+            "agent",
+            "--config",
+            &d("empty.yaml"),
+            "--server",
+            &format!("https://{ip}:{pa}"),
+            "--token",
+            "kc-secret",
+            "--node-name",
+            "kc-ag",
+            "--node-ip",
+            ip,
+            "--data-dir",
+            &d("ag"),
+        ],
         &dir.join("ag.log"),
     );
     let (kca, kcb) = (dir.join("ka.yaml"), dir.join("kb.yaml"));
     wait_for("ka and kc-ag Ready", Duration::from_secs(20), || {
-        kca.exists() && kcb.exists() && status_of(&kca, "ka").as_deref() == Some("Ready") && status_of(&kca, "kc-ag").as_deref() == Some("Ready")
+        kca.exists()
+            && kcb.exists()
+            && status_of(&kca, "ka").as_deref() == Some("Ready")
+            && status_of(&kca, "kc-ag").as_deref() == Some("Ready")
     });
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&kca).unwrap().permissions().mode() & 0o777, 0o640);
@@ -437,11 +595,22 @@ fn real_kubectl_with_client_cert_kubeconfig() {
     let wrong_key = write("wrong-key.yaml", a.replace(&a_key, &b_key));
     let no_creds = write(
         "no-creds.yaml",
-        a.lines().filter(|l| !l.contains("client-certificate-data") && !l.contains("client-key-data")).collect::<Vec<_>>().join("\n")
-            .replace("  user:\n", "  user: {}\n") + "\n",
+        a.lines()
+            .filter(|l| !l.contains("client-certificate-data") && !l.contains("client-key-data"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .replace("  user:\n", "  user: {}\n")
+            + "\n",
     );
-    let bad_token = write("bad-token.yaml", a.replace(&format!("client-certificate-data: {a_crt}"), "token: not-the-token")
-        .lines().filter(|l| !l.contains("client-key-data")).collect::<Vec<_>>().join("\n") + "\n");
+    let bad_token = write(
+        "bad-token.yaml",
+        a.replace(&format!("client-certificate-data: {a_crt}"), "token: not-the-token")
+            .lines()
+            .filter(|l| !l.contains("client-key-data"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n",
+    );
 
     for bin in &bins {
         let cache = dir.join(format!("cache-{}", bin.replace('/', "_")));
@@ -453,14 +622,25 @@ fn real_kubectl_with_client_cert_kubeconfig() {
         let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
         assert_eq!(header, ["NAME", "STATUS", "ROLES", "AGE", "VERSION"], "{bin}: {out}");
         for n in ["ka", "kc-ag"] {
-            let l = out.lines().find(|l| l.split_whitespace().next() == Some(n)).unwrap_or_else(|| panic!("{bin}: {n} missing: {out}"));
+            let l = out
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(n))
+                .unwrap_or_else(|| panic!("{bin}: {n} missing: {out}"));
             assert_eq!(l.split_whitespace().nth(1), Some("Ready"), "{bin}: {out}");
         }
-        assert!(out.contains("control-plane,master") && out.contains("<none>") && out.contains("v1.31.4+k3s1"), "{bin}: {out}");
+        assert!(
+            out.contains("control-plane,master") && out.contains("<none>") && out.contains("v1.31.4+k3s1"),
+            "{bin}: {out}"
+        );
 
         let o = run(&kca, &["get", "nodes", "-o", "wide"]);
         let out = String::from_utf8_lossy(&o.stdout).to_string();
-        assert!(out.lines().next().unwrap().contains("INTERNAL-IP") && out.contains("KERNEL-VERSION") && out.contains("containerd://standin"), "{bin}: {out}");
+        assert!(
+            out.lines().next().unwrap().contains("INTERNAL-IP")
+                && out.contains("KERNEL-VERSION")
+                && out.contains("containerd://standin"),
+            "{bin}: {out}"
+        );
         assert!(out.lines().any(|l| l.starts_with("kc-ag") && l.contains("127.0.0.1")), "{bin}: {out}");
 
         let o = run(&kca, &["get", "nodes", "-o", "json"]);
@@ -487,20 +667,15 @@ fn real_kubectl_with_client_cert_kubeconfig() {
             assert!(!o.status.success(), "{bin} {}: {}", kc.display(), String::from_utf8_lossy(&o.stdout));
             // No node list, not even its header: nothing on stdout but kubectl's own prompt for
             // the credentials the kubeconfig lacks.
-            let prompt = if kc == &no_creds {
-                "Please enter Username: "
-            } else {
-                ""
-            };
-            assert_eq!(
-                String::from_utf8_lossy(&o.stdout),
-                prompt,
-                "{bin} {}",
-                kc.display()
-            );
+            let prompt = if kc == &no_creds { "Please enter Username: " } else { "" };
+            assert_eq!(String::from_utf8_lossy(&o.stdout), prompt, "{bin} {}", kc.display());
         }
         let o = run(&bad_token, &["get", "nodes"]);
-        assert!(String::from_utf8_lossy(&o.stderr).contains("Unauthorized"), "{bin}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("Unauthorized"),
+            "{bin}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     // the stand-in's own kubectl refuses the same bad kubeconfigs
     for kc in [&wrong_ca, &wrong_key, &no_creds] {
@@ -530,7 +705,9 @@ fn systemd_notify_ready() {
     let port = free_port();
     let args = server_args(&dir, "ns1", "127.0.0.1", port, &["--token", "n-secret"]);
     let f = std::fs::File::create(dir.join("ns1.log")).unwrap();
-    let _s = Proc(Command::new(BIN).args(&args).env("NOTIFY_SOCKET", &sock_path).stdout(Stdio::null()).stderr(f).spawn().unwrap());
+    let _s = Proc(
+        Command::new(BIN).args(&args).env("NOTIFY_SOCKET", &sock_path).stdout(Stdio::null()).stderr(f).spawn().unwrap(),
+    );
     let mut buf = [0u8; 64];
     let n = srv_sock.recv(&mut buf).expect("server READY=1");
     assert_eq!(&buf[..n], b"READY=1");
@@ -541,8 +718,21 @@ fn systemd_notify_ready() {
     let f = std::fs::File::create(dir.join("nag.log")).unwrap();
     let _a = Proc(
         Command::new(BIN)
-            .args(["agent", "--config", &d("empty.yaml"), "--server", &format!("https://127.0.0.1:{port}"), "--token", "n-secret",
-                   "--node-name", "n-ag", "--node-ip", "127.0.0.1", "--data-dir", &d("nag")])
+            .args([
+                "agent",
+                "--config",
+                &d("empty.yaml"),
+                "--server",
+                &format!("https://127.0.0.1:{port}"),
+                "--token",
+                "n-secret",
+                "--node-name",
+                "n-ag",
+                "--node-ip",
+                "127.0.0.1",
+                "--data-dir",
+                &d("nag"),
+            ])
             .env("NOTIFY_SOCKET", format!("@{abstract_name}"))
             .stdout(Stdio::null())
             .stderr(f)
@@ -566,9 +756,25 @@ fn node_password_refuses_a_reflashed_node_until_its_secret_is_deleted() {
     std::fs::write(dir.join("empty.yaml"), "").unwrap();
     let port = free_port();
     let _s1 = spawn(
-        &["server", "--config", &d("empty.yaml"), "--bind-address", "127.0.0.1", "--https-listen-port", &port.to_string(),
-          "--data-dir", &d("s1"), "--write-kubeconfig", &d("s1.yaml"), "--node-name", "srv1", "--node-ip", "127.0.0.1",
-          "--token", "pw-secret"],
+        &[
+            "server",
+            "--config",
+            &d("empty.yaml"),
+            "--bind-address",
+            "127.0.0.1",
+            "--https-listen-port",
+            &port.to_string(),
+            "--data-dir",
+            &d("s1"),
+            "--write-kubeconfig",
+            &d("s1.yaml"),
+            "--node-name",
+            "srv1",
+            "--node-ip",
+            "127.0.0.1",
+            "--token",
+            "pw-secret",
+        ],
         &dir.join("s1.log"),
     );
     let kc = dir.join("s1.yaml");
@@ -576,8 +782,21 @@ fn node_password_refuses_a_reflashed_node_until_its_secret_is_deleted() {
     let url = format!("https://127.0.0.1:{port}");
     let agent = |data: &str, log: &str| {
         spawn(
-            &["agent", "--config", &d("empty.yaml"), "--server", &url, "--token", "pw-secret", "--node-name", "np1",
-              "--node-ip", "127.0.0.1", "--data-dir", &d(data)],
+            &[
+                "agent",
+                "--config",
+                &d("empty.yaml"),
+                "--server",
+                &url,
+                "--token",
+                "pw-secret",
+                "--node-name",
+                "np1",
+                "--node-ip",
+                "127.0.0.1",
+                "--data-dir",
+                &d(data),
+            ],
             &dir.join(log),
         )
     };
@@ -586,7 +805,12 @@ fn node_password_refuses_a_reflashed_node_until_its_secret_is_deleted() {
     drop(first);
     let pw = std::fs::read_to_string(dir.join("a1/node/password")).unwrap();
     assert_eq!(pw.trim().len(), 32, "{pw:?}");
-    let get_secret = || kubectl(&kc, &["-n", "kube-system", "get", "secret", "np1.node-password.k3s", "--ignore-not-found", "-o", "name"]);
+    let get_secret = || {
+        kubectl(
+            &kc,
+            &["-n", "kube-system", "get", "secret", "np1.node-password.k3s", "--ignore-not-found", "-o", "name"],
+        )
+    };
     assert_eq!(String::from_utf8_lossy(&get_secret().stdout).trim(), "secret/np1.node-password.k3s");
 
     // A new disk (another data dir: no password file) under the same name is refused, with k3s's words.

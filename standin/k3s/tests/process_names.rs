@@ -16,31 +16,17 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn spawn(args: &[&str], log: &Path) -> Proc {
     let log = std::fs::File::create(log).unwrap();
-    Proc(
-        Command::new(BIN)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
+    Proc(Command::new(BIN).args(args).stdout(Stdio::null()).stderr(log).spawn().unwrap())
 }
 
 /// The kernel's name of the process (what `pgrep -x`/`pkill -x` match).
 fn comm(p: &Proc) -> String {
-    std::fs::read_to_string(format!("/proc/{}/comm", p.0.id()))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    std::fs::read_to_string(format!("/proc/{}/comm", p.0.id())).unwrap_or_default().trim().to_string()
 }
 
 fn wait_for_comm(p: &Proc, want: &str, log: &Path) {
@@ -83,12 +69,7 @@ fn server_and_agent_run_as_k3s_server_and_k3s_agent() {
     );
     wait_for_comm(&server, "k3s-server", &dir.join("s.log"));
     let link = dir.join("s/data/standin/bin/k3s-server");
-    assert_eq!(
-        std::fs::read_link(&link).unwrap(),
-        Path::new(BIN).canonicalize().unwrap(),
-        "{}",
-        link.display()
-    );
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new(BIN).canonicalize().unwrap(), "{}", link.display());
 
     let url = format!("https://127.0.0.1:{port}");
     let agent = spawn(
