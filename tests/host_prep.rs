@@ -201,14 +201,21 @@ fn up_prepares_both_pi_boot_layouts_reboots_only_where_needed_and_converges() {
     assert!(plan.status.success(), "{}", text(&plan));
     let p = stdout(&plan);
     assert!(p.contains("update /boot/firmware/cmdline.txt") && p.contains("update /boot/cmdline.txt"), "{p}");
-    assert!(p.contains("set hostname raspberrypi → node1") && p.contains("reboot"), "{p}");
+    let reboot = "reboot to apply the kernel command line";
+    assert!(section(&p, "node1").iter().any(|l| l.contains("set hostname raspberrypi → node1")), "{p}");
+    for (node, reboots) in [("node1", true), ("node2", true), ("node3", false)] {
+        assert_eq!(section(&p, node).iter().any(|l| l.ends_with(reboot)), reboots, "{node} reboot planned?\n{p}");
+    }
     assert_eq!(lab.sh("node1", "hostname"), "raspberrypi", "plan changed a hostname");
     assert_eq!(lab.sh("node2", "cat /boot/cmdline.txt"), legacy_before, "plan changed cmdline.txt");
 
     let up = lab.pikube(&["up", "-f", f]);
     assert!(up.status.success(), "{}", text(&up));
     let u = stdout(&up);
-    assert!(u.contains("applied") && u.contains("verified"), "{u}");
+    assert!(u.contains(" change(s) applied; 3 of 3 host(s) converged and verified."), "{u}");
+    for (node, reboots) in [("node1", true), ("node2", true), ("node3", false)] {
+        assert_eq!(section(&u, node).iter().any(|l| l.ends_with(reboot)), reboots, "{node} rebooted?\n{u}");
+    }
 
     for (i, layout) in [(1, "/boot/firmware"), (2, "/boot"), (3, "/boot/firmware")] {
         let n = format!("node{i}");
@@ -281,7 +288,9 @@ fn verify_fails_when_the_firmware_ignores_the_edited_cmdline() {
     lab.sh("node1", "sed -i '/^cmdline=/d' /boot/firmware/config.txt");
     let again = lab.pikube(&["up", "-f", f]);
     assert!(again.status.success(), "{}", text(&again));
-    assert!(stdout(&again).contains("verified"), "{}", text(&again));
+    let o = stdout(&again);
+    assert!(o.contains(" change(s) applied; 1 of 1 host(s) converged and verified."), "{}", text(&again));
+    assert!(section(&o, "node1").iter().any(|l| l.ends_with("reboot to apply the kernel command line")), "{o}");
     assert!(lab.sh("node1", "cat /proc/cgroups").lines().any(|l| l.starts_with("memory") && l.ends_with('1')));
 }
 
@@ -448,4 +457,16 @@ fn wait_for(lab: &Lab, node: &str, script: &str) {
         std::thread::sleep(Duration::from_millis(300));
     }
     panic!("{node}: `{script}` did not succeed within 60 s");
+}
+
+/// The change lines `plan`/`up` print for `host` (between its header line and the next one).
+fn section(report: &str, host: &str) -> Vec<String> {
+    let header = format!("{host} (");
+    report
+        .lines()
+        .skip_while(|l| !l.starts_with(&header))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(str::to_string)
+        .collect()
 }
