@@ -131,9 +131,13 @@ fn replaced_and_wiped_servers_rejoin_the_one_cluster() {
     assert_one_cluster(&lab, &ca);
 
     // A split brain made by hand: node3 starts a cluster of its own. status says so, exit 1.
+    // Its full join token pins the old cluster's CA, which k3s refuses for a new cluster
+    // ("token CA hash does not match"), so the hand-made cluster gets the bare secret.
     lab.sh(
         "node3",
         "systemctl stop k3s && rm -rf /var/lib/rancher/k3s && sed -i '/^server:/d' /etc/rancher/k3s/config.yaml \
+         && sed -i -E 's/^token: \"K10[^\"]*::server:/token: \"/' /etc/rancher/k3s/config.yaml \
+         && grep -q '^token: \"[0-9a-f]*\"$' /etc/rancher/k3s/config.yaml \
          && echo 'cluster-init: true' >> /etc/rancher/k3s/config.yaml && systemctl start k3s",
     );
     let out = status(&lab);

@@ -422,6 +422,12 @@ fn wait_for_nodes(lab: &LabState, nodes: &[&state::NodeState], timeout: u64) -> 
             if running { "running but sshd is not answering" } else { "not running" },
             LabPaths::new(&lab.name).node(&node.name).console_log().display()
         );
+        // Tests tear the lab down on failure, so what the node says goes into the error.
+        if running {
+            for line in node::boot_diagnosis(&lab.name, &node.name).lines() {
+                let _ = write!(report, "\n      {line}");
+            }
+        }
     }
     if report.is_empty() {
         return Err(miette!("waiting for the nodes' SSH failed: {}", String::from_utf8_lossy(&out.stderr).trim()));

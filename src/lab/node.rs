@@ -179,6 +179,25 @@ pub fn power_on(state: &LabState, node: &NodeState) -> Result<()> {
 }
 
 /// The nspawn process of a running node and the container's PID 1 (the node's systemd).
+/// What a booted node that does not answer SSH says about itself (its systemd state, failed
+/// units, sshd and addresses), read from inside its namespaces; for the lab's error message.
+pub(super) fn boot_diagnosis(lab: &str, node: &str) -> String {
+    let Some((_, Some(init))) = launcher_pid(lab, node).map(container_pids) else {
+        return "no init process".into();
+    };
+    let script = "systemctl is-system-running; systemctl --failed --no-legend --plain; \
+                  systemctl status ssh --no-pager -n 5 2>&1 | tail -n 8; ip -br addr";
+    let out = Command::new("timeout")
+        .args(["10", "nsenter", "--target", &init.to_string()])
+        .args(["--mount", "--uts", "--ipc", "--net", "--pid", "--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Err(e) => format!("nsenter failed: {e}"),
+    }
+}
+
 fn container_pids(launcher: u32) -> (Option<u32>, Option<u32>) {
     let nspawn = children(launcher).into_iter().find(|(_, comm)| comm == "systemd-nspawn").map(|(pid, _)| pid);
     let init = nspawn.and_then(|n| children(n).into_iter().next().map(|(pid, _)| pid));
