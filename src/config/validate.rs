@@ -327,7 +327,7 @@ fn is_loopback_host(authority_and_path: &str) -> bool {
 }
 
 /// `v1.31.4+k3s1`
-fn is_k3s_version(v: &str) -> bool {
+pub(crate) fn is_k3s_version(v: &str) -> bool {
     let Some((semver, build)) = v.strip_prefix('v').and_then(|r| r.split_once("+k3s")) else { return false };
     let parts: Vec<&str> = semver.split('.').collect();
     parts.len() == 3
