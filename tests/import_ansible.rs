@@ -114,7 +114,7 @@ fn k3s_ansible_server_agent_yaml_with_a_vip_and_no_secrets_copied() {
     assert_eq!((ep.mode, ep.vip.as_deref()), (EndpointMode::Vip, Some("192.168.30.222")));
     assert_eq!(c.version(), Some("v1.30.2+k3s1"));
     assert_eq!((c.spec.ssh.user.as_deref(), c.spec.ssh.port), (Some("debian"), Some(22)));
-    assert!(stderr.contains("k3s-ansible.yaml:18: var token: secrets are never copied"), "{stderr}");
+    assert!(stderr.contains("k3s-ansible.yaml:18: var token: pikube makes the join token itself"), "{stderr}");
     let golden = std::fs::read_to_string(dir().join("k3s-ansible.expected.yaml")).expect("golden");
     assert!(!golden.contains("changeme") && !stderr.contains("changeme"), "the token's value leaked");
 }
@@ -235,6 +235,14 @@ fn inventory_syntax_errors_name_file_and_line() {
         ),
         ("bad.yml", "all:\n  hosts:\n    pi1:\n  chilren:\n    master: {}\n", "bad.yml:4: "),
         ("noserver.ini", "[nodes]\npi1\n", "noserver.ini: no host is in a control-plane group"),
+        ("range.ini", "[master]\npi1 ansible_host=10.0.0.[1:3]\n", "range.ini:2: address \"10.0.0.[1:3]\" of host pi1"),
+        (
+            "dup.ini",
+            "[master]\na ansible_host=10.0.0.1\n[nodes]\nb ansible_host=10.0.0.1\n",
+            "dup.ini:4: hosts a (line 2) and b",
+        ),
+        // What only the cluster file's rules catch is shown with the generated file, whose comments lead back.
+        ("url.ini", "[master]\na proxy_url=\"http://x y\"\n", "  http: \"http://x y\"  # from url.ini:2 (proxy_url)"),
     ];
     for (name, content, want) in cases {
         std::fs::write(tmp.join(name), content).expect("write inventory");
@@ -248,5 +256,28 @@ fn inventory_syntax_errors_name_file_and_line() {
         assert!(stderr.contains(want), "{name}: want {want:?} in:\n{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    std::fs::remove_dir_all(&tmp).expect("clean up");
+}
+
+#[test]
+fn a_generic_inventory_file_name_gives_way_to_its_directory() {
+    let tmp = std::env::temp_dir().join(format!("pikube-import-name-{}", std::process::id()));
+    std::fs::create_dir_all(tmp.join("inventory/Home_Lab")).expect("tmp dirs");
+    std::fs::write(tmp.join("inventory/Home_Lab/hosts.ini"), "[master]\npi1\n").expect("write");
+    std::fs::write(tmp.join("hosts"), "[master]\npi1\n").expect("write");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pikube"))
+            .args(["import", "ansible"])
+            .args(args)
+            .current_dir(&tmp)
+            .output()
+            .expect("run pikube");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let cluster = Cluster::parse(Path::new("out.yaml"), &text(&out.stdout)).expect("validates");
+        cluster.name().to_string()
+    };
+    assert_eq!(run(&["inventory/Home_Lab/hosts.ini"]), "home-lab");
+    assert_eq!(run(&["hosts"]), format!("pikube-import-name-{}", std::process::id()));
+    assert_eq!(run(&["hosts", "--cluster", "pis"]), "pis");
     std::fs::remove_dir_all(&tmp).expect("clean up");
 }

@@ -5,7 +5,7 @@
 
 mod validate;
 
-pub(crate) use validate::is_k3s_version;
+pub(crate) use validate::{is_address, is_k3s_version};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{ImportError, Inventory, Unmapped, Var};
-use crate::config::{is_ip, is_k3s_version, Role};
+use crate::config::{is_address, is_ip, is_k3s_version, Role};
 
 /// Control-plane groups: classic (`master`), k3s/k8s playbooks, kubespray, k3s-ansible.
 pub const SERVER_GROUPS: &[&str] =
@@ -152,7 +152,13 @@ impl<'a> Tree<'a> {
     }
 }
 
-pub fn map(file: &str, inv: &Inventory, cluster: Option<&str>, default_name: &str) -> Result<Imported, ImportError> {
+/// `default_name`: the cluster name to use without `<name>-master` groups or --cluster, and a comment saying why.
+pub fn map(
+    file: &str,
+    inv: &Inventory,
+    cluster: Option<&str>,
+    default_name: (String, String),
+) -> Result<Imported, ImportError> {
     let tree = Tree::new(inv);
     let mut clusters: Vec<&str> =
         inv.groups.iter().filter_map(|g| g.name.strip_suffix("-master")).filter(|n| !n.is_empty()).collect();
@@ -179,10 +185,10 @@ pub fn map(file: &str, inv: &Inventory, cluster: Option<&str>, default_name: &st
     (out.name, out.name_note) = match (selected, cluster) {
         (Some(n), _) => {
             let line = inv.group(&format!("{n}-master")).map_or(0, |g| g.line);
-            (dns_label(n), format!("the group {n}-master, {file}:{line}"))
+            (dns_label(n), format!("from the group {n}-master, {file}:{line}"))
         }
-        (None, Some(c)) => (dns_label(c), "--cluster".into()),
-        (None, None) => (default_name.to_string(), format!("the file name of {file}")),
+        (None, Some(c)) => (dns_label(c), "from --cluster".into()),
+        (None, None) => default_name,
     };
     let roles = role_groups(selected);
     for host in &inv.hosts {
@@ -205,6 +211,7 @@ pub fn map(file: &str, inv: &Inventory, cluster: Option<&str>, default_name: &st
         return Err(ImportError::NoServers { file: file.into() });
     }
     name_hosts(&mut out.hosts);
+    check_addresses(file, &out.hosts)?;
     shared_ssh(&mut out);
     cluster_vars(&tree, &mut out);
     let others: Vec<String> = clusters.iter().filter(|c| Some(**c) != selected).map(|c| format!("{c}-")).collect();
@@ -279,7 +286,9 @@ fn why_unmapped(key: &str) -> &'static str {
     let k = key.to_ascii_lowercase();
     if k == "boot_directory" {
         "pikube finds the boot directory (/boot/firmware or /boot) on each host"
-    } else if ["pass", "token", "secret"].iter().any(|s| k.contains(s)) {
+    } else if k.contains("token") {
+        "pikube makes the join token itself (or adopts the first server's) and keeps it 0600 outside the cluster file"
+    } else if ["pass", "secret"].iter().any(|s| k.contains(s)) {
         "secrets are never copied into a cluster file; for a sudo password use ssh.sudo_password: {env: VAR}"
     } else if k == "ansible_port" || k == "ansible_ssh_port" {
         "not a port number"
@@ -315,6 +324,36 @@ fn name_hosts(hosts: &mut [ImportedHost]) {
         }
         h.name = name;
     }
+}
+
+/// Addresses are checked here, where the error can name the inventory line (the cluster file
+/// would point at the generated file instead).
+fn check_addresses(file: &str, hosts: &[ImportedHost]) -> Result<(), ImportError> {
+    let mut seen: HashMap<String, &ImportedHost> = HashMap::new();
+    for h in hosts {
+        let at = &h.address;
+        let err = |message: String, hint: &str| ImportError::Syntax {
+            file: file.into(),
+            line: at.line,
+            message,
+            hint: hint.into(),
+        };
+        if !is_address(&at.value) {
+            let hint = "set ansible_host to an IP address or DNS name (Ansible does not expand ranges in vars either)";
+            return Err(err(
+                format!("address {:?} of host {} is not an IP address or hostname", at.value, h.from.value),
+                hint,
+            ));
+        }
+        if let Some(first) = seen.insert(at.value.to_ascii_lowercase(), h) {
+            let message = format!(
+                "hosts {} (line {}) and {} have the same address {}",
+                first.from.value, first.from.line, h.from.value, at.value
+            );
+            return Err(err(message, "every host needs its own address; check for a copy-paste slip"));
+        }
+    }
+    Ok(())
 }
 
 /// When every host has a value, the most common one moves to the cluster-wide `ssh:` and the
@@ -484,7 +523,7 @@ mod tests {
 
     fn import(ini: &str) -> Imported {
         let inv = super::super::ini::parse("t.ini", ini).expect("parses");
-        map("t.ini", &inv, None, "t").expect("maps")
+        map("t.ini", &inv, None, ("t".into(), String::new())).expect("maps")
     }
 
     #[test]

@@ -60,9 +60,9 @@ pub enum ImportError {
     Exists(String),
     #[error("cannot write {path}: {source}")]
     Write { path: String, source: std::io::Error },
-    #[error("the imported cluster file does not validate:\n{0}")]
-    #[diagnostic(help("fix the inventory where the message points, or edit the printed file by hand"))]
-    Invalid(String),
+    #[error("the cluster file generated from {file} does not validate:\n{errors}\n--- the generated file ---\n{text}")]
+    #[diagnostic(help("fix the value in the inventory (each line's comment names where it came from), or write the cluster file by hand"))]
+    Invalid { file: String, errors: String, text: String },
 }
 
 /// One inventory variable and the line it was set on.
@@ -140,11 +140,15 @@ pub fn run(command: ImportCommand) -> miette::Result<()> {
     let text =
         std::fs::read_to_string(&inventory).map_err(|source| ImportError::Read { path: file.clone(), source })?;
     let parsed = if is_yaml(&inventory, &text) { yaml::parse(&file, &text)? } else { ini::parse(&file, &text)? };
-    let imported = mapping::map(&file, &parsed, cluster.as_deref(), &default_name(&inventory))?;
+    let imported = mapping::map(&file, &parsed, cluster.as_deref(), default_name(&inventory))?;
     let rendered = render::cluster_file(&file, &imported);
     let shown = output.as_ref().map_or("<stdout>".to_string(), |o| o.display().to_string());
     // The command's promise is a file that validates; check it with the same parser `up` uses.
-    Cluster::parse(Path::new(&shown), &rendered).map_err(|e| ImportError::Invalid(e.plain()))?;
+    Cluster::parse(Path::new(&shown), &rendered).map_err(|e| ImportError::Invalid {
+        file: file.clone(),
+        errors: e.plain(),
+        text: rendered.clone(),
+    })?;
     match &output {
         Some(path) => write_new(path, &rendered, force)?,
         None => print!("{rendered}"),
@@ -189,13 +193,20 @@ fn is_yaml(path: &Path, text: &str) -> bool {
     first.is_some_and(|l| l == "---" || (l.ends_with(':') && !l.starts_with('[')))
 }
 
-/// The inventory's file name made a valid cluster name (`hosts.ini` → `hosts`).
-fn default_name(path: &Path) -> String {
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-    let name = mapping::dns_label(stem);
-    if name.is_empty() {
-        "cluster".into()
-    } else {
-        name
+/// The cluster name and where it came from: the inventory's file name (`homelab.ini` → `homelab`), or
+/// for the generic `hosts`/`inventory` its directory's (`inventory/homelab/hosts.yml` → `homelab`).
+fn default_name(path: &Path) -> (String, String) {
+    let generic = |n: &str| n.is_empty() || ["hosts", "inventory", "inventories", "."].contains(&n);
+    let stem = mapping::dns_label(path.file_stem().and_then(|s| s.to_str()).unwrap_or(""));
+    if !generic(&stem) {
+        return (stem, format!("from the file name {}", path.display()));
+    }
+    let dir = std::path::absolute(path).ok().and_then(|p| p.parent()?.file_name()?.to_str().map(mapping::dns_label));
+    match dir.filter(|d| !generic(d)) {
+        Some(d) => (d, format!("from the directory of {}", path.display())),
+        None => (
+            "cluster".into(),
+            "the inventory's file and directory names are generic: rename it here or pass --cluster NAME".into(),
+        ),
     }
 }

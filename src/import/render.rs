@@ -16,7 +16,7 @@ pub fn cluster_file(file: &str, c: &Imported) -> String {
         o,
         "# Check it with `pikube check`; every key is described in README.md (\"Cluster file reference\")."
     );
-    let _ = writeln!(o, "\nname: {}  # from {}", scalar(&c.name), c.name_note);
+    let _ = writeln!(o, "\nname: {}  # {}", scalar(&c.name), c.name_note);
     let shared: Vec<String> = ssh_lines(c.user.as_ref(), c.port.as_ref(), c.key.as_ref(), &from);
     if !shared.is_empty() {
         let _ = writeln!(o, "\nssh:");
