@@ -101,6 +101,10 @@ fn kubespray_yaml_control_plane_etcd_and_haproxy() {
     assert_eq!(c.endpoint().mode, EndpointMode::Loadbalancer);
     assert_eq!(c.version(), None, "kube_version is a kubeadm version, not a k3s one");
     assert!(stderr.contains("kubespray.yml:17: var kube_version: "), "{stderr}");
+    let proxy = c.spec.proxy.as_ref().expect("proxy from http_proxy");
+    assert_eq!(proxy.http.as_ref().map(|p| p.value.as_str()), Some("http://proxy.corp:3128"));
+    assert!(proxy.https.is_none(), "only http_proxy was set");
+    assert_eq!(proxy.no_proxy.iter().map(|n| n.value.as_str()).collect::<Vec<_>>(), [".corp", "10.10.0.0/16"]);
     assert!(stderr.contains("kubespray.yml:6: var ip: "), "{stderr}");
 }
 

@@ -81,12 +81,17 @@ fn add_group(inv: &mut Inventory, name: &Spanned<String>, group: Option<YGroup>)
     inv.group_mut(&name.value, name.referenced.line()).vars.extend(vars);
 }
 
-/// Scalars keep their text (`22` → "22"); lists and maps their JSON form, so the report can show them.
+/// Scalars keep their text (`22` → "22"); a list becomes the comma-separated form INI inventories
+/// use (`no_proxy: [a, b]` → "a,b"); a map keeps its JSON form.
 fn var((key, value): &(Spanned<String>, Value)) -> Var {
-    let text = match &value.value {
+    let scalar = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Null => String::new(),
         other => other.to_string(),
+    };
+    let text = match &value.value {
+        serde_json::Value::Array(items) => items.iter().map(scalar).collect::<Vec<_>>().join(","),
+        other => scalar(other),
     };
     Var { key: key.value.clone(), value: text, line: key.referenced.line() }
 }
