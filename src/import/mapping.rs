@@ -128,6 +128,12 @@ impl<'a> Tree<'a> {
         d
     }
 
+    /// In a group of the named cluster `name` (`<name>-master`, `<name>-nodes`, …).
+    fn in_cluster(&self, host: &str, name: &str) -> bool {
+        let prefix = format!("{name}-");
+        self.members.iter().any(|(g, m)| g.starts_with(&prefix) && m.contains(host))
+    }
+
     fn in_group(&self, host: &str, group: &str) -> bool {
         self.members.get(group).is_some_and(|m| m.contains(host))
     }
@@ -160,8 +166,15 @@ pub fn map(
     default_name: (String, String),
 ) -> Result<Imported, ImportError> {
     let tree = Tree::new(inv);
-    let mut clusters: Vec<&str> =
-        inv.groups.iter().filter_map(|g| g.name.strip_suffix("-master")).filter(|n| !n.is_empty()).collect();
+    // `kube-master` is kubespray's old control-plane group, not a cluster named "kube".
+    let named = |g: &&super::Group| !SERVER_GROUPS.contains(&g.name.as_str());
+    let mut clusters: Vec<&str> = inv
+        .groups
+        .iter()
+        .filter(named)
+        .filter_map(|g| g.name.strip_suffix("-master"))
+        .filter(|n| !n.is_empty())
+        .collect();
     clusters.sort();
     let selected = match (clusters.len(), cluster) {
         (0, _) => None,
@@ -194,11 +207,7 @@ pub fn map(
     for host in &inv.hosts {
         if let Some(h) = import_host(&tree, host, &roles, &mut out.unmapped) {
             out.hosts.push(h);
-        } else if selected.is_none_or(|_| {
-            !clusters.iter().any(|c| {
-                tree.in_group(&host.name, &format!("{c}-master")) || tree.in_group(&host.name, &format!("{c}-nodes"))
-            })
-        }) {
+        } else if !clusters.iter().any(|c| tree.in_cluster(&host.name, c)) {
             let why = if tree.in_group(&host.name, "etcd") {
                 "only in `etcd`: pikube runs etcd on the servers (k3s embedded etcd), so this host is left out"
             } else {
@@ -546,6 +555,14 @@ mod tests {
         assert_eq!(roles, [("a", Role::Server), ("b", Role::Agent), ("c", Role::Agent), ("d", Role::Loadbalancer)]);
         assert!(c.unmapped.iter().any(|u| u.line == 3 && u.why.contains("odd number")), "{:?}", c.unmapped);
         assert!(c.endpoint.as_ref().is_some_and(|e| e.loadbalancer));
+    }
+
+    #[test]
+    fn kubesprays_old_kube_master_group_is_not_a_cluster_named_kube() {
+        let c = import("[kube-master]\na\n[kube-node]\nb\n");
+        let roles: Vec<_> = c.hosts.iter().map(|h| (h.name.as_str(), h.role)).collect();
+        assert_eq!(roles, [("a", Role::Server), ("b", Role::Agent)]);
+        assert_eq!(c.name, "t");
     }
 
     #[test]
