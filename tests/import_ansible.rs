@@ -183,8 +183,10 @@ fn two_clusters_need_cluster_and_each_imports_alone() {
             host("home1", "home1.lan", Role::Server, None),
             host("home2", "home2.lan", Role::Agent, Some("pi")),
             host("home3", "home3.lan", Role::Agent, Some("pi")),
+            host("homelb", "homelb.lan", Role::Loadbalancer, None),
         ]
     );
+    assert_eq!(home.endpoint().mode, EndpointMode::Loadbalancer);
     assert!(stderr.contains("everything in two-clusters.ini was mapped"), "the lab's vars are not home's: {stderr}");
 
     // Three servers without a load balancer or VIP: one stays a server, and the report says so.
@@ -197,6 +199,7 @@ fn two_clusters_need_cluster_and_each_imports_alone() {
         "{stderr}"
     );
     assert_eq!(lab.version(), Some("v1.31.4+k3s1"));
+    assert!(!stderr.contains("home"), "home's hosts and vars are not the lab's business: {stderr}");
 }
 
 #[test]
@@ -239,7 +242,11 @@ fn inventory_syntax_errors_name_file_and_line() {
         ),
         ("bad.yml", "all:\n  hosts:\n    pi1:\n  chilren:\n    master: {}\n", "bad.yml:4: "),
         ("noserver.ini", "[nodes]\npi1\n", "noserver.ini: no host is in a control-plane group"),
-        ("range.ini", "[master]\npi1 ansible_host=10.0.0.[1:3]\n", "range.ini:2: address \"10.0.0.[1:3]\" of host pi1"),
+        (
+            "range.ini",
+            "[master]\npi1 ansible_host=10.0.0.[1:3]\n",
+            "range.ini:2: address \"10.0.0.[1:3]\" of host \"pi1\"",
+        ),
         (
             "dup.ini",
             "[master]\na ansible_host=10.0.0.1\n[nodes]\nb ansible_host=10.0.0.1\n",

@@ -350,7 +350,7 @@ fn check_addresses(file: &str, hosts: &[ImportedHost]) -> Result<(), ImportError
         if !is_address(&at.value) {
             let hint = "set ansible_host to an IP address or DNS name (Ansible does not expand ranges in vars either)";
             return Err(err(
-                format!("address {:?} of host {} is not an IP address or hostname", at.value, h.from.value),
+                format!("address {:?} of host {:?} is not an IP address or hostname", at.value, h.from.value),
                 hint,
             ));
         }

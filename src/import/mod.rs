@@ -38,8 +38,9 @@ pub enum ImportCommand {
 /// Why an import failed; each names the inventory file (and line where there is one).
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub enum ImportError {
-    #[error("cannot read inventory {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    // `error`, not `source`: the message already holds it, and miette would print it twice.
+    #[error("cannot read inventory {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{file}:{line}: {message}")]
     #[diagnostic(help("{hint}"))]
     Syntax { file: String, line: u64, message: String, hint: String },
@@ -58,8 +59,8 @@ pub enum ImportError {
     #[error("{0} already exists")]
     #[diagnostic(help("pass --force to overwrite it, or choose another file with -o"))]
     Exists(String),
-    #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    #[error("cannot write {path}: {error}")]
+    Write { path: String, error: std::io::Error },
     #[error("the cluster file generated from {file} does not validate:\n{errors}\n--- the generated file ---\n{text}")]
     #[diagnostic(help("fix the value in the inventory (each line's comment names where it came from), or write the cluster file by hand"))]
     Invalid { file: String, errors: String, text: String },
@@ -137,8 +138,7 @@ pub struct Unmapped {
 pub fn run(command: ImportCommand) -> miette::Result<()> {
     let ImportCommand::Ansible { inventory, output, force, cluster } = command;
     let file = inventory.display().to_string();
-    let text =
-        std::fs::read_to_string(&inventory).map_err(|source| ImportError::Read { path: file.clone(), source })?;
+    let text = std::fs::read_to_string(&inventory).map_err(|error| ImportError::Read { path: file.clone(), error })?;
     let parsed = if is_yaml(&inventory, &text) { yaml::parse(&file, &text)? } else { ini::parse(&file, &text)? };
     let imported = mapping::map(&file, &parsed, cluster.as_deref(), default_name(&inventory))?;
     let rendered = render::cluster_file(&file, &imported);
@@ -161,7 +161,7 @@ fn write_new(path: &Path, text: &str, force: bool) -> Result<(), ImportError> {
     if path.exists() && !force {
         return Err(ImportError::Exists(path.display().to_string()));
     }
-    std::fs::write(path, text).map_err(|source| ImportError::Write { path: path.display().to_string(), source })
+    std::fs::write(path, text).map_err(|error| ImportError::Write { path: path.display().to_string(), error })
 }
 
 /// The summary and the unmapped list go to stderr so stdout stays a clean cluster file.
