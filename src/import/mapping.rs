@@ -43,11 +43,12 @@ pub struct ImportedHost {
     pub role: Role,
     /// The group that gave the role.
     pub role_from: At,
-    /// None: the inventory name itself is the address (no `ansible_host`).
+    /// Where pikube connects: `ansible_host`, else the inventory name (as Ansible does).
     pub address: At,
     pub user: Option<At>,
     pub port: Option<At>,
     pub key: Option<At>,
+    /// Comments for the host's entry: renames, board/OS groups, a role changed to validate.
     pub notes: Vec<String>,
 }
 
