@@ -157,11 +157,20 @@ pub fn run(command: ImportCommand) -> miette::Result<()> {
     Ok(())
 }
 
+/// `create_new` makes "never overwrite" hold even against a file that appears meanwhile.
 fn write_new(path: &Path, text: &str, force: bool) -> Result<(), ImportError> {
-    if path.exists() && !force {
-        return Err(ImportError::Exists(path.display().to_string()));
-    }
-    std::fs::write(path, text).map_err(|error| ImportError::Write { path: path.display().to_string(), error })
+    use std::io::Write;
+    let shown = || path.display().to_string();
+    let opened = if force {
+        std::fs::File::create(path)
+    } else {
+        std::fs::OpenOptions::new().write(true).create_new(true).open(path)
+    };
+    let mut f = opened.map_err(|error| match error.kind() {
+        std::io::ErrorKind::AlreadyExists => ImportError::Exists(shown()),
+        _ => ImportError::Write { path: shown(), error },
+    })?;
+    f.write_all(text.as_bytes()).map_err(|error| ImportError::Write { path: shown(), error })
 }
 
 /// The summary and the unmapped list go to stderr so stdout stays a clean cluster file.
