@@ -145,6 +145,8 @@ fn split_port(pattern: &str) -> (&str, Option<&str>) {
     }
 }
 
+const MAX_RANGE: u32 = 1000;
+
 /// Expands Ansible host ranges: `node[01:03]` → node01, node02, node03; `[a:c]`; `[0:10:5]`.
 fn expand(pattern: &str) -> Result<Vec<String>, String> {
     let Some(open) = pattern.find('[') else { return Ok(vec![pattern.to_string()]) };
@@ -159,6 +161,10 @@ fn expand(pattern: &str) -> Result<Vec<String>, String> {
         _ => return Err(bad()),
     };
     let items: Vec<String> = match (start.parse::<u32>(), end.parse::<u32>()) {
+        // A typo like [1:100000] would otherwise make a host list nobody meant.
+        (Ok(a), Ok(b)) if b.saturating_sub(a) >= MAX_RANGE => {
+            return Err(format!("{pattern:?}: [{body}] names more than {MAX_RANGE} hosts"))
+        }
         (Ok(a), Ok(b)) if a <= b => {
             (a..=b).step_by(step as usize).map(|n| format!("{n:0width$}", width = start.len())).collect()
         }
@@ -186,6 +192,7 @@ mod tests {
         assert_eq!(expand("db-[a:c].lan").unwrap(), ["db-a.lan", "db-b.lan", "db-c.lan"]);
         assert_eq!(expand("n[0:10:5]").unwrap(), ["n0", "n5", "n10"]);
         assert!(expand("n[3:1]").is_err());
+        assert!(expand("n[1:1001]").is_err() && expand("n[1:1000]").is_ok());
     }
 
     #[test]
