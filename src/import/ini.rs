@@ -178,6 +178,9 @@ fn expand(pattern: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for item in items {
         out.extend(expand(&format!("{head}{item}{tail}"))?);
+        if out.len() > MAX_RANGE as usize {
+            return Err(format!("{pattern:?} names more than {MAX_RANGE} hosts"));
+        }
     }
     Ok(out)
 }
@@ -193,6 +196,7 @@ mod tests {
         assert_eq!(expand("n[0:10:5]").unwrap(), ["n0", "n5", "n10"]);
         assert!(expand("n[3:1]").is_err());
         assert!(expand("n[1:1001]").is_err() && expand("n[1:1000]").is_ok());
+        assert!(expand("n[1:100]-[1:100]").is_err(), "nested ranges count together");
     }
 
     #[test]
