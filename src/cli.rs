@@ -107,6 +107,11 @@ enum Command {
         #[arg(long, value_name = "ARCH")]
         arch: Vec<String>,
     },
+    /// Turn an existing inventory into a cluster file: `pikube import ansible INVENTORY [-o FILE]`.
+    Import {
+        #[command(subcommand)]
+        command: crate::import::ImportCommand,
+    },
     #[command(flatten)]
     Cards(sdcard::CardCommand),
     /// Local test nodes (systemd-nspawn containers) for trying pikube without Pis.
@@ -169,6 +174,7 @@ async fn dispatch(command: Command) -> miette::Result<ExitCode> {
         Command::Kubeconfig { target, merge } => kubeconfig(target, merge).await,
         Command::Down { target, limit, yes } => down(target, limit, yes).await,
         Command::Artifacts { cluster, arch } => fetch_artifacts(cluster, arch),
+        Command::Import { command } => crate::import::run(command).map(|()| ExitCode::SUCCESS),
         Command::Cards(command) => sdcard::run(command).await.map(|()| ExitCode::SUCCESS),
         Command::Lab { command } => lab::run(command).await.map(|()| ExitCode::SUCCESS),
     }

@@ -5,6 +5,8 @@
 
 mod validate;
 
+pub(crate) use validate::{is_address, is_k3s_version};
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -547,7 +549,7 @@ impl Locator<'_> {
 
 /// serde-saphyr words its position as "error: line 3 column 5: …" (or "… at line 3 column 5");
 /// ours leads with `file:line:column`, so drop theirs.
-fn strip_location_suffix(msg: &str) -> String {
+pub(crate) fn strip_location_suffix(msg: &str) -> String {
     let msg = msg.strip_prefix("error: ").unwrap_or(msg);
     let msg = match msg.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
         Some((_, tail)) => tail,

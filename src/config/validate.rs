@@ -272,14 +272,22 @@ fn is_unsafe(c: char) -> bool {
 
 fn check_address(a: &Spanned<String>, problem: &mut impl FnMut(serde_saphyr::Location, String, &str)) {
     let v = a.value.as_str();
-    let looks_numeric = v.chars().all(|c| c.is_ascii_digit() || c == '.');
-    let ok = if looks_numeric { is_ip(v) } else { is_ip(v) || is_hostname(v) };
-    if !ok {
+    if !is_address(v) {
         problem(
             a.referenced,
             format!("{v:?} is not a valid IP address or hostname"),
             "write an IPv4/IPv6 address like 192.168.1.101 or a DNS name like rasp01.local",
         );
+    }
+}
+
+/// An IP address, or a DNS name that does not look like a mistyped IPv4 address.
+pub(crate) fn is_address(v: &str) -> bool {
+    let looks_numeric = v.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if looks_numeric {
+        is_ip(v)
+    } else {
+        is_ip(v) || is_hostname(v)
     }
 }
 
@@ -327,7 +335,7 @@ fn is_loopback_host(authority_and_path: &str) -> bool {
 }
 
 /// `v1.31.4+k3s1`
-fn is_k3s_version(v: &str) -> bool {
+pub(crate) fn is_k3s_version(v: &str) -> bool {
     let Some((semver, build)) = v.strip_prefix('v').and_then(|r| r.split_once("+k3s")) else { return false };
     let parts: Vec<&str> = semver.split('.').collect();
     parts.len() == 3
