@@ -34,7 +34,7 @@ pub async fn run(fleet: &Fleet, limit: &[String]) -> Result<(), String> {
         if fleet.failures().is_empty() {
             for path in [k3s::token_path(&fleet.cluster), fleet.cluster.kubeconfig_path()] {
                 if std::fs::remove_file(&path).is_ok() {
-                    eprintln!("    removed {}", path.display());
+                    crate::progress::note(&format!("removed {}", path.display()));
                 }
             }
         }

@@ -1,0 +1,145 @@
+//! What `up` and `down` show while they work and what they report, on a real 2-node lab: the
+//! line log without a terminal or with `--plain`, the live per-host view under a pseudo-terminal
+//! (util-linux `script`), and the `--json` shapes of `up`, `down` and `status`.
+//! Needs root and systemd-nspawn; otherwise the test prints `SKIP:` and returns.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{stdout, text, Lab, BIN};
+
+/// Runs pikube in the lab under a pseudo-terminal; returns the terminal's whole output (the
+/// command's stdout and stderr as a person would see them) and the exit code.
+fn under_pty(lab: &Lab, args: &str) -> (String, Option<i32>) {
+    let line = format!("{BIN} lab exec --name {} -- {BIN} {args}", lab.name);
+    let out = Command::new("script")
+        .args(["-qfec", &line, "/dev/null"])
+        .env("TERM", "xterm-256color")
+        .output()
+        .expect("run util-linux script (a pseudo-terminal)");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), out.status.code())
+}
+
+/// `s` without terminal control sequences (colours, cursor moves) and carriage returns.
+fn visible(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                if chars.next_if_eq(&'[').is_some() {
+                    while chars.next().is_some_and(|c| !c.is_ascii_alphabetic()) {}
+                }
+            }
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The line log: each stderr line is a phase (`==> …`) or a host's step (`    node: …`).
+fn assert_line_log(log: &str, steps: &[&str]) {
+    assert!(!log.contains('\x1b') && !log.contains('✔'), "no terminal codes or ticks in the line log:\n{log}");
+    for l in log.lines() {
+        assert!(l.starts_with("==> ") || l.starts_with("    "), "unexpected line {l:?} in the line log:\n{log}");
+    }
+    for want in ["==> preflight", "==> prepare hosts", "==> reboot", "==> verify"].iter().chain(steps) {
+        assert!(log.lines().any(|l| l == *want), "{want:?} missing from the line log:\n{log}");
+    }
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON: {e}\n{}", text(out)))
+}
+
+fn host<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    doc["hosts"].as_array().and_then(|h| h.iter().find(|h| h["name"] == name)).unwrap_or_else(|| panic!("{doc:#}"))
+}
+
+#[test]
+fn line_log_live_view_and_json_reports() {
+    require_lab!();
+    let lab = Lab::up("tprog-a", 20, &["--nodes", "2"]);
+    let file = lab.cluster_file();
+    let f = file.to_str().unwrap();
+    // Makes node1 need a change again (its hostname back to the image's), so each run below shows a step.
+    let unset_hostname = || lab.sh("node1", "echo debian > /etc/hostname && hostname debian");
+
+    // No terminal (pipes): today's line log, and the final report.
+    let up = lab.pikube(&["up", "-f", f]);
+    assert_eq!(up.status.code(), Some(0), "{}", text(&up));
+    let log = String::from_utf8_lossy(&up.stderr).into_owned();
+    assert_line_log(&log, &["    node1: set hostname debian → node1", "    node2: set hostname debian → node2"]);
+    assert!(stdout(&up).contains("node1 (10.77.20.11): changed\n  [prepare hosts] set hostname debian → node1\n"));
+
+    // A terminal: one live line per host with its phase and step, ticked when done; no line log.
+    unset_hostname();
+    let (tty, code) = under_pty(&lab, &format!("up -f {f}"));
+    let seen = visible(&tty);
+    assert_eq!(code, Some(0), "{seen}");
+    assert!(tty.contains("\x1b["), "the live view redraws its lines:\n{tty:?}");
+    assert!(seen.contains("node1") && seen.contains("prepare hosts · set hostname debian → node1"), "{seen}");
+    assert!(seen.contains("node2") && seen.contains("preflight"), "{seen}");
+    for n in ["node1", "node2"] {
+        assert!(seen.lines().any(|l| l.contains(&format!("✔ {n} ")) && l.contains("done")), "{n} ticked:\n{seen}");
+    }
+    assert!(!seen.contains("==> prepare hosts") && !seen.contains("    node1: set hostname"), "{seen}");
+    assert!(seen.contains("node1 (10.77.20.11): changed") && seen.contains("Up: 1 change(s) applied"), "{seen}");
+
+    // `--plain` on a terminal: the line log again.
+    unset_hostname();
+    let (tty, code) = under_pty(&lab, &format!("up --plain -f {f}"));
+    assert_eq!(code, Some(0), "{tty}");
+    let report_at = tty.find("node1 (10.77.20.11)").unwrap_or_else(|| panic!("no report:\n{tty}"));
+    assert_line_log(&tty[..report_at].replace('\r', ""), &["    node1: set hostname debian → node1"]);
+
+    // `up --json`: per host its status, changes and error; the exit code as without it.
+    unset_hostname();
+    let up = lab.pikube(&["up", "--json", "-f", f]);
+    assert_eq!(up.status.code(), Some(0), "{}", text(&up));
+    let doc = json(&up);
+    assert_eq!(doc["ok"], true, "{doc:#}");
+    let node1 = host(&doc, "node1");
+    assert_eq!((&node1["status"], &node1["role"], &node1["error"]), (&"changed".into(), &"server".into(), &().into()));
+    assert_eq!(
+        node1["changes"],
+        serde_json::json!([{"phase": "prepare hosts", "what": "set hostname debian → node1"}])
+    );
+    assert_eq!(host(&doc, "node2")["status"], "no changes", "{doc:#}");
+
+    // `status --json`: no Kubernetes in this lab, so nothing is Ready and the exit code says so.
+    let status = lab.pikube(&["status", "--json", "-f", f]);
+    assert_eq!(status.status.code(), Some(1), "{}", text(&status));
+    let doc = json(&status);
+    assert_eq!(doc["ready"], false, "{doc:#}");
+    assert_eq!(doc["endpoint"], "https://10.77.20.11:6443", "{doc:#}");
+    let node2 = host(&doc, "node2");
+    assert_eq!(
+        (&node2["role"], &node2["unit"], &node2["service"]),
+        (&"agent".into(), &"k3s-agent".into(), &"not installed".into())
+    );
+    assert_eq!((&node2["node"], &node2["version"]), (&"not registered".into(), &().into()), "{doc:#}");
+
+    // `down --json`: nothing of k3s to remove.
+    let down = lab.pikube(&["down", "--yes", "--json", "-f", f]);
+    assert_eq!(down.status.code(), Some(0), "{}", text(&down));
+    let doc = json(&down);
+    assert!(["node1", "node2"].iter().all(|n| host(&doc, n)["status"] == "no changes"), "{doc:#}");
+
+    // A host that fails: its line says so, the other is still ticked, and the JSON names the error.
+    lab.lab("cut", "node2");
+    unset_hostname();
+    let (tty, code) = under_pty(&lab, &format!("up -f {f}"));
+    let seen = visible(&tty);
+    assert_eq!(code, Some(1), "{seen}");
+    assert!(seen.lines().any(|l| l.contains("✘ node2 ") && l.contains("FAILED: ")), "{seen}");
+    assert!(seen.lines().any(|l| l.contains("✔ node1 ") && l.contains("done")), "{seen}");
+    let up = lab.pikube(&["up", "--json", "-f", f]);
+    assert_eq!(up.status.code(), Some(1), "{}", text(&up));
+    let doc = json(&up);
+    assert_eq!((&doc["ok"], &host(&doc, "node2")["status"]), (&false.into(), &"failed".into()), "{doc:#}");
+    assert!(host(&doc, "node2")["error"].as_str().is_some_and(|e| !e.is_empty()), "{doc:#}");
+    assert_eq!(doc["failed"][0]["host"], "node2", "{doc:#}");
+}
