@@ -322,7 +322,7 @@ async fn converge(target: Target, mode: Mode, output: Output, timeouts: Timeouts
     fleet.ready_timeout = std::time::Duration::from_secs(timeouts.ready);
     phases::run_all(&fleet).await;
     fleet.close().await;
-    crate::progress::finish();
+    crate::progress::finish(&fleet.journal.changes());
     let changes = fleet.journal.changes();
     let failures = fleet.failures();
     let mut out = std::io::stdout().lock();
@@ -530,7 +530,7 @@ async fn down(target: Target, limit: Vec<String>, yes: bool, output: Output) -> 
     let fleet = Fleet::connect(cluster, Mode::Apply, target.parallel).await?;
     let result = crate::down::run(&fleet, &limit).await;
     fleet.close().await;
-    crate::progress::finish();
+    crate::progress::finish(&fleet.journal.changes());
     result.map_err(|e| miette::miette!("{e}"))?;
     let failures = fleet.failures();
     if output.json {

@@ -116,7 +116,7 @@ impl Fleet {
                         k3s_binary_changed: AtomicBool::new(false),
                     };
                     if let Some(h) = &node.host {
-                        h.set_phase("facts");
+                        crate::progress::host_phase(&h.name, "facts");
                         match facts::gather(h).await {
                             Ok(f) => node.set_facts(f),
                             Err(e) => node.fail(e.to_string()),

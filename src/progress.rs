@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::remote::Change;
 use crate::term::{clean, truncate};
 
 struct Line {
@@ -123,11 +124,12 @@ pub fn failed(host: &str, why: &str) {
     }
 }
 
-/// The run is over: hosts still going are ticked done.
-pub fn finish() {
+/// The run is over: hosts still going are ticked done, with how many changes each had.
+pub fn finish(changes: &[Change]) {
     let Some(live) = LIVE.get() else { return };
-    for l in live.hosts.values().filter(|l| !l.bar.is_finished()) {
+    for (host, l) in live.hosts.iter().filter(|(_, l)| !l.bar.is_finished()) {
+        let n = changes.iter().filter(|c| &c.host == host).count();
         l.bar.set_style(finished("✔", "msg"));
-        l.bar.finish_with_message("done");
+        l.bar.finish_with_message(if n == 0 { "done, no changes".to_string() } else { format!("done, {n} change(s)") });
     }
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{stdout, text, Lab, BIN};
+use common::{standin_artifacts, stdout, text, Lab, BIN};
 
 /// Runs pikube in the lab under a pseudo-terminal; returns the terminal's whole output (the
 /// command's stdout and stderr as a person would see them) and the exit code.
@@ -50,6 +50,11 @@ fn assert_line_log(log: &str, steps: &[&str]) {
     }
 }
 
+/// Whether the terminal showed `host`'s line ticked with `message`.
+fn ticked(seen: &str, host: &str, message: &str) -> bool {
+    seen.lines().any(|l| l.contains(&format!("✔ {host} ")) && l.contains(message))
+}
+
 fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON: {e}\n{}", text(out)))
 }
@@ -82,9 +87,7 @@ fn line_log_live_view_and_json_reports() {
     assert!(tty.contains("\x1b["), "the live view redraws its lines:\n{tty:?}");
     assert!(seen.contains("node1") && seen.contains("prepare hosts · set hostname debian → node1"), "{seen}");
     assert!(seen.contains("node2") && seen.contains("preflight"), "{seen}");
-    for n in ["node1", "node2"] {
-        assert!(seen.lines().any(|l| l.contains(&format!("✔ {n} ")) && l.contains("done")), "{n} ticked:\n{seen}");
-    }
+    assert!(ticked(&seen, "node1", "done, 1 change(s)") && ticked(&seen, "node2", "done, no changes"), "{seen}");
     assert!(!seen.contains("==> prepare hosts") && !seen.contains("    node1: set hostname"), "{seen}");
     assert!(seen.contains("node1 (10.77.20.11): changed") && seen.contains("Up: 1 change(s) applied"), "{seen}");
 
@@ -135,11 +138,53 @@ fn line_log_live_view_and_json_reports() {
     let seen = visible(&tty);
     assert_eq!(code, Some(1), "{seen}");
     assert!(seen.lines().any(|l| l.contains("✘ node2 ") && l.contains("FAILED: ")), "{seen}");
-    assert!(seen.lines().any(|l| l.contains("✔ node1 ") && l.contains("done")), "{seen}");
+    assert!(ticked(&seen, "node1", "done, 1 change(s)"), "{seen}");
     let up = lab.pikube(&["up", "--json", "-f", f]);
     assert_eq!(up.status.code(), Some(1), "{}", text(&up));
     let doc = json(&up);
     assert_eq!((&doc["ok"], &host(&doc, "node2")["status"]), (&false.into(), &"failed".into()), "{doc:#}");
     assert!(host(&doc, "node2")["error"].as_str().is_some_and(|e| !e.is_empty()), "{doc:#}");
     assert_eq!(doc["failed"][0]["host"], "node2", "{doc:#}");
+}
+
+/// With Kubernetes (the k3s STAND-IN, a labelled test double): the live view goes through the
+/// k3s phases, `status --json` reports the Ready node with its version and address, and
+/// `down --json` lists what it removed.
+#[test]
+fn kubernetes_phases_live_and_status_json() {
+    require_lab!();
+    let artifacts = standin_artifacts();
+    let lab = Lab::up("tprog-b", 21, &["--nodes", "1", "--k3s-artifacts", artifacts.to_str().unwrap()]);
+    let file = lab.cluster_file();
+    let f = file.to_str().unwrap();
+
+    let (tty, code) = under_pty(&lab, &format!("up -f {f}"));
+    let seen = visible(&tty);
+    assert_eq!(code, Some(0), "{seen}");
+    for phase in ["prepare hosts", "k3s artifacts · pushing k3s v1.31.4+k3s1", "k3s servers"] {
+        assert!(seen.lines().any(|l| l.contains("node1") && l.contains(phase)), "{phase:?} not shown:\n{seen}");
+    }
+    assert!(seen.lines().any(|l| l.contains("✔ node1 ") && l.contains("change(s)")), "{seen}");
+
+    let status = lab.pikube(&["status", "--json", "-f", f]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    let doc = json(&status);
+    assert_eq!((&doc["ready"], &doc["split"]), (&true.into(), &().into()), "{doc:#}");
+    let node1 = host(&doc, "node1");
+    let want = serde_json::json!({
+        "name": "node1", "role": "server", "address": "10.77.21.11", "unit": "k3s", "service": "active",
+        "node": "Ready", "version": "v1.31.4+k3s1", "internal_ip": "10.77.21.11",
+    });
+    assert_eq!(node1, &want, "{doc:#}");
+
+    let down = lab.pikube(&["down", "--yes", "--json", "-f", f]);
+    assert_eq!(down.status.code(), Some(0), "{}", text(&down));
+    let doc = json(&down);
+    let node1 = host(&doc, "node1");
+    assert_eq!(node1["status"], "changed", "{doc:#}");
+    let changes = node1["changes"].as_array().unwrap();
+    assert!(!changes.is_empty() && changes.iter().all(|c| c["phase"] == "down"), "{doc:#}");
+    let status = lab.pikube(&["status", "--json", "-f", f]);
+    assert_eq!(status.status.code(), Some(1), "{}", text(&status));
+    assert_eq!(host(&json(&status), "node1")["service"], "not installed");
 }
