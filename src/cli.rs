@@ -155,6 +155,7 @@ pub fn main() -> ExitCode {
         tokio::select! {
             r = dispatch(cli.command) => r,
             _ = tokio::signal::ctrl_c() => {
+                crate::progress::interrupted();
                 eprintln!("\ninterrupted: stopped before finishing. Every change pikube makes is atomic and \
                            re-checked, so re-run the same command to converge.");
                 Ok(ExitCode::from(130))

@@ -124,6 +124,14 @@ pub fn failed(host: &str, why: &str) {
     }
 }
 
+/// Ctrl-C: the lines stop where they are (and stop redrawing), so the message after them stays.
+pub fn interrupted() {
+    let Some(live) = LIVE.get() else { return };
+    for l in live.hosts.values().filter(|l| !l.bar.is_finished()) {
+        l.bar.abandon_with_message("interrupted");
+    }
+}
+
 /// The run is over: hosts still going are ticked done, with how many changes each had.
 pub fn finish(changes: &[Change]) {
     let Some(live) = LIVE.get() else { return };

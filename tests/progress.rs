@@ -9,10 +9,10 @@ use std::process::{Command, Output};
 
 use common::{standin_artifacts, stdout, text, Lab, BIN};
 
-/// Runs pikube in the lab under a pseudo-terminal; returns the terminal's whole output (the
-/// command's stdout and stderr as a person would see them) and the exit code.
-fn under_pty(lab: &Lab, args: &str) -> (String, Option<i32>) {
-    let line = format!("{BIN} lab exec --name {} -- {BIN} {args}", lab.name);
+/// Runs `command` (a shell line) in the lab under a pseudo-terminal; returns the terminal's
+/// whole output (stdout and stderr as a person would see them) and the exit code.
+fn under_pty(lab: &Lab, command: &str) -> (String, Option<i32>) {
+    let line = format!("{BIN} lab exec --name {} -- {command}", lab.name);
     let out = Command::new("script")
         .args(["-qfec", &line, "/dev/null"])
         .env("TERM", "xterm-256color")
@@ -81,7 +81,7 @@ fn line_log_live_view_and_json_reports() {
 
     // A terminal: one live line per host with its phase and step, ticked when done; no line log.
     unset_hostname();
-    let (tty, code) = under_pty(&lab, &format!("up -f {f}"));
+    let (tty, code) = under_pty(&lab, &format!("{BIN} up -f {f}"));
     let seen = visible(&tty);
     assert_eq!(code, Some(0), "{seen}");
     assert!(tty.contains("\x1b["), "the live view redraws its lines:\n{tty:?}");
@@ -93,7 +93,7 @@ fn line_log_live_view_and_json_reports() {
 
     // `--plain` on a terminal: the line log again.
     unset_hostname();
-    let (tty, code) = under_pty(&lab, &format!("up --plain -f {f}"));
+    let (tty, code) = under_pty(&lab, &format!("{BIN} up --plain -f {f}"));
     assert_eq!(code, Some(0), "{tty}");
     let report_at = tty.find("node1 (10.77.20.11)").unwrap_or_else(|| panic!("no report:\n{tty}"));
     assert_line_log(&tty[..report_at].replace('\r', ""), &["    node1: set hostname debian → node1"]);
@@ -131,10 +131,22 @@ fn line_log_live_view_and_json_reports() {
     let doc = json(&down);
     assert!(["node1", "node2"].iter().all(|n| host(&doc, n)["status"] == "no changes"), "{doc:#}");
 
+    // Ctrl-C in the middle (a host hook that takes a minute): the lines stop, marked, and stop
+    // redrawing, so the message after them stays readable.
+    let slow = lab.dir().join("slow.yaml");
+    let hook =
+        "hooks:\n  hosts:\n    - phase: prepare hosts\n      when: after\n      on: [node1]\n      run: sleep 60\n";
+    std::fs::write(&slow, std::fs::read_to_string(&file).unwrap() + hook).unwrap();
+    let (tty, code) = under_pty(&lab, &format!("timeout --preserve-status -s INT 4 {BIN} up -f {}", slow.display()));
+    assert_eq!(code, Some(130), "{tty}");
+    let (before, after) = tty.split_once("interrupted: stopped before finishing").unwrap_or_else(|| panic!("{tty}"));
+    assert!(visible(before).contains("interrupted") && visible(before).contains("prepare hosts · hook after"), "{tty}");
+    assert!(!after.contains('\x1b'), "the live view went on drawing after the interrupt:\n{after:?}");
+
     // A host that fails: its line says so, the other is still ticked, and the JSON names the error.
     lab.lab("cut", "node2");
     unset_hostname();
-    let (tty, code) = under_pty(&lab, &format!("up -f {f}"));
+    let (tty, code) = under_pty(&lab, &format!("{BIN} up -f {f}"));
     let seen = visible(&tty);
     assert_eq!(code, Some(1), "{seen}");
     assert!(seen.lines().any(|l| l.contains("✘ node2 ") && l.contains("FAILED: ")), "{seen}");
@@ -158,7 +170,7 @@ fn kubernetes_phases_live_and_status_json() {
     let file = lab.cluster_file();
     let f = file.to_str().unwrap();
 
-    let (tty, code) = under_pty(&lab, &format!("up -f {f}"));
+    let (tty, code) = under_pty(&lab, &format!("{BIN} up -f {f}"));
     let seen = visible(&tty);
     assert_eq!(code, Some(0), "{seen}");
     for phase in ["prepare hosts", "k3s artifacts · pushing k3s v1.31.4+k3s1", "k3s servers"] {
