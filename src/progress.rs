@@ -65,6 +65,22 @@ fn line(host: &str) -> Option<&'static Line> {
     LIVE.get().and_then(|l| l.hosts.get(host))
 }
 
+/// Where log lines (`PIKUBE_LOG`, warnings) go: above the live lines while they show, so a
+/// redraw does not overwrite them; stderr otherwise.
+pub struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match LIVE.get() {
+            Some(live) => live.multi.suspend(|| std::io::stderr().write_all(buf)).map(|()| buf.len()),
+            None => std::io::stderr().write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// A phase begins for the whole fleet.
 pub fn phase(name: &str) {
     if LIVE.get().is_none() {
