@@ -155,7 +155,7 @@ pub fn main() -> ExitCode {
         tokio::select! {
             r = dispatch(cli.command) => r,
             _ = tokio::signal::ctrl_c() => {
-                crate::progress::interrupted();
+                crate::progress::stop("interrupted");
                 eprintln!("\ninterrupted: stopped before finishing. Every change pikube makes is atomic and \
                            re-checked, so re-run the same command to converge.");
                 Ok(ExitCode::from(130))
@@ -167,6 +167,7 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(report) => {
+            crate::progress::stop("stopped");
             eprintln!("{report:?}");
             ExitCode::from(2)
         }

@@ -140,11 +140,12 @@ pub fn failed(host: &str, why: &str) {
     }
 }
 
-/// Ctrl-C: the lines stop where they are (and stop redrawing), so the message after them stays.
-pub fn interrupted() {
+/// Ctrl-C or an error that ends the run: the lines stop where they are, marked `why`, and stop
+/// redrawing, so the message printed after them stays whole.
+pub fn stop(why: &'static str) {
     let Some(live) = LIVE.get() else { return };
     for l in live.hosts.values().filter(|l| !l.bar.is_finished()) {
-        l.bar.abandon_with_message("interrupted");
+        l.bar.abandon_with_message(why);
     }
 }
 

@@ -168,6 +168,20 @@ fn line_log_live_view_and_json_reports() {
     assert!(visible(before).contains("interrupted") && visible(before).contains("prepare hosts · hook after"), "{tty}");
     assert!(!after.contains('\x1b'), "the live view went on drawing after the interrupt:\n{after:?}");
 
+    // An error that ends the run before any host is reached: the lines stop, and the error
+    // printed after them stays on the screen whole.
+    let bad = lab.dir().join("bad.yaml");
+    let text_of = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&bad, text_of.replace("  user: root\n", "  user: root\n  sudo_password: {env: TPROG_UNSET}\n"))
+        .unwrap();
+    let (tty, code) = under_pty(&lab, &format!("{BIN} up -f {}", bad.display()));
+    assert_eq!(code, Some(2), "{tty}");
+    let shown = screen(&tty);
+    let lines: Vec<&str> = shown.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
+    let stopped = lines.iter().filter(|l| l.contains(" node") && l.ends_with("  stopped")).count();
+    assert_eq!(stopped, 2, "{shown}");
+    assert!(lines.iter().any(|l| l.contains("node1: sudo password variable TPROG_UNSET is not set")), "{shown}");
+
     // A host that fails: its line says so, the other is still ticked, and the JSON names the error.
     lab.lab("cut", "node2");
     unset_hostname();
