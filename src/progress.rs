@@ -36,7 +36,7 @@ pub fn start<'a>(hosts: impl IntoIterator<Item = &'a str>, plain: bool) {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let hosts: Vec<&str> = hosts.into_iter().collect();
     let width = hosts.iter().map(|h| h.chars().count()).max().unwrap_or(0);
-    let style = style(&format!("{{spinner:.cyan}} {{prefix:{width}.bold}} {{elapsed:>4}}  {{msg}}"));
+    let style = style(&format!("{{spinner:.cyan}} {{prefix:{width}.bold}} {{elapsed:>4}}  {{wide_msg}}"));
     let lines = hosts
         .iter()
         .map(|h| {
@@ -113,7 +113,7 @@ pub fn step(host: &str, what: &str) {
     match line(host) {
         Some(l) => {
             let phase = l.phase.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            // One terminal line per host: long steps (hook commands) are cut.
+            // One terminal line per host: long steps (hook commands) are cut (and `wide_msg` cuts at the width).
             let what = what.lines().next().unwrap_or("");
             l.bar.set_message(format!("{phase} · {}", truncate(what, 100)));
         }
@@ -134,7 +134,7 @@ pub fn note(text: &str) {
 /// `host` failed: its line says so at once (the final report has the whole error).
 pub fn failed(host: &str, why: &str) {
     if let Some(l) = line(host) {
-        l.bar.set_style(finished("✘", "msg:.red"));
+        l.bar.set_style(finished("✘", "wide_msg:.red"));
         let first = clean(why).lines().next().unwrap_or("").to_string();
         l.bar.finish_with_message(format!("FAILED: {}", truncate(&first, 100)));
     }
@@ -154,7 +154,7 @@ pub fn finish(changes: &[Change]) {
     let Some(live) = LIVE.get() else { return };
     for (host, l) in live.hosts.iter().filter(|(_, l)| !l.bar.is_finished()) {
         let n = changes.iter().filter(|c| &c.host == host).count();
-        l.bar.set_style(finished("✔", "msg"));
+        l.bar.set_style(finished("✔", "wide_msg"));
         l.bar.finish_with_message(if n == 0 { "done, no changes".to_string() } else { format!("done, {n} change(s)") });
     }
 }
