@@ -156,13 +156,13 @@ fn line_log_live_view_and_json_reports() {
     let doc = json(&down);
     assert!(["node1", "node2"].iter().all(|n| host(&doc, n)["status"] == "no changes"), "{doc:#}");
 
-    // Ctrl-C in the middle (a host hook that takes a minute): the lines stop, marked, and stop
-    // redrawing, so the message after them stays readable.
+    // Ctrl-C in the middle of a host hook that takes minutes (sent after 15 s, room for a loaded
+    // machine): the lines stop, marked, and stop redrawing, so the message after them stays readable.
     let slow = lab.dir().join("slow.yaml");
     let hook =
-        "hooks:\n  hosts:\n    - phase: prepare hosts\n      when: after\n      on: [node1]\n      run: sleep 60\n";
+        "hooks:\n  hosts:\n    - phase: prepare hosts\n      when: after\n      on: [node1]\n      run: sleep 300\n";
     std::fs::write(&slow, std::fs::read_to_string(&file).unwrap() + hook).unwrap();
-    let (tty, code) = under_pty(&lab, &format!("timeout --preserve-status -s INT 4 {BIN} up -f {}", slow.display()));
+    let (tty, code) = under_pty(&lab, &format!("timeout --preserve-status -s INT 15 {BIN} up -f {}", slow.display()));
     assert_eq!(code, Some(130), "{tty}");
     let (before, after) = tty.split_once("interrupted: stopped before finishing").unwrap_or_else(|| panic!("{tty}"));
     assert!(visible(before).contains("interrupted") && visible(before).contains("prepare hosts · hook after"), "{tty}");
