@@ -150,7 +150,7 @@ fn download(url: &str, to: &Path) -> Result<(), ArtifactError> {
     let dir = to.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| ArtifactError::Io(format!("{}: {e}", dir.display())))?;
     let part = to.with_extension("part");
-    eprintln!("    downloading {url}");
+    crate::progress::note(&format!("downloading {url}"));
     let out = Command::new("curl")
         .args(["-fsSL", "--retry", "3", "--connect-timeout", "15", "-o"])
         .arg(&part)

@@ -73,11 +73,16 @@ enum Command {
         /// Seconds each k3s node may take to become Ready before its logs are shown.
         #[arg(long, default_value_t = 300)]
         ready_timeout: u64,
+        #[command(flatten)]
+        output: Output,
     },
     /// Show each host's Kubernetes state: service, Ready, node IP (exit 1 when not all Ready).
     Status {
         #[command(flatten)]
         target: Target,
+        /// Machine-readable output (the shape is in the README).
+        #[arg(long)]
+        json: bool,
     },
     /// (Re)write build/<cluster>-config.yml from a server, or merge it into ~/.kube/config.
     Kubeconfig {
@@ -98,6 +103,8 @@ enum Command {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Download and verify the pinned k3s release files into the cache (or check the airgap dir).
     Artifacts {
@@ -119,6 +126,19 @@ enum Command {
         #[command(subcommand)]
         command: lab::LabCommand,
     },
+    /// Print the shell completion script (see the README for where to put it).
+    Completions { shell: clap_complete::Shell },
+}
+
+/// How `up` and `down` report.
+#[derive(Debug, clap::Args)]
+struct Output {
+    /// The line log even on a terminal (instead of the live per-host view).
+    #[arg(long)]
+    plain: bool,
+    /// Print the result as JSON on stdout (the shape is in the README).
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn main() -> ExitCode {
@@ -127,7 +147,7 @@ pub fn main() -> ExitCode {
     let _ = miette::set_hook(Box::new(|_| Box::new(miette::MietteHandlerOpts::new().wrap_lines(false).build())));
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PIKUBE_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::progress::LogWriter)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -140,6 +160,7 @@ pub fn main() -> ExitCode {
         tokio::select! {
             r = dispatch(cli.command) => r,
             _ = tokio::signal::ctrl_c() => {
+                crate::progress::stop("interrupted");
                 eprintln!("\ninterrupted: stopped before finishing. Every change pikube makes is atomic and \
                            re-checked, so re-run the same command to converge.");
                 Ok(ExitCode::from(130))
@@ -151,6 +172,7 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(report) => {
+            crate::progress::stop("stopped");
             eprintln!("{report:?}");
             ExitCode::from(2)
         }
@@ -166,17 +188,28 @@ async fn dispatch(command: Command) -> miette::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { target, json } => check(target, json).await,
-        Command::Plan { target, json } => converge(target, Mode::DryRun, json, Timeouts { reboot: 0, ready: 0 }).await,
-        Command::Up { target, reboot_timeout, ready_timeout } => {
-            converge(target, Mode::Apply, false, Timeouts { reboot: reboot_timeout, ready: ready_timeout }).await
+        Command::Plan { target, json } => {
+            converge(target, Mode::DryRun, Output { plain: true, json }, Timeouts { reboot: 0, ready: 0 }).await
         }
-        Command::Status { target } => status(target).await,
+        Command::Up { target, reboot_timeout, ready_timeout, output } => {
+            converge(target, Mode::Apply, output, Timeouts { reboot: reboot_timeout, ready: ready_timeout }).await
+        }
+        Command::Status { target, json } => status(target, json).await,
         Command::Kubeconfig { target, merge } => kubeconfig(target, merge).await,
-        Command::Down { target, limit, yes } => down(target, limit, yes).await,
+        Command::Down { target, limit, yes, output } => down(target, limit, yes, output).await,
         Command::Artifacts { cluster, arch } => fetch_artifacts(cluster, arch),
         Command::Import { command } => crate::import::run(command).map(|()| ExitCode::SUCCESS),
         Command::Cards(command) => sdcard::run(command).await.map(|()| ExitCode::SUCCESS),
         Command::Lab { command } => lab::run(command).await.map(|()| ExitCode::SUCCESS),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "pikube",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -248,32 +281,65 @@ struct Timeouts {
     ready: u64,
 }
 
-async fn converge(target: Target, mode: Mode, json: bool, timeouts: Timeouts) -> miette::Result<ExitCode> {
+/// A host's outcome in the report of `plan`, `up` and `down`.
+fn outcome(node: &crate::fleet::Node, changed: bool, mode: Mode) -> &'static str {
+    match (node.failure(), changed, mode) {
+        (Some(_), _, _) => "FAILED",
+        (None, false, _) => "no changes",
+        (None, true, Mode::DryRun) => "would change",
+        (None, true, Mode::Apply) => "changed",
+    }
+}
+
+/// The JSON report of `plan`, `up` and `down` (documented in the README): per host its status,
+/// changes and error, and the flat lists `changes` and `failed` that `plan --json` always had.
+fn json_report(fleet: &Fleet, started: Instant) -> miette::Result<String> {
+    let changes = fleet.journal.changes();
+    let hosts: Vec<_> = fleet
+        .nodes
+        .iter()
+        .map(|n| {
+            let mine: Vec<_> = changes
+                .iter()
+                .filter(|c| c.host == n.name())
+                .map(|c| serde_json::json!({"phase": c.phase, "what": c.what}))
+                .collect();
+            let status = outcome(n, !mine.is_empty(), fleet.mode).to_lowercase();
+            serde_json::json!({
+                "name": n.name(), "address": n.spec.address(), "role": n.role().as_str(),
+                "status": status, "changes": mine, "error": n.failure(),
+            })
+        })
+        .collect();
+    let failed: Vec<_> = fleet.failures().iter().map(|(h, e)| serde_json::json!({"host": h, "error": e})).collect();
+    let doc = serde_json::json!({
+        "ok": failed.is_empty(), "hosts": hosts, "changes": changes, "failed": failed,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    serde_json::to_string_pretty(&doc).map_err(|e| miette::miette!("{e}"))
+}
+
+async fn converge(target: Target, mode: Mode, output: Output, timeouts: Timeouts) -> miette::Result<ExitCode> {
     let started = Instant::now();
     let cluster = Cluster::load(&target.cluster.file)?;
+    if mode == Mode::Apply {
+        crate::progress::start(cluster.hosts().map(|h| h.name.value.as_str()), output.plain);
+    }
     let mut fleet = Fleet::connect(cluster, mode, target.parallel).await?;
     fleet.reboot_timeout = std::time::Duration::from_secs(timeouts.reboot);
     fleet.ready_timeout = std::time::Duration::from_secs(timeouts.ready);
     phases::run_all(&fleet).await;
     fleet.close().await;
+    crate::progress::finish(&fleet.journal.changes());
     let changes = fleet.journal.changes();
     let failures = fleet.failures();
     let mut out = std::io::stdout().lock();
-    if json {
-        let doc = serde_json::json!({
-            "changes": changes,
-            "failed": failures.iter().map(|(h, e)| serde_json::json!({"host": h, "error": e})).collect::<Vec<_>>(),
-        });
-        writeln!(out, "{}", serde_json::to_string_pretty(&doc).map_err(|e| miette::miette!("{e}"))?).ok();
+    if output.json {
+        writeln!(out, "{}", json_report(&fleet, started)?).ok();
     } else {
         for node in &fleet.nodes {
             let mine: Vec<_> = changes.iter().filter(|c| c.host == node.name()).collect();
-            let status = match (node.failure(), mine.is_empty(), mode) {
-                (Some(_), _, _) => "FAILED",
-                (None, true, _) => "no changes",
-                (None, false, Mode::DryRun) => "would change",
-                (None, false, Mode::Apply) => "changed",
-            };
+            let status = outcome(node, !mine.is_empty(), mode);
             writeln!(out, "{} ({}): {status}", node.name(), node.spec.address()).ok();
             for c in mine {
                 writeln!(out, "  [{}] {}", c.phase, clean(&c.what)).ok();
@@ -342,7 +408,7 @@ async fn kubeconfig(target: Target, merge: bool) -> miette::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn status(target: Target) -> miette::Result<ExitCode> {
+async fn status(target: Target, json: bool) -> miette::Result<ExitCode> {
     let cluster = Cluster::load(&target.cluster.file)?;
     let fleet = Fleet::connect(cluster, Mode::DryRun, target.parallel).await?;
     let api = fleet
@@ -362,32 +428,19 @@ async fn status(target: Target) -> miette::Result<ExitCode> {
         .collect();
     let split = crate::k3s::disagreement(&running).await;
     fleet.close().await;
-    let mut all_ready = split.is_none();
-    let rows: Vec<[String; 5]> = fleet
-        .nodes
+    let states: Vec<HostState> = fleet.nodes.iter().map(|n| HostState::of(n, nodes.get(n.name()))).collect();
+    let all_ready =
+        split.is_none() && states.iter().all(|s| s.role == Role::Loadbalancer.as_str() || s.node == "Ready");
+    if json {
+        let doc = serde_json::json!({
+            "ready": all_ready, "endpoint": fleet.cluster.endpoint().url(), "hosts": states, "split": split,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| miette::miette!("{e}"))?);
+        return Ok(if all_ready { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
+    let rows: Vec<[String; 5]> = states
         .iter()
-        .map(|n| {
-            let unit = match n.role() {
-                Role::Loadbalancer => "haproxy",
-                r => crate::k3s::unit_name(r),
-            };
-            let service = match (n.failure(), n.facts().and_then(|f| f.services.get(unit).cloned())) {
-                (Some(_), _) => "unreachable".to_string(),
-                (None, Some(s)) if s.active => format!("{unit} active"),
-                (None, Some(s)) if s.enabled => format!("{unit} inactive"),
-                _ => format!("{unit} not installed"),
-            };
-            let ready = match (n.role(), nodes.get(n.name())) {
-                (Role::Loadbalancer, _) => "-".to_string(),
-                (_, Some(s)) if s.ready => "Ready".to_string(),
-                (_, Some(_)) => "NotReady".to_string(),
-                (_, None) => "not registered".to_string(),
-            };
-            if n.role() != Role::Loadbalancer && ready != "Ready" {
-                all_ready = false;
-            }
-            [n.name().to_string(), n.role().as_str().to_string(), n.spec.address().to_string(), service, ready]
-        })
+        .map(|s| [s.name.clone(), s.role.into(), s.address.clone(), s.service_line(), s.node.clone()])
         .collect();
     print!("{}", check::render_table(&["HOST", "ROLE", "ADDRESS", "SERVICE", "NODE"], &rows));
     println!("\nendpoint: {}", fleet.cluster.endpoint().url());
@@ -397,7 +450,65 @@ async fn status(target: Target) -> miette::Result<ExitCode> {
     Ok(if all_ready { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-async fn down(target: Target, limit: Vec<String>, yes: bool) -> miette::Result<ExitCode> {
+/// One host in `status` (the table's row, and the JSON shape documented in the README).
+#[derive(serde::Serialize)]
+struct HostState {
+    name: String,
+    role: &'static str,
+    address: String,
+    /// The unit that runs the host's part: k3s, k3s-agent or haproxy.
+    unit: &'static str,
+    /// active, inactive, not installed or unreachable.
+    service: &'static str,
+    /// Ready, NotReady or not registered; `-` for a load balancer.
+    node: String,
+    /// The k3s binary's version on the host, when installed.
+    version: Option<String>,
+    /// The node's InternalIP as the API reports it.
+    internal_ip: Option<String>,
+}
+
+impl HostState {
+    fn of(n: &crate::fleet::Node, api: Option<&crate::k3s::NodeStatus>) -> HostState {
+        let unit = match n.role() {
+            Role::Loadbalancer => "haproxy",
+            r => crate::k3s::unit_name(r),
+        };
+        let facts = n.facts();
+        let service = match (n.failure(), facts.as_ref().and_then(|f| f.services.get(unit))) {
+            (Some(_), _) => "unreachable",
+            (None, Some(s)) if s.active => "active",
+            (None, Some(s)) if s.enabled => "inactive",
+            _ => "not installed",
+        };
+        let node = match (n.role(), api) {
+            (Role::Loadbalancer, _) => "-",
+            (_, Some(s)) if s.ready => "Ready",
+            (_, Some(_)) => "NotReady",
+            (_, None) => "not registered",
+        };
+        HostState {
+            name: n.name().to_string(),
+            role: n.role().as_str(),
+            address: n.spec.address().to_string(),
+            unit,
+            service,
+            node: node.to_string(),
+            // `k3s --version` says "k3s version v1.31.4+k3s1 (fa8a1bfd)".
+            version: facts.and_then(|f| f.kubernetes.get("k3s")?.split_whitespace().nth(2).map(str::to_string)),
+            internal_ip: api.map(|s| s.internal_ip.clone()).filter(|ip| !ip.is_empty()),
+        }
+    }
+
+    fn service_line(&self) -> String {
+        if self.service == "unreachable" {
+            return self.service.to_string();
+        }
+        format!("{} {}", self.unit, self.service)
+    }
+}
+
+async fn down(target: Target, limit: Vec<String>, yes: bool, output: Output) -> miette::Result<ExitCode> {
     let cluster = Cluster::load(&target.cluster.file)?;
     for l in &limit {
         if !cluster.hosts().any(|h| &h.name.value == l) {
@@ -423,11 +534,17 @@ async fn down(target: Target, limit: Vec<String>, yes: bool) -> miette::Result<E
         }
     }
     let started = Instant::now();
+    crate::progress::start(cluster.hosts().map(|h| h.name.value.as_str()), output.plain);
     let fleet = Fleet::connect(cluster, Mode::Apply, target.parallel).await?;
     let result = crate::down::run(&fleet, &limit).await;
     fleet.close().await;
+    crate::progress::finish(&fleet.journal.changes());
     result.map_err(|e| miette::miette!("{e}"))?;
     let failures = fleet.failures();
+    if output.json {
+        println!("{}", json_report(&fleet, started)?);
+        return Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
     for (h, e) in &failures {
         println!("{h}: FAILED\n  error: {}", clean(e));
     }

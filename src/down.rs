@@ -12,6 +12,10 @@ use crate::teardown;
 
 /// Resets the named nodes (all k3s nodes when `limit` is empty).
 pub async fn run(fleet: &Fleet, limit: &[String]) -> Result<(), String> {
+    // Labels the changes (in the JSON report) and each host's live line.
+    for h in fleet.nodes.iter().filter_map(|n| n.host.as_ref()) {
+        h.set_phase("down");
+    }
     let api = fleet
         .healthy(Role::Server)
         .find(|(n, _)| !limit.iter().any(|l| l == n.name()) && has_k3s(n))
@@ -34,7 +38,7 @@ pub async fn run(fleet: &Fleet, limit: &[String]) -> Result<(), String> {
         if fleet.failures().is_empty() {
             for path in [k3s::token_path(&fleet.cluster), fleet.cluster.kubeconfig_path()] {
                 if std::fs::remove_file(&path).is_ok() {
-                    eprintln!("    removed {}", path.display());
+                    crate::progress::note(&format!("removed {}", path.display()));
                 }
             }
         }

@@ -36,6 +36,7 @@ impl Node {
     pub fn fail(&self, why: String) {
         let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         if f.is_none() {
+            crate::progress::failed(self.name(), &why);
             *f = Some(why);
         }
     }
@@ -94,12 +95,16 @@ impl Fleet {
             .map(|(spec, target, sudo)| {
                 let journal = journal.clone();
                 async move {
+                    crate::progress::host_phase(&spec.name.value, "connect");
                     let (host, failed) = match Session::connect(&target).await {
                         Ok(session) => {
                             let h = Host::new(spec.name.value.clone(), session, &target.user, sudo, mode, journal);
                             (Some(h), None)
                         }
-                        Err(e) => (None, Some(e.to_string())),
+                        Err(e) => {
+                            crate::progress::failed(&spec.name.value, &e.to_string());
+                            (None, Some(e.to_string()))
+                        }
                     };
                     let node = Node {
                         spec,
@@ -111,6 +116,7 @@ impl Fleet {
                         k3s_binary_changed: AtomicBool::new(false),
                     };
                     if let Some(h) = &node.host {
+                        crate::progress::host_phase(&h.name, "facts");
                         match facts::gather(h).await {
                             Ok(f) => node.set_facts(f),
                             Err(e) => node.fail(e.to_string()),

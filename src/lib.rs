@@ -18,6 +18,7 @@ pub mod kubeconfig;
 pub mod lab;
 pub mod local;
 pub mod phases;
+pub mod progress;
 pub mod remote;
 pub mod sdcard;
 pub mod ssh;

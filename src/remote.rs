@@ -192,6 +192,7 @@ impl Host {
     /// Name of the phase now running on this host, used to label recorded changes.
     pub fn set_phase(&self, phase: &str) {
         *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase.to_string();
+        crate::progress::host_phase(&self.name, phase);
     }
 
     /// Runs a command and returns its output whatever the exit status.
@@ -319,8 +320,7 @@ impl Host {
     pub fn record(&self, what: String) {
         let phase = self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if self.mode == Mode::Apply {
-            // `what` may quote the host (its old hostname): shown escaped.
-            eprintln!("    {}: {}", self.name, crate::term::clean(&what));
+            crate::progress::step(&self.name, &what);
         }
         self.journal.push(Change { host: self.name.clone(), phase, what });
     }

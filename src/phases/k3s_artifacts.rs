@@ -62,7 +62,7 @@ async fn push(
     let pushing = have.sha256 != bin.sha256;
     let (started, mib) = (Instant::now(), bin.size as f64 / 1048576.0);
     if pushing && fleet.mode == Mode::Apply {
-        eprintln!("    {}: pushing k3s {version} ({mib:.1} MiB) …", node.name());
+        crate::progress::step(node.name(), &format!("pushing k3s {version} ({mib:.1} MiB) …"));
     }
     // Also run when the checksum matches: the mode may be off (a binary copied by hand).
     // The checksums are known already: neither side hashes the binary again.
@@ -71,7 +71,7 @@ async fn push(
         node.k3s_binary_changed.store(true, std::sync::atomic::Ordering::SeqCst);
         if fleet.mode == Mode::Apply {
             let secs = started.elapsed().as_secs_f64();
-            eprintln!("    {}: pushed in {secs:.1}s ({:.1} MiB/s)", node.name(), mib / secs.max(0.001));
+            crate::progress::step(node.name(), &format!("pushed in {secs:.1}s ({:.1} MiB/s)", mib / secs.max(0.001)));
         }
     }
     // install.sh's rule: link only when the command is neither there nor elsewhere on PATH,

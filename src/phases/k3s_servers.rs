@@ -53,7 +53,8 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 let token = if plan == Plan::Init { token.clone() } else { k3s::join_token(fleet, &token).await? };
                 let started = converge_node(fleet, node, host, &token, join).await?;
                 if started && fleet.mode == Mode::Apply {
-                    eprintln!("    {}: waiting until Ready (up to {}s)", node.name(), fleet.ready_timeout.as_secs());
+                    let wait = format!("waiting until Ready (up to {}s)", fleet.ready_timeout.as_secs());
+                    crate::progress::step(node.name(), &wait);
                     k3s::wait_ready(host, host, Role::Server, node.name(), fleet.ready_timeout).await?;
                 }
                 Ok::<(), String>(())

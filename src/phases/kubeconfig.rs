@@ -19,7 +19,7 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
         match write_local(&fleet.cluster, api, None).await {
             Ok((path, changed)) => {
                 let verb = if changed { "wrote" } else { "unchanged:" };
-                eprintln!("    {verb} {}", path.display());
+                crate::progress::note(&format!("{verb} {}", path.display()));
             }
             Err(e) => node.fail(e),
         }

@@ -71,7 +71,7 @@ pub async fn run_all(fleet: &Fleet) {
             continue;
         }
         if fleet.mode == Mode::Apply {
-            eprintln!("==> {}", phase.name);
+            crate::progress::phase(phase.name);
         }
         for n in fleet.nodes.iter().filter(|n| n.ok()) {
             if let Some(h) = &n.host {
@@ -83,7 +83,7 @@ pub async fn run_all(fleet: &Fleet) {
         host_hooks(fleet, phase.name, HookWhen::After).await;
     }
     if !kubernetes && fleet.mode == Mode::Apply {
-        eprintln!("==> Kubernetes not installed: the cluster file pins no kubernetes.version");
+        crate::progress::headline("Kubernetes not installed: the cluster file pins no kubernetes.version");
     }
 }
 

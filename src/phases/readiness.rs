@@ -36,7 +36,9 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                     if pending.is_empty() {
                         check_node_ips(&members, &status);
                         reconcile_labels_and_taints(api, &members, &status).await;
-                        eprintln!("    all {} nodes Ready ({:.1}s)", members.len(), started.elapsed().as_secs_f64());
+                        let all =
+                            format!("all {} nodes Ready ({:.1}s)", members.len(), started.elapsed().as_secs_f64());
+                        crate::progress::note(&all);
                         return;
                     }
                     if started.elapsed() > fleet.ready_timeout {

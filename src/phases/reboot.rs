@@ -23,7 +23,8 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
         if fleet.mode == Mode::DryRun {
             return Ok(());
         }
-        eprintln!("    {}: waiting for it to come back (up to {}s)", node.name(), fleet.reboot_timeout.as_secs());
+        let wait = format!("waiting for it to come back (up to {}s)", fleet.reboot_timeout.as_secs());
+        crate::progress::step(node.name(), &wait);
         host.session().close().await;
         let started = Instant::now();
         loop {
