@@ -423,10 +423,11 @@ fn wait_for_nodes(lab: &LabState, nodes: &[&state::NodeState], timeout: u64) -> 
             LabPaths::new(&lab.name).node(&node.name).console_log().display()
         );
         // Tests tear the lab down on failure, so what the node says goes into the error.
-        if running {
-            for line in node::boot_diagnosis(&lab.name, &node.name).lines() {
-                let _ = write!(report, "\n      {line}");
-            }
+        let console = fs::read_to_string(LabPaths::new(&lab.name).node(&node.name).console_log()).unwrap_or_default();
+        let said = if running { node::boot_diagnosis(&lab.name, &node.name) } else { String::new() };
+        let tail: Vec<&str> = console.lines().rev().take(6).collect();
+        for line in said.lines().chain(tail.into_iter().rev()) {
+            let _ = write!(report, "\n      {}", crate::term::clean(line));
         }
     }
     if report.is_empty() {

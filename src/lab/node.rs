@@ -164,6 +164,7 @@ fn seed(state: &LabState, node: &NodeState) -> String {
 
 /// Powers a node on: starts its launcher (detached) unless it already runs.
 pub fn power_on(state: &LabState, node: &NodeState) -> Result<()> {
+    raise_inotify_limits()?;
     let paths = LabPaths::new(&state.name).node(&node.name);
     let _ = fs::remove_file(paths.powered_off());
     if launcher_pid(&state.name, &node.name).is_some() {
@@ -179,6 +180,25 @@ pub fn power_on(state: &LabState, node: &NodeState) -> Result<()> {
 }
 
 /// The nspawn process of a running node and the container's PID 1 (the node's systemd).
+/// Every node's systemd, journald, networkd, logind … take inotify instances from root's one
+/// per-host budget (nodes share the host's user ids). Debian's default of 128 instances runs out
+/// at about 20 nodes: units then fail with "Too many open files", sshd never starts, and nspawn
+/// can exit at boot. Raised here (never lowered) the way kind documents for its nodes.
+const INOTIFY_LIMITS: [(&str, u64); 2] =
+    [("/proc/sys/fs/inotify/max_user_instances", 8192), ("/proc/sys/fs/inotify/max_user_watches", 524_288)];
+
+fn raise_inotify_limits() -> Result<()> {
+    for (path, want) in INOTIFY_LIMITS {
+        let have: u64 = fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        if have < want {
+            fs::write(path, want.to_string())
+                .into_diagnostic()
+                .wrap_err_with(|| format!("raising {path} from {have} to {want} (lab nodes need it)"))?;
+        }
+    }
+    Ok(())
+}
+
 /// What a booted node that does not answer SSH says about itself (its systemd state, failed
 /// units, sshd and addresses), read from inside its namespaces; for the lab's error message.
 pub(super) fn boot_diagnosis(lab: &str, node: &str) -> String {
