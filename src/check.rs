@@ -391,6 +391,7 @@ mod tests {
             ipv4: vec![],
             packages: vec![],
             services: BTreeMap::from([("k3s".to_string(), ServiceState { enabled: true, active: true })]),
+            files: BTreeMap::new(),
         }
     }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::remote::{Cmd, Host, RemoteError};
+use crate::remote::{Cmd, FileState, Host, RemoteError};
 
 /// CPU architecture as Kubernetes distributions care about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -105,6 +105,9 @@ pub struct HostFacts {
     pub packages: Vec<String>,
     /// State of the services pikube manages, by unit name.
     pub services: BTreeMap<String, ServiceState>,
+    /// Checksum and mode of each of [`PREPARED_FILES`] (empty state: no such file).
+    #[serde(skip)]
+    pub files: BTreeMap<String, FileState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -122,6 +125,13 @@ pub struct ServiceState {
 
 /// Units whose state the facts report.
 pub const SERVICES: [&str; 4] = ["k3s", "k3s-agent", "haproxy", "keepalived"];
+/// Swap units that keep swap coming back (zram on Ubuntu, Jetson and Pi images; dphys on Raspberry Pi OS).
+const ZRAM_UNITS: [&str; 3] = ["zramswap", "zram-config", "nvzramconfig"];
+const DPHYS_UNIT: &str = "dphys-swapfile";
+/// Every unit asked about, in the order of `systemctl show`'s blocks: one call for all of them,
+/// as a call per unit costs a systemctl start each (most of the facts script's time).
+const UNITS: [&str; 8] =
+    ["k3s", "k3s-agent", "haproxy", "keepalived", "zramswap", "zram-config", "nvzramconfig", DPHYS_UNIT];
 
 impl HostFacts {
     pub fn is_pi(&self) -> bool {
@@ -136,6 +146,18 @@ pub const SYSCTLS: [(&str, &str); 3] = [
     ("net.bridge.bridge-nf-call-iptables", "1"),
     ("net.bridge.bridge-nf-call-ip6tables", "1"),
     ("net.ipv4.ip_forward", "1"),
+];
+
+/// Files host preparation writes. Their checksums and modes come with the facts, so a run that
+/// finds them as wanted needs no further round trip to compare them.
+pub const PREPARED_FILES: [&str; 7] = [
+    "/etc/hosts",
+    "/etc/modules-load.d/pikube-k8s.conf",
+    "/etc/sysctl.d/99-pikube-k8s.conf",
+    "/etc/apt/sources.list.d/pikube-mirror.list",
+    "/etc/apt/apt.conf.d/80pikube-proxy",
+    "/boot/firmware/cmdline.txt",
+    "/boot/cmdline.txt",
 ];
 
 /// Default passwords of common Pi images: (user, password).
@@ -182,11 +204,9 @@ sec cgroups; cat /proc/cgroups 2>/dev/null
 sec cgroup2_controllers; cat /sys/fs/cgroup/cgroup.controllers 2>/dev/null
 sec swaps; tail -n +2 /proc/swaps 2>/dev/null
 sec fstab_swap; grep -Ev '^[[:space:]]*#' /etc/fstab 2>/dev/null | awk '$3 == "swap"'
-sec dphys; if [ -x /sbin/dphys-swapfile ] || [ -x /usr/sbin/dphys-swapfile ]; then
-  systemctl is-enabled dphys-swapfile 2>/dev/null; systemctl is-active dphys-swapfile 2>/dev/null; fi
-sec zram; for u in zramswap zram-config nvzramconfig; do
-  if systemctl is-enabled "$u" >/dev/null 2>&1; then echo "$u"; fi; done
-  if [ -f /etc/systemd/zram-generator.conf ] || [ -f /usr/lib/systemd/zram-generator.conf ]; then echo zram-generator; fi
+sec dphys; if [ -x /sbin/dphys-swapfile ] || [ -x /usr/sbin/dphys-swapfile ]; then echo installed; fi
+sec zram; if [ -f /etc/systemd/zram-generator.conf ] || [ -f /usr/lib/systemd/zram-generator.conf ]; then echo zram-generator; fi
+sec units; systemctl show -p UnitFileState,ActiveState @UNITS@ 2>/dev/null
 sec machine_id; cat /etc/machine-id 2>/dev/null
 sec boot_id; cat /proc/sys/kernel/random/boot_id
 sec meminfo; grep '^MemTotal:' /proc/meminfo
@@ -207,12 +227,12 @@ sec apt_sources; for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /
   [ -f "$f" ] && { echo "@@@file $f"; cat "$f"; }; done
 sec ipv4; ip -o -4 addr show 2>/dev/null | awk '{print $2, $4}'
 sec packages; dpkg-query -W -f='${Package} ${db:Status-Status}\n' haproxy keepalived 2>/dev/null | awk '$2 == "installed" {print $1}'
-sec services; for u in @SERVICES@; do
-  e=$(systemctl is-enabled "$u" 2>/dev/null); a=$(systemctl is-active "$u" 2>/dev/null); echo "$u ${e:-none} ${a:-none}"; done
+sec files; set --; for f in @FILES@; do [ -f "$f" ] && set -- "$@" "$f"; done
+  if [ $# -gt 0 ]; then sha256sum "$@"; echo "@@file_modes"; stat -c '%a %n' "$@"; fi
 sec default_password
 "#,
     );
-    let mut s = s.replace("@SERVICES@", &SERVICES.join(" "));
+    let mut s = s.replace("@UNITS@", &UNITS.join(" ")).replace("@FILES@", &PREPARED_FILES.join(" "));
     // The shadow hash is compared on the host (perl's crypt() uses libc, which knows yescrypt
     // and sha512-crypt) and passed through the environment, so it never leaves the host.
     for (user, pw) in DEFAULT_PASSWORDS {
@@ -255,7 +275,10 @@ fn parse(out: &str, local_mid: f64) -> Result<HostFacts, String> {
 
     let remote_now: f64 = first("now").parse().map_err(|_| "no clock reading".to_string())?;
     let mem_total_kib = first("meminfo").split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let dphys = sections.get("dphys").into_iter().flatten().any(|l| matches!(l.trim(), "enabled" | "active"));
+    let units = unit_states(sections.get("units"));
+    let unit = |u: &str| units.get(u).cloned().unwrap_or_default();
+    let dphys = sections.get("dphys").is_some_and(|v| v.iter().any(|l| l.trim() == "installed"))
+        && (unit(DPHYS_UNIT).0 == "enabled" || unit(DPHYS_UNIT).1 == "active");
     let versioned = |k: &str| -> BTreeMap<String, String> {
         sections
             .get(k)
@@ -288,6 +311,7 @@ fn parse(out: &str, local_mid: f64) -> Result<HostFacts, String> {
         }
     }
 
+    let files = prepared_files(sections.get("files"), sections.get("file_modes"));
     Ok(HostFacts {
         hostname: first("hostname"),
         os_id: os_field("ID"),
@@ -317,7 +341,8 @@ fn parse(out: &str, local_mid: f64) -> Result<HostFacts, String> {
                 .map(|l| l.trim().to_string())
                 .collect(),
             dphys_swapfile: dphys,
-            zram: sections.get("zram").is_some_and(|v| v.iter().any(|l| !l.trim().is_empty())),
+            zram: sections.get("zram").is_some_and(|v| v.iter().any(|l| !l.trim().is_empty()))
+                || ZRAM_UNITS.iter().any(|u| is_enabled(&unit(u).0)),
         },
         machine_id: first("machine_id"),
         boot_id: first("boot_id"),
@@ -369,17 +394,55 @@ fn parse(out: &str, local_mid: f64) -> Result<HostFacts, String> {
             .map(|l| l.trim().to_string())
             .filter(|l| !l.is_empty())
             .collect(),
-        services: sections
-            .get("services")
-            .into_iter()
-            .flatten()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() == 3)
-                    .then(|| (f[0].to_string(), ServiceState { enabled: f[1] == "enabled", active: f[2] == "active" }))
+        services: SERVICES
+            .iter()
+            .map(|u| {
+                let (file_state, active_state) = unit(u);
+                (u.to_string(), ServiceState { enabled: file_state == "enabled", active: active_state == "active" })
             })
             .collect(),
+        files,
     })
+}
+
+/// (UnitFileState, ActiveState) of each of [`UNITS`], from `systemctl show`'s blocks, which
+/// come in the order asked, one per unit, separated by blank lines.
+fn unit_states(lines: Option<&Vec<&str>>) -> BTreeMap<&'static str, (String, String)> {
+    let blocks = lines.map(|l| l.join("\n")).unwrap_or_default();
+    let blocks = blocks.split("\n\n").filter(|b| !b.trim().is_empty());
+    UNITS
+        .iter()
+        .zip(blocks)
+        .map(|(u, block)| {
+            let prop = |k: &str| {
+                block.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix('=')).unwrap_or("").trim().to_string()
+            };
+            (*u, (prop("UnitFileState"), prop("ActiveState")))
+        })
+        .collect()
+}
+
+/// `systemctl is-enabled` succeeds for these unit file states: the unit starts at boot.
+fn is_enabled(unit_file_state: &str) -> bool {
+    matches!(
+        unit_file_state,
+        "enabled" | "enabled-runtime" | "static" | "alias" | "indirect" | "generated" | "transient"
+    )
+}
+
+/// Every prepared file's state from `sha256sum` lines (`<sum>  <path>`) and `stat` lines
+/// (`<mode> <path>`); files that were not listed do not exist.
+fn prepared_files(sums: Option<&Vec<&str>>, modes: Option<&Vec<&str>>) -> BTreeMap<String, FileState> {
+    let mut files: BTreeMap<String, FileState> =
+        PREPARED_FILES.iter().map(|p| (p.to_string(), FileState::default())).collect();
+    let split = |l: &&str| l.split_once(' ').map(|(a, p)| (a.to_string(), p.trim_start().to_string()));
+    for (sum, path) in sums.into_iter().flatten().filter_map(split) {
+        files.entry(path).or_default().sha256 = sum;
+    }
+    for (mode, path) in modes.into_iter().flatten().filter_map(split) {
+        files.entry(path).or_default().mode = mode;
+    }
+    files
 }
 
 /// cgroup v1 (`/proc/cgroups` "enabled" column) or v2 (`cgroup.controllers`) says memory is on.
@@ -407,9 +470,32 @@ mod tests {
     }
 
     #[test]
+    fn every_unit_is_asked_once_in_order() {
+        let want: Vec<&str> = SERVICES.iter().chain(&ZRAM_UNITS).chain([&DPHYS_UNIT]).copied().collect();
+        assert_eq!(UNITS.to_vec(), want);
+    }
+
+    #[test]
     fn parse_minimal_output() {
-        let out = "@@now\n100.5\n@@hostname\nrasp01\n@@arch\narmv6l\n@@swaps\n/var/swap file 102396 0 -2\n@@dphys\nenabled\nactive\n@@default_password\npi\n@@end\n";
-        let f = parse(out, 100.0).expect("parses");
+        let unit = |file: &str, active: &str| format!("ActiveState={active}\nUnitFileState={file}\n");
+        let mut units =
+            [unit("enabled", "active"), unit("", "inactive"), unit("disabled", "inactive"), unit("", "inactive")]
+                .join("\n");
+        for _ in ZRAM_UNITS {
+            units.push_str(&format!("\n{}", unit("", "inactive")));
+        }
+        units.push_str(&format!("\n{}", unit("enabled", "active")));
+        let out = format!(
+            "@@now\n100.5\n@@hostname\nrasp01\n@@arch\narmv6l\n@@swaps\n/var/swap file 102396 0 -2\n@@dphys\ninstalled\n\
+             @@units\n{units}@@files\n{sum}  /etc/hosts\n@@file_modes\n644 /etc/hosts\n@@default_password\npi\n@@end\n",
+            sum = "a".repeat(64)
+        );
+        let f = parse(&out, 100.0).expect("parses");
+        assert_eq!(f.services["k3s"], ServiceState { enabled: true, active: true });
+        assert_eq!(f.services["haproxy"], ServiceState::default());
+        assert!(!f.swap.zram);
+        assert_eq!(f.files["/etc/hosts"], FileState { sha256: "a".repeat(64), mode: "644".into() });
+        assert_eq!(f.files["/etc/sysctl.d/99-pikube-k8s.conf"], FileState::default(), "not listed: no such file");
         assert_eq!(f.hostname, "rasp01");
         assert_eq!(f.arch, Arch::Armv6);
         assert_eq!(f.swap.active, vec!["/var/swap"]);

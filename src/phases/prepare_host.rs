@@ -3,6 +3,7 @@
 //! Each step compares the wanted state with the gathered facts and acts only on a difference.
 
 use futures::future::BoxFuture;
+use sha2::{Digest, Sha256};
 
 use crate::config::Cluster;
 use crate::facts::{HostFacts, MODULES, SYSCTLS};
@@ -34,13 +35,13 @@ async fn prepare(cluster: &Cluster, node: &Node, host: &Host, f: &HostFacts) -> 
         host.apply(format!("set hostname {} → {name}", f.hostname), &cmd).await?;
     }
     let hosts = etc_hosts(&f.etc_hosts, &f.hostname, name, cluster);
-    host.ensure_file("/etc/hosts", hosts.as_bytes(), Some(0o644)).await?;
+    ensure_file(host, f, "/etc/hosts", hosts.as_bytes(), Some(0o644)).await?;
 
     disable_swap(host, f).await?;
 
     if let (true, Some(dir), Some(current)) = (f.is_pi(), &f.boot_dir, &f.cmdline_txt) {
         let wanted = with_cgroup_flags(current);
-        if host.ensure_file(&format!("{dir}/cmdline.txt"), wanted.as_bytes(), None).await? {
+        if ensure_file(host, f, &format!("{dir}/cmdline.txt"), wanted.as_bytes(), None).await? {
             node.want_reboot();
         } else if !f.memory_cgroup {
             // The flags are there but not live: an earlier run stopped before its reboot.
@@ -49,7 +50,9 @@ async fn prepare(cluster: &Cluster, node: &Node, host: &Host, f: &HostFacts) -> 
     }
 
     let modules: String = MODULES.iter().map(|m| format!("{m}\n")).collect();
-    host.ensure_file(
+    ensure_file(
+        host,
+        f,
         MODULES_FILE,
         format!("# Written by pikube: Kubernetes needs these at boot.\n{modules}").as_bytes(),
         Some(0o644),
@@ -60,7 +63,9 @@ async fn prepare(cluster: &Cluster, node: &Node, host: &Host, f: &HostFacts) -> 
     }
 
     let sysctls: String = SYSCTLS.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
-    host.ensure_file(
+    ensure_file(
+        host,
+        f,
         SYSCTL_FILE,
         format!("# Written by pikube: Kubernetes networking.\n{sysctls}").as_bytes(),
         Some(0o644),
@@ -74,6 +79,19 @@ async fn prepare(cluster: &Cluster, node: &Node, host: &Host, f: &HostFacts) -> 
     }
 
     configure_apt(cluster, host, f).await
+}
+
+/// [`Host::ensure_file`] compared with the file's state from the facts (gathered moments ago
+/// by this run), which saves a round trip per file on a host that needs nothing.
+async fn ensure_file(
+    host: &Host,
+    f: &HostFacts,
+    path: &str,
+    content: &[u8],
+    mode: Option<u32>,
+) -> Result<bool, RemoteError> {
+    let Some(have) = f.files.get(path) else { return host.ensure_file(path, content, mode).await };
+    host.ensure_file_from(path, content, &hex::encode(Sha256::digest(content)), mode, have).await
 }
 
 async fn disable_swap(host: &Host, f: &HostFacts) -> Result<(), RemoteError> {
@@ -114,7 +132,7 @@ async fn configure_apt(cluster: &Cluster, host: &Host, f: &HostFacts) -> Result<
         .or_else(|| cluster.spec.proxy.as_ref().and_then(|p| p.http.as_ref()).map(|p| p.value.clone()));
     if let Some(p) = proxy {
         let (content, mode) = apt_proxy_file(&p);
-        host.ensure_file(APT_PROXY_FILE, content.as_bytes(), Some(mode)).await?;
+        ensure_file(host, f, APT_PROXY_FILE, content.as_bytes(), Some(mode)).await?;
     }
     let Some(mirror) = &pk.mirror else { return Ok(()) };
     let components: Vec<&str> = pk.components.iter().map(|c| c.value.as_str()).collect();
@@ -125,7 +143,7 @@ async fn configure_apt(cluster: &Cluster, host: &Host, f: &HostFacts) -> Result<
          deb {options}{} {} {components}\n",
         mirror.value, f.os_codename
     );
-    let mut changed = host.ensure_file(MIRROR_FILE, list.as_bytes(), Some(0o644)).await?;
+    let mut changed = ensure_file(host, f, MIRROR_FILE, list.as_bytes(), Some(0o644)).await?;
     for (path, body) in &f.apt_sources {
         if path != MIRROR_FILE && points_at_distro_archive(body) {
             let cmd = Cmd::change("mv", &[path, &format!("{path}.pikube-disabled")]);
@@ -215,6 +233,7 @@ fn etc_hosts(current: &str, old_name: &str, name: &str, cluster: &Cluster) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::facts::PREPARED_FILES;
 
     #[test]
     fn cgroup_flags_are_added_once_on_one_line() {
@@ -237,6 +256,16 @@ mod tests {
         }
         for url in ["http://proxy.lan:3128", "http://cache.lan:3142/path@x"] {
             assert_eq!(apt_proxy_file(url), (line(url), 0o644), "{url}");
+        }
+    }
+
+    #[test]
+    fn the_facts_carry_the_state_of_every_prepared_file() {
+        for path in [MODULES_FILE, SYSCTL_FILE, MIRROR_FILE, APT_PROXY_FILE, "/etc/hosts"] {
+            assert!(PREPARED_FILES.contains(&path), "{path} missing from facts::PREPARED_FILES");
+        }
+        for dir in ["/boot/firmware", "/boot"] {
+            assert!(PREPARED_FILES.contains(&format!("{dir}/cmdline.txt").as_str()));
         }
     }
 
