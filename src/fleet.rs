@@ -75,6 +75,8 @@ pub struct Fleet {
     pub ready_timeout: Duration,
     /// The cluster's join token, once a phase has asked for it (see `k3s::token`).
     pub token: tokio::sync::OnceCell<String>,
+    /// The full `K10…` join token, once a server that runs the cluster has shown it (see `k3s::join_token`).
+    pub join_token: std::sync::OnceLock<String>,
 }
 
 impl Fleet {
@@ -137,6 +139,7 @@ impl Fleet {
             reboot_timeout: Duration::from_secs(300),
             ready_timeout: Duration::from_secs(300),
             token: tokio::sync::OnceCell::new(),
+            join_token: std::sync::OnceLock::new(),
         })
     }
 

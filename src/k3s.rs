@@ -249,10 +249,8 @@ async fn load_or_make_token(cluster: &Cluster, servers: &[&Host], mode: Mode) ->
     }
     let mut adopted = None;
     for h in servers {
-        let out =
-            h.run(&Cmd::read_script(format!("cat {} 2>/dev/null", SERVER_TOKEN))).await.map_err(|e| e.to_string())?;
         // K10<ca-hash>::server:<secret> — the secret part is what config.yaml carries.
-        let full = out.stdout_str().trim().to_string();
+        let full = server_token(h).await?;
         if !full.is_empty() {
             adopted = Some(full.rsplit_once("::server:").map_or(full.clone(), |(_, s)| s.to_string()));
             break;
@@ -275,16 +273,26 @@ async fn load_or_make_token(cluster: &Cluster, servers: &[&Host], mode: Mode) ->
 /// The token joins use: the full `K10<ca-hash>::server:<secret>` from a server that already
 /// runs the cluster, so a joining node checks it talks to this cluster's CA. Only when no
 /// server has written it yet (a dry run before the first start) the bare secret.
+/// Found once per run and kept in `Fleet::join_token` (every joining server and the agents ask).
 pub async fn join_token(fleet: &Fleet, secret: &str) -> Result<String, String> {
+    if let Some(full) = fleet.join_token.get() {
+        return Ok(full.clone());
+    }
     for (_, host) in fleet.healthy(Role::Server) {
-        let out =
-            host.run(&Cmd::read_script(format!("cat {SERVER_TOKEN} 2>/dev/null"))).await.map_err(|e| e.to_string())?;
-        let full = out.stdout_str().trim().to_string();
+        let full = server_token(host).await?;
         if full.starts_with("K10") && full.rsplit_once("::server:").is_some_and(|(_, s)| s == secret) {
+            let _ = fleet.join_token.set(full.clone());
             return Ok(full);
         }
     }
     Ok(secret.to_string())
+}
+
+/// The token file a k3s server writes (empty when it has none).
+async fn server_token(host: &Host) -> Result<String, String> {
+    let out =
+        host.run(&Cmd::read_script(format!("cat {SERVER_TOKEN} 2>/dev/null"))).await.map_err(|e| e.to_string())?;
+    Ok(out.stdout_str().trim().to_string())
 }
 
 pub fn token_path(cluster: &Cluster) -> PathBuf {

@@ -15,26 +15,17 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
         if !fleet.nodes.iter().any(|n| n.role() == Role::Agent && n.ok()) {
             return;
         }
-        let token = match k3s::token(fleet).await {
-            Ok(t) => t,
-            Err(e) => {
-                fleet
-                    .nodes
-                    .iter()
-                    .filter(|n| n.role() == Role::Agent)
-                    .for_each(|n| n.fail(format!("cannot get the cluster token: {e}")));
-                return;
-            }
-        };
         // Joins use the full token: it pins the cluster CA.
-        let token = match k3s::join_token(fleet, &token).await {
+        let token = match k3s::token(fleet).await.map_err(|e| format!("cannot get the cluster token: {e}")) {
+            Ok(secret) => {
+                k3s::join_token(fleet, &secret).await.map_err(|e| format!("cannot read the full join token: {e}"))
+            }
+            Err(e) => Err(e),
+        };
+        let token = match token {
             Ok(t) => t,
             Err(e) => {
-                fleet
-                    .nodes
-                    .iter()
-                    .filter(|n| n.role() == Role::Agent)
-                    .for_each(|n| n.fail(format!("cannot read the full join token: {e}")));
+                fleet.nodes.iter().filter(|n| n.role() == Role::Agent).for_each(|n| n.fail(e.clone()));
                 return;
             }
         };
