@@ -534,15 +534,9 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
     let out = lab.pikube(&["up", "-f", &file_arg, "--ready-timeout", "8"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let report = stdout(&out);
-    let node1 = section(&report, "node1");
-    assert!(node1.starts_with("node1 (10.77.42.11): FAILED\n"), "{report}");
-    assert!(node1.contains("\n  [k3s servers] restart k3s (configuration or binary changed)\n"), "{report}");
-    assert!(node1.contains("  error: node1 not Ready after 8s"), "{report}");
-    assert!(node1.contains("held back by the test"), "node1's own log:\n{report}");
+    assert_first_server_failed_alone(&report, "held back by the test", &others);
     for (n, _) in others {
-        let mine = section(&report, n);
-        assert!(mine.contains("\n  [k3s artifacts] update /usr/local/bin/k3s"), "{report}");
-        assert!(mine.ends_with("\n  error: not joined: server node1 failed before it"), "{report}");
+        assert!(section(&report, n).contains("\n  [k3s artifacts] update /usr/local/bin/k3s"), "{report}");
     }
     assert_eq!(runs(), before, "a node was restarted after the first server failed:\n{report}");
     let versions = versions_on(&lab, "node2");
@@ -586,15 +580,21 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
     let out = lab.pikube(&["up", "-f", &file_arg, "--ready-timeout", "8"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let report = stdout(&out);
-    let node1 = section(&report, "node1");
+    assert_first_server_failed_alone(&report, "fatal: this build cannot start", &others);
+    assert_eq!(runs(), before, "a node was restarted after the first server failed:\n{report}");
+}
+
+/// The upgrade report when node1, restarted first, never got Ready (its own log says
+/// `own_log`): node1 failed, and every other node stopped, not joined after it.
+fn assert_first_server_failed_alone(report: &str, own_log: &str, others: &[(&str, &str)]) {
+    let node1 = section(report, "node1");
     assert!(node1.starts_with("node1 (10.77.42.11): FAILED\n"), "{report}");
     assert!(node1.contains("\n  [k3s servers] restart k3s (configuration or binary changed)\n"), "{report}");
     assert!(node1.contains("  error: node1 not Ready after 8s"), "{report}");
-    assert!(node1.contains("fatal: this build cannot start"), "node1's own log:\n{report}");
+    assert!(node1.contains(own_log), "node1's own log:\n{report}");
     for (n, _) in others {
-        assert!(section(&report, n).ends_with("\n  error: not joined: server node1 failed before it"), "{report}");
+        assert!(section(report, n).ends_with("\n  error: not joined: server node1 failed before it"), "{report}");
     }
-    assert_eq!(runs(), before, "a node was restarted after the first server failed:\n{report}");
 }
 
 /// A line for this machine's resolver inside the lab network: `ip netns exec` (which `lab
