@@ -73,10 +73,9 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     })
 }
 
-/// Removes `path` when it exists; returns whether it did.
+/// Removes the file at `path` when there is one; returns whether it did.
 async fn remove_file(host: &Host, path: &str) -> Result<bool, crate::remote::RemoteError> {
-    let probe = Cmd::read_script(format!("[ -e {p} ] && echo present || true", p = crate::remote::quote(path)));
-    if host.run_ok(&probe).await?.trim() != "present" {
+    if host.file_state(path).await?.sha256.is_empty() {
         return Ok(false);
     }
     host.apply(format!("remove {path} (no registry mirrors in the cluster file)"), &Cmd::change("rm", &["-f", path]))
