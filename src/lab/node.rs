@@ -61,7 +61,7 @@ pub fn unmount_disk(paths: &NodePaths) -> Result<()> {
 pub fn wipe_disk(lab: &str, node: &str) -> Result<()> {
     let paths = LabPaths::new(lab).node(node);
     unmount_disk(&paths)?;
-    for dir in [paths.upper(), paths.work()] {
+    for dir in [paths.upper(), paths.work(), paths.containerd_disk()] {
         if dir.exists() {
             fs::remove_dir_all(&dir).into_diagnostic().wrap_err_with(|| format!("removing {}", dir.display()))?;
         }
@@ -164,7 +164,7 @@ fn seed(state: &LabState, node: &NodeState) -> String {
 
 /// Powers a node on: starts its launcher (detached) unless it already runs.
 pub fn power_on(state: &LabState, node: &NodeState) -> Result<()> {
-    raise_inotify_limits()?;
+    raise_host_limits()?;
     let paths = LabPaths::new(&state.name).node(&node.name);
     let _ = fs::remove_file(paths.powered_off());
     if launcher_pid(&state.name, &node.name).is_some() {
@@ -187,13 +187,23 @@ pub fn power_on(state: &LabState, node: &NodeState) -> Result<()> {
 const INOTIFY_LIMITS: [(&str, u64); 2] =
     [("/proc/sys/fs/inotify/max_user_instances", 8192), ("/proc/sys/fs/inotify/max_user_watches", 524_288)];
 
-fn raise_inotify_limits() -> Result<()> {
-    for (path, want) in INOTIFY_LIMITS {
+/// kubelet insists on these kernel settings (and tries to set them itself, which a node cannot:
+/// they are not per-namespace). On a Pi kubelet sets them; in the lab the host is the kernel, so
+/// they are set here, as kind's nodes get them from their host. kubelet wants these exact values.
+const KUBELET_KERNEL_SETTINGS: [(&str, u64); 3] = [
+    ("/proc/sys/vm/overcommit_memory", 1),
+    ("/proc/sys/kernel/panic", 10),
+    ("/proc/sys/kernel/panic_on_oops", 1),
+];
+
+fn raise_host_limits() -> Result<()> {
+    let limits = INOTIFY_LIMITS.map(|(path, want)| (path, want, false));
+    for (path, want, exact) in limits.into_iter().chain(KUBELET_KERNEL_SETTINGS.map(|(p, w)| (p, w, true))) {
         let have: u64 = fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-        if have < want {
+        if have < want || (exact && have != want) {
             fs::write(path, want.to_string())
                 .into_diagnostic()
-                .wrap_err_with(|| format!("raising {path} from {have} to {want} (lab nodes need it)"))?;
+                .wrap_err_with(|| format!("setting {path} from {have} to {want} (lab nodes need it)"))?;
         }
     }
     Ok(())
@@ -286,15 +296,77 @@ pub fn power_off(lab: &str, node: &str, how: PowerOff) -> Result<()> {
     }
 }
 
-/// The cgroup v1 named `systemd` hierarchy and (on hybrid hosts) the unified one: nspawn and the
-/// node's systemd need a cgroup of their own in each, or nodes trample each other's units.
-fn cgroup_dirs(lab: &str, node: &str) -> Vec<std::path::PathBuf> {
-    ["systemd", "unified"]
-        .iter()
-        .map(|h| Path::new("/sys/fs/cgroup").join(h))
-        .filter(|h| h.join("cgroup.procs").exists())
-        .map(|h| h.join("pikube-lab").join(format!("{lab}-{node}")))
+/// The node's own cgroup in every hierarchy the host mounts under /sys/fs/cgroup: the named
+/// `systemd` one and (on hybrid hosts) the unified one, so nodes do not trample each other's units,
+/// and each v1 controller (memory, cpu, pids, …), so the node's systemd, containerd and kubelet
+/// can make cgroups for containers inside it (see `controller_binds`).
+fn cgroup_dirs(lab: &str, node: &str) -> Vec<CgroupDir> {
+    let Ok(entries) = fs::read_dir("/sys/fs/cgroup") else { return Vec::new() };
+    let mut dirs: Vec<CgroupDir> = entries
+        .flatten()
+        // Co-mounted controllers appear once as a directory (`cpu,cpuacct`) and again as symlinks.
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()) && e.path().join("cgroup.procs").exists())
+        .map(|e| {
+            let hierarchy = e.file_name().to_string_lossy().into_owned();
+            let path = e.path().join("pikube-lab").join(format!("{lab}-{node}"));
+            CgroupDir { controller: !matches!(hierarchy.as_str(), "systemd" | "unified"), hierarchy, path }
+        })
+        .collect();
+    dirs.sort_by(|a, b| a.hierarchy.cmp(&b.hierarchy));
+    dirs
+}
+
+struct CgroupDir {
+    hierarchy: String,
+    path: std::path::PathBuf,
+    /// A v1 resource controller (nspawn mounts these read-only in the node unless bound).
+    controller: bool,
+}
+
+/// Creates the node's cgroup in one hierarchy and moves the launcher into it.
+fn enter_cgroup(dir: &CgroupDir) -> std::io::Result<()> {
+    fs::create_dir_all(&dir.path)?;
+    if dir.hierarchy.contains("cpuset") {
+        // A new cpuset has no CPUs or memory nodes until given its parent's.
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            let parent = dir.path.parent().expect("cgroup dir has a parent");
+            for level in [parent, dir.path.as_path()] {
+                let from = level.parent().expect("cgroup dir has a parent").join(file);
+                if fs::read_to_string(level.join(file)).is_ok_and(|v| v.trim().is_empty()) {
+                    fs::write(level.join(file), fs::read_to_string(from)?.trim())?;
+                }
+            }
+        }
+    }
+    fs::write(dir.path.join("cgroup.procs"), std::process::id().to_string())
+}
+
+/// Where the node's own controller subtrees are bound before its systemd starts.
+const CGROUP_STAGING: &str = "/run/pikube-lab-cgroup";
+
+/// nspawn mounts the v1 controller hierarchies read-only inside a node (after any --bind of
+/// ours), so runc under containerd and kubelet could not make cgroups and no container could
+/// start. The node's own subtree of each controller is bound to a staging place instead, and
+/// `init_script` moves it over the read-only mount before systemd runs; it is consistent with the
+/// node's cgroup namespace, which is rooted at that same subtree (the launcher moved into it).
+fn controller_binds(lab: &str, node: &str) -> Vec<String> {
+    cgroup_dirs(lab, node)
+        .into_iter()
+        .filter(|d| d.controller)
+        .map(|d| format!("--bind={}:{CGROUP_STAGING}/{}", d.path.display(), d.hierarchy))
         .collect()
+}
+
+/// The node's first PID 1: writable controllers in place, then the node's own init.
+fn init_script(lab: &str, node: &str) -> String {
+    let hierarchies: Vec<String> =
+        cgroup_dirs(lab, node).into_iter().filter(|d| d.controller).map(|d| d.hierarchy).collect();
+    format!(
+        "set -e; for c in {}; do mount --bind {CGROUP_STAGING}/$c /sys/fs/cgroup/$c; \
+         umount {CGROUP_STAGING}/$c; rmdir {CGROUP_STAGING}/$c; done; \
+         rmdir {CGROUP_STAGING} 2>/dev/null || true; exec /sbin/init",
+        hierarchies.join(" ")
+    )
 }
 
 /// Removes a stopped node's cgroups (children first; cgroup dirs only allow rmdir).
@@ -310,7 +382,7 @@ pub fn remove_cgroups(lab: &str, node: &str) {
         let _ = fs::remove_dir(dir);
     }
     for dir in cgroup_dirs(lab, node) {
-        rmdir_tree(&dir);
+        rmdir_tree(&dir.path);
     }
 }
 
@@ -322,10 +394,9 @@ pub fn boot(lab: &str, node_name: &str) -> Result<()> {
     let node = state.node(node_name)?.clone();
     let paths = LabPaths::new(lab).node(node_name);
     for dir in cgroup_dirs(lab, node_name) {
-        fs::create_dir_all(&dir)
-            .and_then(|_| fs::write(dir.join("cgroup.procs"), std::process::id().to_string()))
+        enter_cgroup(&dir)
             .into_diagnostic()
-            .wrap_err_with(|| format!("moving the launcher into cgroup {}", dir.display()))?;
+            .wrap_err_with(|| format!("moving the launcher into cgroup {}", dir.path.display()))?;
     }
     write_atomic(&paths.launcher_pid(), format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
     let result = boot_loop(&state, &node, &paths);
@@ -343,6 +414,7 @@ fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()
             return Ok(());
         }
         mount_disk(state, paths)?;
+        fs::create_dir_all(paths.containerd_disk()).into_diagnostic()?;
         let firmware_args = match node.layout {
             Some(layout) => firmware::prepare_boot(&paths.merged(), layout, &seed(state, node), &paths.firmware())?,
             None => Vec::new(),
@@ -350,7 +422,10 @@ fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()
         eprintln!("pikube-lab: booting {}", node.name);
         let status = Command::new("systemd-nspawn")
             .args([
-                "--boot",
+                // Not --boot: PID 1 is first a shell that makes the cgroup controllers writable
+                // (see `controller_binds`) and then becomes the node's systemd. Stopping the node
+                // still halts systemd cleanly, as --boot would.
+                "--kill-signal=SIGRTMIN+3",
                 "--register=no",
                 "--keep-unit",
                 "--quiet",
@@ -361,7 +436,15 @@ fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()
                 // The node owns its network namespace; networkd (and keepalived) need this to
                 // configure it, and nspawn only grants it by itself for networks it creates.
                 "--capability=CAP_NET_ADMIN",
+                // runc gives each container its own session keyring; nspawn's filter denies keyctl.
+                "--system-call-filter=@keyring",
+                // kubelet's OOM watcher reads the kernel log.
+                "--bind-ro=/dev/kmsg",
             ])
+            .args(controller_binds(&state.name, &node.name))
+            // containerd's overlayfs snapshotter cannot stack on the node's overlay root; a real
+            // disk (as on a Pi) underneath /var/lib/containerd lets it work as on any host.
+            .arg(format!("--bind={}:/var/lib/containerd", paths.containerd_disk().display()))
             .arg(format!("--uuid={}", node.machine_id))
             .arg(format!("--network-namespace-path={netns}"))
             .arg(format!("--directory={}", paths.merged().display()))
@@ -370,6 +453,7 @@ fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()
             // Like a real host, the node may set its own network sysctls (ip_forward,
             // bridge-nf-call-*): nspawn keeps /proc/sys/net read-only for a netns it did not make.
             .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network")
+            .args(["/bin/sh", "-c", &init_script(&state.name, &node.name)])
             .stdin(Stdio::null())
             .status()
             .into_diagnostic()

@@ -273,6 +273,10 @@ impl NodePaths {
     pub fn merged(&self) -> PathBuf {
         self.dir.join("merged")
     }
+    /// The node's /var/lib/containerd: a plain directory, part of the node's disk (wiped with it).
+    pub fn containerd_disk(&self) -> PathBuf {
+        self.dir.join("containerd")
+    }
     /// Per-boot firmware emulation output (model, cmdline, cgroups) bound into Pi-like nodes.
     pub fn firmware(&self) -> PathBuf {
         self.dir.join("firmware")
