@@ -95,16 +95,21 @@ pub fn provision(state: &LabState, node: &NodeState, client_pub: &str) -> Result
     let hostname = if node.layout.is_some() { "raspberrypi" } else { "debian" };
     write("etc/hostname", &format!("{hostname}\n"), 0o644)?;
     write("etc/hosts", &base::hosts(hostname), 0o644)?;
-    // No gateway: the lab has no way out. Carrier loss (`lab cut`) must not drop the address.
+    // Like a home LAN, the lab's bridge is the nodes' router and name server (kubelet, kubeadm and
+    // flannel find the node's address through the default route). Nothing answers DNS there and
+    // the lab's namespace has no way out, so nothing leaves the lab. Carrier loss (`lab cut`)
+    // must not drop the address.
+    let router = format!("{}.1", state.prefix);
     write(
         "etc/systemd/network/10-lab.network",
         &format!(
-            "[Match]\nName=eth0\n\n[Network]\nAddress={}/24\nLinkLocalAddressing=no\n\
+            "[Match]\nName=eth0\n\n[Network]\nAddress={}/24\nGateway={router}\nLinkLocalAddressing=no\n\
              IPv6AcceptRA=no\nConfigureWithoutCarrier=yes\nIgnoreCarrierLoss=yes\n",
             node.address
         ),
         0o644,
     )?;
+    write("etc/resolv.conf", &format!("nameserver {router}\n"), 0o644)?;
 
     let key = paths.host_key();
     let _ = fs::remove_file(&key);
@@ -438,8 +443,9 @@ fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()
                 "--capability=CAP_NET_ADMIN",
                 // runc gives each container its own session keyring; nspawn's filter denies keyctl.
                 "--system-call-filter=@keyring",
-                // kubelet's OOM watcher reads the kernel log.
+                // kubelet's OOM watcher reads the kernel log (reading it needs CAP_SYSLOG).
                 "--bind-ro=/dev/kmsg",
+                "--capability=CAP_SYSLOG",
             ])
             .args(controller_binds(&state.name, &node.name))
             // containerd's overlayfs snapshotter cannot stack on the node's overlay root; a real
