@@ -24,6 +24,8 @@ const PACKAGES: &[&str] = &[
     // Real k3s brings its own iptables; the k3s stand-in cannot, so lab tests of the teardown
     // install this one to let it leave the KUBE-/CNI-/FLANNEL rules real k3s leaves.
     "iptables",
+    // CNI plugins (bridge, host-local, portmap, loopback) for real Kubernetes on lab nodes.
+    "containernetworking-plugins",
 ];
 
 /// The mirror root; it is served so that `<url>/debian` maps to `<root>/debian`. The name

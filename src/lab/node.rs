@@ -195,11 +195,8 @@ const INOTIFY_LIMITS: [(&str, u64); 2] =
 /// kubelet insists on these kernel settings (and tries to set them itself, which a node cannot:
 /// they are not per-namespace). On a Pi kubelet sets them; in the lab the host is the kernel, so
 /// they are set here, as kind's nodes get them from their host. kubelet wants these exact values.
-const KUBELET_KERNEL_SETTINGS: [(&str, u64); 3] = [
-    ("/proc/sys/vm/overcommit_memory", 1),
-    ("/proc/sys/kernel/panic", 10),
-    ("/proc/sys/kernel/panic_on_oops", 1),
-];
+const KUBELET_KERNEL_SETTINGS: [(&str, u64); 3] =
+    [("/proc/sys/vm/overcommit_memory", 1), ("/proc/sys/kernel/panic", 10), ("/proc/sys/kernel/panic_on_oops", 1)];
 
 fn raise_host_limits() -> Result<()> {
     let limits = INOTIFY_LIMITS.map(|(path, want)| (path, want, false));
