@@ -76,7 +76,7 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
-    /// Show each host's Kubernetes state: service, Ready, node IP (exit 1 when not all Ready).
+    /// Show each host's Kubernetes state and Pi health with a verdict (exit 1 unless all healthy).
     Status {
         #[command(flatten)]
         target: Target,
@@ -98,6 +98,7 @@ enum Command {
         #[command(flatten)]
         target: Target,
         /// Only these hosts (repeat the flag); they are drained and deleted from the cluster first.
+        /// A host that does not answer SSH is only deleted from the cluster (it is not reset).
         #[arg(long, value_name = "HOST")]
         limit: Vec<String>,
         /// Do not ask for confirmation.
