@@ -132,8 +132,9 @@ async fn dead_member(fleet: &Fleet, node: &Node, api: &Host) -> Result<Option<k3
             .filter(|n| n.role() == Role::Server)
             .find(|n| n.spec.address() == m.host || ips.get(n.name()).is_some_and(|s| s.internal_ip == m.host))
     };
+    // A member answers when its host does and runs k3s (a reachable host with k3s stopped does not vote).
     let answering: Vec<&str> =
-        members.iter().filter_map(|m| owner(m).filter(|n| n.host.is_some())).map(|n| n.name()).collect();
+        members.iter().filter_map(|m| owner(m).filter(|n| has_k3s_running(n))).map(|n| n.name()).collect();
     let need = k3s::etcd::quorum(members.len());
     if answering.len() < need {
         return Err(format!(
@@ -180,6 +181,10 @@ async fn endpoint_without(fleet: &mut Fleet, removed: &[String]) -> String {
         removed.join(", "),
         fleet.cluster.file.display()
     )
+}
+
+fn has_k3s_running(n: &Node) -> bool {
+    n.ok() && n.facts().is_some_and(|f| f.services.get(k3s::unit_name(n.role())).is_some_and(|s| s.active))
 }
 
 fn has_k3s(n: &Node) -> bool {
