@@ -76,7 +76,7 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
-    /// Show each host's Kubernetes state: service, Ready, node IP (exit 1 when not all Ready).
+    /// Show each host's Kubernetes state and Pi health with a verdict (exit 1 unless all healthy).
     Status {
         #[command(flatten)]
         target: Target,
@@ -98,6 +98,7 @@ enum Command {
         #[command(flatten)]
         target: Target,
         /// Only these hosts (repeat the flag); they are drained and deleted from the cluster first.
+        /// A host that does not answer SSH is only deleted from the cluster (it is not reset).
         #[arg(long, value_name = "HOST")]
         limit: Vec<String>,
         /// Do not ask for confirmation.
@@ -427,27 +428,39 @@ async fn status(target: Target, json: bool) -> miette::Result<ExitCode> {
         .map(|(n, h)| (n.name(), h))
         .collect();
     let split = crate::k3s::disagreement(&running).await;
+    let health = futures::future::join_all(fleet.nodes.iter().map(|n| async move {
+        match n.host.as_ref().filter(|_| n.ok()) {
+            Some(h) => Some(crate::health::gather(h, n.role() == Role::Server).await),
+            None => None,
+        }
+    }))
+    .await;
     fleet.close().await;
-    let states: Vec<HostState> = fleet.nodes.iter().map(|n| HostState::of(n, nodes.get(n.name()))).collect();
+    let states: Vec<HostState> =
+        fleet.nodes.iter().zip(health).map(|(n, h)| HostState::of(n, nodes.get(n.name()), h)).collect();
     let all_ready =
         split.is_none() && states.iter().all(|s| s.role == Role::Loadbalancer.as_str() || s.node == "Ready");
+    let healthy = all_ready && states.iter().all(|s| s.verdict == "healthy");
+    let code = if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) };
     if json {
         let doc = serde_json::json!({
-            "ready": all_ready, "endpoint": fleet.cluster.endpoint().url(), "hosts": states, "split": split,
+            "ready": all_ready, "healthy": healthy, "endpoint": fleet.cluster.endpoint().url(), "hosts": states,
+            "split": split,
         });
         println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| miette::miette!("{e}"))?);
-        return Ok(if all_ready { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        return Ok(code);
     }
-    let rows: Vec<[String; 5]> = states
-        .iter()
-        .map(|s| [s.name.clone(), s.role.into(), s.address.clone(), s.service_line(), s.node.clone()])
-        .collect();
-    print!("{}", check::render_table(&["HOST", "ROLE", "ADDRESS", "SERVICE", "NODE"], &rows));
+    let rows: Vec<[String; 10]> = states.iter().map(HostState::row).collect();
+    let head = ["HOST", "ROLE", "ADDRESS", "SERVICE", "NODE", "VERSION", "SOC", "ROOT FREE", "MEM FREE", "VERDICT"];
+    print!("{}", check::render_table(&head, &rows));
+    for s in states.iter().filter(|s| !s.reasons.is_empty()) {
+        println!("{}: {}: {}", s.name, s.verdict, clean(&s.reasons.join("; ")));
+    }
     println!("\nendpoint: {}", fleet.cluster.endpoint().url());
     if let Some(split) = split {
         println!("\nerror: {split}\n  hint: a server with an empty disk started a cluster of its own; `pikube down --limit NODE --yes` then `pikube up` makes it join");
     }
-    Ok(if all_ready { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(code)
 }
 
 /// One host in `status` (the table's row, and the JSON shape documented in the README).
@@ -466,10 +479,20 @@ struct HostState {
     version: Option<String>,
     /// The node's InternalIP as the API reports it.
     internal_ip: Option<String>,
+    /// healthy, degraded or unreachable.
+    verdict: &'static str,
+    /// Why the host is degraded (thresholds in the README).
+    reasons: Vec<String>,
+    /// The readings behind the verdict (see `health::Health`); null when unreachable.
+    health: Option<crate::health::Health>,
 }
 
 impl HostState {
-    fn of(n: &crate::fleet::Node, api: Option<&crate::k3s::NodeStatus>) -> HostState {
+    fn of(
+        n: &crate::fleet::Node,
+        api: Option<&crate::k3s::NodeStatus>,
+        health: Option<Result<crate::health::Health, String>>,
+    ) -> HostState {
         let unit = match n.role() {
             Role::Loadbalancer => "haproxy",
             r => crate::k3s::unit_name(r),
@@ -497,7 +520,60 @@ impl HostState {
             // `k3s --version` says "k3s version v1.31.4+k3s1 (fa8a1bfd)".
             version: facts.and_then(|f| f.kubernetes.get("k3s")?.split_whitespace().nth(2).map(str::to_string)),
             internal_ip: api.map(|s| s.internal_ip.clone()).filter(|ip| !ip.is_empty()),
+            verdict: "healthy",
+            reasons: Vec::new(),
+            health: None,
         }
+        .judged(n, health)
+    }
+
+    /// Sets the verdict from the service, the node and the host's health readings.
+    fn judged(mut self, n: &crate::fleet::Node, health: Option<Result<crate::health::Health, String>>) -> HostState {
+        if self.service == "unreachable" {
+            self.verdict = "unreachable";
+            self.reasons = n.failure().into_iter().collect();
+            return self;
+        }
+        if self.service != "active" {
+            self.reasons.push(format!("{} is {}", self.unit, self.service));
+        }
+        if self.node != "Ready" && self.node != "-" {
+            self.reasons.push(format!("node {}", self.node));
+        }
+        match health {
+            Some(Ok(h)) => {
+                let mut ips: Vec<&str> = vec![n.spec.address()];
+                ips.extend(self.internal_ip.as_deref());
+                let facts = n.facts();
+                ips.extend(facts.iter().flat_map(|f| f.ipv4.iter().map(|a| a.address.as_str())));
+                self.reasons.extend(h.reasons(n.role() == Role::Server, &ips));
+                self.health = Some(h);
+            }
+            Some(Err(e)) => self.reasons.push(format!("health not read: {e}")),
+            None => {}
+        }
+        if !self.reasons.is_empty() {
+            self.verdict = "degraded";
+        }
+        self
+    }
+
+    fn row(&self) -> [String; 10] {
+        let h = self.health.as_ref();
+        let root = h.and_then(|h| h.filesystems.first());
+        [
+            self.name.clone(),
+            self.role.into(),
+            self.address.clone(),
+            self.service_line(),
+            self.node.clone(),
+            self.version.clone().unwrap_or_else(|| "-".into()),
+            h.and_then(|h| h.soc_temp_c).map_or("-".into(), |c| format!("{c:.1}°C")),
+            root.map_or("-".into(), |f| format!("{} {:.0}%", crate::health::bytes(f.free_bytes), f.free_pct())),
+            h.filter(|h| h.mem_total_kib > 0)
+                .map_or("-".into(), |h| format!("{:.0}%", h.mem_available_kib as f64 * 100.0 / h.mem_total_kib as f64)),
+            self.verdict.into(),
+        ]
     }
 
     fn service_line(&self) -> String {
@@ -535,18 +611,22 @@ async fn down(target: Target, limit: Vec<String>, yes: bool, output: Output) -> 
     }
     let started = Instant::now();
     crate::progress::start(cluster.hosts().map(|h| h.name.value.as_str()), output.plain);
-    let fleet = Fleet::connect(cluster, Mode::Apply, target.parallel).await?;
-    let result = crate::down::run(&fleet, &limit).await;
+    let mut fleet = Fleet::connect(cluster, Mode::Apply, target.parallel).await?;
+    let result = crate::down::run(&mut fleet, &limit).await;
     fleet.close().await;
     crate::progress::finish(&fleet.journal.changes());
-    result.map_err(|e| miette::miette!("{e}"))?;
+    let notes = result.map_err(|e| miette::miette!("{e}"))?;
     let failures = fleet.failures();
     if output.json {
+        notes.iter().for_each(|n| eprintln!("note: {n}"));
         println!("{}", json_report(&fleet, started)?);
         return Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) });
     }
     for (h, e) in &failures {
         println!("{h}: FAILED\n  error: {}", clean(e));
+    }
+    for n in &notes {
+        println!("note: {}", clean(n));
     }
     println!("\nDown: {what} ({:.1}s)", started.elapsed().as_secs_f64());
     Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })

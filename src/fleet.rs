@@ -40,6 +40,10 @@ impl Node {
             *f = Some(why);
         }
     }
+    /// Forgets the host's error (a dead host that `down` removed on purpose).
+    pub fn clear_failure(&self) {
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
     pub fn failure(&self) -> Option<String> {
         self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

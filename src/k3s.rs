@@ -14,6 +14,8 @@ use crate::facts::HostFacts;
 use crate::fleet::Fleet;
 use crate::remote::{quote, Cmd, Host, Mode, RemoteError};
 
+pub mod etcd;
+
 pub const BIN: &str = "/usr/local/bin/k3s";
 /// The installer links these to k3s when they are not on PATH yet.
 pub const LINKS: [&str; 3] = ["kubectl", "crictl", "ctr"];

@@ -12,6 +12,7 @@ pub mod config;
 pub mod down;
 pub mod facts;
 pub mod fleet;
+pub mod health;
 pub mod import;
 pub mod k3s;
 pub mod kubeconfig;

@@ -110,6 +110,9 @@ pub(super) fn up(args: UpArgs) -> Result<()> {
     if args.vip {
         lab.kubernetes.vip = true;
     }
+    if args.disk_size.is_some() {
+        lab.disk_mib = args.disk_size;
+    }
     lab.save()?;
     let started = Instant::now();
     base::ensure(lab.arch)?;
@@ -638,6 +641,20 @@ pub(super) fn wipe(name: &str, node_name: &str) -> Result<()> {
         node.address,
         paths.known_hosts().display()
     );
+    Ok(())
+}
+
+/// Sets a Pi-like node's emulated firmware readings; the node sees them at once.
+pub(super) fn pi(args: super::PiArgs) -> Result<()> {
+    let lab = LabState::require(&args.lab.name)?;
+    let node = lab.node(&args.node)?;
+    if node.layout.is_none() {
+        return Err(miette!("{} is not Pi-like; create the lab with `--pi bookworm` (or legacy, mixed)", node.name));
+    }
+    let dir = LabPaths::new(&lab.name).node(&node.name).firmware();
+    super::firmware::set_readings(&dir, args.throttled, args.temp)?;
+    let (throttled, temp) = super::firmware::readings(&dir);
+    println!("{}: get_throttled 0x{throttled:x}, SoC {temp:.1} °C", node.name);
     Ok(())
 }
 

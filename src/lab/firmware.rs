@@ -6,7 +6,10 @@
 //! - `/sys/firmware/devicetree/base/model` (NUL-terminated, like the real file),
 //! - `/proc/cmdline` = firmware prefix + the node's cmdline.txt,
 //! - `/proc/cgroups`, whose `memory` line has enabled `0` unless the command line has
-//!   `cgroup_enable=memory` (Raspberry Pi kernels disable the memory controller by default).
+//!   `cgroup_enable=memory` (Raspberry Pi kernels disable the memory controller by default),
+//! - `/sys/devices/platform/soc/soc:firmware/get_throttled` (the firmware driver's file: the
+//!   get_throttled bits in hex) and `/sys/class/thermal/thermal_zone0/temp` (millidegrees),
+//!   which `pikube lab pi NODE --throttled … --temp …` sets while the node runs.
 //!
 //! nspawn resolves the source of a bind onto `/proc` inside the container, so the generated
 //! files are first bound to `/run/pikube-firmware` and the `/proc` binds take them from there.
@@ -53,6 +56,45 @@ fn firmware_prefix(layout: PiLayout, serial: &str) -> String {
              vc_mem.mem_base=0x3ec00000 vc_mem.mem_size=0x40000000"
         ),
     }
+}
+
+/// The firmware driver's get_throttled file and the SoC thermal zone, below the node's
+/// firmware dir (bound over `/sys/devices/platform` and `/sys/class/thermal`).
+const THROTTLED: &str = "platform/soc/soc:firmware/get_throttled";
+const TEMP: &str = "thermal/thermal_zone0/temp";
+/// A healthy idle Pi: nothing throttled, 48.3 °C.
+const DEFAULT_READINGS: (u32, f64) = (0, 48.3);
+
+/// Parses get_throttled bits as `vcgencmd` prints them (`0x50005`) or plain hex.
+pub fn parse_throttled(s: &str) -> std::result::Result<u32, String> {
+    let hex = s.trim().trim_start_matches("throttled=");
+    let hex = hex.strip_prefix("0x").unwrap_or(hex);
+    u32::from_str_radix(hex, 16).map_err(|_| format!("{s:?} is not hex bits like 0x50005"))
+}
+
+/// The node's current emulated readings: (get_throttled bits, SoC °C).
+pub fn readings(dir: &Path) -> (u32, f64) {
+    let throttled = fs::read_to_string(dir.join(THROTTLED)).ok().and_then(|s| parse_throttled(&s).ok());
+    let temp = fs::read_to_string(dir.join(TEMP)).ok().and_then(|s| s.trim().parse::<f64>().ok()).map(|m| m / 1000.0);
+    (throttled.unwrap_or(DEFAULT_READINGS.0), temp.unwrap_or(DEFAULT_READINGS.1))
+}
+
+/// Writes the readings the firmware and thermal drivers report (each replaced atomically, so a
+/// reader in the node never sees half a value); None keeps the current one.
+pub fn set_readings(dir: &Path, throttled: Option<u32>, temp: Option<f64>) -> Result<()> {
+    let (now_throttled, now_temp) = readings(dir);
+    let files = [
+        (dir.join(THROTTLED), format!("{:x}\n", throttled.unwrap_or(now_throttled))),
+        (dir.join(TEMP), format!("{}\n", (temp.unwrap_or(now_temp) * 1000.0).round() as i64)),
+        (dir.join("thermal/thermal_zone0/type"), "cpu-thermal\n".to_string()),
+    ];
+    for (path, contents) in files {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).into_diagnostic()?;
+        }
+        super::util::write_atomic(&path, contents.as_bytes(), 0o444)?;
+    }
+    Ok(())
 }
 
 /// A stable per-node board serial (16 hex digits), also the source of PARTUUID and MAC.
@@ -109,12 +151,47 @@ pub fn prepare_boot(tree: &Path, layout: PiLayout, seed: &str, out: &Path) -> Re
     for (path, contents) in files {
         fs::write(&path, contents).into_diagnostic().wrap_err_with(|| format!("writing {}", path.display()))?;
     }
+    // Readings set with `lab pi` survive reboots, like a weak power supply does.
+    set_readings(out, None, None)?;
     Ok(vec![
         format!("--bind-ro={}:{IN_NODE}", out.display()),
         format!("--bind-ro={IN_NODE}/cmdline:/proc/cmdline"),
         format!("--bind-ro={IN_NODE}/cgroups:/proc/cgroups"),
         format!("--bind-ro={}:/sys/firmware", out.join("sys").display()),
     ])
+}
+
+/// Where the firmware and thermal readings show in a node: (below IN_NODE, real path).
+/// nspawn mounts `/sys/devices` and `/sys/class` after its `--bind`s, hiding binds below them,
+/// so these are bound from inside the node's mount namespace once it runs (`bind_sysfs`).
+const SYSFS_BINDS: [(&str, &str); 2] = [("platform", "/sys/devices/platform"), ("thermal", "/sys/class/thermal")];
+
+/// Binds the emulated readings over their real sysfs paths inside a booting node: waits for
+/// nspawn's child to become the node's systemd (its mounts are done by then), then mounts
+/// from inside that mount namespace. Failures are logged to the console: the node still runs.
+pub fn bind_sysfs(nspawn: u32) {
+    let init = (0..300).find_map(|_| {
+        let found = super::util::children(nspawn).into_iter().find(|(_, comm)| comm == "systemd").map(|(p, _)| p);
+        if found.is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        found
+    });
+    let Some(init) = init else {
+        eprintln!("pikube-lab: the node's systemd did not start; firmware readings not bound");
+        return;
+    };
+    for (from, to) in SYSFS_BINDS {
+        let ok = std::process::Command::new("nsenter")
+            .args(["--target", &init.to_string(), "--mount", "--", "mount", "--bind", "-o", "ro"])
+            .arg(format!("{IN_NODE}/{from}"))
+            .arg(to)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("pikube-lab: could not bind {IN_NODE}/{from} over {to} in the node");
+        }
+    }
 }
 
 /// The command line file config.txt names with `cmdline=` (the firmware's default is
@@ -272,5 +349,17 @@ mod tests {
             "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t1\t1\t1\nmemory\t4\t14\t0\n"
         );
         assert!(cgroups_table(host, true).ends_with("memory\t4\t14\t1\n"));
+    }
+
+    #[test]
+    fn readings_round_trip_and_survive_a_partial_update() {
+        let dir = std::env::temp_dir().join(format!("pikube-fw-test-{}", std::process::id()));
+        assert_eq!(readings(&dir), DEFAULT_READINGS);
+        set_readings(&dir, Some(0x50005), None).unwrap();
+        set_readings(&dir, None, Some(85.0)).unwrap();
+        assert_eq!(readings(&dir), (0x50005, 85.0));
+        assert_eq!(fs::read_to_string(dir.join(THROTTLED)).unwrap(), "50005\n", "the driver prints %x");
+        assert_eq!(parse_throttled("throttled=0x80008"), Ok(0x80008));
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

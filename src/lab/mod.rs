@@ -42,6 +42,8 @@ pub enum LabCommand {
     Start(NodeArgs),
     /// Replace a node's SD card: its disk back to the base image, with a new SSH host key.
     Wipe(NodeArgs),
+    /// Set a Pi-like node's emulated firmware and thermal readings (what `status` checks).
+    Pi(PiArgs),
     /// Cut a node's network link without stopping the node.
     Cut(NodeArgs),
     /// Restore a node's network link after `lab cut`.
@@ -104,6 +106,10 @@ pub struct UpArgs {
     /// Give every node the same machine id (the cloned-SD-card fault, on purpose).
     #[arg(long)]
     pub clone_machine_id: bool,
+    /// Give each node's own disk layer a file system of this many MiB (a small SD card: the
+    /// node's root file system shows this size and can fill up) [default: the host's disk].
+    #[arg(long, value_name = "MIB")]
+    pub disk_size: Option<u64>,
     /// Seconds to wait for all nodes to answer SSH [default: 300, 900 for arm64].
     #[arg(long)]
     pub timeout: Option<u64>,
@@ -115,6 +121,20 @@ pub struct NodeArgs {
     pub lab: LabName,
     /// Node name (node1, node2, …).
     pub node: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PiArgs {
+    #[command(flatten)]
+    pub lab: LabName,
+    /// Node name (node1, node2, …).
+    pub node: String,
+    /// The firmware's get_throttled bits, e.g. 0x50005 (under-voltage and throttled now).
+    #[arg(long, value_parser = firmware::parse_throttled)]
+    pub throttled: Option<u32>,
+    /// SoC temperature in °C.
+    #[arg(long)]
+    pub temp: Option<f64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -157,6 +177,7 @@ fn run_blocking(cmd: LabCommand) -> Result<()> {
         LabCommand::Stop(args) => commands::stop(&args.lab.name, &args.node),
         LabCommand::Start(args) => commands::start(&args.lab.name, &args.node),
         LabCommand::Wipe(args) => commands::wipe(&args.lab.name, &args.node),
+        LabCommand::Pi(args) => commands::pi(args),
         LabCommand::Cut(args) => commands::set_link(&args.lab.name, &args.node, false),
         LabCommand::Heal(args) => commands::set_link(&args.lab.name, &args.node, true),
         LabCommand::Exec(args) => commands::exec(&args.lab.name, &args.command),

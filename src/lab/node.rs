@@ -34,6 +34,9 @@ fn mount_disk(state: &LabState, paths: &NodePaths) -> Result<()> {
     if is_mounted(&merged) {
         return Ok(());
     }
+    if let Some(mib) = state.disk_mib {
+        mount_layer(paths, mib)?;
+    }
     for dir in [paths.upper(), paths.work(), merged.clone()] {
         fs::create_dir_all(&dir).into_diagnostic().wrap_err_with(|| format!("creating {}", dir.display()))?;
     }
@@ -48,10 +51,29 @@ fn mount_disk(state: &LabState, paths: &NodePaths) -> Result<()> {
         .map(drop)
 }
 
+/// Gives the node's own layer a small file system of its own (`lab up --disk-size`), so the
+/// node's root file system shows its size and fills up like a small SD card would.
+fn mount_layer(paths: &NodePaths, mib: u64) -> Result<()> {
+    let (layer, image) = (paths.layer(), paths.layer_image());
+    if is_mounted(&layer) {
+        return Ok(());
+    }
+    fs::create_dir_all(&layer).into_diagnostic().wrap_err_with(|| format!("creating {}", layer.display()))?;
+    if !image.exists() {
+        run(Command::new("truncate").arg(format!("--size={mib}M")).arg(&image))?;
+        run(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&image))
+            .wrap_err_with(|| format!("making a file system in {}", image.display()))?;
+    }
+    run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&layer))
+        .wrap_err_with(|| format!("mounting {}", image.display()))
+        .map(drop)
+}
+
 pub fn unmount_disk(paths: &NodePaths) -> Result<()> {
-    let merged = paths.merged();
-    if is_mounted(&merged) {
-        run(Command::new("umount").arg(&merged)).wrap_err_with(|| format!("unmounting {}", merged.display()))?;
+    for dir in [paths.merged(), paths.layer()] {
+        if is_mounted(&dir) {
+            run(Command::new("umount").arg(&dir)).wrap_err_with(|| format!("unmounting {}", dir.display()))?;
+        }
     }
     Ok(())
 }
@@ -422,7 +444,7 @@ fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()
             None => Vec::new(),
         };
         eprintln!("pikube-lab: booting {}", node.name);
-        let status = Command::new("systemd-nspawn")
+        let mut child = Command::new("systemd-nspawn")
             .args([
                 // Not --boot: PID 1 is first a shell that makes the cgroup controllers writable
                 // (see `controller_binds`) and then becomes the node's systemd. Stopping the node
@@ -458,9 +480,14 @@ fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()
             .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network")
             .args(["/bin/sh", "-c", &init_script(&state.name, &node.name)])
             .stdin(Stdio::null())
-            .status()
+            .spawn()
             .into_diagnostic()
             .wrap_err("running systemd-nspawn")?;
+        if node.layout.is_some() {
+            let nspawn = child.id();
+            std::thread::spawn(move || firmware::bind_sysfs(nspawn));
+        }
+        let status = child.wait().into_diagnostic().wrap_err("waiting for systemd-nspawn")?;
         match status.code() {
             Some(EXIT_REBOOT) if !paths.powered_off().exists() => {
                 eprintln!("pikube-lab: {} rebooting", node.name);

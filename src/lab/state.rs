@@ -105,6 +105,10 @@ pub struct LabState {
     /// Kubernetes settings written into the lab's cluster file.
     #[serde(default)]
     pub kubernetes: LabKubernetes,
+    /// Size of each node's own disk layer (a file system of its own, like a small SD card);
+    /// None: the layer lives on the host's disk.
+    #[serde(default)]
+    pub disk_mib: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +164,7 @@ impl LabState {
             clone_machine_id,
             nodes,
             kubernetes: LabKubernetes::default(),
+            disk_mib: None,
         }
     }
 
@@ -264,11 +269,19 @@ pub struct NodePaths {
 }
 
 impl NodePaths {
+    /// Holds the overlay's upper and work dirs; a mounted file system with `--disk-size`.
+    pub fn layer(&self) -> PathBuf {
+        self.dir.join("layer")
+    }
+    /// The image file of `layer` with `--disk-size`.
+    pub fn layer_image(&self) -> PathBuf {
+        self.dir.join("layer.img")
+    }
     pub fn upper(&self) -> PathBuf {
-        self.dir.join("upper")
+        self.layer().join("upper")
     }
     pub fn work(&self) -> PathBuf {
-        self.dir.join("work")
+        self.layer().join("work")
     }
     pub fn merged(&self) -> PathBuf {
         self.dir.join("merged")

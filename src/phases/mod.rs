@@ -63,6 +63,13 @@ pub fn names() -> Vec<&'static str> {
 pub use cluster_hooks::{pre_master_down, APPLIED_DIR as HOOKS_APPLIED_DIR};
 pub use kubeconfig::write_local as write_kubeconfig;
 
+/// Renders the API endpoint again (HAProxy backends, keepalived peers) from the fleet's
+/// cluster, e.g. after `down` removed a dead server from it.
+pub async fn endpoint(fleet: &Fleet) {
+    load_balancer::run(fleet).await;
+    virtual_ip::run(fleet).await;
+}
+
 /// Runs all phases over the fleet. Hosts that fail drop out; the others go on.
 pub async fn run_all(fleet: &Fleet) {
     let kubernetes = fleet.cluster.version().is_some();

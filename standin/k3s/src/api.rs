@@ -236,10 +236,28 @@ pub async fn handle(srv: &Arc<Srv>, req: &Request, path: &str) -> Resp {
                 }
             }
             ("DELETE", Some(n)) => {
+                // k3s's etcd member controller removes a deleted server's member (its finalizer
+                // holds the Node until etcd agrees; here a delete etcd would refuse is refused).
+                let member = srv.state.lock().unwrap().member_of_node(n);
+                if let Some(url) = &member {
+                    let members = srv.state.lock().unwrap().live_members();
+                    let started = srv.started(&members).await;
+                    let target = members.iter().zip(&started).any(|(m, s)| m == url && *s);
+                    let count = started.iter().filter(|s| **s).count();
+                    if let Some(why) = cluster::member_removal_refused(members.len(), count, target) {
+                        return status_err(500, "InternalError", why);
+                    }
+                }
                 let (ok, part) = {
                     let mut st = srv.state.lock().unwrap();
                     let ok = st.delete_node(n);
-                    (ok, st.part(Some(n), None, None))
+                    if let Some(url) = member.as_deref().filter(|_| ok) {
+                        st.remove_member(url);
+                        crate::util::log("info", &format!("Removed etcd member {url} of deleted node {n}"));
+                    }
+                    let mut part = st.part(Some(n), None, member.as_deref());
+                    part.members.clear();
+                    (ok, part)
                 };
                 if !ok {
                     return not_found("nodes", n);

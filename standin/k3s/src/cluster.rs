@@ -17,6 +17,22 @@ pub const VERSION: &str = match option_env!("STANDIN_K3S_VERSION") {
 pub const GRACE: Duration = Duration::from_secs(10);
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
+/// The label k3s gives servers that run an etcd member (pkg/etcd: EtcdRoleLabel).
+pub const ETCD_ROLE: &str = "node-role.kubernetes.io/etcd";
+
+/// Why etcd refuses to remove a member, as etcd says it (server/etcdserver): without quorum no
+/// write is possible at all, and with `--strict-reconfig-check` (on in k3s) a removal must
+/// leave a quorum of started members. `members` and `started` count the member to remove.
+pub fn member_removal_refused(members: usize, started: usize, target_started: bool) -> Option<&'static str> {
+    if started < members / 2 + 1 {
+        return Some("etcdserver: request timed out");
+    }
+    let left = members - 1;
+    let started_left = started - usize::from(target_started);
+    (left == 0 || started_left < left / 2 + 1)
+        .then_some("etcdserver: re-configuration failed due to not enough started members")
+}
+
 /// What a node sends on registration / heartbeat.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct NodeReg {
@@ -115,6 +131,10 @@ pub struct State {
     /// server URL → unix ms it was (re)registered as a member
     #[serde(default)]
     pub members: BTreeMap<String, u64>,
+    /// server URL → unix ms it was removed (tombstone: newer than its `members` stamp means
+    /// removed, so a removed member stays removed when replicas merge)
+    #[serde(default)]
+    pub removed_members: BTreeMap<String, u64>,
     /// node name → its node-password secret (tombstones kept, as for nodes)
     #[serde(default)]
     pub node_passwords: BTreeMap<String, PasswordRec>,
@@ -340,8 +360,36 @@ impl State {
     }
 
     pub fn add_member(&mut self, url: &str) {
-        let prev = self.members.get(url).copied().unwrap_or(0);
+        let prev = self.members.get(url).copied().unwrap_or(0).max(self.removed_members.get(url).copied().unwrap_or(0));
         self.members.insert(url.to_string(), Self::stamp_after(prev));
+        self.gen += 1;
+    }
+
+    /// Whether `url` is a member now (added and not removed since).
+    pub fn is_member(&self, url: &str) -> bool {
+        self.members.get(url).is_some_and(|added| self.removed_members.get(url).is_none_or(|r| r < added))
+    }
+
+    /// The current members' URLs.
+    pub fn live_members(&self) -> Vec<String> {
+        self.members.keys().filter(|u| self.is_member(u)).cloned().collect()
+    }
+
+    /// The member a node runs (real k3s: the Node's `etcd.k3s.cattle.io/node-address`
+    /// annotation names it): an `etcd`-labelled node whose InternalIP is a member URL's host.
+    pub fn member_of_node(&self, name: &str) -> Option<String> {
+        let node = self.node(name)?;
+        if !node.reg.labels.contains_key(ETCD_ROLE) {
+            return None;
+        }
+        let ip = &node.reg.internal_ip;
+        self.live_members().into_iter().find(|u| crate::util::url_host(u) == Some(ip.as_str()))
+    }
+
+    /// Removes a member (real: etcd MemberRemove), leaving a tombstone.
+    pub fn remove_member(&mut self, url: &str) {
+        let added = self.members.get(url).copied().unwrap_or(0);
+        self.removed_members.insert(url.to_string(), Self::stamp_after(added));
         self.gen += 1;
     }
 
@@ -359,6 +407,9 @@ impl State {
         }
         if let Some(m) = member.and_then(|m| self.members.get_key_value(m)) {
             p.members.insert(m.0.clone(), *m.1);
+        }
+        if let Some(m) = member.and_then(|m| self.removed_members.get_key_value(m)) {
+            p.removed_members.insert(m.0.clone(), *m.1);
         }
         p
     }
@@ -412,6 +463,12 @@ impl State {
                     self.members.insert(k, t);
                     changed = true;
                 }
+            }
+        }
+        for (k, t) in other.removed_members {
+            if self.removed_members.get(&k).is_none_or(|l| *l < t) {
+                self.removed_members.insert(k, t);
+                changed = true;
             }
         }
         if changed {
@@ -785,5 +842,29 @@ mod tests {
         let js = serde_json::to_string(&a).unwrap();
         let back: State = serde_json::from_str(&js).unwrap();
         assert_eq!(back.nodes, a.nodes);
+    }
+
+    #[test]
+    fn a_removed_member_stays_removed_when_replicas_merge() {
+        let (mut a, mut b) = (State::default(), State::default());
+        a.add_member("https://10.0.0.3:6443");
+        b.merge(a.clone());
+        a.remove_member("https://10.0.0.3:6443");
+        assert!(!a.is_member("https://10.0.0.3:6443"));
+        b.merge(a.clone());
+        a.merge(b.clone());
+        assert!(a.live_members().is_empty() && b.live_members().is_empty());
+        b.add_member("https://10.0.0.3:6443");
+        a.merge(b);
+        assert!(a.is_member("https://10.0.0.3:6443"), "a member added again after its removal is back");
+    }
+
+    #[test]
+    fn etcd_refuses_removals_that_lose_quorum() {
+        assert_eq!(member_removal_refused(3, 2, false), None, "one dead of three: removable");
+        assert!(member_removal_refused(3, 1, false).unwrap().contains("timed out"), "two dead of three: no quorum");
+        assert!(member_removal_refused(3, 2, true).unwrap().contains("not enough started"), "a live one with one dead");
+        assert!(member_removal_refused(1, 1, true).is_some(), "the last member");
+        assert_eq!(member_removal_refused(2, 2, true), None);
     }
 }

@@ -269,7 +269,26 @@ pub struct Srv {
 
 impl Srv {
     fn peers(&self) -> Vec<String> {
-        self.state.lock().unwrap().members.keys().filter(|u| **u != self.self_url).cloned().collect()
+        self.state.lock().unwrap().live_members().into_iter().filter(|u| *u != self.self_url).collect()
+    }
+    /// Which of `members` are started now (etcd: peers it is connected to): this server, and
+    /// each peer that answers `/ping` within 2 s, all asked at once.
+    pub async fn started(&self, members: &[String]) -> Vec<bool> {
+        let probes: Vec<_> = members
+            .iter()
+            .map(|m| {
+                let (url, trust, me) = (m.clone(), self.trust(), *m == self.self_url);
+                tokio::spawn(async move {
+                    let ping = net::request(&url, &trust, "GET", "/ping", None, b"");
+                    me || matches!(tokio::time::timeout(std::time::Duration::from_secs(2), ping).await, Ok(Ok(r)) if r.status == 200)
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(probes.len());
+        for p in probes {
+            out.push(p.await.unwrap_or(false));
+        }
+        out
     }
     fn trust(&self) -> Trust {
         Trust::CaAnyName(self.ca.cert_pem.clone())
@@ -661,6 +680,30 @@ pub async fn run_server(o: Opts) -> ! {
     }
 }
 
+/// k3s's `/db/info` (the etcd member list, in etcd's MemberListResponse JSON): members named
+/// `<host>-<8 hex>` as k3s names them, peer URLs on 2380 and client URLs on 2379.
+fn db_info(srv: &Srv) -> Value {
+    let members: Vec<Value> = srv
+        .state
+        .lock()
+        .unwrap()
+        .live_members()
+        .iter()
+        .map(|url| {
+            let host = crate::util::url_host(url).unwrap_or("");
+            let id = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(url.as_bytes()));
+            let h = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+            json!({
+                "ID": u64::from_be_bytes(id[..8].try_into().unwrap()),
+                "name": format!("{host}-{:02x}{:02x}{:02x}{:02x}", id[0], id[1], id[2], id[3]),
+                "peerURLs": [format!("https://{h}:2380")],
+                "clientURLs": [format!("https://{h}:2379")],
+            })
+        })
+        .collect();
+    json!({ "members": members })
+}
+
 pub fn j(code: u16, v: Value) -> Resp {
     (code, "application/json", serde_json::to_vec(&v).unwrap())
 }
@@ -680,7 +723,13 @@ async fn handle(srv: &Arc<Srv>, req: net::Request, client_cert: bool) -> Resp {
         _ => {}
     }
     let bearer = req.header("authorization").and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
-    let is_server = !bearer.is_empty() && bearer == srv.password;
+    // k3s's supervisor also takes HTTP basic auth as user `server` with the token's password.
+    let basic = req
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Basic "))
+        .and_then(crate::util::b64dec)
+        .is_some_and(|b| b == format!("server:{}", srv.password).as_bytes());
+    let is_server = (!bearer.is_empty() && bearer == srv.password) || basic;
     let is_agent = !bearer.is_empty() && srv.agent_password.as_deref() == Some(bearer);
     let allowed = client_cert || is_server || (is_agent && path == "/v1-standin/heartbeat");
     if !allowed {
@@ -688,13 +737,16 @@ async fn handle(srv: &Arc<Srv>, req: net::Request, client_cert: bool) -> Resp {
     }
     let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
     // server-to-server endpoints need the server token
-    if matches!(seg.as_slice(), ["v1-k3s", "server-bootstrap"] | ["v1-standin", "members" | "state" | "merge"])
-        && !is_server
+    if matches!(
+        seg.as_slice(),
+        ["v1-k3s", "server-bootstrap"] | ["v1-standin", "members" | "state" | "merge"] | ["db", "info"]
+    ) && !is_server
     {
         return status_err(401, "Unauthorized", "Unauthorized");
     }
     match (req.method.as_str(), seg.as_slice()) {
         ("GET", ["v1-k3s", "server-bootstrap"]) => j(200, serde_json::to_value(&srv.ca).unwrap()),
+        ("GET", ["db", "info"]) => j(200, db_info(srv)),
         ("POST", ["v1-standin", "members"]) => {
             let Some(url) =
                 serde_json::from_slice::<Value>(&req.body).ok().and_then(|v| v["url"].as_str().map(String::from))

@@ -243,6 +243,16 @@ pub fn check_registries(text: &str) -> Result<Vec<String>, String> {
     Ok(warn)
 }
 
+/// The host of an `https://host:port` URL (IPv6 without its brackets).
+pub fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let hostport = rest.split('/').next()?;
+    match hostport.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map(|(h, _)| h),
+        None => Some(hostport.rsplit_once(':').map_or(hostport, |(h, _)| h)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

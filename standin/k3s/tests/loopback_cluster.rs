@@ -910,3 +910,66 @@ fn server_and_agent_run_as_k3s_server_and_k3s_agent() {
     drop((server, agent));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// k3s's `/db/info` member list as the peer-URL hosts, read with the server token as user `server`.
+fn member_hosts(url: &str, token: &str) -> Vec<String> {
+    let out = Command::new("curl")
+        .args(["-sk", "--max-time", "5", "-u", &format!("server:{token}")])
+        .arg(format!("{url}/db/info"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let mut hosts: Vec<String> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["peerURLs"][0].as_str().unwrap().trim_start_matches("https://").split(':').next().unwrap().to_string()
+        })
+        .collect();
+    hosts.sort();
+    hosts
+}
+
+/// Deleting a dead server's Node removes its etcd member (k3s's member controller); with the
+/// members that answer below quorum, etcd refuses the change and the Node stays.
+#[test]
+fn deleting_a_server_node_removes_its_member_while_quorum_holds() {
+    let dir = test_dir("members");
+    let (ip1, ip2, ip3) = ("127.0.0.11", "127.0.0.12", "127.0.0.13");
+    let (p1, p2, p3) = (free_port_on(ip1), free_port_on(ip2), free_port_on(ip3));
+    let _s1 =
+        spawn_s(&server_args(&dir, "m1", ip1, p1, &["--cluster-init", "--token", "m-secret"]), &dir.join("m1.log"));
+    let kc1 = dir.join("m1.yaml");
+    wait_for("m1 Ready", Duration::from_secs(20), || kc1.exists() && status_of(&kc1, "m1").as_deref() == Some("Ready"));
+    let url1 = format!("https://{ip1}:{p1}");
+    let mut s2 =
+        spawn_s(&server_args(&dir, "m2", ip2, p2, &["--server", &url1, "--token", "m-secret"]), &dir.join("m2.log"));
+    let mut s3 =
+        spawn_s(&server_args(&dir, "m3", ip3, p3, &["--server", &url1, "--token", "m-secret"]), &dir.join("m3.log"));
+    wait_for("three members", Duration::from_secs(25), || {
+        status_of(&kc1, "m3").as_deref() == Some("Ready") && member_hosts(&url1, "m-secret").len() == 3
+    });
+    let o = Command::new("curl").args(["-sk", "-u", "server:wrong"]).arg(format!("{url1}/db/info")).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Unauthorized"), "/db/info needs the server token");
+
+    let _ = s3.0.kill();
+    let _ = s3.0.wait();
+    let o = kubectl(&kc1, &["delete", "node", "m3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(member_hosts(&url1, "m-secret"), [ip1, ip2], "m3's member is removed with its Node");
+
+    let _ = s2.0.kill();
+    let _ = s2.0.wait();
+    let o = kubectl(&kc1, &["delete", "node", "m2"]);
+    assert!(!o.status.success(), "one of two members answering is no quorum");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("etcdserver: request timed out"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(member_hosts(&url1, "m-secret"), [ip1, ip2]);
+    assert!(status_of(&kc1, "m2").is_some(), "the Node stays");
+    let _ = std::fs::remove_dir_all(&dir);
+}
