@@ -99,6 +99,9 @@ pub struct ObjRec {
     pub uid: String,
     #[serde(default)]
     pub updated: u64,
+    /// tombstone (an evicted pod): stays deleted when replicas merge
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// The whole replicated state (STAND-IN multi-master replication instead of etcd): every
@@ -436,10 +439,57 @@ impl State {
         n.max(o).to_string()
     }
 
+    /// Applied objects that are not deleted (key, record).
+    pub fn live_objects(&self) -> impl Iterator<Item = (&String, &ObjRec)> {
+        self.objects.iter().filter(|(_, o)| !o.deleted)
+    }
+
+    /// The Eviction API (`POST …/pods/NAME/eviction`): a pod is deleted unless a
+    /// PodDisruptionBudget selecting it would drop below what it allows. Returns the pod's
+    /// node. The stand-in's pods are always Running and Ready, so every selected pod counts
+    /// as healthy and the desired count is the number selected.
+    pub fn evict(&mut self, ns: &str, name: &str) -> Result<String, Evict> {
+        let key = format!("/Pod/{ns}/{name}");
+        let pod = self.objects.get(&key).filter(|o| !o.deleted).ok_or(Evict::NotFound)?.applied.clone();
+        let labels = pod.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+        let prefix = format!("policy/PodDisruptionBudget/{ns}/");
+        let budgets: Vec<&Value> = self
+            .live_objects()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, o)| &o.applied)
+            .filter(|b| selects(b, &labels))
+            .collect();
+        if budgets.len() > 1 {
+            return Err(Evict::Misconfigured(
+                "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support."
+                    .into(),
+            ));
+        }
+        if let Some(b) = budgets.first() {
+            let healthy = self
+                .live_objects()
+                .filter(|(k, _)| k.starts_with(&format!("/Pod/{ns}/")))
+                .filter(|(_, o)| selects(b, o.applied.pointer("/metadata/labels").unwrap_or(&json!({}))))
+                .count() as u64;
+            let bname = b.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+            let need = budget_min(b, healthy).map_err(Evict::Misconfigured)?;
+            if healthy <= need {
+                return Err(Evict::Blocked(format!(
+                    "The disruption budget {bname} needs {need} healthy pods and has {healthy} currently"
+                )));
+            }
+        }
+        let o = self.objects.get_mut(&key).ok_or(Evict::NotFound)?;
+        o.deleted = true;
+        o.updated = Self::stamp_after(o.updated);
+        self.gen += 1;
+        Ok(pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").to_string())
+    }
+
     /// Store a manifest document; returns (store key, display name, created|configured|unchanged).
     pub fn apply(&mut self, doc: Value) -> Result<(String, String, &'static str), String> {
         let (key, display) = object_key(&doc)?;
-        let res = match self.objects.get_mut(&key) {
+        let res = match self.objects.get_mut(&key).filter(|o| !o.deleted) {
             Some(o) if o.applied == doc => "unchanged",
             Some(o) => {
                 o.applied = doc;
@@ -447,14 +497,10 @@ impl State {
                 "configured"
             }
             None => {
+                let updated = Self::stamp_after(self.objects.get(&key).map(|o| o.updated).unwrap_or(0));
                 self.objects.insert(
                     key.clone(),
-                    ObjRec {
-                        applied: doc,
-                        created: crate::util::now_unix(),
-                        uid: uuid(),
-                        updated: crate::util::now_ms(),
-                    },
+                    ObjRec { applied: doc, created: crate::util::now_unix(), uid: uuid(), updated, deleted: false },
                 );
                 "created"
             }
@@ -463,6 +509,45 @@ impl State {
             self.gen += 1;
         }
         Ok((key, display, res))
+    }
+}
+
+/// Why an eviction was refused (the API answers 404, 429 and 500).
+#[derive(Debug, PartialEq)]
+pub enum Evict {
+    NotFound,
+    /// A PodDisruptionBudget allows no more disruptions now.
+    Blocked(String),
+    /// The budgets cannot be evaluated (several select the pod, an unsupported field).
+    Misconfigured(String),
+}
+
+/// Whether a PodDisruptionBudget's `spec.selector.matchLabels` selects these labels. An empty
+/// selector selects every pod of the namespace (policy/v1).
+fn selects(budget: &Value, labels: &Value) -> bool {
+    let sel = budget.pointer("/spec/selector/matchLabels").and_then(Value::as_object);
+    sel.into_iter().flatten().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// How many of `healthy` selected pods must stay: `minAvailable`, or all but `maxUnavailable`
+/// (integers or percentages, rounded up as the disruption controller does).
+fn budget_min(budget: &Value, healthy: u64) -> Result<u64, String> {
+    let spec = budget.get("spec").cloned().unwrap_or(json!({}));
+    if spec.pointer("/selector/matchExpressions").is_some() {
+        return Err("STAND-IN: PodDisruptionBudget matchExpressions are not supported".into());
+    }
+    let count = |v: &Value| -> Result<u64, String> {
+        match (v.as_u64(), v.as_str().and_then(|s| s.strip_suffix('%')).and_then(|p| p.parse::<u64>().ok())) {
+            (Some(n), _) => Ok(n),
+            (None, Some(pct)) => Ok((pct * healthy).div_ceil(100)),
+            _ => Err(format!("invalid PodDisruptionBudget value {v}")),
+        }
+    };
+    match (spec.get("minAvailable"), spec.get("maxUnavailable")) {
+        (Some(min), None) => count(min),
+        (None, Some(max)) => Ok(healthy.saturating_sub(count(max)?)),
+        (None, None) => Ok(0),
+        (Some(_), Some(_)) => Err("minAvailable and maxUnavailable cannot both be set".into()),
     }
 }
 
@@ -688,6 +773,37 @@ mod tests {
         assert_eq!(st.taint("n1", &[], &["a:NoSchedule".into()], false), Some(Ok(true)));
         assert!(st.node("n1").unwrap().reg.taints.is_empty());
         assert!(st.label("nope", &want, true).is_none());
+    }
+
+    #[test]
+    fn eviction_respects_disruption_budgets_and_leaves_a_tombstone() {
+        let mut st = State::default();
+        let pod = |n: &str| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": n, "labels": {"app": "web"}}, "spec": {"nodeName": "n2"}});
+        st.apply(pod("a")).unwrap();
+        st.apply(pod("b")).unwrap();
+        let pdb = |min: Value| json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "web"}, "spec": {"minAvailable": min, "selector": {"matchLabels": {"app": "web"}}}});
+        st.apply(pdb(json!(2))).unwrap();
+        assert!(
+            matches!(st.evict("default", "a"), Err(Evict::Blocked(m)) if m.contains("needs 2 healthy pods and has 2"))
+        );
+        st.apply(pdb(json!("50%"))).unwrap();
+        assert_eq!(st.evict("default", "a"), Ok("n2".to_string()));
+        assert!(matches!(st.evict("default", "b"), Err(Evict::Blocked(_))), "1 of 1 left, 50% rounds up to 1");
+        assert_eq!(st.evict("default", "a"), Err(Evict::NotFound));
+        // the tombstone wins over the peer's older copy
+        let mut peer = State::default();
+        peer.objects.insert(
+            "/Pod/default/a".into(),
+            ObjRec { deleted: false, updated: 1, ..st.objects["/Pod/default/a"].clone() },
+        );
+        st.merge(peer);
+        assert!(st.live_objects().all(|(k, _)| k != "/Pod/default/a"));
+        // applied again, it is a new pod
+        assert_eq!(st.apply(pod("a")).unwrap().2, "created");
+        let mut second = pdb(json!(0));
+        second["metadata"]["name"] = json!("other");
+        st.apply(second).unwrap();
+        assert!(matches!(st.evict("default", "a"), Err(Evict::Misconfigured(_))), "two budgets select it");
     }
 
     fn reg(name: &str) -> NodeReg {
