@@ -553,6 +553,12 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
     assert!(pos("node1: waiting until Ready") < pos("node2: restart k3s"));
     assert!(pos("node2: waiting until Ready") < pos("node3: restart k3s"));
     assert!(pos("node3: waiting until Ready") < pos("node5: restart k3s-agent"));
+    // Each running node was drained before its restart; node1, drained in the failed run,
+    // is uncordoned once Ready on the new release, and so is every other.
+    assert!(pos("node2: drain node2") < pos("node2: restart k3s"));
+    assert!(pos("node5: drain node5") < pos("node5: restart k3s-agent"));
+    assert!(pos("node1: waiting until Ready") < pos("node1: uncordon node1"));
+    assert!(!lab.sh("node2", "k3s kubectl get nodes --no-headers").contains("SchedulingDisabled"));
     let versions = versions_on(&lab, "node2");
     assert!(all_ready(&nodes_on(&lab, "node2"), &all));
     for n in all {

@@ -21,6 +21,8 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 return;
             }
         };
+        // The automatic pre-upgrade etcd snapshot (issue 11) belongs here: once, before the
+        // first server restarts onto a new binary (`upgrade::restarts_onto_new_binary`).
         let holders = holders(&servers).await;
         let endpoint = fleet.cluster.endpoint();
         let several = servers.len() > 1;
@@ -56,6 +58,9 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                     let wait = format!("waiting until Ready (up to {}s)", fleet.ready_timeout.as_secs());
                     crate::progress::step(node.name(), &wait);
                     k3s::wait_ready(host, host, Role::Server, node.name(), fleet.ready_timeout).await?;
+                    // On the pinned version before the next server goes: a rolling upgrade
+                    // that does not take stops here, not at the end.
+                    super::upgrade::settle_one(fleet, node, host).await?;
                 }
                 Ok::<(), String>(())
             }
@@ -192,13 +197,17 @@ pub async fn converge_node(
         .await
         .map_err(e)?;
     changed |= host.ensure_file(&k3s::unit_path(role), k3s::unit(role).as_bytes(), Some(0o644)).await.map_err(e)?;
-    changed |= node.k3s_binary_changed.load(std::sync::atomic::Ordering::SeqCst);
     let state = facts.services.get(k3s::unit_name(role)).cloned().unwrap_or_default();
+    let upgrade = super::upgrade::restarts_onto_new_binary(node, host).await?;
     if !state.active {
         forget_if_reflashed(fleet, node, host).await?;
         k3s::start(host, role, false, "not running").await.map_err(e)?;
         Ok(true)
-    } else if changed || runs_replaced_binary(host, role).await.map_err(e)? {
+    } else if changed || upgrade {
+        // Only a new binary drains: k3s restarts for a configuration change keep the pods.
+        if upgrade {
+            super::upgrade::drain(fleet, node, host).await?;
+        }
         k3s::start(host, role, true, "configuration or binary changed").await.map_err(e)?;
         Ok(true)
     } else if !state.enabled {
@@ -210,14 +219,6 @@ pub async fn converge_node(
     } else {
         Ok(false)
     }
-}
-
-/// Whether the unit's process runs a binary that was replaced on disk after it started: a
-/// restart held back in an earlier run (a server failed first) is still owed.
-async fn runs_replaced_binary(host: &Host, role: Role) -> Result<bool, crate::remote::RemoteError> {
-    let unit = k3s::unit_name(role);
-    let probe = Cmd::read_script(format!("readlink /proc/$(systemctl show -p MainPID --value {unit})/exe || true"));
-    Ok(host.run_ok(&probe).await?.trim().ends_with(" (deleted)"))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod preflight;
 mod prepare_host;
 mod readiness;
 mod reboot;
+mod upgrade;
 mod verify;
 mod virtual_ip;
 
