@@ -62,13 +62,13 @@ pub async fn drain(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String
         return Ok(()); // not registered: nothing can run on it
     };
     let ours = !before.unschedulable;
-    host.record(format!("drain {name}: cordon, evict its pods (up to {}s)", timeout.as_secs()));
+    let what = format!("drain {name}: cordon, evict its pods (up to {}s)", timeout.as_secs());
     if fleet.mode == Mode::DryRun {
-        if ours {
-            host.record(format!("uncordon {name} once Ready on the new version"));
-        }
+        let after = if ours { "uncordon it once Ready on the new version" } else { "it stays cordoned, as it was" };
+        host.record(format!("{what}; {after}"));
         return Ok(());
     }
+    host.record(what);
     let e = |e: RemoteError| e.to_string();
     if ours {
         let mark = format!("mkdir -p $(dirname {m}) && touch {m}", m = quote(CORDONED_BY_PIKUBE));
