@@ -86,6 +86,11 @@ pub struct NodeRec {
     pub created: u64,
     pub last_seen: u64,
     pub unschedulable: bool,
+    /// When `unschedulable` was last set: it merges on its own, so a restarted server that
+    /// re-registers its node from a state saved before a cordon reached it does not undo the
+    /// cordon (a kubelet restart never touches spec.unschedulable).
+    #[serde(default)]
+    pub cordoned_at: u64,
     pub updated: u64,
     /// tombstone: a deleted node stays deleted when replicas merge
     #[serde(default)]
@@ -167,6 +172,7 @@ impl State {
                         created: crate::util::now_unix(),
                         last_seen: now,
                         unschedulable: false,
+                        cordoned_at: updated,
                         updated,
                         deleted: false,
                     },
@@ -249,6 +255,7 @@ impl State {
         if changed {
             n.unschedulable = want;
             n.updated = Self::stamp_after(n.updated);
+            n.cordoned_at = n.updated;
             self.gen += 1;
         }
         Some(changed)
@@ -378,13 +385,21 @@ impl State {
                 }
                 Some(l) if r.updated > l.updated => {
                     let seen = l.last_seen.max(r.last_seen);
+                    let cordon = (l.cordoned_at > r.cordoned_at).then_some((l.unschedulable, l.cordoned_at));
                     *l = r;
                     l.last_seen = seen;
+                    if let Some((u, at)) = cordon {
+                        (l.unschedulable, l.cordoned_at) = (u, at);
+                    }
                     changed = true;
                 }
                 Some(l) => {
                     if r.last_seen > l.last_seen {
                         l.last_seen = r.last_seen;
+                        changed = true;
+                    }
+                    if r.cordoned_at > l.cordoned_at {
+                        (l.unschedulable, l.cordoned_at) = (r.unschedulable, r.cordoned_at);
                         changed = true;
                     }
                 }
@@ -773,6 +788,27 @@ mod tests {
         assert_eq!(st.taint("n1", &[], &["a:NoSchedule".into()], false), Some(Ok(true)));
         assert!(st.node("n1").unwrap().reg.taints.is_empty());
         assert!(st.label("nope", &want, true).is_none());
+    }
+
+    #[test]
+    fn a_cordon_survives_a_server_re_registering_its_node_from_an_older_state() {
+        let mut a = State::default();
+        a.heartbeat(reg("s2"), true).unwrap();
+        let saved = a.clone(); // s2's own state on disk, saved before the cordon reached it
+        std::thread::sleep(Duration::from_millis(3));
+        a.cordon("s2", true).unwrap();
+        let mut restarted = saved;
+        std::thread::sleep(Duration::from_millis(3));
+        let mut upgraded = reg("s2");
+        upgraded.version = "v1.31.5+k3s1".into();
+        restarted.heartbeat(upgraded, true).unwrap();
+        a.merge(restarted.clone());
+        restarted.merge(a.clone());
+        for st in [&a, &restarted] {
+            let n = st.node("s2").unwrap();
+            assert!(n.unschedulable, "the cordon stays");
+            assert_eq!(n.reg.version, "v1.31.5+k3s1", "the newer registration is taken");
+        }
     }
 
     #[test]

@@ -387,7 +387,6 @@ async fn drain(kube: &Kube, a: &Args) -> Result<String, String> {
     }
     let started = std::time::Instant::now();
     for (ns, pod) in &evict {
-        println!("evicting pod {ns}/{pod}");
         if let Err(e) = evict_one(kube, ns, pod, started, timeout).await {
             println!("There are pending pods in node \"{n}\" when an error occurred: {e}\npod/{pod}");
             return Err(format!(
@@ -439,7 +438,8 @@ fn drain_filter(pods: &[Value], ignore_ds: bool, force: bool, emptydir: bool) ->
     (evict, refused)
 }
 
-/// One eviction, retried every 5s while refused with 429, then waited for until the pod is gone.
+/// One eviction, retried every 5s while refused with 429 (each attempt says so, as kubectl's
+/// does), then waited for until the pod is gone.
 async fn evict_one(
     kube: &Kube,
     ns: &str,
@@ -451,6 +451,7 @@ async fn evict_one(
     let late = || !timeout.is_zero() && started.elapsed() >= timeout;
     let global = || format!("global timeout reached: {}s", timeout.as_secs());
     loop {
+        println!("evicting pod {ns}/{pod}");
         let (code, v) = kube
             .call("POST", &format!("/api/v1/namespaces/{ns}/pods/{pod}/eviction"), body.to_string().as_bytes())
             .await?;
