@@ -50,7 +50,7 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 if fleet.mode == Mode::Apply {
                     k3s::wait_for_endpoint(host, endpoint, std::time::Duration::from_secs(60)).await?;
                 }
-                converge_node(fleet, node, host, token, Join::Via(endpoint)).await.map(|_| ())
+                converge_node(fleet, node, host, token, Join::Via(endpoint), false).await.map(|_| ())
             })
             .await;
         let mut blocked: Option<String> = None;
@@ -76,7 +76,7 @@ async fn upgrade_one(
     token: &str,
     endpoint: &crate::config::ApiEndpoint,
 ) -> Result<(), String> {
-    let started = converge_node(fleet, node, host, token, Join::Via(endpoint)).await?;
+    let started = converge_node(fleet, node, host, token, Join::Via(endpoint), true).await?;
     if !started || fleet.mode != Mode::Apply {
         return Ok(());
     }

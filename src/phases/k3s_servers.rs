@@ -53,7 +53,8 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 }
                 // Joins use the full token (it pins the cluster CA), read from a server holding it.
                 let token = if plan == Plan::Init { token.clone() } else { k3s::join_token(fleet, &token).await? };
-                let started = converge_node(fleet, node, host, &token, join).await?;
+                let upgrade = super::upgrade::restarts_onto_new_binary(node, host).await?;
+                let started = converge_node(fleet, node, host, &token, join, upgrade).await?;
                 if started && fleet.mode == Mode::Apply {
                     let wait = format!("waiting until Ready (up to {}s)", fleet.ready_timeout.as_secs());
                     crate::progress::step(node.name(), &wait);
@@ -149,7 +150,8 @@ fn plan(i: usize, name: &str, address: &str, holders: &[Holder], endpoint: &ApiE
     }
 }
 
-fn running(node: &Node) -> bool {
+/// Whether the node's k3s unit was active when its facts were gathered.
+pub(super) fn running(node: &Node) -> bool {
     node.facts().and_then(|f| f.services.get(k3s::unit_name(node.role())).cloned()).is_some_and(|s| s.active)
 }
 
@@ -172,7 +174,8 @@ async fn forget_if_reflashed(fleet: &Fleet, node: &Node, host: &Host) -> Result<
     }
 }
 
-/// Writes a node's k3s files and starts or restarts its unit when needed.
+/// Writes a node's k3s files and starts or restarts its unit when needed; `upgrade`: its
+/// running k3s restarts onto a new binary, so it is drained first.
 /// Returns whether k3s was (re)started, i.e. whether readiness must be awaited.
 pub async fn converge_node(
     fleet: &Fleet,
@@ -180,6 +183,7 @@ pub async fn converge_node(
     host: &Host,
     token: &str,
     join: Join<'_>,
+    upgrade: bool,
 ) -> Result<bool, String> {
     let facts = node.facts().ok_or("no facts gathered")?;
     let role = node.role();
@@ -198,7 +202,6 @@ pub async fn converge_node(
         .map_err(e)?;
     changed |= host.ensure_file(&k3s::unit_path(role), k3s::unit(role).as_bytes(), Some(0o644)).await.map_err(e)?;
     let state = facts.services.get(k3s::unit_name(role)).cloned().unwrap_or_default();
-    let upgrade = super::upgrade::restarts_onto_new_binary(node, host).await?;
     if !state.active {
         forget_if_reflashed(fleet, node, host).await?;
         k3s::start(host, role, false, "not running").await.map_err(e)?;

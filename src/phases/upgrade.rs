@@ -16,15 +16,15 @@ use crate::fleet::{Fleet, Node};
 use crate::k3s::{self, NodeStatus, BIN};
 use crate::remote::{quote, Cmd, Host, Mode, RemoteError};
 
+use super::k3s_servers::running;
+
 /// On the node while pikube holds it cordoned for an upgrade.
 pub const CORDONED_BY_PIKUBE: &str = "/var/lib/pikube/cordoned-for-upgrade";
 
 /// Whether the node's running k3s is to restart onto a changed binary: pushed in this run, or
 /// replaced on disk after it started (a restart held back in an earlier run is still owed).
 pub async fn restarts_onto_new_binary(node: &Node, host: &Host) -> Result<bool, String> {
-    let active =
-        node.facts().and_then(|f| f.services.get(k3s::unit_name(node.role())).cloned()).is_some_and(|s| s.active);
-    if !active {
+    if !running(node) {
         return Ok(false);
     }
     if node.k3s_binary_changed.load(Ordering::SeqCst) {
@@ -35,19 +35,13 @@ pub async fn restarts_onto_new_binary(node: &Node, host: &Host) -> Result<bool, 
     Ok(host.run_ok(&probe).await.map_err(|e| e.to_string())?.trim().ends_with(" (deleted)"))
 }
 
-/// The API to drain and uncordon `node` through: another server, one that ran k3s before this
-/// run first (a server being drained is about to restart), else the node itself when it is the
-/// only server.
+/// The API to drain and uncordon `node` through: another server that ran k3s before this run
+/// (a server being drained is about to restart), else the node itself when it is a server
+/// (new clusters: the others may not run yet), else the first server (started in this run).
 fn api_for<'a>(fleet: &'a Fleet, node: &'a Node) -> Option<&'a Host> {
-    let ran =
-        |n: &Node| n.facts().and_then(|f| f.services.get(k3s::unit_name(n.role())).cloned()).is_some_and(|s| s.active);
     let others: Vec<(&Node, &Host)> = fleet.healthy(Role::Server).filter(|(n, _)| n.name() != node.name()).collect();
-    others
-        .iter()
-        .find(|(n, _)| ran(n))
-        .or(others.first())
-        .map(|(_, h)| *h)
-        .or_else(|| node.host.as_ref().filter(|_| node.role() == Role::Server))
+    let own = node.host.as_ref().filter(|_| node.role() == Role::Server);
+    others.iter().find(|(n, _)| running(n)).map(|(_, h)| *h).or(own).or(others.first().map(|(_, h)| *h))
 }
 
 /// Cordons and drains `node` before its restart onto a new binary; `--no-drain` skips it.
@@ -58,7 +52,8 @@ pub async fn drain(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String
     fleet.upgrade_order.lock().unwrap_or_else(|p| p.into_inner()).push(name.to_string());
     let Some(timeout) = fleet.drain_timeout else { return Ok(()) };
     let api = api_for(fleet, node).ok_or("no server runs k3s to drain the node through")?;
-    let Some(before) = k3s::nodes(api).await?.remove(name) else {
+    let asked = k3s::nodes(api).await.map_err(|e| format!("cannot drain {name} through {}: {e}", api.name))?;
+    let Some(before) = asked.get(name) else {
         return Ok(()); // not registered: nothing can run on it
     };
     let ours = !before.unschedulable;
@@ -82,7 +77,10 @@ pub async fn drain(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String
     let out = api.run(&Cmd::change_script(script).timeout(timeout + Duration::from_secs(60))).await.map_err(e)?;
     let said = out.stdout_str();
     if out.success() {
-        for pod in said.lines().filter_map(|l| l.strip_prefix("evicting pod ")) {
+        // kubectl says `evicting pod NS/NAME` on every attempt (a budget makes it retry).
+        let pods: std::collections::BTreeSet<&str> =
+            said.lines().filter_map(|l| l.strip_prefix("evicting pod ")).map(str::trim).collect();
+        for pod in pods {
             host.record(format!("evicted pod {pod}"));
         }
         return Ok(());
@@ -159,6 +157,10 @@ pub async fn settle(fleet: &Fleet, node: &Node, host: &Host, status: &NodeStatus
                 k3s::unit_name(node.role())
             ));
         }
+    }
+    // Only a cordoned node can carry pikube's mark: a no-op run asks the nodes nothing more.
+    if !status.unschedulable {
+        return Ok(());
     }
     uncordon(fleet, node, host).await
 }
