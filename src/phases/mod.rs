@@ -63,6 +63,7 @@ pub fn names() -> Vec<&'static str> {
 
 pub use cluster_hooks::{pre_master_down, APPLIED_DIR as HOOKS_APPLIED_DIR};
 pub use kubeconfig::write_local as write_kubeconfig;
+pub use upgrade::CORDONED_BY_PIKUBE;
 
 /// Runs all phases over the fleet. Hosts that fail drop out; the others go on.
 pub async fn run_all(fleet: &Fleet) {
