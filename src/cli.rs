@@ -60,6 +60,8 @@ enum Command {
     Plan {
         #[command(flatten)]
         target: Target,
+        #[command(flatten)]
+        upgrade: Upgrade,
         #[arg(long)]
         json: bool,
     },
@@ -73,6 +75,8 @@ enum Command {
         /// Seconds each k3s node may take to become Ready before its logs are shown.
         #[arg(long, default_value_t = 300)]
         ready_timeout: u64,
+        #[command(flatten)]
+        upgrade: Upgrade,
         #[command(flatten)]
         output: Output,
     },
@@ -133,6 +137,16 @@ enum Command {
 
 /// How `up` and `down` report.
 #[derive(Debug, clap::Args)]
+struct Upgrade {
+    /// Upgrades restart nodes without cordoning and draining them first.
+    #[arg(long)]
+    no_drain: bool,
+    /// Seconds draining one node may take before the upgrade stops with the pods that block it.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS", conflicts_with = "no_drain")]
+    drain_timeout: u64,
+}
+
+#[derive(Debug, clap::Args)]
 struct Output {
     /// The line log even on a terminal (instead of the live per-host view).
     #[arg(long)]
@@ -189,11 +203,13 @@ async fn dispatch(command: Command) -> miette::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { target, json } => check(target, json).await,
-        Command::Plan { target, json } => {
-            converge(target, Mode::DryRun, Output { plain: true, json }, Timeouts { reboot: 0, ready: 0 }).await
+        Command::Plan { target, upgrade, json } => {
+            let timeouts = Timeouts { reboot: 0, ready: 0, drain: upgrade.drain() };
+            converge(target, Mode::DryRun, Output { plain: true, json }, timeouts).await
         }
-        Command::Up { target, reboot_timeout, ready_timeout, output } => {
-            converge(target, Mode::Apply, output, Timeouts { reboot: reboot_timeout, ready: ready_timeout }).await
+        Command::Up { target, reboot_timeout, ready_timeout, upgrade, output } => {
+            let timeouts = Timeouts { reboot: reboot_timeout, ready: ready_timeout, drain: upgrade.drain() };
+            converge(target, Mode::Apply, output, timeouts).await
         }
         Command::Status { target, json } => status(target, json).await,
         Command::Kubeconfig { target, merge } => kubeconfig(target, merge).await,
@@ -280,6 +296,27 @@ fn facts_table(fleet: &Fleet) -> String {
 struct Timeouts {
     reboot: u64,
     ready: u64,
+    /// None: `--no-drain`.
+    drain: Option<u64>,
+}
+
+impl Upgrade {
+    fn drain(&self) -> Option<u64> {
+        (!self.no_drain).then_some(self.drain_timeout)
+    }
+}
+
+/// The rolling upgrade's order, one line, when nodes restart onto a new k3s binary.
+fn upgrade_order(fleet: &Fleet) -> Option<String> {
+    let order = fleet.upgrade_order.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if order.is_empty() {
+        return None;
+    }
+    let steps = match fleet.drain_timeout {
+        Some(_) => "drain, restart, Ready on the new version, uncordon",
+        None => "restart, Ready on the new version; not drained (--no-drain)",
+    };
+    Some(format!("Upgrade order, one node at a time ({steps}): {}", order.join(" → ")))
 }
 
 /// A host's outcome in the report of `plan`, `up` and `down`.
@@ -315,6 +352,7 @@ fn json_report(fleet: &Fleet, started: Instant) -> miette::Result<String> {
     let failed: Vec<_> = fleet.failures().iter().map(|(h, e)| serde_json::json!({"host": h, "error": e})).collect();
     let doc = serde_json::json!({
         "ok": failed.is_empty(), "hosts": hosts, "changes": changes, "failed": failed,
+        "upgrade_order": fleet.upgrade_order.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         "seconds": started.elapsed().as_secs_f64(),
     });
     serde_json::to_string_pretty(&doc).map_err(|e| miette::miette!("{e}"))
@@ -329,6 +367,7 @@ async fn converge(target: Target, mode: Mode, output: Output, timeouts: Timeouts
     let mut fleet = Fleet::connect(cluster, mode, target.parallel).await?;
     fleet.reboot_timeout = std::time::Duration::from_secs(timeouts.reboot);
     fleet.ready_timeout = std::time::Duration::from_secs(timeouts.ready);
+    fleet.drain_timeout = timeouts.drain.map(std::time::Duration::from_secs);
     phases::run_all(&fleet).await;
     fleet.close().await;
     crate::progress::finish(&fleet.journal.changes());
@@ -348,6 +387,9 @@ async fn converge(target: Target, mode: Mode, output: Output, timeouts: Timeouts
             if let Some(e) = node.failure() {
                 writeln!(out, "  error: {}", clean(&e)).ok();
             }
+        }
+        if let Some(order) = upgrade_order(&fleet) {
+            writeln!(out, "\n{order}").ok();
         }
         let hosts_changed = fleet.nodes.iter().filter(|n| changes.iter().any(|c| c.host == n.name())).count();
         let healthy = fleet.nodes.len() - failures.len();

@@ -77,6 +77,10 @@ pub struct Fleet {
     pub reboot_timeout: Duration,
     /// How long k3s nodes may take to become Ready.
     pub ready_timeout: Duration,
+    /// How long draining a node before its upgrade may take; None: upgrades do not drain.
+    pub drain_timeout: Option<Duration>,
+    /// Nodes restarted onto a new k3s binary, in the order they go (shown by `plan`).
+    pub upgrade_order: Mutex<Vec<String>>,
     /// The cluster's join token, once a phase has asked for it (see `k3s::token`).
     pub token: tokio::sync::OnceCell<String>,
     /// The full `K10…` join token, once a server that runs the cluster has shown it (see `k3s::join_token`).
@@ -142,6 +146,8 @@ impl Fleet {
             parallel,
             reboot_timeout: Duration::from_secs(300),
             ready_timeout: Duration::from_secs(300),
+            drain_timeout: Some(Duration::from_secs(300)),
+            upgrade_order: Mutex::new(Vec::new()),
             token: tokio::sync::OnceCell::new(),
             join_token: std::sync::OnceLock::new(),
         })

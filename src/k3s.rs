@@ -309,6 +309,10 @@ pub struct NodeStatus {
     pub labels: BTreeMap<String, String>,
     /// `key[=value]:Effect`, as the cluster file writes them.
     pub taints: Vec<String>,
+    /// `status.nodeInfo.kubeletVersion`: the release its k3s runs.
+    pub kubelet_version: String,
+    /// Cordoned (`spec.unschedulable`).
+    pub unschedulable: bool,
 }
 
 /// Nodes as seen by the API of `server` (through its local kubeconfig).
@@ -360,7 +364,10 @@ fn parse_nodes(json: &str) -> Result<BTreeMap<String, NodeStatus>, String> {
                 }
             })
             .collect();
-        out.insert(name.to_string(), NodeStatus { ready, internal_ip, labels, taints });
+        let kubelet_version =
+            item.pointer("/status/nodeInfo/kubeletVersion").and_then(Value::as_str).unwrap_or("").to_string();
+        let unschedulable = item.pointer("/spec/unschedulable").and_then(Value::as_bool).unwrap_or(false);
+        out.insert(name.to_string(), NodeStatus { ready, internal_ip, labels, taints, kubelet_version, unschedulable });
     }
     Ok(out)
 }
@@ -595,7 +602,7 @@ mod tests {
 
     #[test]
     fn node_list_parsing() {
-        let j = r#"{"items":[{"metadata":{"name":"n1","labels":{"a":"b"}},"spec":{"taints":[{"key":"d","value":"e","effect":"NoSchedule"},{"key":"x","effect":"NoExecute"}]},"status":{"conditions":[{"type":"Ready","status":"True"}],"addresses":[{"type":"InternalIP","address":"10.0.0.1"}]}},
+        let j = r#"{"items":[{"metadata":{"name":"n1","labels":{"a":"b"}},"spec":{"unschedulable":true,"taints":[{"key":"d","value":"e","effect":"NoSchedule"},{"key":"x","effect":"NoExecute"}]},"status":{"conditions":[{"type":"Ready","status":"True"}],"addresses":[{"type":"InternalIP","address":"10.0.0.1"}],"nodeInfo":{"kubeletVersion":"v1.31.5+k3s1"}}},
                    {"metadata":{"name":"n2"},"status":{"conditions":[{"type":"Ready","status":"Unknown"}]}}]}"#;
         let n = parse_nodes(j).unwrap();
         assert!(n["n1"].ready);
@@ -603,5 +610,7 @@ mod tests {
         assert_eq!(n["n1"].labels["a"], "b");
         assert_eq!(n["n1"].taints, ["d=e:NoSchedule", "x:NoExecute"]);
         assert!(!n["n2"].ready);
+        assert_eq!((n["n1"].unschedulable, n["n1"].kubelet_version.as_str()), (true, "v1.31.5+k3s1"));
+        assert!(!n["n2"].unschedulable && n["n2"].kubelet_version.is_empty());
     }
 }

@@ -7,7 +7,7 @@ use std::fmt;
 
 use crate::config::Role;
 use crate::k3s::{self, BIN, LINKS};
-use crate::phases::HOOKS_APPLIED_DIR;
+use crate::phases::{CORDONED_BY_PIKUBE, HOOKS_APPLIED_DIR};
 use crate::remote::{Cmd, Host};
 
 /// Where k3s mounts (containerd's rootfs and shm, pod volumes, CSI plugins, its data, CNI
@@ -35,8 +35,11 @@ const DIRS: [&str; 7] = [
 /// Shell variables both scripts use, from the constants above.
 fn vars() -> String {
     let roles = [Role::Server, Role::Agent];
-    let files: Vec<String> =
-        roles.iter().flat_map(|r| [k3s::unit_path(*r), k3s::env_path(*r)]).chain([BIN.to_string()]).collect();
+    let files: Vec<String> = roles
+        .iter()
+        .flat_map(|r| [k3s::unit_path(*r), k3s::env_path(*r)])
+        .chain([BIN, CORDONED_BY_PIKUBE].map(String::from))
+        .collect();
     format!(
         "ROOTS='{}'; IFACES='{}'; PROCS='{}'; SHIMS='{SHIMS}'; DIRS='{}'; FILES='{}'; UNITS='{}'; LINKS='{}'; BIN={BIN}\n",
         MOUNT_ROOTS.join(" "),

@@ -553,14 +553,21 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
     assert!(pos("node1: waiting until Ready") < pos("node2: restart k3s"));
     assert!(pos("node2: waiting until Ready") < pos("node3: restart k3s"));
     assert!(pos("node3: waiting until Ready") < pos("node5: restart k3s-agent"));
+    // Each running node was drained before its restart; node1, drained in the failed run,
+    // is uncordoned once Ready on the new release, and so is every other.
+    assert!(pos("node2: drain node2") < pos("node2: restart k3s"));
+    assert!(pos("node5: drain node5") < pos("node5: restart k3s-agent"));
+    assert!(pos("node1: waiting until Ready") < pos("node1: uncordon node1"));
+    assert!(!lab.sh("node2", "k3s kubectl get nodes --no-headers").contains("SchedulingDisabled"));
     let versions = versions_on(&lab, "node2");
     assert!(all_ready(&nodes_on(&lab, "node2"), &all));
     for n in all {
         assert_eq!(versions.get(n).map(String::as_str), Some("v1.31.5+k3s1"), "{versions:?}");
     }
 
-    // A failed upgrade: the newly pinned release's binary cannot run k3s. The first server
-    // restarted fails, named with its log, and no other node is restarted onto it.
+    // A failed upgrade: the newly pinned release's binary cannot run k3s. Draining node1, the
+    // first to go, already runs it (`k3s kubectl` on node2): node1 fails, named with the
+    // binary's own words, and no node is restarted onto it, node1 included.
     let broken = lab.dir().join("broken-release");
     std::fs::create_dir_all(&broken).unwrap();
     std::fs::write(
@@ -576,12 +583,26 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
         .replace(v2.to_str().unwrap(), broken.to_str().unwrap());
     assert_ne!(file, pinned);
     std::fs::write(lab.cluster_file(), pinned).unwrap();
-    let before = runs();
+    let before = (unit_run(&lab, "node1", "k3s"), runs());
     let out = lab.pikube(&["up", "-f", &file_arg, "--ready-timeout", "8"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let report = stdout(&out);
-    assert_first_server_failed_alone(&report, "fatal: this build cannot start", &others);
-    assert_eq!(runs(), before, "a node was restarted after the first server failed:\n{report}");
+    let node1 = section(&report, "node1");
+    assert!(node1.starts_with("node1 (10.77.42.11): FAILED\n"), "{report}");
+    assert!(
+        node1.contains(
+            "error: cannot drain node1 through node2: `k3s kubectl get nodes` failed: fatal: this build cannot start"
+        ),
+        "{report}"
+    );
+    for (n, _) in others {
+        assert!(section(&report, n).ends_with("\n  error: not joined: server node1 failed before it"), "{report}");
+    }
+    assert_eq!(
+        (unit_run(&lab, "node1", "k3s"), runs()),
+        before,
+        "a node was restarted onto the broken release:\n{report}"
+    );
 }
 
 /// The upgrade report when node1, restarted first, never got Ready (its own log says

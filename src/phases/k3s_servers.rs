@@ -21,6 +21,8 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 return;
             }
         };
+        // The automatic pre-upgrade etcd snapshot (issue 11) belongs here: once, before the
+        // first server restarts onto a new binary (`upgrade::restarts_onto_new_binary`).
         let holders = holders(&servers).await;
         let endpoint = fleet.cluster.endpoint();
         let several = servers.len() > 1;
@@ -51,11 +53,15 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 }
                 // Joins use the full token (it pins the cluster CA), read from a server holding it.
                 let token = if plan == Plan::Init { token.clone() } else { k3s::join_token(fleet, &token).await? };
-                let started = converge_node(fleet, node, host, &token, join).await?;
+                let upgrade = super::upgrade::restarts_onto_new_binary(node, host).await?;
+                let started = converge_node(fleet, node, host, &token, join, upgrade).await?;
                 if started && fleet.mode == Mode::Apply {
                     let wait = format!("waiting until Ready (up to {}s)", fleet.ready_timeout.as_secs());
                     crate::progress::step(node.name(), &wait);
                     k3s::wait_ready(host, host, Role::Server, node.name(), fleet.ready_timeout).await?;
+                    // On the pinned version before the next server goes: a rolling upgrade
+                    // that does not take stops here, not at the end.
+                    super::upgrade::settle_one(fleet, node, host).await?;
                 }
                 Ok::<(), String>(())
             }
@@ -144,7 +150,8 @@ fn plan(i: usize, name: &str, address: &str, holders: &[Holder], endpoint: &ApiE
     }
 }
 
-fn running(node: &Node) -> bool {
+/// Whether the node's k3s unit was active when its facts were gathered.
+pub(super) fn running(node: &Node) -> bool {
     node.facts().and_then(|f| f.services.get(k3s::unit_name(node.role())).cloned()).is_some_and(|s| s.active)
 }
 
@@ -167,7 +174,8 @@ async fn forget_if_reflashed(fleet: &Fleet, node: &Node, host: &Host) -> Result<
     }
 }
 
-/// Writes a node's k3s files and starts or restarts its unit when needed.
+/// Writes a node's k3s files and starts or restarts its unit when needed; `upgrade`: its
+/// running k3s restarts onto a new binary, so it is drained first.
 /// Returns whether k3s was (re)started, i.e. whether readiness must be awaited.
 pub async fn converge_node(
     fleet: &Fleet,
@@ -175,6 +183,7 @@ pub async fn converge_node(
     host: &Host,
     token: &str,
     join: Join<'_>,
+    upgrade: bool,
 ) -> Result<bool, String> {
     let facts = node.facts().ok_or("no facts gathered")?;
     let role = node.role();
@@ -192,13 +201,16 @@ pub async fn converge_node(
         .await
         .map_err(e)?;
     changed |= host.ensure_file(&k3s::unit_path(role), k3s::unit(role).as_bytes(), Some(0o644)).await.map_err(e)?;
-    changed |= node.k3s_binary_changed.load(std::sync::atomic::Ordering::SeqCst);
     let state = facts.services.get(k3s::unit_name(role)).cloned().unwrap_or_default();
     if !state.active {
         forget_if_reflashed(fleet, node, host).await?;
         k3s::start(host, role, false, "not running").await.map_err(e)?;
         Ok(true)
-    } else if changed || runs_replaced_binary(host, role).await.map_err(e)? {
+    } else if changed || upgrade {
+        // Only a new binary drains: k3s restarts for a configuration change keep the pods.
+        if upgrade {
+            super::upgrade::drain(fleet, node, host).await?;
+        }
         k3s::start(host, role, true, "configuration or binary changed").await.map_err(e)?;
         Ok(true)
     } else if !state.enabled {
@@ -210,14 +222,6 @@ pub async fn converge_node(
     } else {
         Ok(false)
     }
-}
-
-/// Whether the unit's process runs a binary that was replaced on disk after it started: a
-/// restart held back in an earlier run (a server failed first) is still owed.
-async fn runs_replaced_binary(host: &Host, role: Role) -> Result<bool, crate::remote::RemoteError> {
-    let unit = k3s::unit_name(role);
-    let probe = Cmd::read_script(format!("readlink /proc/$(systemctl show -p MainPID --value {unit})/exe || true"));
-    Ok(host.run_ok(&probe).await?.trim().ends_with(" (deleted)"))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod preflight;
 mod prepare_host;
 mod readiness;
 mod reboot;
+mod upgrade;
 mod verify;
 mod virtual_ip;
 
@@ -62,6 +63,7 @@ pub fn names() -> Vec<&'static str> {
 
 pub use cluster_hooks::{pre_master_down, APPLIED_DIR as HOOKS_APPLIED_DIR};
 pub use kubeconfig::write_local as write_kubeconfig;
+pub use upgrade::CORDONED_BY_PIKUBE;
 
 /// Renders the API endpoint again (HAProxy backends, keepalived peers) from the fleet's
 /// cluster, e.g. after `down` removed a dead server from it.

@@ -1,6 +1,8 @@
 //! Waits, with a bound, until every server and agent is Ready in the API and registered with
 //! the node IP from the cluster file. A node that is not gets its own k3s log lines in the
-//! error instead of a silent hang.
+//! error instead of a silent hang. Then every node's kubelet must report the pinned version
+//! (an upgrade that "succeeded" on a node still running the old one is an error), and nodes
+//! pikube cordoned for an upgrade, in this run or one cut short, are uncordoned.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -36,6 +38,12 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                     if pending.is_empty() {
                         check_node_ips(&members, &status);
                         reconcile_labels_and_taints(api, &members, &status).await;
+                        for n in &members {
+                            let (Some(host), Some(s)) = (&n.host, status.get(n.name())) else { continue };
+                            if let Err(e) = super::upgrade::settle(fleet, n, host, s).await {
+                                n.fail(e);
+                            }
+                        }
                         let all =
                             format!("all {} nodes Ready ({:.1}s)", members.len(), started.elapsed().as_secs_f64());
                         crate::progress::note(&all);

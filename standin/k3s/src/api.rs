@@ -1,6 +1,7 @@
 //! k3s STAND-IN: the small part of the Kubernetes API that a real `kubectl` (1.20 … 1.33)
 //! needs for `version`, `cluster-info`, `get --raw /readyz`, `get nodes [-o wide|json]`,
-//! `get node NAME`, `cordon`/`uncordon` (PATCH) and listing applied objects. Discovery is
+//! `get node NAME`, `cordon`/`uncordon` (PATCH), listing applied objects (pods by
+//! `spec.nodeName`, as `kubectl drain` lists them) and the Eviction API. Discovery is
 //! the legacy (non-aggregated) form, which clients accept as a fallback. NOT Kubernetes.
 
 use crate::cluster::{self, NodeRec, VERSION};
@@ -25,8 +26,9 @@ const RESOURCES: &[Res] = &[
     ("apps", "v1", "deployments", "Deployment", true, &["deploy"], GET_LIST),
     ("apps", "v1", "daemonsets", "DaemonSet", true, &["ds"], GET_LIST),
     ("apps", "v1", "statefulsets", "StatefulSet", true, &["sts"], GET_LIST),
+    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, &["pdb"], GET_LIST),
 ];
-const GROUPS: &[&str] = &["apps"];
+const GROUPS: &[&str] = &["apps", "policy"];
 
 fn gv(group: &str, version: &str) -> String {
     if group.is_empty() {
@@ -48,6 +50,11 @@ fn resource_list(group: &str, version: &str) -> Option<Value> {
             }
             v
         })
+        .chain((group.is_empty() && version == "v1").then(|| {
+            // `kubectl drain` looks for this subresource to learn the Eviction API's version.
+            json!({"name": "pods/eviction", "singularName": "", "namespaced": true, "group": "policy",
+                "version": "v1", "kind": "Eviction", "verbs": ["create"]})
+        }))
         .collect();
     (!rs.is_empty()).then(
         || json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv(group, version), "resources": rs}),
@@ -208,6 +215,9 @@ pub async fn handle(srv: &Arc<Srv>, req: &Request, path: &str) -> Resp {
         [r] => (None, *r, None),
         ["namespaces", ns, r] => (Some(*ns), *r, None),
         ["namespaces", ns, r, n] => (Some(*ns), *r, Some(*n)),
+        ["namespaces", ns, "pods", n, "eviction"] if group.is_empty() && m == "POST" => {
+            return evict(srv, ns, n, &req.body).await;
+        }
         [r, n] => (None, *r, Some(*n)),
         _ => return status_err(404, "NotFound", "the server could not find the requested resource"),
     };
@@ -303,11 +313,14 @@ pub async fn handle(srv: &Arc<Srv>, req: &Request, path: &str) -> Resp {
             &format!("STAND-IN: {m} on {qualified} is not supported by the k3s stand-in (use k3s kubectl apply)"),
         );
     }
+    let fields = match field_selector(req, res) {
+        Ok(f) => f,
+        Err(e) => return status_err(400, "BadRequest", &e),
+    };
     let st = srv.state.lock().unwrap();
     let kind = rdef.3;
     let items: Vec<Value> = st
-        .objects
-        .iter()
+        .live_objects()
         .filter(|(k, _)| {
             let mut p = k.splitn(4, '/');
             let (g, kd, n_s) = (p.next().unwrap_or(""), p.next().unwrap_or(""), p.next().unwrap_or(""));
@@ -322,6 +335,7 @@ pub async fn handle(srv: &Arc<Srv>, req: &Request, path: &str) -> Resp {
         })
         .chain(st.password_secrets().into_iter().filter(|_| kind == "Secret" && ns.is_none_or(|n| n == "kube-system")))
         .filter(|v| name.is_none_or(|n| v["metadata"]["name"].as_str() == Some(n)))
+        .filter(|v| fields.iter().all(|(path, want)| v.pointer(path).and_then(Value::as_str).unwrap_or("") == want))
         .collect();
     let rv = st.resource_version();
     match name {
@@ -336,6 +350,63 @@ pub async fn handle(srv: &Arc<Srv>, req: &Request, path: &str) -> Resp {
             json!({"apiVersion": gv(group, version), "kind": format!("{kind}List"),
             "metadata": {"resourceVersion": rv}, "items": items}),
         ),
+    }
+}
+
+/// The `fieldSelector` query parameter as (JSON pointer, value) pairs. Like the API server, a
+/// field the resource cannot be selected by is refused, not ignored.
+fn field_selector(req: &Request, res: &str) -> Result<Vec<(String, String)>, String> {
+    let query = req.path.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let Some(raw) = query.split('&').find_map(|p| p.strip_prefix("fieldSelector=")) else { return Ok(vec![]) };
+    let sel = crate::util::url_decode(raw);
+    let mut out = vec![];
+    for term in sel.split(',').filter(|t| !t.is_empty()) {
+        let (field, value) = term
+            .split_once("==")
+            .or_else(|| term.split_once('='))
+            .filter(|(f, _)| !f.ends_with('!'))
+            .ok_or_else(|| format!("STAND-IN: only field=value selectors are supported, not {term:?}"))?;
+        let path = match (field, res) {
+            ("metadata.name", _) => "/metadata/name",
+            ("metadata.namespace", _) => "/metadata/namespace",
+            ("spec.nodeName", "pods") => "/spec/nodeName",
+            _ => return Err(format!("field label not supported: {field}")),
+        };
+        out.push((path.to_string(), value.to_string()));
+    }
+    Ok(out)
+}
+
+/// `POST /api/v1/namespaces/NS/pods/NAME/eviction` (policy/v1 Eviction): 200 and the pod is
+/// deleted, 429 while a PodDisruptionBudget forbids it, 500 when budgets are misconfigured.
+async fn evict(srv: &Arc<Srv>, ns: &str, name: &str, body: &[u8]) -> Resp {
+    let doc: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if doc["kind"] != "Eviction" || doc.pointer("/metadata/name").and_then(Value::as_str) != Some(name) {
+        return status_err(400, "BadRequest", "name in URL does not match name in Eviction object");
+    }
+    let (r, part) = {
+        let mut st = srv.state.lock().unwrap();
+        let r = st.evict(ns, name);
+        (r, st.part(None, Some(&format!("/Pod/{ns}/{name}")), None))
+    };
+    match r {
+        Ok(node) => {
+            crate::util::log("info", &format!("STAND-IN: evicted pod {ns}/{name} from node {node} (Eviction API)"));
+            push(srv, part, true).await;
+            j(
+                200,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 200,
+                "details": {"name": name, "kind": "pods"}}),
+            )
+        }
+        Err(cluster::Evict::NotFound) => not_found("pods", name),
+        Err(cluster::Evict::Blocked(why)) => j(
+            429,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 429,
+            "reason": "TooManyRequests", "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+            "details": {"causes": [{"reason": "DisruptionBudget", "message": why}]}}),
+        ),
+        Err(cluster::Evict::Misconfigured(why)) => status_err(500, "InternalError", &why),
     }
 }
 

@@ -102,6 +102,11 @@ pub struct NodeRec {
     pub created: u64,
     pub last_seen: u64,
     pub unschedulable: bool,
+    /// When `unschedulable` was last set: it merges on its own, so a restarted server that
+    /// re-registers its node from a state saved before a cordon reached it does not undo the
+    /// cordon (a kubelet restart never touches spec.unschedulable).
+    #[serde(default)]
+    pub cordoned_at: u64,
     pub updated: u64,
     /// tombstone: a deleted node stays deleted when replicas merge
     #[serde(default)]
@@ -115,6 +120,9 @@ pub struct ObjRec {
     pub uid: String,
     #[serde(default)]
     pub updated: u64,
+    /// tombstone (an evicted pod): stays deleted when replicas merge
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// The whole replicated state (STAND-IN multi-master replication instead of etcd): every
@@ -184,6 +192,7 @@ impl State {
                         created: crate::util::now_unix(),
                         last_seen: now,
                         unschedulable: false,
+                        cordoned_at: updated,
                         updated,
                         deleted: false,
                     },
@@ -266,6 +275,7 @@ impl State {
         if changed {
             n.unschedulable = want;
             n.updated = Self::stamp_after(n.updated);
+            n.cordoned_at = n.updated;
             self.gen += 1;
         }
         Some(changed)
@@ -426,13 +436,21 @@ impl State {
                 }
                 Some(l) if r.updated > l.updated => {
                     let seen = l.last_seen.max(r.last_seen);
+                    let cordon = (l.cordoned_at > r.cordoned_at).then_some((l.unschedulable, l.cordoned_at));
                     *l = r;
                     l.last_seen = seen;
+                    if let Some((u, at)) = cordon {
+                        (l.unschedulable, l.cordoned_at) = (u, at);
+                    }
                     changed = true;
                 }
                 Some(l) => {
                     if r.last_seen > l.last_seen {
                         l.last_seen = r.last_seen;
+                        changed = true;
+                    }
+                    if r.cordoned_at > l.cordoned_at {
+                        (l.unschedulable, l.cordoned_at) = (r.unschedulable, r.cordoned_at);
                         changed = true;
                     }
                 }
@@ -493,10 +511,57 @@ impl State {
         n.max(o).to_string()
     }
 
+    /// Applied objects that are not deleted (key, record).
+    pub fn live_objects(&self) -> impl Iterator<Item = (&String, &ObjRec)> {
+        self.objects.iter().filter(|(_, o)| !o.deleted)
+    }
+
+    /// The Eviction API (`POST …/pods/NAME/eviction`): a pod is deleted unless a
+    /// PodDisruptionBudget selecting it would drop below what it allows. Returns the pod's
+    /// node. The stand-in's pods are always Running and Ready, so every selected pod counts
+    /// as healthy and the desired count is the number selected.
+    pub fn evict(&mut self, ns: &str, name: &str) -> Result<String, Evict> {
+        let key = format!("/Pod/{ns}/{name}");
+        let pod = self.objects.get(&key).filter(|o| !o.deleted).ok_or(Evict::NotFound)?.applied.clone();
+        let labels = pod.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+        let prefix = format!("policy/PodDisruptionBudget/{ns}/");
+        let budgets: Vec<&Value> = self
+            .live_objects()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, o)| &o.applied)
+            .filter(|b| selects(b, &labels))
+            .collect();
+        if budgets.len() > 1 {
+            return Err(Evict::Misconfigured(
+                "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support."
+                    .into(),
+            ));
+        }
+        if let Some(b) = budgets.first() {
+            let healthy = self
+                .live_objects()
+                .filter(|(k, _)| k.starts_with(&format!("/Pod/{ns}/")))
+                .filter(|(_, o)| selects(b, o.applied.pointer("/metadata/labels").unwrap_or(&json!({}))))
+                .count() as u64;
+            let bname = b.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+            let need = budget_min(b, healthy).map_err(Evict::Misconfigured)?;
+            if healthy <= need {
+                return Err(Evict::Blocked(format!(
+                    "The disruption budget {bname} needs {need} healthy pods and has {healthy} currently"
+                )));
+            }
+        }
+        let o = self.objects.get_mut(&key).ok_or(Evict::NotFound)?;
+        o.deleted = true;
+        o.updated = Self::stamp_after(o.updated);
+        self.gen += 1;
+        Ok(pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").to_string())
+    }
+
     /// Store a manifest document; returns (store key, display name, created|configured|unchanged).
     pub fn apply(&mut self, doc: Value) -> Result<(String, String, &'static str), String> {
         let (key, display) = object_key(&doc)?;
-        let res = match self.objects.get_mut(&key) {
+        let res = match self.objects.get_mut(&key).filter(|o| !o.deleted) {
             Some(o) if o.applied == doc => "unchanged",
             Some(o) => {
                 o.applied = doc;
@@ -504,14 +569,10 @@ impl State {
                 "configured"
             }
             None => {
+                let updated = Self::stamp_after(self.objects.get(&key).map(|o| o.updated).unwrap_or(0));
                 self.objects.insert(
                     key.clone(),
-                    ObjRec {
-                        applied: doc,
-                        created: crate::util::now_unix(),
-                        uid: uuid(),
-                        updated: crate::util::now_ms(),
-                    },
+                    ObjRec { applied: doc, created: crate::util::now_unix(), uid: uuid(), updated, deleted: false },
                 );
                 "created"
             }
@@ -520,6 +581,45 @@ impl State {
             self.gen += 1;
         }
         Ok((key, display, res))
+    }
+}
+
+/// Why an eviction was refused (the API answers 404, 429 and 500).
+#[derive(Debug, PartialEq)]
+pub enum Evict {
+    NotFound,
+    /// A PodDisruptionBudget allows no more disruptions now.
+    Blocked(String),
+    /// The budgets cannot be evaluated (several select the pod, an unsupported field).
+    Misconfigured(String),
+}
+
+/// Whether a PodDisruptionBudget's `spec.selector.matchLabels` selects these labels. An empty
+/// selector selects every pod of the namespace (policy/v1).
+fn selects(budget: &Value, labels: &Value) -> bool {
+    let sel = budget.pointer("/spec/selector/matchLabels").and_then(Value::as_object);
+    sel.into_iter().flatten().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// How many of `healthy` selected pods must stay: `minAvailable`, or all but `maxUnavailable`
+/// (integers or percentages, rounded up as the disruption controller does).
+fn budget_min(budget: &Value, healthy: u64) -> Result<u64, String> {
+    let spec = budget.get("spec").cloned().unwrap_or(json!({}));
+    if spec.pointer("/selector/matchExpressions").is_some() {
+        return Err("STAND-IN: PodDisruptionBudget matchExpressions are not supported".into());
+    }
+    let count = |v: &Value| -> Result<u64, String> {
+        match (v.as_u64(), v.as_str().and_then(|s| s.strip_suffix('%')).and_then(|p| p.parse::<u64>().ok())) {
+            (Some(n), _) => Ok(n),
+            (None, Some(pct)) => Ok((pct * healthy).div_ceil(100)),
+            _ => Err(format!("invalid PodDisruptionBudget value {v}")),
+        }
+    };
+    match (spec.get("minAvailable"), spec.get("maxUnavailable")) {
+        (Some(min), None) => count(min),
+        (None, Some(max)) => Ok(healthy.saturating_sub(count(max)?)),
+        (None, None) => Ok(0),
+        (Some(_), Some(_)) => Err("minAvailable and maxUnavailable cannot both be set".into()),
     }
 }
 
@@ -745,6 +845,58 @@ mod tests {
         assert_eq!(st.taint("n1", &[], &["a:NoSchedule".into()], false), Some(Ok(true)));
         assert!(st.node("n1").unwrap().reg.taints.is_empty());
         assert!(st.label("nope", &want, true).is_none());
+    }
+
+    #[test]
+    fn a_cordon_survives_a_server_re_registering_its_node_from_an_older_state() {
+        let mut a = State::default();
+        a.heartbeat(reg("s2"), true).unwrap();
+        let saved = a.clone(); // s2's own state on disk, saved before the cordon reached it
+        std::thread::sleep(Duration::from_millis(3));
+        a.cordon("s2", true).unwrap();
+        let mut restarted = saved;
+        std::thread::sleep(Duration::from_millis(3));
+        let mut upgraded = reg("s2");
+        upgraded.version = "v1.31.5+k3s1".into();
+        restarted.heartbeat(upgraded, true).unwrap();
+        a.merge(restarted.clone());
+        restarted.merge(a.clone());
+        for st in [&a, &restarted] {
+            let n = st.node("s2").unwrap();
+            assert!(n.unschedulable, "the cordon stays");
+            assert_eq!(n.reg.version, "v1.31.5+k3s1", "the newer registration is taken");
+        }
+    }
+
+    #[test]
+    fn eviction_respects_disruption_budgets_and_leaves_a_tombstone() {
+        let mut st = State::default();
+        let pod = |n: &str| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": n, "labels": {"app": "web"}}, "spec": {"nodeName": "n2"}});
+        st.apply(pod("a")).unwrap();
+        st.apply(pod("b")).unwrap();
+        let pdb = |min: Value| json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "web"}, "spec": {"minAvailable": min, "selector": {"matchLabels": {"app": "web"}}}});
+        st.apply(pdb(json!(2))).unwrap();
+        assert!(
+            matches!(st.evict("default", "a"), Err(Evict::Blocked(m)) if m.contains("needs 2 healthy pods and has 2"))
+        );
+        st.apply(pdb(json!("50%"))).unwrap();
+        assert_eq!(st.evict("default", "a"), Ok("n2".to_string()));
+        assert!(matches!(st.evict("default", "b"), Err(Evict::Blocked(_))), "1 of 1 left, 50% rounds up to 1");
+        assert_eq!(st.evict("default", "a"), Err(Evict::NotFound));
+        // the tombstone wins over the peer's older copy
+        let mut peer = State::default();
+        peer.objects.insert(
+            "/Pod/default/a".into(),
+            ObjRec { deleted: false, updated: 1, ..st.objects["/Pod/default/a"].clone() },
+        );
+        st.merge(peer);
+        assert!(st.live_objects().all(|(k, _)| k != "/Pod/default/a"));
+        // applied again, it is a new pod
+        assert_eq!(st.apply(pod("a")).unwrap().2, "created");
+        let mut second = pdb(json!(0));
+        second["metadata"]["name"] = json!("other");
+        st.apply(second).unwrap();
+        assert!(matches!(st.evict("default", "a"), Err(Evict::Misconfigured(_))), "two budgets select it");
     }
 
     fn reg(name: &str) -> NodeReg {

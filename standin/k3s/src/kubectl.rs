@@ -297,23 +297,7 @@ async fn run_inner(args: &[String]) -> Result<String, String> {
             let done = if verb == "label" { "labeled" } else { "tainted" };
             Ok(format!("node/{n} {}{done}\n", if changed { "" } else { "not " }))
         }
-        "drain" => {
-            let n = a.positional.first().ok_or("error: USAGE: drain NODE [flags]")?;
-            if let Some(t) = a.flags.iter().find_map(|f| f.strip_prefix("timeout=")) {
-                if !valid_duration(t) {
-                    return Err(format!(
-                        "error: invalid argument \"{t}\" for \"--timeout\" flag: time: invalid duration \"{t}\""
-                    ));
-                }
-            }
-            let (code, v) = kube.call("POST", &format!("/v1-standin/cordon/{n}"), br#"{"unschedulable":true}"#).await?;
-            if code != 200 {
-                return Err(server_error(&v));
-            }
-            let changed = v.get("changed").and_then(Value::as_bool).unwrap_or(true);
-            // the stand-in runs no pods, so there is nothing to evict
-            Ok(format!("node/{n} {}\nnode/{n} drained\n", if changed { "cordoned" } else { "already cordoned" }))
-        }
+        "drain" => drain(&kube, &a).await,
         "apply" => {
             if a.files.is_empty() {
                 return Err("error: must specify one of -f and -k".into());
@@ -357,26 +341,182 @@ async fn run_inner(args: &[String]) -> Result<String, String> {
     }
 }
 
-fn valid_duration(s: &str) -> bool {
-    if s == "0" {
-        return true;
+/// `kubectl drain` as the real client does it, through the API: cordon (PATCH), list the
+/// node's pods (`fieldSelector=spec.nodeName=…`), refuse what the flags do not allow, evict
+/// each through the Eviction API (retrying every 5s while a PodDisruptionBudget says 429),
+/// wait until they are gone, all within `--timeout` (0: no limit).
+async fn drain(kube: &Kube, a: &Args) -> Result<String, String> {
+    let n = a.positional.first().ok_or("error: USAGE: drain NODE [flags]")?;
+    let flag = |f: &str| a.flags.iter().find_map(|x| x.strip_prefix(&format!("{f}="))).map(str::to_string);
+    let on = |f: &str| flag(f).as_deref() == Some("true");
+    let timeout = match flag("timeout") {
+        Some(t) => parse_duration(&t)
+            .ok_or(format!("error: invalid argument \"{t}\" for \"--timeout\" flag: time: invalid duration \"{t}\""))?,
+        None => std::time::Duration::ZERO,
+    };
+    let (code, v) = kube.call("GET", &format!("/api/v1/nodes/{n}"), b"").await?;
+    if code != 200 {
+        return Err(server_error(&v));
     }
-    let mut rest = s;
+    if v.pointer("/spec/unschedulable") == Some(&json!(true)) {
+        println!("node/{n} already cordoned");
+    } else {
+        let (code, v) =
+            kube.call("PATCH", &format!("/api/v1/nodes/{n}"), br#"{"spec":{"unschedulable":true}}"#).await?;
+        if code != 200 {
+            return Err(server_error(&v));
+        }
+        println!("node/{n} cordoned");
+    }
+    let (code, v) = kube.call("GET", &format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{n}"), b"").await?;
+    if code != 200 {
+        return Err(server_error(&v));
+    }
+    let pods = v["items"].as_array().cloned().unwrap_or_default();
+    let (evict, refused) = drain_filter(
+        &pods,
+        on("ignore-daemonsets"),
+        on("force"),
+        on("delete-emptydir-data") || on("delete-local-data"),
+    );
+    if !refused.is_empty() {
+        return Err(format!(
+            "error: unable to drain node \"{n}\" due to error: {e}, continuing command...\nThere are pending nodes to be drained:\n {n}\n{e}",
+            e = refused.join(", ")
+        ));
+    }
+    let started = std::time::Instant::now();
+    for (ns, pod) in &evict {
+        if let Err(e) = evict_one(kube, ns, pod, started, timeout).await {
+            println!("There are pending pods in node \"{n}\" when an error occurred: {e}\npod/{pod}");
+            return Err(format!(
+                "error: unable to drain node \"{n}\" due to error: {e}, continuing command...\nThere are pending nodes to be drained:\n {n}\n{e}"
+            ));
+        }
+        println!("pod/{pod} evicted");
+    }
+    Ok(format!("node/{n} drained\n"))
+}
+
+/// Splits a node's pods into (namespace, name) to evict and the reasons drain refuses, as
+/// kubectl's filters do: mirror pods are skipped; DaemonSet pods need --ignore-daemonsets, pods
+/// without a controller --force, pods with emptyDir volumes --delete-emptydir-data.
+fn drain_filter(pods: &[Value], ignore_ds: bool, force: bool, emptydir: bool) -> (Vec<(String, String)>, Vec<String>) {
+    let (mut evict, mut refused) = (vec![], vec![]);
+    for p in pods {
+        let id = |k: &str| p.pointer(&format!("/metadata/{k}")).and_then(Value::as_str).unwrap_or("").to_string();
+        let (ns, name) = (id("namespace"), id("name"));
+        if p.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_some() {
+            continue;
+        }
+        let owners = p.pointer("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default();
+        let controller = owners.iter().find(|o| o["controller"] == true);
+        if controller.is_some_and(|c| c["kind"] == "DaemonSet") {
+            if ignore_ds {
+                eprintln!("Warning: ignoring DaemonSet-managed Pods: {ns}/{name}");
+            } else {
+                refused.push(format!(
+                    "cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore): {ns}/{name}"
+                ));
+            }
+            continue;
+        }
+        if controller.is_none() && !force {
+            refused
+                .push(format!("cannot delete Pods that declare no controller (use --force to override): {ns}/{name}"));
+            continue;
+        }
+        let vols = p.pointer("/spec/volumes").and_then(Value::as_array).cloned().unwrap_or_default();
+        if vols.iter().any(|v| v.get("emptyDir").is_some()) && !emptydir {
+            refused.push(format!(
+                "cannot delete Pods with local storage (use --delete-emptydir-data to override): {ns}/{name}"
+            ));
+            continue;
+        }
+        evict.push((ns, name));
+    }
+    (evict, refused)
+}
+
+/// One eviction, retried every 5s while refused with 429 (each attempt says so, as kubectl's
+/// does), then waited for until the pod is gone.
+async fn evict_one(
+    kube: &Kube,
+    ns: &str,
+    pod: &str,
+    started: std::time::Instant,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let body = json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": ns}});
+    let late = || !timeout.is_zero() && started.elapsed() >= timeout;
+    let global = || format!("global timeout reached: {}s", timeout.as_secs());
+    loop {
+        println!("evicting pod {ns}/{pod}");
+        let (code, v) = kube
+            .call("POST", &format!("/api/v1/namespaces/{ns}/pods/{pod}/eviction"), body.to_string().as_bytes())
+            .await?;
+        match code {
+            200 | 201 | 404 => break,
+            429 => {
+                if late() {
+                    return Err(format!("error when evicting pods/\"{pod}\" -n \"{ns}\": {}", global()));
+                }
+                let msg = v["message"].as_str().unwrap_or("");
+                eprintln!("error when evicting pods/\"{pod}\" -n \"{ns}\" (will retry after 5s): {msg}");
+                let left = if timeout.is_zero() {
+                    std::time::Duration::from_secs(5)
+                } else {
+                    timeout.saturating_sub(started.elapsed())
+                };
+                tokio::time::sleep(left.min(std::time::Duration::from_secs(5))).await;
+            }
+            _ => return Err(format!("error when evicting pods/\"{pod}\" -n \"{ns}\": {}", server_error(&v))),
+        }
+    }
+    loop {
+        let (code, _) = kube.call("GET", &format!("/api/v1/namespaces/{ns}/pods/{pod}"), b"").await?;
+        if code == 404 {
+            return Ok(());
+        }
+        if late() {
+            return Err(format!(
+                "error when waiting for pod \"{pod}\" in namespace \"{ns}\" to terminate: {}",
+                global()
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// A Go duration as kubectl takes it (`90s`, `5m`, `1h30m`, `0`).
+fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    if s == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let (mut total, mut num) = (0f64, String::new());
+    let mut chars = s.chars().peekable();
     let mut any = false;
-    while !rest.is_empty() {
-        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        if n == 0 {
-            return false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
         }
-        rest = &rest[n..];
-        let u = ["ns", "us", "ms", "s", "m", "h"].iter().find(|u| rest.starts_with(**u));
-        match u {
-            Some(u) => rest = &rest[u.len()..],
-            None => return false,
+        let mut unit = c.to_string();
+        if c == 'm' && chars.peek() == Some(&'s') {
+            unit.push(chars.next()?);
         }
+        let v: f64 = num.parse().ok()?;
+        num.clear();
+        total += v * match unit.as_str() {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return None,
+        };
         any = true;
     }
-    any
+    (any && num.is_empty()).then(|| std::time::Duration::from_secs_f64(total))
 }
 
 fn node_status(n: &Value) -> String {
@@ -569,8 +709,10 @@ mod tests {
         assert_eq!(a.output.as_deref(), Some("wide"));
         let a = parse("get", &s(&["nodes", "-ojson"]), &[]).unwrap();
         assert_eq!(a.output.as_deref(), Some("json"));
-        assert!(valid_duration("60s") && valid_duration("1m30s") && valid_duration("0"));
-        assert!(!valid_duration("60") && !valid_duration("abc"));
+        assert_eq!(parse_duration("60s"), Some(std::time::Duration::from_secs(60)));
+        assert_eq!(parse_duration("1m30s"), Some(std::time::Duration::from_secs(90)));
+        assert_eq!(parse_duration("0"), Some(std::time::Duration::ZERO));
+        assert!(parse_duration("60").is_none() && parse_duration("abc").is_none());
     }
     #[tokio::test(flavor = "current_thread")]
     async fn unknown_verb() {

@@ -868,8 +868,7 @@ async fn handle(srv: &Arc<Srv>, req: net::Request, client_cert: bool) -> Resp {
         ("GET", ["v1-standin", "objects"]) => {
             let st = srv.state.lock().unwrap();
             let mut items: Vec<Value> = st
-                .objects
-                .iter()
+                .live_objects()
                 .map(|(k, o)| json!({"key": k, "object": cluster::object_json(o), "created": o.created}))
                 .collect();
             items.extend(st.password_secrets().into_iter().map(|o| {
