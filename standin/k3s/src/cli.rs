@@ -196,6 +196,33 @@ impl Opts {
 
 /// Parse CLI args (after the subcommand). Returns Err(message) worded like urfave/cli.
 pub fn parse_args(server: bool, args: &[String]) -> Result<Opts, String> {
+    parse_with(args, |name| lookup(server, name))
+}
+
+/// `k3s etcd-snapshot save` flags (docs.k3s.io/cli/etcd-snapshot).
+pub const SNAPSHOT_FLAGS: &[(&str, &str, Kind, &str)] = &[
+    ("config", "c", Kind::Str, "K3S_CONFIG_FILE"),
+    ("debug", "", Kind::Bool, "K3S_DEBUG"),
+    ("log", "l", Kind::Str, ""),
+    ("alsologtostderr", "", Kind::Bool, ""),
+    ("node-name", "", Kind::Str, "K3S_NODE_NAME"),
+    ("data-dir", "d", Kind::Str, ""),
+    ("server", "s", Kind::Str, "K3S_URL"),
+    ("token", "t", Kind::Str, "K3S_TOKEN"),
+    ("name", "", Kind::Str, ""),
+    ("dir", "", Kind::Str, ""),
+    ("etcd-snapshot-dir", "", Kind::Str, ""),
+    ("snapshot-compress", "", Kind::Bool, ""),
+    ("etcd-snapshot-compress", "", Kind::Bool, ""),
+];
+
+pub fn parse_snapshot_args(args: &[String]) -> Result<Opts, String> {
+    parse_with(args, |name| {
+        SNAPSHOT_FLAGS.iter().find(|(l, s, _, _)| *l == name || (!s.is_empty() && *s == name)).map(|f| (f.0, f.2))
+    })
+}
+
+fn parse_with(args: &[String], lookup: impl Fn(&str) -> Option<(&'static str, Kind)>) -> Result<Opts, String> {
     let mut cli = Opts::default();
     let mut i = 0;
     while i < args.len() {
@@ -211,7 +238,7 @@ pub fn parse_args(server: bool, args: &[String]) -> Result<Opts, String> {
         if name == "help" || name == "h" {
             return Err("help".into());
         }
-        let Some((long, kind)) = lookup(server, name) else {
+        let Some((long, kind)) = lookup(name) else {
             return Err(format!("flag provided but not defined: -{name}"));
         };
         let val = match (kind, inline) {

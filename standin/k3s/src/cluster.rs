@@ -99,6 +99,9 @@ pub struct ObjRec {
     pub uid: String,
     #[serde(default)]
     pub updated: u64,
+    /// tombstone: a deleted object stays deleted when replicas merge
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 /// The whole replicated state (STAND-IN multi-master replication instead of etcd): every
@@ -439,7 +442,7 @@ impl State {
     /// Store a manifest document; returns (store key, display name, created|configured|unchanged).
     pub fn apply(&mut self, doc: Value) -> Result<(String, String, &'static str), String> {
         let (key, display) = object_key(&doc)?;
-        let res = match self.objects.get_mut(&key) {
+        let res = match self.objects.get_mut(&key).filter(|o| !o.deleted) {
             Some(o) if o.applied == doc => "unchanged",
             Some(o) => {
                 o.applied = doc;
@@ -447,15 +450,15 @@ impl State {
                 "configured"
             }
             None => {
-                self.objects.insert(
-                    key.clone(),
-                    ObjRec {
-                        applied: doc,
-                        created: crate::util::now_unix(),
-                        uid: uuid(),
-                        updated: crate::util::now_ms(),
-                    },
-                );
+                let prev = self.objects.get(&key).map_or(0, |o| o.updated);
+                let rec = ObjRec {
+                    applied: doc,
+                    created: crate::util::now_unix(),
+                    uid: uuid(),
+                    updated: Self::stamp_after(prev),
+                    deleted: false,
+                };
+                self.objects.insert(key.clone(), rec);
                 "created"
             }
         };
@@ -463,6 +466,23 @@ impl State {
             self.gen += 1;
         }
         Ok((key, display, res))
+    }
+}
+
+impl State {
+    /// A live object by store key.
+    pub fn object(&self, key: &str) -> Option<&ObjRec> {
+        self.objects.get(key).filter(|o| !o.deleted)
+    }
+
+    /// API delete: leaves a tombstone. Returns the deleted object, None when there is none.
+    pub fn delete_object(&mut self, key: &str) -> Option<ObjRec> {
+        let o = self.objects.get_mut(key).filter(|o| !o.deleted)?;
+        o.deleted = true;
+        o.updated = Self::stamp_after(o.updated);
+        let gone = o.clone();
+        self.gen += 1;
+        Some(gone)
     }
 }
 
@@ -546,7 +566,7 @@ pub fn object_json(o: &ObjRec) -> Value {
     if let Some(m) = d.get_mut("metadata").and_then(Value::as_object_mut) {
         m.insert("creationTimestamp".into(), json!(crate::util::rfc3339(o.created)));
         m.insert("uid".into(), json!(o.uid));
-        m.insert("resourceVersion".into(), json!("1"));
+        m.insert("resourceVersion".into(), json!(o.updated.to_string()));
     }
     d
 }
