@@ -199,7 +199,8 @@ pub fn parse_args(server: bool, args: &[String]) -> Result<Opts, String> {
     parse_with(args, |name| lookup(server, name))
 }
 
-/// `k3s etcd-snapshot save` flags (docs.k3s.io/cli/etcd-snapshot).
+/// `k3s etcd-snapshot save` flags (docs.k3s.io/cli/etcd-snapshot; pkg/cli/cmds/etcd_snapshot.go:
+/// `--etcd-server`/`--etcd-token`, so config.yaml's `server:` and `token:` do not apply).
 pub const SNAPSHOT_FLAGS: &[(&str, &str, Kind, &str)] = &[
     ("config", "c", Kind::Str, "K3S_CONFIG_FILE"),
     ("debug", "", Kind::Bool, "K3S_DEBUG"),
@@ -207,8 +208,8 @@ pub const SNAPSHOT_FLAGS: &[(&str, &str, Kind, &str)] = &[
     ("alsologtostderr", "", Kind::Bool, ""),
     ("node-name", "", Kind::Str, "K3S_NODE_NAME"),
     ("data-dir", "d", Kind::Str, ""),
-    ("server", "s", Kind::Str, "K3S_URL"),
-    ("token", "t", Kind::Str, "K3S_TOKEN"),
+    ("etcd-server", "s", Kind::Str, ""),
+    ("etcd-token", "t", Kind::Str, ""),
     ("name", "", Kind::Str, ""),
     ("dir", "", Kind::Str, ""),
     ("etcd-snapshot-dir", "", Kind::Str, ""),

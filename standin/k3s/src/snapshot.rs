@@ -73,8 +73,8 @@ pub fn save(state: &State, ca: &Ca, password: &str, dir: &Path, name: &str, node
 }
 
 /// `k3s etcd-snapshot save [--name N]`: asks the running server (its supervisor API on
-/// `--server`, default https://127.0.0.1:6443) to take the snapshot, authenticated with the
-/// server token from `--token` or `<data-dir>/server/token`, as k3s 1.29+ does.
+/// `--etcd-server`, default https://127.0.0.1:6443) to take the snapshot, authenticated with
+/// the server token from `--etcd-token` or `<data-dir>/server/token`, as k3s 1.29+ does.
 pub async fn save_command(args: &[String]) -> i32 {
     let (verb, rest) = match args.split_first() {
         Some((v, r)) => (v.as_str(), r),
@@ -93,7 +93,7 @@ pub async fn save_command(args: &[String]) -> i32 {
         fatal(&e)
     });
     let data_dir = PathBuf::from(o.get("data-dir").unwrap_or(crate::node::DEFAULT_DATA_DIR));
-    let token = match o.get("token") {
+    let token = match o.get("etcd-token") {
         Some(t) => t.to_string(),
         None => {
             let f = data_dir.join("server/token");
@@ -102,7 +102,7 @@ pub async fn save_command(args: &[String]) -> i32 {
         }
     };
     let tok = cli::parse_token(&token).unwrap_or_else(|e| fatal(&e));
-    let url = o.get("server").unwrap_or("https://127.0.0.1:6443").to_string();
+    let url = o.get("etcd-server").unwrap_or("https://127.0.0.1:6443").to_string();
     let ca = crate::server::fetch_ca(&url, &tok).await.unwrap_or_else(|e| fatal(&e));
     let body = serde_json::json!({"name": o.get("name").unwrap_or("on-demand")}).to_string();
     let r = net::request(&url, &Trust::CaAnyName(ca), "POST", "/db/snapshot", Some(&tok.password), body.as_bytes())
