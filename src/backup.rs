@@ -103,10 +103,11 @@ pub async fn take(fleet: &Fleet, reason: &str) -> Result<Taken, BackupError> {
     }
     let file = remote.rsplit('/').next().unwrap_or(&remote).to_string();
     let version = node.facts().and_then(|f| f.kubernetes.get("k3s")?.split_whitespace().nth(2).map(str::to_string));
+    let taken_at = now();
     let manifest = Manifest {
         cluster: fleet.cluster.name().to_string(),
         distribution: fleet.cluster.spec.kubernetes.distribution,
-        created: rfc3339(now()),
+        created: rfc3339(taken_at),
         reason: reason.to_string(),
         server: node.name().to_string(),
         version,
@@ -114,8 +115,8 @@ pub async fn take(fleet: &Fleet, reason: &str) -> Result<Taken, BackupError> {
         size: bytes.len() as u64,
     };
     let base = match reason {
-        "manual" => stamp(now()),
-        r => format!("{}-{r}", stamp(now())),
+        "manual" => stamp(taken_at),
+        r => format!("{}-{r}", stamp(taken_at)),
     };
     // Two backups in one second get `-1`, `-2`…, which still sort after the first.
     let dir = (0..)
@@ -267,7 +268,8 @@ pub fn restore_plan(cluster: &Cluster, backup: &Verified) -> Vec<String> {
     steps
 }
 
-/// The restore itself (k3s's documented procedure); `say` reports each step as it starts.
+/// The restore itself (k3s's documented procedure); `say` reports each step as it starts
+/// (step 0: a note after the last step).
 pub async fn restore(fleet: &Fleet, backup: &Verified, say: &dyn Fn(usize, &str)) -> Result<(), BackupError> {
     if backup.manifest.cluster != fleet.cluster.name() {
         return Err(BackupError::OtherCluster {
@@ -318,7 +320,7 @@ pub async fn restore(fleet: &Fleet, backup: &Verified, say: &dyn Fn(usize, &str)
                 .map_err(e)?;
         }
     }
-    adopt_token(fleet, &backup.token).await?;
+    let token_changed = adopt_token(fleet, &backup.token).await?;
     next();
     for (node, host) in &servers {
         k3s::start(host, Role::Server, false, "restore").await.map_err(e)?;
@@ -329,17 +331,26 @@ pub async fn restore(fleet: &Fleet, backup: &Verified, say: &dyn Fn(usize, &str)
         let Some(host) = &node.host else { continue };
         k3s::wait_ready(first_host, host, Role::Agent, node.name(), fleet.ready_timeout).await.map_err(r)?;
     }
+    // The restored cluster may have another CA than the kubeconfig here (a cluster made anew).
+    let (path, changed) = crate::phases::write_kubeconfig(&fleet.cluster, first_host, None).await.map_err(r)?;
+    if changed {
+        say(0, &format!("rewrote {} (the restored cluster's CA)", path.display()));
+    }
+    if token_changed {
+        say(0, "the cluster token is the backup's again (pikube's copy and every node's config.yaml); run `pikube up` to bring along what derives from it (keepalived's VRRP password)");
+    }
     Ok(())
 }
 
 /// The restored cluster's token is the backup's. When the cluster was made anew since (a new
 /// token), pikube's own copy and every node's config.yaml take the backup's again, or the
 /// servers would refuse to decrypt their data and the agents could not join.
-async fn adopt_token(fleet: &Fleet, full: &str) -> Result<(), BackupError> {
+/// Returns whether the token changed.
+async fn adopt_token(fleet: &Fleet, full: &str) -> Result<bool, BackupError> {
     let secret = full.rsplit_once("::server:").map_or(full, |(_, s)| s);
     let path = k3s::token_path(&fleet.cluster);
     if std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == secret) {
-        return Ok(());
+        return Ok(false);
     }
     crate::local::write_secret(&path, secret.as_bytes()).map_err(local(&path))?;
     // A joining node's config carries the full token (it pins the CA), the first server the secret.
@@ -361,7 +372,7 @@ async fn adopt_token(fleet: &Fleet, full: &str) -> Result<(), BackupError> {
                 .map_err(|e| BackupError::Remote(e.to_string()))?;
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Before `up` changes the version of a running cluster: a snapshot into the backups, or in
@@ -437,5 +448,31 @@ mod tests {
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(stamp(1_709_251_199), "20240229T235959Z");
         assert!(stamp(1_700_000_000) < stamp(1_700_000_001));
+    }
+
+    #[test]
+    fn a_written_backup_verifies_and_a_changed_byte_is_refused() {
+        let dir = std::env::temp_dir().join(format!("pikube-backup-{}", std::process::id())).join("b");
+        let m = Manifest {
+            cluster: "c".into(),
+            distribution: Distribution::K3s,
+            created: rfc3339(0),
+            reason: "manual".into(),
+            server: "n1".into(),
+            version: None,
+            snapshot: "pikube-n1-1".into(),
+            size: 3,
+        };
+        write(&dir, &m, b"abc", "K10ab::server:s3cret").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&dir), mode(&dir.join("pikube-n1-1")), mode(&dir.join("token"))), (0o700, 0o600, 0o600));
+        let v = verify(&dir).unwrap();
+        assert_eq!((v.snapshot.as_slice(), v.token.as_str()), (&b"abc"[..], "K10ab::server:s3cret"));
+        std::fs::write(dir.join("pikube-n1-1"), b"abd").unwrap();
+        let e = verify(&dir).err().unwrap();
+        assert!(matches!(e, BackupError::Checksum { .. }), "{e}");
+        std::fs::remove_file(dir.join("backup.json")).unwrap();
+        assert!(verify(&dir).err().unwrap().to_string().contains("not a pikube backup"));
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 }

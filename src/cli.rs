@@ -635,7 +635,10 @@ async fn restore(target: Target, dir: &Path, yes: bool, ready_timeout: u64) -> m
     let started = Instant::now();
     let mut fleet = Fleet::connect(cluster, Mode::Apply, target.parallel).await?;
     fleet.ready_timeout = std::time::Duration::from_secs(ready_timeout);
-    let say = |i: usize, s: &str| println!("{i}/{}: {s}", steps.len());
+    let say = |i: usize, s: &str| match i {
+        0 => println!("   {s}"),
+        i => println!("{i}/{}: {s}", steps.len()),
+    };
     let result = crate::backup::restore(&fleet, &backup, &say).await;
     fleet.close().await;
     result.map_err(|e| miette::miette!("{e}"))?;

@@ -142,6 +142,32 @@ fn backup_restore_keeps_object_identities_and_an_upgrade_takes_a_snapshot() {
     assert_eq!(nodes.lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count(), 4, "{nodes}");
     assert!(lab.ssh("node1", "ls -d /var/lib/rancher/k3s/server/db/etcd-old-*").0, "k3s moves the old datastore aside");
 
+    // Disaster recovery: the cluster is torn down and made anew (a new token and CA); the
+    // restore brings the old one back, its token in pikube's state and on every node.
+    let out = lab.pikube(&["down", "-f", f, "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    up_ok(&lab);
+    assert_ne!(lab.sh("node1", "cat /var/lib/rancher/k3s/server/token"), token.trim(), "a new cluster, a new token");
+    assert!(!lab.kubectl(&kubectl, &["get", "configmap", "settings"]).status.success());
+    let report = pikube_ok(&lab, &["restore", dir.to_str().unwrap(), "-f", f, "--yes", "--ready-timeout", "90"]);
+    println!("--- pikube restore into a cluster made anew\n{report}");
+    assert!(report.contains("rewrote "), "the local kubeconfig holds the new cluster's CA:\n{report}");
+    assert_eq!(["settings", "feature-flags"].map(|cm| identity(&lab, &kubectl, cm)), ids);
+    for n in ["node1", "node2", "node3"] {
+        assert_eq!(lab.sh(n, "cat /var/lib/rancher/k3s/server/token"), token.trim(), "{n}");
+    }
+    let secret = token.trim().rsplit_once("::server:").unwrap().1;
+    assert_eq!(std::fs::read_to_string(lab.dir().join(".pikube/bk-main/token")).unwrap().trim(), secret);
+    let nodes = kubectl_ok(&lab, &kubectl, &["get", "nodes", "--no-headers"]);
+    assert_eq!(nodes.lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count(), 4, "{nodes}");
+    assert!(report.contains("the cluster token is the backup's again"), "{report}");
+    assert!(report.contains("run `pikube up`"), "{report}");
+    // That up brings keepalived's VRRP password along (derived from the token) and restarts no k3s.
+    let report = up_ok(&lab);
+    assert!(report.contains("[virtual ip] update /etc/keepalived/keepalived.conf"), "{report}");
+    assert!(!report.contains("[k3s servers]") && !report.contains("[k3s agents]"), "{report}");
+    assert!(up_ok(&lab).contains("Up: no changes"), "the restored cluster matches the cluster file");
+
     // --keep: the oldest backups beyond N go, and the report names them.
     pikube_ok(&lab, &["backup", "-f", f]);
     let report = pikube_ok(&lab, &["backup", "-f", f, "--keep", "2"]);
@@ -159,6 +185,8 @@ fn backup_restore_keeps_object_identities_and_an_upgrade_takes_a_snapshot() {
     let plan = pikube_ok(&lab, &["plan", "-f", f]);
     assert!(plan.contains("[k3s artifacts] etcd snapshot before the upgrade to v1.31.5+k3s1"), "{plan}");
     let log = up_ok(&lab);
+    let shown: Vec<&str> = log.lines().filter(|l| l.contains("snapshot") || l.starts_with("Up: ")).collect();
+    println!("--- pikube up (version edited)\n{}", shown.join("\n"));
     let pre: Vec<PathBuf> =
         backups(&lab).into_iter().filter(|d| d.to_str().unwrap().ends_with("-pre-upgrade")).collect();
     let [pre] = pre.try_into().unwrap_or_else(|d| panic!("one pre-upgrade backup expected: {d:?}\n{log}"));

@@ -176,11 +176,14 @@ fn restore(o: &Opts, data_dir: &Path, server_dir: &Path, state_file: &Path, path
         std::fs::rename(state_file, old.join("standin-state.json"))
             .unwrap_or_else(|e| fatal(&format!("moving the old datastore aside: {e}")));
     }
-    crate::server::write_bootstrap(server_dir, &ca, &password);
-    // Client certificates of another CA would no longer verify; the next start makes new ones.
-    for f in ["tls/client-admin.crt", "tls/client-admin.key"] {
-        std::fs::remove_file(server_dir.join(f)).ok();
+    let old_ca: Option<Ca> = crate::server::load_json(&server_dir.join("tls/standin-ca.json"));
+    if old_ca.is_none_or(|c| c.hash() != ca.hash()) {
+        // Client certificates of another CA would no longer verify; the next start makes new ones.
+        for f in ["tls/client-admin.crt", "tls/client-admin.key"] {
+            std::fs::remove_file(server_dir.join(f)).ok();
+        }
     }
+    crate::server::write_bootstrap(server_dir, &ca, &password);
     log("info", &format!("Restored etcd snapshot {} (STAND-IN: replicated state, not etcd)", file.display()));
     snap.state
 }
