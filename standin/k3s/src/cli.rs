@@ -656,6 +656,22 @@ mod tests {
     }
 
     #[test]
+    fn etcd_snapshot_takes_its_own_flags_and_a_token_file_wins() {
+        let o = parse_snapshot_args(&s(&["--name", "x", "-s", "https://127.0.0.1:7443", "-t", "T"])).unwrap();
+        assert_eq!(
+            (o.get("name"), o.get("etcd-server"), o.get("etcd-token")),
+            (Some("x"), Some("https://127.0.0.1:7443"), Some("T"))
+        );
+        let e = parse_snapshot_args(&s(&["--server", "https://x:6443"])).unwrap_err();
+        assert_eq!(e, "flag provided but not defined: -server");
+        let f = std::env::temp_dir().join(format!("standin-token-{}", std::process::id()));
+        std::fs::write(&f, "fromfile\n").unwrap();
+        let o = parse_args(true, &s(&["--token", "fromflag", "--token-file", f.to_str().unwrap()])).unwrap();
+        assert_eq!(crate::server::token_value(&o, "token", "token-file").as_deref(), Some("fromfile"));
+        std::fs::remove_file(&f).ok();
+    }
+
+    #[test]
     fn flag_lists_match_k3s() {
         for missing in ["supervisor-port", "apiserver-port", "apiserver-bind-address"] {
             assert!(lookup(true, missing).is_none(), "k3s server has no --{missing}");

@@ -806,4 +806,22 @@ mod tests {
         let back: State = serde_json::from_str(&js).unwrap();
         assert_eq!(back.nodes, a.nodes);
     }
+
+    #[test]
+    fn a_deleted_object_stays_deleted_when_replicas_merge() {
+        let (mut a, mut b) = (State::default(), State::default());
+        let doc = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        a.apply(doc.clone()).unwrap();
+        b.merge(a.clone());
+        let uid = a.object("/ConfigMap/default/c").unwrap().uid.clone();
+        assert_eq!(object_json(a.object("/ConfigMap/default/c").unwrap())["metadata"]["uid"], json!(uid));
+        std::thread::sleep(Duration::from_millis(3));
+        assert_eq!(a.delete_object("/ConfigMap/default/c").unwrap().uid, uid);
+        assert!(a.delete_object("/ConfigMap/default/c").is_none());
+        b.merge(a.clone());
+        assert!(b.object("/ConfigMap/default/c").is_none(), "the tombstone replicates");
+        // created again: a new object with a new uid
+        assert_eq!(b.apply(doc).unwrap().2, "created");
+        assert_ne!(b.object("/ConfigMap/default/c").unwrap().uid, uid);
+    }
 }

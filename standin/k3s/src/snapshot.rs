@@ -148,6 +148,16 @@ pub fn cluster_reset(o: &Opts, data_dir: &Path, port: u16, self_url: &str) -> ! 
     std::process::exit(0)
 }
 
+/// The snapshot's bootstrap data (the CA), decrypted with the token password.
+fn bootstrap(snap: &Snapshot, password: &str) -> Result<Ca, String> {
+    if net::sha256_hex(format!("check{}{password}", snap.salt).as_bytes()) != snap.check {
+        return Err("bootstrap data already found and encrypted with different token".into());
+    }
+    let enc = unhex(&snap.bootstrap).ok_or("corrupt bootstrap data in snapshot")?;
+    serde_json::from_slice(&xor(&enc, &keystream(password, &snap.salt, enc.len())))
+        .map_err(|e| format!("corrupt bootstrap data in snapshot: {e}"))
+}
+
 /// Reads and decrypts the snapshot with the server token, moves the old datastore aside and
 /// writes the restored bootstrap data (CA, token files).
 fn restore(o: &Opts, data_dir: &Path, server_dir: &Path, state_file: &Path, path: &str) -> State {
@@ -164,12 +174,8 @@ fn restore(o: &Opts, data_dir: &Path, server_dir: &Path, state_file: &Path, path
         .or_else(|| std::fs::read_to_string(server_dir.join("token")).ok())
         .unwrap_or_else(|| fatal("starting kubernetes: preparing server: token is required to restore a snapshot"));
     let password = cli::parse_token(&token).unwrap_or_else(|e| fatal(&e)).password;
-    if net::sha256_hex(format!("check{}{password}", snap.salt).as_bytes()) != snap.check {
-        fatal("starting kubernetes: preparing server: bootstrap data already found and encrypted with different token");
-    }
-    let enc = unhex(&snap.bootstrap).unwrap_or_else(|| fatal("corrupt bootstrap data in snapshot"));
-    let ca: Ca = serde_json::from_slice(&xor(&enc, &keystream(&password, &snap.salt, enc.len())))
-        .unwrap_or_else(|e| fatal(&format!("corrupt bootstrap data in snapshot: {e}")));
+    let ca =
+        bootstrap(&snap, &password).unwrap_or_else(|e| fatal(&format!("starting kubernetes: preparing server: {e}")));
     if state_file.exists() {
         let old = server_dir.join(format!("db/etcd-old-{}", crate::util::now_unix()));
         std::fs::create_dir_all(&old).ok();
@@ -186,4 +192,28 @@ fn restore(o: &Opts, data_dir: &Path, server_dir: &Path, state_file: &Path, path
     crate::server::write_bootstrap(server_dir, &ca, &password);
     log("info", &format!("Restored etcd snapshot {} (STAND-IN: replicated state, not etcd)", file.display()));
     snap.state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_keeps_objects_and_opens_only_with_its_token() {
+        let mut st = State::default();
+        st.apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}})).unwrap();
+        let ca = Ca::generate();
+        let dir = std::env::temp_dir().join(format!("standin-snap-{}", std::process::id()));
+        let name = save(&st, &ca, "s3cret", &dir, "on-demand", "n1").unwrap();
+        assert!(name.starts_with("on-demand-n1-"), "{name}");
+        let bytes = std::fs::read(dir.join(&name)).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("s3cret"), "the token is not in the snapshot");
+        assert!(!String::from_utf8_lossy(&bytes).contains("BEGIN"), "the CA is encrypted");
+        let snap: Snapshot = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(snap.state.objects, st.objects, "uid and resourceVersion stamps are kept");
+        assert_eq!(bootstrap(&snap, "s3cret").unwrap().hash(), ca.hash());
+        let e = bootstrap(&snap, "other").err().unwrap();
+        assert_eq!(e, "bootstrap data already found and encrypted with different token");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
