@@ -376,8 +376,8 @@ async fn adopt_token(fleet: &Fleet, full: &str) -> Result<bool, BackupError> {
 }
 
 /// Before `up` changes the version of a running cluster: a snapshot into the backups, or in
-/// `plan` the note that one will be taken. A cluster on sqlite is upgraded without one (said
-/// so); a snapshot that fails stops the upgrade on every node.
+/// `plan` the note that one will be taken. A cluster on sqlite, or with no server running, is
+/// upgraded without one (said so); a snapshot that fails stops the upgrade on every node.
 pub async fn before_upgrade(fleet: &Fleet) {
     let Some(version) = fleet.cluster.version() else { return };
     let changes = fleet.nodes.iter().filter(|n| n.ok() && n.role() != Role::Loadbalancer).any(|n| {
@@ -400,6 +400,8 @@ pub async fn before_upgrade(fleet: &Fleet) {
         Err(BackupError::Sqlite(s)) => crate::progress::note(&format!(
             "no pre-upgrade snapshot: {s} runs k3s on sqlite (etcd snapshots need etcd)"
         )),
+        // Nothing runs to take it from; the upgrade may be what brings k3s back.
+        Err(BackupError::NoServer(_)) => crate::progress::note("no pre-upgrade snapshot: no server runs k3s"),
         Err(e) => {
             for n in fleet.nodes.iter().filter(|n| n.role() != Role::Loadbalancer) {
                 n.fail(format!("not upgraded: the pre-upgrade snapshot failed: {e}"));

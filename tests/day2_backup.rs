@@ -184,6 +184,20 @@ fn backup_restore_keeps_object_identities_and_an_upgrade_takes_a_snapshot() {
     std::fs::write(&file, upgraded).unwrap();
     let plan = pikube_ok(&lab, &["plan", "-f", f]);
     assert!(plan.contains("[k3s artifacts] etcd snapshot before the upgrade to v1.31.5+k3s1"), "{plan}");
+    // A snapshot that cannot be taken stops the upgrade before any node gets the new binary.
+    let snapshots = "/var/lib/rancher/k3s/server/db/snapshots";
+    lab.sh("node1", &format!("rm -rf {snapshots} && touch {snapshots}"));
+    let out = lab.pikube(&["up", "-f", f, "--ready-timeout", "90"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = stdout(&out);
+    for n in ["node1", "node2", "node3", "node4"] {
+        assert!(report.contains(&format!("{n} (10.77.45.1")), "{report}");
+    }
+    assert_eq!(report.matches("error: not upgraded: the pre-upgrade snapshot failed: node1: ").count(), 4, "{report}");
+    assert!(!report.contains("/usr/local/bin/k3s"), "no binary may be pushed:\n{report}");
+    assert!(lab.sh("node4", "k3s --version").contains("v1.31.4+k3s1"));
+    lab.sh("node1", &format!("rm {snapshots}"));
+
     let log = up_ok(&lab);
     let shown: Vec<&str> = log.lines().filter(|l| l.contains("snapshot") || l.starts_with("Up: ")).collect();
     println!("--- pikube up (version edited)\n{}", shown.join("\n"));
