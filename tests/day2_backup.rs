@@ -41,8 +41,8 @@ fn backups(lab: &Lab) -> Vec<PathBuf> {
 }
 
 /// The main PID of each server's k3s: unchanged means the unit was not touched.
-fn server_pids(lab: &Lab) -> Vec<String> {
-    ["node1", "node2", "node3"].map(|n| lab.sh(n, "systemctl show -p MainPID --value k3s")).to_vec()
+fn server_pids(lab: &Lab, servers: &[&str]) -> Vec<String> {
+    servers.iter().map(|n| lab.sh(n, "systemctl show -p MainPID --value k3s")).collect()
 }
 
 fn pikube_ok(lab: &Lab, args: &[&str]) -> String {
@@ -98,7 +98,7 @@ fn backup_restore_keeps_object_identities_and_an_upgrade_takes_a_snapshot() {
     assert_eq!(lab.sh("node1", "ls -A /var/lib/rancher/k3s/server/db/snapshots"), "");
 
     kubectl_ok(&lab, &kubectl, &["delete", "configmap", "settings", "feature-flags"]);
-    let pids = server_pids(&lab);
+    let pids = server_pids(&lab, &["node1", "node2", "node3"]);
 
     // Without --yes: refused, saying what it would do; nothing changes.
     let out = lab.pikube(&["restore", dir.to_str().unwrap(), "-f", f]);
@@ -106,7 +106,7 @@ fn backup_restore_keeps_object_identities_and_an_upgrade_takes_a_snapshot() {
     for step in ["stop k3s on node1, node2, node3", "--cluster-reset", "add --yes"] {
         assert!(err.contains(step), "{step:?} missing:\n{err}");
     }
-    assert_eq!(server_pids(&lab), pids, "a refused restore touched a server");
+    assert_eq!(server_pids(&lab, &["node1", "node2", "node3"]), pids, "a refused restore touched a server");
 
     // A corrupt backup is refused by its checksum before any server is touched.
     let corrupt = lab.dir().join("corrupt-backup");
@@ -120,7 +120,7 @@ fn backup_restore_keeps_object_identities_and_an_upgrade_takes_a_snapshot() {
     std::fs::write(&bad, bytes).unwrap();
     let out = lab.pikube(&["restore", corrupt.to_str().unwrap(), "-f", f, "--yes"]);
     refused(&out, "checksum mismatch");
-    assert_eq!(server_pids(&lab), pids, "a corrupt backup reached a server");
+    assert_eq!(server_pids(&lab, &["node1", "node2", "node3"]), pids, "a corrupt backup reached a server");
     assert!(!lab.kubectl(&kubectl, &["get", "configmap", "settings"]).status.success());
 
     // Restore: the ConfigMaps are back with the same UIDs and resourceVersions.
@@ -210,6 +210,14 @@ fn backup_restore_keeps_object_identities_and_an_upgrade_takes_a_snapshot() {
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(pre.join("backup.json")).unwrap()).unwrap();
     assert_eq!(manifest["reason"], "pre-upgrade");
     assert_eq!(manifest["version"], "v1.31.4+k3s1");
+
+    // Every server must answer: with node3 cut off, a restore refuses before touching any.
+    lab.lab("cut", "node3");
+    let pids = server_pids(&lab, &["node1", "node2"]);
+    let out = lab.pikube(&["restore", pre.to_str().unwrap(), "-f", f, "--yes"]);
+    refused(&out, "server node3 does not answer");
+    assert_eq!(server_pids(&lab, &["node1", "node2"]), pids, "a restore that could not reach every server touched one");
+    lab.lab("heal", "node3");
 }
 
 #[test]
