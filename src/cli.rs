@@ -111,6 +111,28 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Take an etcd snapshot into backups/<cluster>/<UTC time>/ next to the cluster file.
+    Backup {
+        #[command(flatten)]
+        target: Target,
+        /// Then keep only the newest N backups of this cluster, deleting older ones.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        keep: Option<u64>,
+    },
+    /// Restore the cluster from a backup directory: stops every server, resets the first one
+    /// to the snapshot, makes the others rejoin. Changes since the backup are lost.
+    Restore {
+        /// The backup directory (as `pikube backup` printed it).
+        backup: PathBuf,
+        #[command(flatten)]
+        target: Target,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Seconds each node may take to become Ready again.
+        #[arg(long, default_value_t = 300)]
+        ready_timeout: u64,
+    },
     /// Download and verify the pinned k3s release files into the cache (or check the airgap dir).
     Artifacts {
         #[command(flatten)]
@@ -214,6 +236,8 @@ async fn dispatch(command: Command) -> miette::Result<ExitCode> {
         Command::Status { target, json } => status(target, json).await,
         Command::Kubeconfig { target, merge } => kubeconfig(target, merge).await,
         Command::Down { target, limit, yes, output } => down(target, limit, yes, output).await,
+        Command::Backup { target, keep } => backup(target, keep).await,
+        Command::Restore { backup, target, yes, ready_timeout } => restore(target, &backup, yes, ready_timeout).await,
         Command::Artifacts { cluster, arch } => fetch_artifacts(cluster, arch),
         Command::Import { command } => crate::import::run(command).map(|()| ExitCode::SUCCESS),
         Command::Cards(command) => sdcard::run(command).await.map(|()| ExitCode::SUCCESS),
@@ -672,6 +696,76 @@ async fn down(target: Target, limit: Vec<String>, yes: bool, output: Output) -> 
     }
     println!("\nDown: {what} ({:.1}s)", started.elapsed().as_secs_f64());
     Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn backup(target: Target, keep: Option<u64>) -> miette::Result<ExitCode> {
+    let cluster = Cluster::load(&target.cluster.file)?;
+    let fleet = Fleet::connect(cluster, Mode::Apply, target.parallel).await?;
+    let taken = crate::backup::take(&fleet, "manual").await;
+    fleet.close().await;
+    let taken = taken.map_err(|e| miette::miette!("{e}"))?;
+    let m = &taken.manifest;
+    println!("backup of {} written to {}", m.cluster, taken.dir.display());
+    println!("  snapshot  {} ({}) from server {}", m.snapshot, size(m.size), m.server);
+    println!("  token     token (0600; a restore needs it to decrypt the snapshot)");
+    println!("  checksums SHA256SUMS");
+    println!("  the snapshot was removed from {} (k3s keeps its scheduled snapshots)", m.server);
+    if let Some(keep) = keep {
+        let gone = crate::backup::prune(&fleet.cluster, keep as usize).map_err(|e| miette::miette!("{e}"))?;
+        for dir in &gone {
+            println!("deleted old backup {} (--keep {keep})", dir.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / 1048576.0),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} bytes"),
+    }
+}
+
+async fn restore(target: Target, dir: &Path, yes: bool, ready_timeout: u64) -> miette::Result<ExitCode> {
+    let cluster = Cluster::load(&target.cluster.file)?;
+    // The checksums first: a corrupt backup is refused before any server is touched.
+    let backup = crate::backup::verify(dir).map_err(|e| miette::miette!("{e}"))?;
+    let steps = crate::backup::restore_plan(&cluster, &backup);
+    let m = &backup.manifest;
+    let what = format!(
+        "restore cluster {} from {} (taken {} on {}); changes made since then are lost. It would:\n{}",
+        cluster.name(),
+        dir.display(),
+        m.created,
+        m.server,
+        steps.iter().enumerate().map(|(i, s)| format!("  {}. {s}", i + 1)).collect::<Vec<_>>().join("\n")
+    );
+    if !yes {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            miette::bail!(help = "add --yes to confirm", "refusing to {what}\nNothing was done.");
+        }
+        eprint!("{what}\nType yes to restore: ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer).ok();
+        if answer.trim() != "yes" {
+            eprintln!("nothing done");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let started = Instant::now();
+    let mut fleet = Fleet::connect(cluster, Mode::Apply, target.parallel).await?;
+    fleet.ready_timeout = std::time::Duration::from_secs(ready_timeout);
+    let say = |i: usize, s: &str| match i {
+        0 => println!("   {s}"),
+        i => println!("{i}/{}: {s}", steps.len()),
+    };
+    let result = crate::backup::restore(&fleet, &backup, &say).await;
+    fleet.close().await;
+    result.map_err(|e| miette::miette!("{e}"))?;
+    println!("\nRestore: {} is back at {} ({:.1}s)", fleet.cluster.name(), m.created, started.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn fetch_artifacts(file: FileArg, arches: Vec<String>) -> miette::Result<ExitCode> {

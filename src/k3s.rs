@@ -28,6 +28,8 @@ pub const SERVER_TOKEN: &str = "/var/lib/rancher/k3s/server/token";
 pub const SERVER_CA: &str = "/var/lib/rancher/k3s/server/tls/server-ca.crt";
 /// The datastore of a server: `etcd/` (embedded etcd) or `state.db` (sqlite) in real k3s.
 pub const SERVER_DB: &str = "/var/lib/rancher/k3s/server/db";
+/// Where a server keeps etcd snapshots (`k3s etcd-snapshot`'s default `--dir`).
+pub const SNAPSHOTS: &str = "/var/lib/rancher/k3s/server/db/snapshots";
 /// The node's own password; the cluster keeps its hash in the `<node>.node-password.k3s`
 /// secret of kube-system and refuses the node name with another password.
 pub const NODE_PASSWORD: &str = "/etc/rancher/node/password";
@@ -291,7 +293,7 @@ pub async fn join_token(fleet: &Fleet, secret: &str) -> Result<String, String> {
 }
 
 /// The token file a k3s server writes (empty when it has none).
-async fn server_token(host: &Host) -> Result<String, String> {
+pub async fn server_token(host: &Host) -> Result<String, String> {
     let out =
         host.run(&Cmd::read_script(format!("cat {SERVER_TOKEN} 2>/dev/null"))).await.map_err(|e| e.to_string())?;
     Ok(out.stdout_str().trim().to_string())
@@ -566,6 +568,68 @@ pub async fn wait_ready(
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+}
+
+/// The port servers listen on: the endpoint's, unless a load balancer forwards to 6443.
+pub fn listen_port(cluster: &Cluster) -> u16 {
+    let endpoint = cluster.endpoint();
+    if endpoint.mode != EndpointMode::Loadbalancer {
+        endpoint.port
+    } else {
+        6443
+    }
+}
+
+/// Whether the server runs embedded etcd (`server/db/etcd`), which snapshots need; a single
+/// server without `cluster-init` runs on sqlite.
+pub async fn runs_etcd(host: &Host) -> Result<bool, String> {
+    let out = host
+        .run(&Cmd::read_script(format!("test -d {SERVER_DB}/etcd && echo etcd || true")))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(out.stdout_str().trim() == "etcd")
+}
+
+/// `k3s etcd-snapshot save --name NAME` on a running server; returns the snapshot's path.
+/// The snapshot goes through the server's own API on this host (`--etcd-server`).
+pub async fn etcd_snapshot_save(host: &Host, cluster: &Cluster, name: &str) -> Result<String, String> {
+    let server = format!("https://127.0.0.1:{}", listen_port(cluster));
+    let cmd = Cmd::change_script(format!(
+        "{BIN} etcd-snapshot save --name {} --etcd-server {} 2>&1",
+        quote(name),
+        quote(&server)
+    ))
+    .timeout(std::time::Duration::from_secs(300));
+    let out = host.run(&cmd).await.map_err(|e| e.to_string())?;
+    let text = out.stdout_str();
+    // k3s logs `Snapshot <name>-<node>-<unix time> saved.`
+    let saved = text.lines().find_map(|l| l.split("Snapshot ").nth(1)?.split_once(" saved.").map(|(n, _)| n));
+    match saved {
+        Some(file) if out.success() => Ok(format!("{SNAPSHOTS}/{}", file.trim())),
+        _ => Err(format!("`k3s etcd-snapshot save` failed: {}", last_lines(&text, 4))),
+    }
+}
+
+/// k3s's documented restore on a stopped server: `k3s server --cluster-reset
+/// --cluster-reset-restore-path=FILE` with the token of the cluster that took the snapshot
+/// (read from `token_file`, so it never shows on a command line). k3s exits when done.
+pub async fn cluster_reset_restore(host: &Host, snapshot: &str, token_file: &str) -> Result<(), String> {
+    let cmd = Cmd::change_script(format!(
+        "{BIN} server --cluster-reset --cluster-reset-restore-path={} --token-file={} 2>&1",
+        quote(snapshot),
+        quote(token_file)
+    ))
+    .timeout(std::time::Duration::from_secs(600));
+    let out = host.run(&cmd).await.map_err(|e| e.to_string())?;
+    if out.success() {
+        return Ok(());
+    }
+    Err(format!("`k3s server --cluster-reset` failed: {}", last_lines(&out.stdout_str(), 6)))
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n  | ")
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! `lab` builds local test nodes; it is a user feature, not test scaffolding.
 
 pub mod artifacts;
+pub mod backup;
 pub mod check;
 pub mod cli;
 pub mod config;

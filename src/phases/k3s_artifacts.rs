@@ -18,6 +18,7 @@ type Loaded = Result<(K3sBinary, Arc<Vec<u8>>), String>;
 pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     Box::pin(async move {
         let Some(version) = fleet.cluster.version() else { return };
+        crate::backup::before_upgrade(fleet).await;
         let arches: Vec<_> = fleet
             .nodes
             .iter()

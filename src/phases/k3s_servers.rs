@@ -21,8 +21,6 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 return;
             }
         };
-        // The automatic pre-upgrade etcd snapshot (issue 11) belongs here: once, before the
-        // first server restarts onto a new binary (`upgrade::restarts_onto_new_binary`).
         let holders = holders(&servers).await;
         let endpoint = fleet.cluster.endpoint();
         let several = servers.len() > 1;

@@ -18,7 +18,7 @@ const GET_LIST: &[&str] = &["get", "list"];
 const RESOURCES: &[Res] = &[
     ("", "v1", "nodes", "Node", false, &["no"], &["delete", "get", "list", "patch"]),
     ("", "v1", "namespaces", "Namespace", false, &["ns"], GET_LIST),
-    ("", "v1", "configmaps", "ConfigMap", true, &["cm"], GET_LIST),
+    ("", "v1", "configmaps", "ConfigMap", true, &["cm"], &["create", "delete", "get", "list"]),
     ("", "v1", "secrets", "Secret", true, &[], GET_LIST),
     ("", "v1", "services", "Service", true, &["svc"], GET_LIST),
     ("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], GET_LIST),
@@ -306,6 +306,9 @@ pub async fn handle(srv: &Arc<Srv>, req: &Request, path: &str) -> Resp {
     if let ("DELETE", "secrets", Some("kube-system"), Some(n)) = (m, res, ns, name) {
         return delete_password_secret(srv, n).await;
     }
+    if res == "configmaps" && matches!(m, "POST" | "DELETE") {
+        return write_object(srv, req, rdef, ns.unwrap_or("default"), name).await;
+    }
     if m != "GET" {
         return status_err(
             405,
@@ -326,6 +329,7 @@ pub async fn handle(srv: &Arc<Srv>, req: &Request, path: &str) -> Resp {
             let (g, kd, n_s) = (p.next().unwrap_or(""), p.next().unwrap_or(""), p.next().unwrap_or(""));
             g == group && kd == kind && ns.is_none_or(|want| !rdef.4 || want == n_s)
         })
+        .filter(|(_, o)| !o.deleted)
         .map(|(_, o)| {
             let mut v = cluster::object_json(o);
             if rdef.4 && v["metadata"]["namespace"].is_null() {
@@ -430,4 +434,65 @@ async fn delete_password_secret(srv: &Arc<Srv>, secret: &str) -> Resp {
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
         "details": {"name": secret, "kind": "secrets", "uid": ""}}),
     )
+}
+
+/// Create (POST to the collection) or delete (DELETE on a name) an object through the API,
+/// as the real kubectl's `create configmap` and `delete configmap` do.
+async fn write_object(srv: &Arc<Srv>, req: &Request, rdef: &Res, ns: &str, name: Option<&str>) -> Resp {
+    let (kind, res) = (rdef.3, rdef.2);
+    let (part, reply) = {
+        let mut st = srv.state.lock().unwrap();
+        match (req.method.as_str(), name) {
+            ("POST", None) => {
+                let Ok(mut doc) = serde_json::from_slice::<Value>(&req.body) else {
+                    return status_err(400, "BadRequest", "the body of the request was in an unknown format");
+                };
+                if doc["kind"] != kind {
+                    return status_err(
+                        400,
+                        "BadRequest",
+                        &format!("the API version in the data does not match the expected {kind}"),
+                    );
+                }
+                doc["metadata"]["namespace"] = json!(ns);
+                if let Some(m) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.remove("creationTimestamp");
+                }
+                let (key, _) = match cluster::object_key(&doc) {
+                    Ok(k) => k,
+                    Err(e) => return status_err(422, "Invalid", &e),
+                };
+                let n = doc["metadata"]["name"].as_str().unwrap_or("").to_string();
+                if st.object(&key).is_some() {
+                    return j(
+                        409,
+                        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "message": format!("{res} \"{n}\" already exists"), "reason": "AlreadyExists",
+                        "details": {"name": n, "kind": res}, "code": 409}),
+                    );
+                }
+                if let Err(e) = st.apply(doc) {
+                    return status_err(422, "Invalid", &e);
+                }
+                let obj = st.object(&key).map(cluster::object_json).unwrap_or(Value::Null);
+                (st.part(None, Some(&key), None), (201, obj))
+            }
+            ("DELETE", Some(n)) => {
+                let key = format!("{}/{kind}/{ns}/{n}", rdef.0);
+                let Some(gone) = st.delete_object(&key) else { return not_found(res, n) };
+                let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "details": {"name": n, "kind": res, "uid": gone.uid}});
+                (st.part(None, Some(&key), None), (200, status))
+            }
+            _ => {
+                return status_err(
+                    405,
+                    "MethodNotAllowed",
+                    &format!("STAND-IN: {} on {res} is not supported", req.method),
+                )
+            }
+        }
+    };
+    push(srv, part, true).await;
+    j(reply.0, reply.1)
 }

@@ -196,6 +196,34 @@ impl Opts {
 
 /// Parse CLI args (after the subcommand). Returns Err(message) worded like urfave/cli.
 pub fn parse_args(server: bool, args: &[String]) -> Result<Opts, String> {
+    parse_with(args, |name| lookup(server, name))
+}
+
+/// `k3s etcd-snapshot save` flags (docs.k3s.io/cli/etcd-snapshot; pkg/cli/cmds/etcd_snapshot.go:
+/// `--etcd-server`/`--etcd-token`, so config.yaml's `server:` and `token:` do not apply).
+pub const SNAPSHOT_FLAGS: &[(&str, &str, Kind, &str)] = &[
+    ("config", "c", Kind::Str, "K3S_CONFIG_FILE"),
+    ("debug", "", Kind::Bool, "K3S_DEBUG"),
+    ("log", "l", Kind::Str, ""),
+    ("alsologtostderr", "", Kind::Bool, ""),
+    ("node-name", "", Kind::Str, "K3S_NODE_NAME"),
+    ("data-dir", "d", Kind::Str, ""),
+    ("etcd-server", "s", Kind::Str, ""),
+    ("etcd-token", "t", Kind::Str, ""),
+    ("name", "", Kind::Str, ""),
+    ("dir", "", Kind::Str, ""),
+    ("etcd-snapshot-dir", "", Kind::Str, ""),
+    ("snapshot-compress", "", Kind::Bool, ""),
+    ("etcd-snapshot-compress", "", Kind::Bool, ""),
+];
+
+pub fn parse_snapshot_args(args: &[String]) -> Result<Opts, String> {
+    parse_with(args, |name| {
+        SNAPSHOT_FLAGS.iter().find(|(l, s, _, _)| *l == name || (!s.is_empty() && *s == name)).map(|f| (f.0, f.2))
+    })
+}
+
+fn parse_with(args: &[String], lookup: impl Fn(&str) -> Option<(&'static str, Kind)>) -> Result<Opts, String> {
     let mut cli = Opts::default();
     let mut i = 0;
     while i < args.len() {
@@ -211,7 +239,7 @@ pub fn parse_args(server: bool, args: &[String]) -> Result<Opts, String> {
         if name == "help" || name == "h" {
             return Err("help".into());
         }
-        let Some((long, kind)) = lookup(server, name) else {
+        let Some((long, kind)) = lookup(name) else {
             return Err(format!("flag provided but not defined: -{name}"));
         };
         let val = match (kind, inline) {
@@ -625,6 +653,22 @@ mod tests {
         assert_eq!(e, "cluster-cidr: [10.42.0.0/16] and node-ip: [fd00::5], must share the same IP version (IPv4, IPv6 or dual-stack)");
         assert!(check_ip_families(&s(&["10.42.0.0/16", "fd42::/56"]), &s(&["10.0.0.5"])).is_err());
         assert!(check_ip_families(&s(&["10.42.0.0/16", "fd42::/56"]), &s(&["10.0.0.5", "fd00::5"])).is_ok());
+    }
+
+    #[test]
+    fn etcd_snapshot_takes_its_own_flags_and_a_token_file_wins() {
+        let o = parse_snapshot_args(&s(&["--name", "x", "-s", "https://127.0.0.1:7443", "-t", "T"])).unwrap();
+        assert_eq!(
+            (o.get("name"), o.get("etcd-server"), o.get("etcd-token")),
+            (Some("x"), Some("https://127.0.0.1:7443"), Some("T"))
+        );
+        let e = parse_snapshot_args(&s(&["--server", "https://x:6443"])).unwrap_err();
+        assert_eq!(e, "flag provided but not defined: -server");
+        let f = std::env::temp_dir().join(format!("standin-token-{}", std::process::id()));
+        std::fs::write(&f, "fromfile\n").unwrap();
+        let o = parse_args(true, &s(&["--token", "fromflag", "--token-file", f.to_str().unwrap()])).unwrap();
+        assert_eq!(crate::server::token_value(&o, "token", "token-file").as_deref(), Some("fromfile"));
+        std::fs::remove_file(&f).ok();
     }
 
     #[test]

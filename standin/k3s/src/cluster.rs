@@ -120,8 +120,8 @@ pub struct ObjRec {
     pub uid: String,
     #[serde(default)]
     pub updated: u64,
-    /// tombstone (an evicted pod): stays deleted when replicas merge
-    #[serde(default)]
+    /// tombstone (a deleted or evicted object): stays deleted when replicas merge
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
 }
 
@@ -569,11 +569,15 @@ impl State {
                 "configured"
             }
             None => {
-                let updated = Self::stamp_after(self.objects.get(&key).map(|o| o.updated).unwrap_or(0));
-                self.objects.insert(
-                    key.clone(),
-                    ObjRec { applied: doc, created: crate::util::now_unix(), uid: uuid(), updated, deleted: false },
-                );
+                let prev = self.objects.get(&key).map_or(0, |o| o.updated);
+                let rec = ObjRec {
+                    applied: doc,
+                    created: crate::util::now_unix(),
+                    uid: uuid(),
+                    updated: Self::stamp_after(prev),
+                    deleted: false,
+                };
+                self.objects.insert(key.clone(), rec);
                 "created"
             }
         };
@@ -620,6 +624,23 @@ fn budget_min(budget: &Value, healthy: u64) -> Result<u64, String> {
         (None, Some(max)) => Ok(healthy.saturating_sub(count(max)?)),
         (None, None) => Ok(0),
         (Some(_), Some(_)) => Err("minAvailable and maxUnavailable cannot both be set".into()),
+    }
+}
+
+impl State {
+    /// A live object by store key.
+    pub fn object(&self, key: &str) -> Option<&ObjRec> {
+        self.objects.get(key).filter(|o| !o.deleted)
+    }
+
+    /// API delete: leaves a tombstone. Returns the deleted object, None when there is none.
+    pub fn delete_object(&mut self, key: &str) -> Option<ObjRec> {
+        let o = self.objects.get_mut(key).filter(|o| !o.deleted)?;
+        o.deleted = true;
+        o.updated = Self::stamp_after(o.updated);
+        let gone = o.clone();
+        self.gen += 1;
+        Some(gone)
     }
 }
 
@@ -703,7 +724,7 @@ pub fn object_json(o: &ObjRec) -> Value {
     if let Some(m) = d.get_mut("metadata").and_then(Value::as_object_mut) {
         m.insert("creationTimestamp".into(), json!(crate::util::rfc3339(o.created)));
         m.insert("uid".into(), json!(o.uid));
-        m.insert("resourceVersion".into(), json!("1"));
+        m.insert("resourceVersion".into(), json!(o.updated.to_string()));
     }
     d
 }
@@ -1018,5 +1039,23 @@ mod tests {
         assert!(member_removal_refused(3, 2, true).unwrap().contains("not enough started"), "a live one with one dead");
         assert!(member_removal_refused(1, 1, true).is_some(), "the last member");
         assert_eq!(member_removal_refused(2, 2, true), None);
+    }
+
+    #[test]
+    fn a_deleted_object_stays_deleted_when_replicas_merge() {
+        let (mut a, mut b) = (State::default(), State::default());
+        let doc = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        a.apply(doc.clone()).unwrap();
+        b.merge(a.clone());
+        let uid = a.object("/ConfigMap/default/c").unwrap().uid.clone();
+        assert_eq!(object_json(a.object("/ConfigMap/default/c").unwrap())["metadata"]["uid"], json!(uid));
+        std::thread::sleep(Duration::from_millis(3));
+        assert_eq!(a.delete_object("/ConfigMap/default/c").unwrap().uid, uid);
+        assert!(a.delete_object("/ConfigMap/default/c").is_none());
+        b.merge(a.clone());
+        assert!(b.object("/ConfigMap/default/c").is_none(), "the tombstone replicates");
+        // created again: a new object with a new uid
+        assert_eq!(b.apply(doc).unwrap().2, "created");
+        assert_ne!(b.object("/ConfigMap/default/c").unwrap().uid, uid);
     }
 }

@@ -8,11 +8,12 @@ mod kubectl;
 mod net;
 mod node;
 mod server;
+mod snapshot;
 mod util;
 
 fn usage() -> String {
     format!(
-        "NAME:\n   k3s - Kubernetes, but small and simple (STAND-IN test double, not Kubernetes)\n\nUSAGE:\n   k3s [global options] command [command options] [arguments...]\n\nVERSION:\n   {} (standin)\n\nCOMMANDS:\n   server   Run management server\n   agent    Run node agent\n   kubectl  Run kubectl (small stand-in subset)\n   token    Manage tokens (stand-in: generate only)\n\nGLOBAL OPTIONS:\n   --version, -v  print the version\n   --help, -h     show help\n",
+        "NAME:\n   k3s - Kubernetes, but small and simple (STAND-IN test double, not Kubernetes)\n\nUSAGE:\n   k3s [global options] command [command options] [arguments...]\n\nVERSION:\n   {} (standin)\n\nCOMMANDS:\n   server   Run management server\n   agent    Run node agent\n   kubectl  Run kubectl (small stand-in subset)\n   etcd-snapshot  Manage etcd snapshots (stand-in: save only)\n   token    Manage tokens (stand-in: generate only)\n\nGLOBAL OPTIONS:\n   --version, -v  print the version\n   --help, -h     show help\n",
         cluster::VERSION
     )
 }
@@ -63,6 +64,10 @@ fn main() {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
             let code = rt.block_on(kubectl::run(&rest));
             std::process::exit(code);
+        }
+        "etcd-snapshot" => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            std::process::exit(rt.block_on(snapshot::save_command(&rest)));
         }
         "token" => match rest.first().map(String::as_str) {
             // real: prints a random bootstrap token, [a-z0-9]{6}.[a-z0-9]{16} (docs.k3s.io/cli/token)

@@ -190,20 +190,46 @@ fn common_start(o: &Opts) {
     }
 }
 
-fn token_value(o: &Opts, key: &str, file_key: &str) -> Option<String> {
-    if let Some(t) = o.get(key) {
-        return Some(t.to_string());
-    }
-    o.get(file_key).map(|f| {
+/// `--token-file` wins over `--token` (and config.yaml's `token:`), as in k3s's server.go.
+pub fn token_value(o: &Opts, key: &str, file_key: &str) -> Option<String> {
+    let from_file = o.get(file_key).map(|f| {
         std::fs::read_to_string(f)
             .unwrap_or_else(|e| fatal(&format!("failed to read token file {f}: {e}")))
             .trim()
             .to_string()
-    })
+    });
+    from_file.or_else(|| o.get(key).map(str::to_string))
+}
+
+/// An io::Error worded like Go's (`no such file or directory`).
+pub fn os_err(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    let s = s.split(" (os error").next().unwrap_or(&s).to_string();
+    let mut c = s.chars();
+    c.next().map(|f| f.to_lowercase().chain(c).collect()).unwrap_or_default()
+}
+
+/// The bootstrap data a server keeps on disk: the CA, the token files and server-ca.crt.
+pub fn write_bootstrap(server_dir: &Path, ca: &Ca, password: &str) {
+    write_file(&server_dir.join("tls/standin-ca.json"), &serde_json::to_string(ca).unwrap(), 0o600)
+        .unwrap_or_else(|e| fatal(&format!("writing standin-ca.json: {e}")));
+    write_tokens(server_dir, ca, password);
+}
+
+/// Token files, as real k3s writes them, and the cluster CA where real k3s keeps it (what
+/// `pikube status` compares between servers).
+fn write_tokens(server_dir: &Path, ca: &Ca, password: &str) {
+    let full = cli::format_token(&ca.hash(), "server", password);
+    for f in ["token", "node-token"] {
+        write_file(&server_dir.join(f), &format!("{full}\n"), 0o600)
+            .unwrap_or_else(|e| fatal(&format!("writing token: {e}")));
+    }
+    write_file(&server_dir.join("tls/server-ca.crt"), &ca.cert_pem, 0o644)
+        .unwrap_or_else(|e| fatal(&format!("writing server-ca.crt: {e}")));
 }
 
 /// Fetch /cacerts from `url` and check it against a K10 token's CA hash.
-async fn fetch_ca(url: &str, tok: &cli::Token) -> Result<String, String> {
+pub async fn fetch_ca(url: &str, tok: &cli::Token) -> Result<String, String> {
     let r = net::request(url, &Trust::Insecure, "GET", "/cacerts", None, b"").await?;
     if r.status != 200 {
         return Err(format!("failed to get CA certs: {url}/cacerts: {}", r.status));
@@ -222,12 +248,12 @@ async fn fetch_ca(url: &str, tok: &cli::Token) -> Result<String, String> {
 /// `<data-dir>/server/db`).
 pub const STATE_FILE: &str = "db/standin-state.json";
 
-fn load_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
+pub fn load_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
     std::fs::read(p).ok().and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 /// Write a file atomically with the given mode (created with it, then renamed into place).
-fn write_atomic(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
+pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(d) = path.parent() {
@@ -265,6 +291,10 @@ pub struct Srv {
     pub agent_password: Option<String>,
     /// this server's own URL in the member list
     pub self_url: String,
+    /// Embedded etcd (cluster-init or joined) rather than sqlite: only then snapshots work.
+    pub etcd: bool,
+    pub snapshot_dir: PathBuf,
+    pub node_name: String,
 }
 
 impl Srv {
@@ -390,6 +420,12 @@ pub async fn run_server(o: Opts) -> ! {
         .parse()
         .unwrap_or_else(|_| fatal("invalid value for --https-listen-port"));
     let bind = o.get("bind-address").unwrap_or("0.0.0.0").to_string();
+    if o.get("cluster-reset-restore-path").is_some() && !o.flag("cluster-reset") {
+        fatal("invalid flag use; --cluster-reset required with --cluster-reset-restore-path");
+    }
+    if o.flag("cluster-reset") {
+        crate::snapshot::cluster_reset(&o, &data_dir, port, &self_url(&o, port));
+    }
     let token_opt = token_value(&o, "token", "token-file");
     let agent_token = token_value(&o, "agent-token", "agent-token-file");
     let join = o.get("server").map(String::from);
@@ -406,6 +442,10 @@ pub async fn run_server(o: Opts) -> ! {
         );
     }
     let etcd = join.is_some() || o.flag("cluster-init");
+    if etcd {
+        // Where real k3s keeps embedded etcd; its presence tells etcd from sqlite.
+        std::fs::create_dir_all(server_dir.join("db/etcd")).ok();
+    }
     let me_url = self_url(&o, port);
 
     // A joining server with no local data bootstraps from --server. With local data (a
@@ -501,15 +541,7 @@ pub async fn run_server(o: Opts) -> ! {
         (ca, password)
     };
 
-    // token files, as real k3s writes them
-    let full = cli::format_token(&ca.hash(), "server", &password);
-    for f in ["token", "node-token"] {
-        write_file(&server_dir.join(f), &format!("{full}\n"), 0o600)
-            .unwrap_or_else(|e| fatal(&format!("writing token: {e}")));
-    }
-    // the cluster CA where real k3s keeps it (what `pikube status` compares between servers)
-    write_file(&server_dir.join("tls/server-ca.crt"), &ca.cert_pem, 0o644)
-        .unwrap_or_else(|e| fatal(&format!("writing server-ca.crt: {e}")));
+    write_tokens(&server_dir, &ca, &password);
     if let Some(a) = &agent_token {
         let p = cli::parse_token(a).unwrap_or_else(|e| fatal(&e)).password;
         write_file(&server_dir.join("agent-token"), &format!("{}\n", cli::format_token(&ca.hash(), "node", &p)), 0o600)
@@ -578,6 +610,9 @@ pub async fn run_server(o: Opts) -> ! {
         password: password.clone(),
         agent_password: agent_token.map(|a| cli::parse_token(&a).map(|t| t.password).unwrap_or(a)),
         self_url: me_url.clone(),
+        etcd,
+        snapshot_dir: crate::snapshot::dir(&o, &data_dir),
+        node_name: me.name.clone(),
     });
     if etcd && !srv.state.lock().unwrap().members.contains_key(&me_url) {
         srv.state.lock().unwrap().add_member(&me_url);
@@ -739,7 +774,7 @@ async fn handle(srv: &Arc<Srv>, req: net::Request, client_cert: bool) -> Resp {
     // server-to-server endpoints need the server token
     if matches!(
         seg.as_slice(),
-        ["v1-k3s", "server-bootstrap"] | ["v1-standin", "members" | "state" | "merge"] | ["db", "info"]
+        ["v1-k3s", "server-bootstrap"] | ["v1-standin", "members" | "state" | "merge"] | ["db", "info" | "snapshot"]
     ) && !is_server
     {
         return status_err(401, "Unauthorized", "Unauthorized");
@@ -768,6 +803,7 @@ async fn handle(srv: &Arc<Srv>, req: net::Request, client_cert: bool) -> Resp {
             push(srv, part, false).await;
             j(200, full)
         }
+        ("POST", ["db", "snapshot"]) => snapshot(srv, &req.body),
         ("GET", ["v1-standin", "state"]) => j(200, serde_json::to_value(&*srv.state.lock().unwrap()).unwrap()),
         ("POST", ["v1-standin", "merge"]) => match serde_json::from_slice::<State>(&req.body) {
             Ok(part) => {
@@ -877,6 +913,27 @@ async fn handle(srv: &Arc<Srv>, req: net::Request, client_cert: bool) -> Resp {
             j(200, json!({"items": items}))
         }
         _ => crate::api::handle(srv, &req, &path).await,
+    }
+}
+
+/// The supervisor's `/db/snapshot` (what `k3s etcd-snapshot save` calls).
+fn snapshot(srv: &Arc<Srv>, body: &[u8]) -> Resp {
+    if !srv.etcd {
+        log("error", "etcd datastore disabled");
+        return status_err(500, "InternalError", "etcd datastore disabled");
+    }
+    let v: Value = serde_json::from_slice(body).unwrap_or(json!({}));
+    let name = v["name"].as_str().unwrap_or("on-demand");
+    let state = srv.state.lock().unwrap().clone();
+    match crate::snapshot::save(&state, &srv.ca, &srv.password, &srv.snapshot_dir, name, &srv.node_name) {
+        Ok(file) => {
+            log("info", &format!("Saving etcd snapshot to {}", srv.snapshot_dir.join(&file).display()));
+            j(200, json!({"name": file}))
+        }
+        Err(e) => {
+            log("error", &e);
+            status_err(500, "InternalError", &e)
+        }
     }
 }
 
