@@ -47,9 +47,34 @@ pub struct KubeArgs {
 pub fn command(args: KubeArgs) -> Result<()> {
     let started = Instant::now();
     let dir = ensure(&args.version, args.arch, &args.cache)?;
+    let record = fs::read_to_string(dir.join(&args.version).join("BUILD.json")).into_diagnostic()?;
+    let record: serde_json::Value = serde_json::from_str(&record).into_diagnostic()?;
+    print!("{}", summary(&record));
     println!("ready in {:.1?}", started.elapsed());
     println!("{}", dir.display());
     Ok(())
+}
+
+/// What the cache entry holds: binary and archive sizes, images, and how long its build took.
+fn summary(record: &serde_json::Value) -> String {
+    let megabytes = |v: &serde_json::Value| format!("{:.1} MB", v.as_f64().unwrap_or(0.0) / 1e6);
+    let mut text = String::from("binaries:");
+    for (name, size) in record["binaries"].as_object().into_iter().flatten() {
+        text.push_str(&format!(" {name} {},", megabytes(size)));
+    }
+    text.pop();
+    let images: Vec<&str> =
+        record["images"].as_array().into_iter().flatten().filter_map(|i| i["name"].as_str()).collect();
+    text.push_str(&format!(
+        "\nimage archive: {} with {} images: {}\nbuilt in {}s (Go {}, build date {})\n",
+        megabytes(&record["archive_bytes"]),
+        images.len(),
+        images.join(" "),
+        record["total_seconds"],
+        record["go"].as_str().unwrap_or("?"),
+        record["build_date"].as_str().unwrap_or("?"),
+    ));
+    text
 }
 
 /// Returns the cache entry for `version`, building it first if the cache has none.
@@ -204,4 +229,24 @@ pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> 
         fs::create_dir_all(parent).into_diagnostic().wrap_err_with(|| format!("creating {}", parent.display()))?;
     }
     super::util::write_atomic(path, contents, mode)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_summary_shows_sizes_images_and_build_time() {
+        let record = serde_json::json!({
+            "binaries": {"kubeadm": 74_494_114, "pause": 690_920},
+            "images": [{"name": "registry.k8s.io/pause:3.10.1"}, {"name": "pikube.local/probe:1"}],
+            "archive_bytes": 189_883_904,
+            "total_seconds": 153.0,
+            "go": "go1.26.8",
+            "build_date": "2026-02-10T12:53:36Z",
+        });
+        assert_eq!(
+            super::summary(&record),
+            "binaries: kubeadm 74.5 MB, pause 0.7 MB\nimage archive: 189.9 MB with 2 images: \
+             registry.k8s.io/pause:3.10.1 pikube.local/probe:1\nbuilt in 153.0s (Go go1.26.8, build date 2026-02-10T12:53:36Z)\n"
+        );
+    }
 }
