@@ -303,7 +303,7 @@ fn kubeadm_init_runs_real_kubernetes_on_a_lab_node() {
     // kubeadm reset leaves the node reusable: a second init works on it.
     let reset = lab.ssh("node1", "kubeadm reset -f 2>&1 && rm -rf /etc/cni/net.d/*");
     assert!(reset.0, "kubeadm reset failed:\n{}", reset.1);
-    let leftovers = lab.sh("node1", "ls /etc/kubernetes/manifests /var/lib/etcd 2>/dev/null | wc -l");
+    let leftovers = lab.sh("node1", "find /etc/kubernetes/manifests /var/lib/etcd -mindepth 1 2>/dev/null | wc -l");
     assert_eq!(leftovers, "0", "reset removed the static pods and etcd's data");
     let again = lab.ssh("node1", "kubeadm init --config /root/kubeadm.yaml 2>&1");
     assert!(again.0, "kubeadm init after reset failed:\n{}", again.1);

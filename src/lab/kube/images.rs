@@ -134,9 +134,29 @@ pub fn layout(work: &Work, release: &Path, images: &[Image], flannel_manifest: &
     }))
 }
 
+/// The manifest's CNI network config asks for CNI spec 1.0.0, which flannel's own CNI plugin
+/// (flannel-io/cni-plugin, not served by the Go proxy) speaks. The same plugin as it last shipped
+/// in containernetworking/plugins v0.9.1, the one built here, speaks up to 0.4.0, and so do
+/// Debian's bridge and host-local it delegates to: the config is pinned to 0.4.0.
+pub fn cni_version_for_plugin(manifest: &str) -> Result<String> {
+    const ASKED: &str = "\"cniVersion\": \"1.0.0\"";
+    match manifest.matches(ASKED).count() {
+        1 => Ok(manifest.replace(ASKED, "\"cniVersion\": \"0.4.0\"")),
+        n => Err(miette!("kube-flannel.yml has {n} `{ASKED}` lines, expected one: its CNI config changed; check it")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cni_config_is_pinned_to_what_the_plugin_speaks() {
+        let manifest = "  cni-conf.json: |\n    {\n      \"name\": \"cbr0\",\n      \"cniVersion\": \"1.0.0\",\n";
+        let pinned = cni_version_for_plugin(manifest).unwrap();
+        assert!(pinned.contains("\"cniVersion\": \"0.4.0\"") && !pinned.contains("1.0.0"), "{pinned}");
+        assert!(cni_version_for_plugin("no config").is_err());
+    }
 
     #[test]
     fn flannel_manifest_names_two_images() {

@@ -192,8 +192,10 @@ fn build_all(work: &Work, version: &str, go_version: &str, out: &Path) -> Result
     })?;
     let release = out.join(version);
     let layout = steps.run("images and airgap layout", || {
-        // flannel's own manifest, unmodified: the images built here carry the names it uses.
+        // flannel's own manifest: the images built here carry the names it uses. One change, see
+        // `images::cni_version_for_plugin`.
         let manifest = fs::read_to_string(flannel.dir.join("Documentation/kube-flannel.yml")).into_diagnostic()?;
+        let manifest = images::cni_version_for_plugin(&manifest)?;
         let set = images::all(work, &wanted, &manifest, &debs.0 .0, &debs.1 .0)?;
         images::layout(work, &release, &set, &manifest)
     })?;
