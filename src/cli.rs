@@ -662,18 +662,9 @@ async fn down(target: Target, limit: Vec<String>, yes: bool, output: Output) -> 
         }
     }
     let what = if limit.is_empty() { format!("the whole cluster {}", cluster.name()) } else { limit.join(", ") };
-    if !yes {
-        use std::io::IsTerminal;
-        if !std::io::stdin().is_terminal() {
-            miette::bail!(help = "add --yes to confirm", "refusing to tear down {what} without confirmation");
-        }
-        eprint!("Tear down Kubernetes on {what}? Workloads there are lost. Type yes: ");
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer).ok();
-        if answer.trim() != "yes" {
-            eprintln!("nothing done");
-            return Ok(ExitCode::from(1));
-        }
+    let refusal = format!("refusing to tear down {what} without confirmation");
+    if !confirmed(yes, &refusal, &format!("Tear down Kubernetes on {what}? Workloads there are lost. Type yes: "))? {
+        return Ok(ExitCode::from(1));
     }
     let started = Instant::now();
     crate::progress::start(cluster.hosts().map(|h| h.name.value.as_str()), output.plain);
@@ -741,18 +732,8 @@ async fn restore(target: Target, dir: &Path, yes: bool, ready_timeout: u64) -> m
         m.server,
         steps.iter().enumerate().map(|(i, s)| format!("  {}. {s}", i + 1)).collect::<Vec<_>>().join("\n")
     );
-    if !yes {
-        use std::io::IsTerminal;
-        if !std::io::stdin().is_terminal() {
-            miette::bail!(help = "add --yes to confirm", "refusing to {what}\nNothing was done.");
-        }
-        eprint!("{what}\nType yes to restore: ");
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer).ok();
-        if answer.trim() != "yes" {
-            eprintln!("nothing done");
-            return Ok(ExitCode::from(1));
-        }
+    if !confirmed(yes, &format!("refusing to {what}\nNothing was done."), &format!("{what}\nType yes to restore: "))? {
+        return Ok(ExitCode::from(1));
     }
     let started = Instant::now();
     let mut fleet = Fleet::connect(cluster, Mode::Apply, target.parallel).await?;
@@ -790,4 +771,23 @@ fn fetch_artifacts(file: FileArg, arches: Vec<String>) -> miette::Result<ExitCod
         println!("{a}: {} ({} bytes, sha256 {}) verified", bin.path.display(), bin.size, bin.sha256);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A destructive command goes on with `--yes`, or when the user types `yes` at `prompt`; without
+/// a terminal to ask on it is refused with `refusal`.
+fn confirmed(yes: bool, refusal: &str, prompt: &str) -> miette::Result<bool> {
+    use std::io::IsTerminal;
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        miette::bail!(help = "add --yes to confirm", "{refusal}");
+    }
+    eprint!("{prompt}");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).ok();
+    if answer.trim() != "yes" {
+        eprintln!("nothing done");
+    }
+    Ok(answer.trim() == "yes")
 }
