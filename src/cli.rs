@@ -569,9 +569,11 @@ fn fetch_artifacts(file: FileArg, arches: Vec<String>) -> miette::Result<ExitCod
             "armhf" | "arm" | "armv7" => Arch::Armv7,
             other => miette::bail!(help = "use amd64, arm64 or armhf", "unknown architecture {other:?}"),
         };
-        let bin = crate::artifacts::binary_for(&cluster, version, &arch, false)
+        let bins = crate::distro::binaries(&cluster, version, &arch, false)
             .map_err(|e| miette::miette!(help = e.hint(), "{e}"))?;
-        println!("{a}: {} ({} bytes, sha256 {}) verified", bin.path.display(), bin.size, bin.sha256);
+        for bin in bins {
+            println!("{a}: {} ({} bytes, sha256 {}) verified", bin.path.display(), bin.size, bin.sha256);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ pub mod artifacts;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod distro;
 pub mod down;
 pub mod facts;
 pub mod fleet;
