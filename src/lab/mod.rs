@@ -6,12 +6,13 @@
 //! whatever talks to nodes runs inside the lab namespace (`pikube lab exec`, `pikube lab ssh`).
 //!
 //! Modules: `commands` (the subcommands), `base` (cached Debian tree), `mirror` (package mirror
-//! for nodes) and `serve` (its HTTP server), `net` (namespaces, SSH probe), `node` (disks,
+//! for nodes) and `serve` (its HTTP server), `kube` (upstream Kubernetes built from source), `net` (namespaces, SSH probe), `node` (disks,
 //! launcher, power), `firmware` (Pi emulation), `state` (lab shape and paths).
 
 mod base;
 mod commands;
 mod firmware;
+mod kube;
 mod mirror;
 mod net;
 mod node;
@@ -48,6 +49,9 @@ pub enum LabCommand {
     Heal(NodeArgs),
     /// Run a command inside the lab network, e.g. `pikube lab exec -- pikube up -f <cluster file>`.
     Exec(ExecArgs),
+    /// Build upstream Kubernetes from source (Go module proxy) into a cached airgap directory:
+    /// kubeadm/kubelet/kubectl, every image kubeadm and flannel use, in one image archive.
+    Kubernetes(kube::KubeArgs),
     /// Node launcher: boots one node until it powers off (started detached by `lab up`/`start`).
     #[command(name = "__boot", hide = true)]
     Boot { lab: String, node: String },
@@ -167,6 +171,7 @@ fn run_blocking(cmd: LabCommand) -> Result<()> {
         LabCommand::Cut(args) => commands::set_link(&args.lab.name, &args.node, false),
         LabCommand::Heal(args) => commands::set_link(&args.lab.name, &args.node, true),
         LabCommand::Exec(args) => commands::exec(&args.lab.name, &args.command),
+        LabCommand::Kubernetes(args) => kube::command(args),
         LabCommand::Boot { lab, node } => node::boot(&lab, &node),
         LabCommand::WaitSsh { timeout, addresses } => net::wait_ssh(Duration::from_secs(timeout), &addresses),
         LabCommand::Serve { .. } => Err(miette!("`lab __serve` runs on the async runtime")),
