@@ -12,9 +12,8 @@ use crate::teardown;
 
 /// Resets the named nodes (all k3s nodes when `limit` is empty).
 pub async fn run(fleet: &Fleet, limit: &[String]) -> Result<(), String> {
-    // k3s's teardown would leave a kubeadm node half reset (static pods, etcd, kubelet state).
     if fleet.cluster.distribution() == crate::config::Distribution::Kubeadm {
-        return Err("`pikube down` does not tear down kubeadm clusters yet\n  hint: on each node run `kubeadm reset -f`, then remove /etc/cni/net.d and the cni0/flannel.1 interfaces".into());
+        return crate::distro::kubeadm::teardown::run(fleet, limit).await;
     }
     // Labels the changes (in the JSON report) and each host's live line.
     for h in fleet.nodes.iter().filter_map(|n| n.host.as_ref()) {

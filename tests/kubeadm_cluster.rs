@@ -90,7 +90,7 @@ spec:
 ";
 
 #[test]
-fn kubeadm_one_server_one_agent_up_noop_and_plan() {
+fn kubeadm_one_server_one_agent_up_noop_plan_down() {
     require_lab!();
     let dir = kubernetes_dir();
     let lab = Lab::up("kadm-single", 58, &["--nodes", "2", "--kubeadm", dir.to_str().unwrap()]);
@@ -187,4 +187,75 @@ fn kubeadm_one_server_one_agent_up_noop_and_plan() {
     assert!(out.status.success(), "{}", text(&out));
     let plan = stdout(&out);
     assert!(!plan.contains("[servers]") && !plan.contains("[agents]") && !plan.contains("[artifacts]"), "{plan}");
+
+    // down: kubeadm reset plus what it leaves by design; checked on the nodes themselves.
+    let out = lab.pikube(&["down", "-f", file_arg, "--yes"]);
+    assert!(out.status.success(), "down failed:\n{}", text(&out));
+    for node in ["node1", "node2"] {
+        let left = lab.sh(
+            node,
+            "ls -d /etc/kubernetes /var/lib/kubelet /var/lib/etcd /etc/cni/net.d/* /var/lib/cni /usr/local/bin/kube* 2>/dev/null; \
+             ip -o link show | grep -oE 'cni0|flannel[^:]*' ; pgrep -lx 'kubelet|etcd|kube-apiserver|kube-proxy|flanneld'; \
+             iptables-save | grep -cE 'KUBE-|CNI-|FLANNEL' | grep -v '^0$'; ctr -n k8s.io tasks ls -q; true",
+        );
+        assert_eq!(left, "", "{node}: left after down");
+    }
+    assert!(!kubeconfig.exists(), "down removes the kubeconfig it wrote");
+
+    // The nodes are reusable: the next up makes the cluster again.
+    let out = lab.pikube(&["up", "-f", file_arg]);
+    assert!(out.status.success(), "up after down failed:\n{}", text(&out));
+    let nodes = kubectl_ok(&lab, &dir, &["get", "nodes", "--no-headers"]);
+    assert_eq!(nodes.lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count(), 2, "{nodes}");
+}
+
+/// `kubectl get pods` in kube-system whose names start with `prefix` and are Running.
+fn running(lab: &Lab, dir: &Path, prefix: &str) -> Vec<String> {
+    let out = stdout(&kubectl(lab, dir, &["-n", "kube-system", "get", "pods", "--no-headers"]));
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[0].starts_with(prefix) && f[2] == "Running").then(|| f[0].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn kubeadm_ha_three_servers_behind_haproxy() {
+    require_lab!();
+    let dir = kubernetes_dir();
+    let lab = Lab::up(
+        "kadm-ha",
+        59,
+        &["--nodes", "5", "--servers", "3", "--loadbalancers", "1", "--kubeadm", dir.to_str().unwrap()],
+    );
+    let file = lab.cluster_file();
+    let started = Instant::now();
+    let out = lab.pikube(&["up", "-f", file.to_str().unwrap(), "--ready-timeout", "600"]);
+    assert!(out.status.success(), "up failed:\n{}", text(&out));
+    eprintln!("HA up: {:.1?}", started.elapsed());
+    let report = stdout(&out);
+    // The servers joined one after the other, each through the load balancer.
+    for node in ["node2", "node3"] {
+        assert!(section(&report, node).contains("[servers] kubeadm join --control-plane"), "{report}");
+    }
+
+    // The real kubectl through HAProxy on node4.
+    let kc = std::fs::read_to_string(lab.dir().join("build/kadm-ha-config.yml")).unwrap();
+    assert!(kc.contains("server: https://10.77.59.14:6443"), "{kc}");
+    let nodes = kubectl_ok(&lab, &dir, &["get", "nodes", "--no-headers"]);
+    eprintln!("{nodes}");
+    for node in ["node1", "node2", "node3", "node5"] {
+        let row: Vec<&str> = nodes.lines().find(|l| l.starts_with(node)).expect("listed").split_whitespace().collect();
+        assert_eq!((row[1], row[4]), ("Ready", VERSION), "{node}:\n{nodes}");
+    }
+    wait_for("3 etcd members and 3 API servers Running", Duration::from_secs(300), || {
+        let (etcd, api) = (running(&lab, &dir, "etcd-"), running(&lab, &dir, "kube-apiserver-"));
+        (etcd.len() == 3 && api.len() == 3).then_some(()).ok_or(format!("{etcd:?} {api:?}"))
+    });
+    let members = lab.sh(
+        "node1",
+        "kubectl --kubeconfig /etc/kubernetes/admin.conf -n kube-system get pods -l component=etcd --no-headers | wc -l",
+    );
+    assert_eq!(members, "3");
 }

@@ -7,6 +7,7 @@ pub mod artifacts;
 mod bringup;
 pub mod render;
 mod runtime;
+pub mod teardown;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -60,30 +61,41 @@ pub fn artifacts<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 }
                 let arch = node.facts().ok_or("no facts gathered")?.arch;
                 let binaries = loaded.get(arch.as_str()).ok_or("no binaries for this architecture")?.clone()?;
-                for (name, bin, bytes) in &binaries {
-                    push(fleet, node, host, name, bin, bytes).await?;
-                }
-                let e = |e: crate::remote::RemoteError| e.to_string();
-                let mut units = host
-                    .ensure_file(KUBELET_UNIT_PATH, render::KUBELET_UNIT.as_bytes(), Some(0o644))
-                    .await
-                    .map_err(e)?;
-                units |= host
-                    .ensure_file(KUBEADM_DROPIN_PATH, render::KUBEADM_DROPIN.as_bytes(), Some(0o644))
-                    .await
-                    .map_err(e)?;
-                if units {
-                    host.apply("systemctl daemon-reload", &Cmd::change("systemctl", &["daemon-reload"]))
-                        .await
-                        .map_err(e)?;
-                }
-                if fleet.mode == Mode::Apply {
-                    check_version(host, version).await?;
-                }
-                Ok(())
+                install(fleet, node, host, version, &binaries).await
             })
             .await;
     })
+}
+
+/// The binaries, kubelet's unit and kubeadm's drop-in on one node; a running kubelet restarts
+/// when its binary or unit changed (it keeps the old ones until then).
+async fn install(
+    fleet: &Fleet,
+    node: &Node,
+    host: &Host,
+    version: &str,
+    binaries: &[(&'static str, K3sBinary, Arc<Vec<u8>>)],
+) -> Result<(), String> {
+    let mut kubelet_changed = false;
+    for (name, bin, bytes) in binaries {
+        kubelet_changed |= push(fleet, node, host, name, bin, bytes).await? && *name == "kubelet";
+    }
+    let e = |e: crate::remote::RemoteError| e.to_string();
+    let mut units =
+        host.ensure_file(KUBELET_UNIT_PATH, render::KUBELET_UNIT.as_bytes(), Some(0o644)).await.map_err(e)?;
+    units |= host.ensure_file(KUBEADM_DROPIN_PATH, render::KUBEADM_DROPIN.as_bytes(), Some(0o644)).await.map_err(e)?;
+    if units {
+        host.apply("systemctl daemon-reload", &Cmd::change("systemctl", &["daemon-reload"])).await.map_err(e)?;
+    }
+    let running = node.facts().and_then(|f| f.services.get("kubelet").cloned()).is_some_and(|s| s.active);
+    if running && (kubelet_changed || units) {
+        let cmd = Cmd::change("systemctl", &["restart", "kubelet"]);
+        host.apply("restart kubelet (binary or unit changed)", &cmd).await.map_err(e)?;
+    }
+    if fleet.mode == Mode::Apply {
+        check_version(host, version).await?;
+    }
+    Ok(())
 }
 
 /// Servers and agents: the nodes that run kubelet.
@@ -91,6 +103,7 @@ fn members(fleet: &Fleet) -> impl Iterator<Item = &Node> {
     fleet.nodes.iter().filter(|n| n.ok() && n.role() != Role::Loadbalancer)
 }
 
+/// Pushes one binary unless the node has it already; returns whether it pushed.
 async fn push(
     fleet: &Fleet,
     node: &Node,
@@ -98,7 +111,7 @@ async fn push(
     name: &str,
     bin: &K3sBinary,
     bytes: &[u8],
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let path = format!("/usr/local/bin/{name}");
     let have = host.file_state(&path).await.map_err(|e| e.to_string())?;
     let (started, mib) = (Instant::now(), bin.size as f64 / 1048576.0);
@@ -111,7 +124,7 @@ async fn push(
         let secs = started.elapsed().as_secs_f64();
         crate::progress::step(node.name(), &format!("pushed in {secs:.1}s ({:.1} MiB/s)", mib / secs.max(0.001)));
     }
-    Ok(())
+    Ok(pushing)
 }
 
 /// The binaries must be the pinned release: files from another one would make a mixed cluster.
