@@ -155,9 +155,10 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
     std::io::Write::write_all(&mut apply.stdin.take().unwrap(), PROBE_POD.as_bytes()).unwrap();
     assert!(apply.wait_with_output().unwrap().status.success(), "kubectl apply of the probe pod");
     wait_for("the probe pod Running", Duration::from_secs(180), || {
-        let out =
-            stdout(&kubectl(&lab, &dir, &["get", "pod", "probe", "-o", "jsonpath={.status.phase} {.spec.nodeName}"]));
-        (out == "Running node2").then_some(()).ok_or(out)
+        // The reason says why not (an eviction under the host's disk pressure, say).
+        let jsonpath = "jsonpath={.status.phase} {.spec.nodeName} {.status.reason} {.status.message}";
+        let out = stdout(&kubectl(&lab, &dir, &["get", "pod", "probe", "-o", jsonpath]));
+        (out.trim() == "Running node2").then_some(()).ok_or(out)
     });
 
     // Converged: a second up changes nothing on any host, restarts no kubelet, and makes no
@@ -181,6 +182,8 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
         assert!(!first.contains(token) && !again.contains(token), "a join token was printed");
     }
     assert_eq!(lab.sh("node2", "ls -A /etc/pikube | grep -c '^.join' || true"), "0", "no join file left");
+    // kubeadm init's own output names a token: its log is for root alone.
+    assert_eq!(lab.sh("node1", "stat -c %a /var/log/pikube-kubeadm-init.log"), "600");
 
     // plan on the converged cluster changes nothing either.
     let out = lab.pikube(&["plan", "-f", file_arg]);

@@ -19,6 +19,7 @@ use crate::remote::{Cmd, Host, Mode, RemoteError};
 const KUBEADM: &str = "/usr/local/bin/kubeadm";
 const INIT_CONFIG: &str = "/etc/pikube/kubeadm.yaml";
 const FLANNEL: &str = "/etc/pikube/cni/kube-flannel.yml";
+const INIT_LOG: &str = "/var/log/pikube-kubeadm-init.log";
 /// kubeadm's own bounds are minutes on a Pi; these are the outer limits.
 const KUBEADM_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -112,9 +113,10 @@ async fn init(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String> {
     if fleet.mode == Mode::Apply {
         crate::progress::step(node.name(), "kubeadm init (a few minutes on a Pi) …");
     }
+    // kubeadm init prints a join command with a token and the certificate key: its log is 0600.
     let script = format!(
-        "set -e; {KUBEADM} config validate --config {INIT_CONFIG} >/dev/null; systemctl enable -q kubelet; \
-         {KUBEADM} init --config {INIT_CONFIG} --upload-certs >/var/log/pikube-kubeadm-init.log"
+        "set -e; umask 077; {KUBEADM} config validate --config {INIT_CONFIG} >/dev/null; systemctl enable -q kubelet; \
+         rm -f {INIT_LOG}; {KUBEADM} init --config {INIT_CONFIG} --upload-certs >{INIT_LOG}"
     );
     let cmd = Cmd::change_script(script).timeout(KUBEADM_TIMEOUT);
     if let Err(e) = host.apply("kubeadm init --upload-certs", &cmd).await {

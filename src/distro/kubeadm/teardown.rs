@@ -4,7 +4,7 @@
 //! `kubeadm reset -f` (which also removes a server's etcd member while the cluster answers)
 //! plus what kubeadm leaves by design: CNI config and interfaces, the KUBE-/CNI-/flannel
 //! iptables rules, kubelet's state, pikube's files and the binaries. containerd, a host
-//! package, stays (as HAProxy does). What is still there afterwards fails the node, named.
+//! package, stays (as HAProxy does) and is restarted to drop the network it had loaded. What is still there afterwards fails the node, named.
 
 use std::time::Duration;
 
@@ -15,9 +15,10 @@ use crate::remote::{quote, Cmd, Host};
 
 const IFACES: &str = "cni0 flannel.1 flannel-v6.1 kube-ipvs0";
 const PROCS: &str = "kubelet kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd flanneld coredns";
-const PATHS: &str = "/etc/kubernetes /var/lib/kubelet /var/lib/etcd /etc/cni/net.d /var/lib/cni /run/flannel \
+const PATHS: &str = "/etc/kubernetes /var/lib/kubelet /var/lib/etcd /var/lib/cni /run/flannel \
 /etc/pikube /var/lib/pikube/hooks /var/lib/pikube/images /etc/systemd/system/kubelet.service \
-/etc/systemd/system/kubelet.service.d /usr/local/bin/kubeadm /usr/local/bin/kubelet /usr/local/bin/kubectl";
+/etc/systemd/system/kubelet.service.d /usr/local/bin/kubeadm /usr/local/bin/kubelet /usr/local/bin/kubectl \
+/var/log/pikube-kubeadm-init.log /var/log/pikube-kubeadm-join.log";
 
 const RESET: &str = r#"[ -x /usr/local/bin/kubeadm ] && /usr/local/bin/kubeadm reset -f --cri-socket unix:///run/containerd/containerd.sock >/dev/null 2>&1
 systemctl stop kubelet 2>/dev/null; systemctl disable -q kubelet 2>/dev/null
@@ -33,7 +34,11 @@ for t in iptables ip6tables; do
   $t-save | grep -v KUBE- | grep -v CNI- | grep -iv flannel | $t-restore
 done
 rm -rf $PATHS
+# The directory stays: containerd watches it, and would not see a new one's network config.
+find /etc/cni/net.d -mindepth 1 -delete 2>/dev/null
 systemctl daemon-reload; systemctl reset-failed kubelet 2>/dev/null
+# containerd forgets the network it had loaded (the next CNI is picked up fresh).
+systemctl restart containerd 2>/dev/null
 exit 0
 "#;
 
@@ -46,7 +51,7 @@ for t in iptables ip6tables; do
   command -v $t-save >/dev/null || continue
   $t-save 2>/dev/null | grep -v '^#' | grep -E 'KUBE-|CNI-|[Ff][Ll][Aa][Nn][Nn][Ee][Ll]' | sed "s/^/$t /"
 done
-for p in $PATHS; do [ -e "$p" ] && echo "path $p"; done
+for p in $PATHS /etc/cni/net.d/*; do [ -e "$p" ] && echo "path $p"; done
 exit 0
 "#;
 
