@@ -410,25 +410,28 @@ async fn kubeconfig(target: Target, merge: bool) -> miette::Result<ExitCode> {
 
 async fn status(target: Target, json: bool) -> miette::Result<ExitCode> {
     let cluster = Cluster::load(&target.cluster.file)?;
+    let d = cluster.distribution();
     let fleet = Fleet::connect(cluster, Mode::DryRun, target.parallel).await?;
-    let api = fleet
-        .healthy(Role::Server)
-        .find(|(n, _)| n.facts().is_some_and(|f| f.services.get("k3s").is_some_and(|s| s.active)))
-        .map(|(_, h)| h);
+    let server_unit = crate::distro::unit_name(d, Role::Server);
+    let active =
+        |n: &crate::fleet::Node| n.facts().is_some_and(|f| f.services.get(server_unit).is_some_and(|s| s.active));
+    let api = fleet.healthy(Role::Server).find(|(n, _)| active(n)).map(|(_, h)| h);
     let nodes = match api {
-        Some(h) => {
-            crate::k3s::nodes(h).await.map_err(|e| eprintln!("warning: {}", clean(&e.to_string()))).unwrap_or_default()
-        }
+        Some(h) => crate::distro::nodes(d, h)
+            .await
+            .map_err(|e| eprintln!("warning: {}", clean(&e.to_string())))
+            .unwrap_or_default(),
         None => Default::default(),
     };
-    let running: Vec<(&str, &crate::remote::Host)> = fleet
-        .healthy(Role::Server)
-        .filter(|(n, _)| n.facts().is_some_and(|f| f.services.get("k3s").is_some_and(|s| s.active)))
-        .map(|(n, h)| (n.name(), h))
-        .collect();
-    let split = crate::k3s::disagreement(&running).await;
+    let running: Vec<(&str, &crate::remote::Host)> =
+        fleet.healthy(Role::Server).filter(|(n, _)| active(n)).map(|(n, h)| (n.name(), h)).collect();
+    // kubeadm servers join through a token that pins the CA: they cannot start a cluster of their own.
+    let split = match d {
+        crate::config::Distribution::K3s => crate::k3s::disagreement(&running).await,
+        crate::config::Distribution::Kubeadm => None,
+    };
     fleet.close().await;
-    let states: Vec<HostState> = fleet.nodes.iter().map(|n| HostState::of(n, nodes.get(n.name()))).collect();
+    let states: Vec<HostState> = fleet.nodes.iter().map(|n| HostState::of(d, n, nodes.get(n.name()))).collect();
     let all_ready =
         split.is_none() && states.iter().all(|s| s.role == Role::Loadbalancer.as_str() || s.node == "Ready");
     if json {
@@ -469,10 +472,10 @@ struct HostState {
 }
 
 impl HostState {
-    fn of(n: &crate::fleet::Node, api: Option<&crate::k3s::NodeStatus>) -> HostState {
+    fn of(d: crate::config::Distribution, n: &crate::fleet::Node, api: Option<&crate::k3s::NodeStatus>) -> HostState {
         let unit = match n.role() {
             Role::Loadbalancer => "haproxy",
-            r => crate::k3s::unit_name(r),
+            r => crate::distro::unit_name(d, r),
         };
         let facts = n.facts();
         let service = match (n.failure(), facts.as_ref().and_then(|f| f.services.get(unit))) {
@@ -494,8 +497,14 @@ impl HostState {
             unit,
             service,
             node: node.to_string(),
-            // `k3s --version` says "k3s version v1.31.4+k3s1 (fa8a1bfd)".
-            version: facts.and_then(|f| f.kubernetes.get("k3s")?.split_whitespace().nth(2).map(str::to_string)),
+            // `k3s --version` says "k3s version v1.31.4+k3s1 (fa8a1bfd)", `kubelet --version`
+            // "Kubernetes v1.34.4".
+            version: facts.and_then(|f| {
+                let line = f.kubernetes.get(if unit == "kubelet" { "kubelet" } else { "k3s" })?;
+                line.split_whitespace()
+                    .find(|w| w.starts_with('v') && w[1..].starts_with(|c: char| c.is_ascii_digit()))
+                    .map(str::to_string)
+            }),
             internal_ip: api.map(|s| s.internal_ip.clone()).filter(|ip| !ip.is_empty()),
         }
     }

@@ -99,6 +99,14 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
     let cluster_file = std::fs::read_to_string(&file).unwrap();
     assert!(cluster_file.contains("  distribution: kubeadm\n") && cluster_file.contains("  version: v1.34.4\n"));
 
+    // Cluster hooks: kubeadm's own file wins over the generic one.
+    let hooks = lab.dir().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let configmap =
+        |name: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default\n");
+    std::fs::write(hooks.join("k8s-post-master-up.yml"), configmap("from-k8s-hook")).unwrap();
+    std::fs::write(hooks.join("post-master-up.yml"), configmap("from-generic-hook")).unwrap();
+
     // plan names the kubeadm phases per host and changes nothing.
     let out = lab.pikube(&["plan", "-f", file_arg]);
     assert!(out.status.success(), "{}", text(&out));
@@ -111,6 +119,7 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
         "[servers] create /etc/pikube/kubeadm.yaml",
         "[servers] kubeadm init --upload-certs",
         "[pod network] apply the flannel pod network",
+        "[post-master-up] apply post-master-up hook k8s-post-master-up.yml",
         "[agents] kubeadm join",
     ] {
         assert!(plan.contains(line), "plan lacks {line:?}:\n{plan}");
@@ -135,6 +144,9 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
         assert_eq!((row[1], row[4]), ("Ready", VERSION), "{node}:\n{wide}");
         assert!(row.last().unwrap().starts_with("containerd://"), "{wide}");
     }
+
+    let hooked = kubectl_ok(&lab, &dir, &["get", "configmaps", "-o", "name"]);
+    assert!(hooked.contains("configmap/from-k8s-hook") && !hooked.contains("from-generic-hook"), "{hooked}");
 
     // The host facts chose containerd's and kube-proxy's settings: lab nodes' root may not
     // lower OOM scores nor set the global conntrack limit.
@@ -184,6 +196,17 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
     assert_eq!(lab.sh("node2", "ls -A /etc/pikube | grep -c '^.join' || true"), "0", "no join file left");
     // kubeadm init's own output names a token: its log is for root alone.
     assert_eq!(lab.sh("node1", "stat -c %a /var/log/pikube-kubeadm-init.log"), "600");
+
+    // status shows kubelet and the nodes as the API sees them.
+    let out = lab.pikube(&["status", "-f", file_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = stdout(&out);
+    let row = |host: &str| {
+        let line = table.lines().find(|l| l.split_whitespace().next() == Some(host)).unwrap_or_default();
+        line.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    assert_eq!(row("node1"), "node1 server 10.77.58.11 kubelet active Ready", "{table}");
+    assert_eq!(row("node2"), "node2 agent 10.77.58.12 kubelet active Ready", "{table}");
 
     // plan on the converged cluster changes nothing either.
     let out = lab.pikube(&["plan", "-f", file_arg]);
