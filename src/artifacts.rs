@@ -71,7 +71,7 @@ pub fn directory(cluster: &Cluster, version: &str) -> (PathBuf, bool) {
     }
 }
 
-fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(x).join("pikube/k3s");
     }
@@ -137,7 +137,7 @@ fn verify(binary_path: &Path, sums_path: &Path, name: &str) -> Result<K3sBinary,
     Ok(K3sBinary { path: binary_path.to_path_buf(), sha256: got, size })
 }
 
-fn sha256_file(path: &Path) -> Result<(String, u64), ArtifactError> {
+pub(crate) fn sha256_file(path: &Path) -> Result<(String, u64), ArtifactError> {
     let mut f = std::fs::File::open(path).map_err(|e| ArtifactError::Io(format!("{}: {e}", path.display())))?;
     let mut h = Sha256::new();
     let size = std::io::copy(&mut f, &mut h).map_err(|e| ArtifactError::Io(format!("{}: {e}", path.display())))?;
@@ -146,7 +146,7 @@ fn sha256_file(path: &Path) -> Result<(String, u64), ArtifactError> {
 
 /// Downloads with curl (present on every machine that runs pikube's installers; keeps an HTTP
 /// client and its TLS stack out of the binary) into a temp file, renamed only when complete.
-fn download(url: &str, to: &Path) -> Result<(), ArtifactError> {
+pub(crate) fn download(url: &str, to: &Path) -> Result<(), ArtifactError> {
     let dir = to.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| ArtifactError::Io(format!("{}: {e}", dir.display())))?;
     let part = to.with_extension("part");

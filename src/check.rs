@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::artifacts::{self, ArtifactError};
+use crate::artifacts::ArtifactError;
 use crate::config::{Cluster, Role};
 use crate::facts::{Arch, HostFacts};
 use crate::fleet::{Fleet, Node};
@@ -221,13 +221,17 @@ fn assess(cluster: &Cluster, hosts: &[Probe]) -> Vec<Finding> {
         // Airgap files are checked before anything changes, so a bad file stops `up` early.
         if let (Some(want), true, true) = (version, airgap, node.role() != Role::Loadbalancer) {
             let verdict = artifacts_checked.entry(f.arch.as_str().to_string()).or_insert_with(|| {
-                match artifacts::binary_for(cluster, want, &f.arch, true) {
+                match crate::distro::binaries(cluster, want, &f.arch, true) {
                     Ok(_) | Err(ArtifactError::Unsupported(_)) => None,
                     Err(e) => Some((e.to_string(), e.hint())),
                 }
             });
             if let Some((message, fix)) = verdict.clone() {
-                add(name, Severity::Error, "k3s-artifact", message, &fix);
+                let code = match cluster.distribution() {
+                    crate::config::Distribution::K3s => "k3s-artifact",
+                    crate::config::Distribution::Kubeadm => "kubernetes-artifact",
+                };
+                add(name, Severity::Error, code, message, &fix);
             }
         }
     }
@@ -390,6 +394,8 @@ mod tests {
             apt_sources: BTreeMap::new(),
             ipv4: vec![],
             packages: vec![],
+            can_lower_oom_score: true,
+            can_set_conntrack_max: true,
             services: BTreeMap::from([("k3s".to_string(), ServiceState { enabled: true, active: true })]),
             files: BTreeMap::new(),
         }

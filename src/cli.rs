@@ -477,33 +477,38 @@ async fn kubeconfig(target: Target, merge: bool) -> miette::Result<ExitCode> {
 
 async fn status(target: Target, json: bool) -> miette::Result<ExitCode> {
     let cluster = Cluster::load(&target.cluster.file)?;
+    let d = cluster.distribution();
     let fleet = Fleet::connect(cluster, Mode::DryRun, target.parallel).await?;
-    let api = fleet
-        .healthy(Role::Server)
-        .find(|(n, _)| n.facts().is_some_and(|f| f.services.get("k3s").is_some_and(|s| s.active)))
-        .map(|(_, h)| h);
+    let server_unit = crate::distro::unit_name(d, Role::Server);
+    let active =
+        |n: &crate::fleet::Node| n.facts().is_some_and(|f| f.services.get(server_unit).is_some_and(|s| s.active));
+    let api = fleet.healthy(Role::Server).find(|(n, _)| active(n)).map(|(_, h)| h);
     let nodes = match api {
-        Some(h) => {
-            crate::k3s::nodes(h).await.map_err(|e| eprintln!("warning: {}", clean(&e.to_string()))).unwrap_or_default()
-        }
+        Some(h) => crate::distro::nodes(d, h)
+            .await
+            .map_err(|e| eprintln!("warning: {}", clean(&e.to_string())))
+            .unwrap_or_default(),
         None => Default::default(),
     };
-    let running: Vec<(&str, &crate::remote::Host)> = fleet
-        .healthy(Role::Server)
-        .filter(|(n, _)| n.facts().is_some_and(|f| f.services.get("k3s").is_some_and(|s| s.active)))
-        .map(|(n, h)| (n.name(), h))
-        .collect();
-    let split = crate::k3s::disagreement(&running).await;
+    let running: Vec<(&str, &crate::remote::Host)> =
+        fleet.healthy(Role::Server).filter(|(n, _)| active(n)).map(|(n, h)| (n.name(), h)).collect();
+    // kubeadm servers join through a token that pins the CA: they cannot start a cluster of their own.
+    let split = match d {
+        crate::config::Distribution::K3s => crate::k3s::disagreement(&running).await,
+        crate::config::Distribution::Kubeadm => None,
+    };
+    // The etcd member check reads k3s's member list; kubeadm's etcd is not read yet.
+    let etcd_check = |n: &crate::fleet::Node| n.role() == Role::Server && d == crate::config::Distribution::K3s;
     let health = futures::future::join_all(fleet.nodes.iter().map(|n| async move {
         match n.host.as_ref().filter(|_| n.ok()) {
-            Some(h) => Some(crate::health::gather(h, n.role() == Role::Server).await),
+            Some(h) => Some(crate::health::gather(h, etcd_check(n)).await),
             None => None,
         }
     }))
     .await;
     fleet.close().await;
     let states: Vec<HostState> =
-        fleet.nodes.iter().zip(health).map(|(n, h)| HostState::of(n, nodes.get(n.name()), h)).collect();
+        fleet.nodes.iter().zip(health).map(|(n, h)| HostState::of(d, n, nodes.get(n.name()), h)).collect();
     let all_ready =
         split.is_none() && states.iter().all(|s| s.role == Role::Loadbalancer.as_str() || s.node == "Ready");
     let healthy = all_ready && states.iter().all(|s| s.verdict == "healthy");
@@ -555,13 +560,14 @@ struct HostState {
 
 impl HostState {
     fn of(
+        d: crate::config::Distribution,
         n: &crate::fleet::Node,
         api: Option<&crate::k3s::NodeStatus>,
         health: Option<Result<crate::health::Health, String>>,
     ) -> HostState {
         let unit = match n.role() {
             Role::Loadbalancer => "haproxy",
-            r => crate::k3s::unit_name(r),
+            r => crate::distro::unit_name(d, r),
         };
         let facts = n.facts();
         let service = match (n.failure(), facts.as_ref().and_then(|f| f.services.get(unit))) {
@@ -583,8 +589,14 @@ impl HostState {
             unit,
             service,
             node: node.to_string(),
-            // `k3s --version` says "k3s version v1.31.4+k3s1 (fa8a1bfd)".
-            version: facts.and_then(|f| f.kubernetes.get("k3s")?.split_whitespace().nth(2).map(str::to_string)),
+            // `k3s --version` says "k3s version v1.31.4+k3s1 (fa8a1bfd)", `kubelet --version`
+            // "Kubernetes v1.34.4".
+            version: facts.and_then(|f| {
+                let line = f.kubernetes.get(if unit == "kubelet" { "kubelet" } else { "k3s" })?;
+                line.split_whitespace()
+                    .find(|w| w.starts_with('v') && w[1..].starts_with(|c: char| c.is_ascii_digit()))
+                    .map(str::to_string)
+            }),
             internal_ip: api.map(|s| s.internal_ip.clone()).filter(|ip| !ip.is_empty()),
             verdict: "healthy",
             reasons: Vec::new(),
@@ -766,9 +778,11 @@ fn fetch_artifacts(file: FileArg, arches: Vec<String>) -> miette::Result<ExitCod
             "armhf" | "arm" | "armv7" => Arch::Armv7,
             other => miette::bail!(help = "use amd64, arm64 or armhf", "unknown architecture {other:?}"),
         };
-        let bin = crate::artifacts::binary_for(&cluster, version, &arch, false)
+        let bins = crate::distro::binaries(&cluster, version, &arch, false)
             .map_err(|e| miette::miette!(help = e.hint(), "{e}"))?;
-        println!("{a}: {} ({} bytes, sha256 {}) verified", bin.path.display(), bin.size, bin.sha256);
+        for bin in bins {
+            println!("{a}: {} ({} bytes, sha256 {}) verified", bin.path.display(), bin.size, bin.sha256);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

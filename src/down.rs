@@ -14,9 +14,12 @@ use crate::phases;
 use crate::remote::{Cmd, Host};
 use crate::teardown;
 
-/// Resets the named nodes (all k3s nodes when `limit` is empty). Returns notes for the user
-/// (what was removed without being reset, and what to do about it).
+/// Resets the named nodes (all Kubernetes nodes when `limit` is empty). Returns notes for the
+/// user (what was removed without being reset, and what to do about it).
 pub async fn run(fleet: &mut Fleet, limit: &[String]) -> Result<Vec<String>, String> {
+    if fleet.cluster.distribution() == crate::config::Distribution::Kubeadm {
+        return crate::distro::kubeadm::teardown::run(fleet, limit).await.map(|()| Vec::new());
+    }
     // Labels the changes (in the JSON report) and each host's live line.
     for h in fleet.nodes.iter().filter_map(|n| n.host.as_ref()) {
         h.set_phase("down");

@@ -101,8 +101,13 @@ pub struct HostFacts {
     pub apt_sources: BTreeMap<String, String>,
     /// IPv4 addresses with their interface and prefix length.
     pub ipv4: Vec<Ipv4Addr>,
-    /// Which of the packages pikube installs (haproxy, keepalived) are installed.
+    /// Which of the packages pikube installs ([`PACKAGES`]) are installed.
     pub packages: Vec<String>,
+    /// Root may lower OOM scores (CAP_SYS_RESOURCE). Some containers (a nested or restricted
+    /// host) cannot, and runc then fails every pod whose oom_score_adj is negative.
+    pub can_lower_oom_score: bool,
+    /// Root may set the global `nf_conntrack_max` (kube-proxy does, unless told not to).
+    pub can_set_conntrack_max: bool,
     /// State of the services pikube manages, by unit name.
     pub services: BTreeMap<String, ServiceState>,
     /// Checksum and mode of each of [`PREPARED_FILES`] (empty state: no such file).
@@ -124,20 +129,33 @@ pub struct ServiceState {
 }
 
 /// Units whose state the facts report.
-pub const SERVICES: [&str; 4] = ["k3s", "k3s-agent", "haproxy", "keepalived"];
+pub const SERVICES: [&str; 6] = ["k3s", "k3s-agent", "haproxy", "keepalived", "kubelet", "containerd"];
 /// Swap units that keep swap coming back (zram on Ubuntu, Jetson and Pi images; dphys on Raspberry Pi OS).
 const ZRAM_UNITS: [&str; 3] = ["zramswap", "zram-config", "nvzramconfig"];
 const DPHYS_UNIT: &str = "dphys-swapfile";
 /// Every unit asked about, in the order of `systemctl show`'s blocks: one call for all of them,
 /// as a call per unit costs a systemctl start each (most of the facts script's time).
-const UNITS: [&str; 8] =
-    ["k3s", "k3s-agent", "haproxy", "keepalived", "zramswap", "zram-config", "nvzramconfig", DPHYS_UNIT];
+const UNITS: [&str; 10] = [
+    "k3s",
+    "k3s-agent",
+    "haproxy",
+    "keepalived",
+    "kubelet",
+    "containerd",
+    "zramswap",
+    "zram-config",
+    "nvzramconfig",
+    DPHYS_UNIT,
+];
 
 impl HostFacts {
     pub fn is_pi(&self) -> bool {
         self.pi_model.as_deref().is_some_and(|m| m.starts_with("Raspberry Pi"))
     }
 }
+
+/// Packages pikube installs from the hosts' own repositories.
+pub const PACKAGES: [&str; 5] = ["haproxy", "keepalived", "containerd", "containernetworking-plugins", "iptables"];
 
 /// Modules Kubernetes networking needs.
 pub const MODULES: [&str; 2] = ["overlay", "br_netfilter"];
@@ -226,13 +244,18 @@ sec etc_hosts; cat /etc/hosts 2>/dev/null
 sec apt_sources; for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
   [ -f "$f" ] && { echo "@@@file $f"; cat "$f"; }; done
 sec ipv4; ip -o -4 addr show 2>/dev/null | awk '{print $2, $4}'
-sec packages; dpkg-query -W -f='${Package} ${db:Status-Status}\n' haproxy keepalived 2>/dev/null | awk '$2 == "installed" {print $1}'
+sec packages; dpkg-query -W -f='${Package} ${db:Status-Status}\n' @PACKAGES@ 2>/dev/null | awk '$2 == "installed" {print $1}'
 sec files; set --; for f in @FILES@; do [ -f "$f" ] && set -- "$@" "$f"; done
   if [ $# -gt 0 ]; then sha256sum "$@"; echo "@@file_modes"; stat -c '%a %n' "$@"; fi
+sec limits; (echo -1 > /proc/self/oom_score_adj) 2>/dev/null && echo lower_oom
+  f=/proc/sys/net/netfilter/nf_conntrack_max; { [ ! -e $f ] || [ -w $f ]; } && echo conntrack_max
 sec default_password
 "#,
     );
-    let mut s = s.replace("@UNITS@", &UNITS.join(" ")).replace("@FILES@", &PREPARED_FILES.join(" "));
+    let mut s = s
+        .replace("@UNITS@", &UNITS.join(" "))
+        .replace("@FILES@", &PREPARED_FILES.join(" "))
+        .replace("@PACKAGES@", &PACKAGES.join(" "));
     // The shadow hash is compared on the host (perl's crypt() uses libc, which knows yescrypt
     // and sha512-crypt) and passed through the environment, so it never leaves the host.
     for (user, pw) in DEFAULT_PASSWORDS {
@@ -394,6 +417,8 @@ fn parse(out: &str, local_mid: f64) -> Result<HostFacts, String> {
             .map(|l| l.trim().to_string())
             .filter(|l| !l.is_empty())
             .collect(),
+        can_lower_oom_score: sections.get("limits").is_some_and(|v| v.iter().any(|l| l.trim() == "lower_oom")),
+        can_set_conntrack_max: sections.get("limits").is_some_and(|v| v.iter().any(|l| l.trim() == "conntrack_max")),
         services: SERVICES
             .iter()
             .map(|u| {
@@ -481,13 +506,16 @@ mod tests {
         let mut units =
             [unit("enabled", "active"), unit("", "inactive"), unit("disabled", "inactive"), unit("", "inactive")]
                 .join("\n");
+        for _ in ["kubelet", "containerd"] {
+            units.push_str(&format!("\n{}", unit("", "inactive")));
+        }
         for _ in ZRAM_UNITS {
             units.push_str(&format!("\n{}", unit("", "inactive")));
         }
         units.push_str(&format!("\n{}", unit("enabled", "active")));
         let out = format!(
             "@@now\n100.5\n@@hostname\nrasp01\n@@arch\narmv6l\n@@swaps\n/var/swap file 102396 0 -2\n@@dphys\ninstalled\n\
-             @@units\n{units}@@files\n{sum}  /etc/hosts\n@@file_modes\n644 /etc/hosts\n@@default_password\npi\n@@end\n",
+             @@units\n{units}@@files\n{sum}  /etc/hosts\n@@file_modes\n644 /etc/hosts\n@@limits\nconntrack_max\n@@default_password\npi\n@@end\n",
             sum = "a".repeat(64)
         );
         let f = parse(&out, 100.0).expect("parses");
@@ -501,6 +529,7 @@ mod tests {
         assert_eq!(f.swap.active, vec!["/var/swap"]);
         assert!(f.swap.dphys_swapfile && f.swap.any());
         assert_eq!(f.default_password_users, vec!["pi"]);
+        assert!(!f.can_lower_oom_score && f.can_set_conntrack_max);
         assert!((f.clock_offset_secs - 0.5).abs() < 1e-9);
         assert!(parse("@@now\n1\n", 0.0).is_err(), "a cut-off output is an error");
     }

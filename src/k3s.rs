@@ -329,7 +329,7 @@ pub async fn nodes(server: &Host) -> Result<BTreeMap<String, NodeStatus>, String
     parse_nodes(&out.stdout_str())
 }
 
-fn parse_nodes(json: &str) -> Result<BTreeMap<String, NodeStatus>, String> {
+pub(crate) fn parse_nodes(json: &str) -> Result<BTreeMap<String, NodeStatus>, String> {
     let v: Value = serde_json::from_str(json).map_err(|e| format!("unexpected node list: {e}"))?;
     let mut out = BTreeMap::new();
     for item in v.get("items").and_then(Value::as_array).into_iter().flatten() {

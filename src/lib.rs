@@ -10,6 +10,7 @@ pub mod backup;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod distro;
 pub mod down;
 pub mod facts;
 pub mod fleet;

@@ -175,12 +175,12 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     assert!(out.status.success(), "{}", text(&out));
     let plan = stdout(&out);
     for line in [
-        "[k3s artifacts] create /usr/local/bin/k3s",
-        "[k3s servers] create /etc/rancher/k3s/config.yaml",
-        "[k3s servers] start k3s (not running)",
+        "[artifacts] create /usr/local/bin/k3s",
+        "[servers] create /etc/rancher/k3s/config.yaml",
+        "[servers] start k3s (not running)",
         "[post-master-up] apply post-master-up hook k3s-post-master-up.yml",
-        "[k3s agents] hook before k3s agents: date +%s.%N > /root/before-agents",
-        "[k3s agents] start k3s-agent (not running)",
+        "[agents] hook before agents: date +%s.%N > /root/before-agents",
+        "[agents] start k3s-agent (not running)",
     ] {
         assert!(plan.contains(line), "plan lacks {line:?}:\n{plan}");
     }
@@ -282,7 +282,7 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     assert_eq!(section(&again, "node1"), "node1 (10.77.41.11): no changes", "{again}");
     assert_eq!(
         section(&again, "node2"),
-        "node2 (10.77.41.12): changed\n  [k3s agents] hook before k3s agents: date +%s.%N > /root/before-agents",
+        "node2 (10.77.41.12): changed\n  [agents] hook before agents: date +%s.%N > /root/before-agents",
         "{again}"
     );
     assert_eq!(runs(), before, "a no-op up restarted k3s");
@@ -327,7 +327,7 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     assert_eq!(after.0, before.0, "node1's config did not change, yet k3s restarted:\n{report}");
     assert_ne!(after.1, before.1, "node2's config changed, yet k3s-agent did not restart:\n{report}");
     let node2_report = section(&report, "node2");
-    assert!(node2_report.contains("\n  [k3s agents] restart k3s-agent (configuration or binary changed)"), "{report}");
+    assert!(node2_report.contains("\n  [agents] restart k3s-agent (configuration or binary changed)"), "{report}");
     // Unchanged: no hook applied again, no label set, nothing restarted.
     let out = up(&lab);
     assert_eq!(section(&stdout(&out), "node1"), "node1 (10.77.41.11): no changes", "{}", text(&out));
@@ -347,8 +347,8 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     assert!(out.status.success(), "{}", text(&out));
     let report = stdout(&out);
     let node2_report = section(&report, "node2");
-    assert!(node2_report.contains("\n  [k3s artifacts] update /usr/local/bin/k3s"), "{report}");
-    assert!(node2_report.contains("\n  [k3s agents] restart k3s-agent (configuration or binary changed)"), "{report}");
+    assert!(node2_report.contains("\n  [artifacts] update /usr/local/bin/k3s"), "{report}");
+    assert!(node2_report.contains("\n  [agents] restart k3s-agent (configuration or binary changed)"), "{report}");
     assert!(lab.sh("node2", "k3s --version").starts_with("k3s version v1.31.4+k3s1"));
     assert_eq!(versions_on(&lab, "node1").get("node2").map(String::as_str), Some("v1.31.4+k3s1"), "{report}");
     let after = runs();
@@ -536,7 +536,7 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
     let report = stdout(&out);
     assert_first_server_failed_alone(&report, "held back by the test", &others);
     for (n, _) in others {
-        assert!(section(&report, n).contains("\n  [k3s artifacts] update /usr/local/bin/k3s"), "{report}");
+        assert!(section(&report, n).contains("\n  [artifacts] update /usr/local/bin/k3s"), "{report}");
     }
     assert_eq!(runs(), before, "a node was restarted after the first server failed:\n{report}");
     let versions = versions_on(&lab, "node2");
@@ -610,7 +610,7 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
 fn assert_first_server_failed_alone(report: &str, own_log: &str, others: &[(&str, &str)]) {
     let node1 = section(report, "node1");
     assert!(node1.starts_with("node1 (10.77.42.11): FAILED\n"), "{report}");
-    assert!(node1.contains("\n  [k3s servers] restart k3s (configuration or binary changed)\n"), "{report}");
+    assert!(node1.contains("\n  [servers] restart k3s (configuration or binary changed)\n"), "{report}");
     assert!(node1.contains("  error: node1 not Ready after 8s"), "{report}");
     assert!(node1.contains(own_log), "node1's own log:\n{report}");
     for (n, _) in others {

@@ -212,7 +212,7 @@ fn kubernetes_phases_live_and_status_json() {
     let (tty, code) = under_pty(&lab, &format!("{BIN} up -f {f}"));
     let seen = visible(&tty);
     assert_eq!(code, Some(0), "{seen}");
-    for phase in ["prepare hosts", "k3s artifacts · pushing k3s v1.31.4+k3s1", "k3s servers"] {
+    for phase in ["prepare hosts", "artifacts · pushing k3s v1.31.4+k3s1", "servers"] {
         assert!(seen.lines().any(|l| l.contains("node1") && l.contains(phase)), "{phase:?} not shown:\n{seen}");
     }
     assert!(seen.lines().any(|l| l.contains("✔ node1 ") && l.contains("change(s)")), "{seen}");

@@ -69,7 +69,8 @@ pub struct Hooks {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostHook {
-    /// Phase name as `pikube up` prints it after `==>`, e.g. `k3s agents`.
+    /// Phase name as `pikube up` prints it after `==>`, e.g. `agents` (the older `k3s artifacts`,
+    /// `k3s servers` and `k3s agents` still work).
     #[schemars(with = "String")]
     pub phase: Spanned<String>,
     /// `before` or `after` the phase.
@@ -233,25 +234,43 @@ impl Role {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Kubernetes {
-    /// `k3s` (default) or `kubeadm`.
+    /// `k3s` (default) or `kubeadm` (upstream Kubernetes: containerd from the hosts' packages,
+    /// kubeadm, kubelet and kubectl from the release).
     #[serde(default)]
     pub distribution: Distribution,
-    /// Pinned version, e.g. `v1.31.4+k3s1`. Without it `up` prepares the hosts only.
+    /// Pinned version: a k3s release tag like `v1.31.4+k3s1`, or for kubeadm a Kubernetes
+    /// release like `v1.34.4`. Without it `up` prepares the hosts only.
     #[schemars(with = "Option<String>")]
     pub version: Option<Spanned<String>>,
     /// Stable API endpoint; required for HA (more than one server) and for `loadbalancer` hosts.
     pub endpoint: Option<Endpoint>,
-    /// Airgap: a directory holding the k3s release files for the pinned version (`k3s`,
-    /// `k3s-arm64`, `k3s-armhf` and their `sha256sum-<arch>.txt`). Without it pikube downloads
-    /// them once into `~/.cache/pikube/k3s/<version>/` on this machine.
+    /// Airgap: a directory holding the release files for the pinned version. k3s: `k3s`,
+    /// `k3s-arm64`, `k3s-armhf` and their `sha256sum-<arch>.txt`. kubeadm: upstream's layout,
+    /// `<version>/bin/linux/<arch>/{kubeadm,kubelet,kubectl}` each with its `.sha256`, and
+    /// optionally `<version>/images/<arch>.tar` (imported into containerd on each node) and
+    /// `<version>/cni/kube-flannel.yml`. Without it pikube downloads the files once into
+    /// `~/.cache/pikube/<distribution>/` on this machine.
     #[schemars(with = "Option<String>")]
     pub artifacts: Option<Spanned<String>>,
-    /// Where releases are downloaded from when `artifacts` is not set
-    /// (default `https://github.com/k3s-io/k3s/releases/download`). Must be `https://`
+    /// Where releases are downloaded from when `artifacts` is not set (default
+    /// `https://github.com/k3s-io/k3s/releases/download` for k3s, `https://dl.k8s.io/release`
+    /// for kubeadm). Must be `https://`
     /// (the checksum file comes from the same place, so plain HTTP would let anyone on the
     /// way swap both); `http://` is accepted only for this machine (127.0.0.1, ::1, localhost).
     #[schemars(with = "Option<String>")]
     pub download_url: Option<Spanned<String>>,
+    /// kubeadm only: the pod network. `flannel` (default; pod subnet 10.244.0.0/16) or `none`
+    /// (bring your own, e.g. through the `post-master-up` hook). k3s ships flannel built in.
+    #[serde(default)]
+    pub cni: Cni,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Cni {
+    #[default]
+    Flannel,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -462,6 +481,10 @@ impl Cluster {
 
     pub fn with_role(&self, role: Role) -> impl Iterator<Item = &HostSpec> {
         self.hosts().filter(move |h| h.role.value == role)
+    }
+
+    pub fn distribution(&self) -> Distribution {
+        self.spec.kubernetes.distribution
     }
 
     /// The pinned Kubernetes version; None means "prepare the hosts only".

@@ -164,11 +164,12 @@ pub(crate) fn check(spec: &ClusterFile, addresses_required: bool) -> Vec<Problem
     let k8s = &spec.kubernetes;
     if let Some(v) = &k8s.version {
         match k8s.distribution {
-            Distribution::Kubeadm => problem(
+            Distribution::Kubeadm if !is_kubernetes_version(&v.value) => problem(
                 v.referenced,
-                "distribution `kubeadm` is not implemented yet".into(),
-                "use `distribution: k3s`, or remove `version:` to only prepare the hosts",
+                format!("{:?} is not a Kubernetes release version", v.value),
+                "write the release tag kubeadm uses, e.g. v1.34.4 (see kubernetes.io/releases); k3s tags like v1.31.4+k3s1 need `distribution: k3s`",
             ),
+            Distribution::Kubeadm => {}
             Distribution::K3s if !is_k3s_version(&v.value) => problem(
                 v.referenced,
                 format!("{:?} is not a k3s release version", v.value),
@@ -184,7 +185,7 @@ pub(crate) fn check(spec: &ClusterFile, addresses_required: bool) -> Vec<Problem
             problem(
                 hook.phase.referenced,
                 format!("unknown phase {:?}", hook.phase.value),
-                &format!("use one of: {}", known_phases.join(", ")),
+                &format!("use one of: {}", crate::phases::PHASES.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")),
             );
         }
         for on in &hook.on {
@@ -332,6 +333,12 @@ fn is_loopback_host(authority_and_path: &str) -> bool {
         None => host_port.split(':').next().unwrap_or(""),
     };
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `v1.34.4`: an upstream Kubernetes release (no pre-release or build suffix).
+pub(crate) fn is_kubernetes_version(v: &str) -> bool {
+    let parts: Vec<&str> = v.strip_prefix('v').map(|r| r.split('.').collect()).unwrap_or_default();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `v1.31.4+k3s1`

@@ -104,6 +104,11 @@ pub(super) fn up(args: UpArgs) -> Result<()> {
             fs::canonicalize(dir).into_diagnostic().wrap_err_with(|| format!("--k3s-artifacts {}", dir.display()))?;
         lab.kubernetes.artifacts = Some(dir.display().to_string());
         lab.kubernetes.version = Some(args.k3s_version.clone().unwrap_or_else(|| "v1.31.4+k3s1".into()));
+    } else if let Some(dir) = &args.kubeadm {
+        let dir = fs::canonicalize(dir).into_diagnostic().wrap_err_with(|| format!("--kubeadm {}", dir.display()))?;
+        lab.kubernetes.artifacts = Some(dir.display().to_string());
+        lab.kubernetes.version = Some(args.kubeadm_version.clone().unwrap_or_else(|| "v1.34.4".into()));
+        lab.kubernetes.kubeadm = true;
     } else if let Some(v) = &args.k3s_version {
         lab.kubernetes.version = Some(v.clone());
     }
@@ -310,6 +315,9 @@ fn kubernetes_section(lab: &LabState) -> String {
     let k = &lab.kubernetes;
     let Some(version) = &k.version else { return String::new() };
     let mut out = format!("kubernetes:\n  version: {version}\n");
+    if k.kubeadm {
+        out.push_str("  distribution: kubeadm\n");
+    }
     if let Some(dir) = &k.artifacts {
         let _ = writeln!(out, "  artifacts: {dir}");
     }

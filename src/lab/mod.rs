@@ -98,6 +98,13 @@ pub struct UpArgs {
     /// k3s version the lab's cluster file pins [default: v1.31.4+k3s1 when --k3s-artifacts is given].
     #[arg(long)]
     pub k3s_version: Option<String>,
+    /// Install upstream Kubernetes with kubeadm from this airgap directory (the layout
+    /// `pikube lab kubernetes` builds: `<version>/bin/linux/<arch>/…`, `<version>/images/…`).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["k3s_artifacts", "k3s_version"])]
+    pub kubeadm: Option<PathBuf>,
+    /// Kubernetes version the kubeadm lab pins [default: v1.34.4].
+    #[arg(long, requires = "kubeadm")]
+    pub kubeadm_version: Option<String>,
     /// Make nodes look like Raspberry Pis: boot files, model, firmware command line [default: none].
     #[arg(long, value_enum)]
     pub pi: Option<PiMode>,

@@ -119,6 +119,9 @@ pub struct LabKubernetes {
     /// Keepalived VIP on the servers (`<prefix>.10`) instead of a load balancer node.
     #[serde(default)]
     pub vip: bool,
+    /// `distribution: kubeadm` (the artifacts are the upstream airgap layout).
+    #[serde(default)]
+    pub kubeadm: bool,
 }
 
 /// What `lab up` was asked to build.

@@ -1,7 +1,8 @@
 //! Cluster hooks: manifests from the hooks directory applied on a server at cluster
 //! milestones. `post-master-up` runs once the servers are up and before agents join;
-//! `pre-master-down` before `pikube down` tears the cluster down. A k3s-specific file
-//! (`k3s-post-master-up.yml`) wins over the generic one (`post-master-up.yml`).
+//! `pre-master-down` before `pikube down` tears the cluster down. A distribution's own file
+//! (`k3s-post-master-up.yml`, `k8s-post-master-up.yml` for kubeadm) wins over the generic
+//! one (`post-master-up.yml`).
 //! A manifest is applied again only when its content changed since the last apply.
 
 use std::path::{Path, PathBuf};
@@ -10,8 +11,8 @@ use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Cluster, Role};
+use crate::distro;
 use crate::fleet::Fleet;
-use crate::k3s::BIN;
 use crate::remote::{Cmd, Host};
 
 /// Where each hook's last applied checksum is kept on the server (`down` removes it).
@@ -21,7 +22,7 @@ pub fn post_master_up<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     Box::pin(async move {
         let Some(file) = hook_file(&fleet.cluster, "post-master-up") else { return };
         let Some((node, api)) = fleet.healthy(Role::Server).next() else { return };
-        if let Err(e) = apply_hook(api, "post-master-up", &file, true).await {
+        if let Err(e) = apply_hook(&fleet.cluster, api, "post-master-up", &file, true).await {
             node.fail(e);
         }
     })
@@ -30,19 +31,26 @@ pub fn post_master_up<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
 /// Applies the pre-master-down manifests (always: teardown is not idempotent).
 pub async fn pre_master_down(cluster: &Cluster, api: &Host) -> Result<(), String> {
     let Some(file) = hook_file(cluster, "pre-master-down") else { return Ok(()) };
-    apply_hook(api, "pre-master-down", &file, false).await
+    apply_hook(cluster, api, "pre-master-down", &file, false).await
 }
 
 fn hook_file(cluster: &Cluster, hook: &str) -> Option<PathBuf> {
     let dir = cluster.spec.hooks.dir.as_ref().map_or("hooks", |d| d.value.as_str());
     let dir = cluster.resolve_path(Path::new(dir));
-    [format!("k3s-{hook}.yml"), format!("{hook}.yml"), format!("k3s-{hook}.yaml"), format!("{hook}.yaml")]
+    let own = distro::hook_prefix(cluster.distribution());
+    [format!("{own}-{hook}.yml"), format!("{hook}.yml"), format!("{own}-{hook}.yaml"), format!("{hook}.yaml")]
         .into_iter()
         .map(|n| dir.join(n))
         .find(|p| p.is_file())
 }
 
-async fn apply_hook(api: &Host, hook: &str, file: &Path, only_when_changed: bool) -> Result<(), String> {
+async fn apply_hook(
+    cluster: &Cluster,
+    api: &Host,
+    hook: &str,
+    file: &Path,
+    only_when_changed: bool,
+) -> Result<(), String> {
     let manifest = std::fs::read(file).map_err(|e| format!("cannot read hook {}: {e}", file.display()))?;
     let sum = hex::encode(Sha256::digest(&manifest));
     let marker = format!("{APPLIED_DIR}/{hook}.sha256");
@@ -56,7 +64,8 @@ async fn apply_hook(api: &Host, hook: &str, file: &Path, only_when_changed: bool
         }
     }
     let name = file.file_name().and_then(|n| n.to_str()).unwrap_or(hook);
-    let cmd = Cmd::change_script(format!("{BIN} kubectl apply -f -")).stdin(manifest);
+    let kubectl = distro::kubectl(cluster.distribution());
+    let cmd = Cmd::change_script(format!("{kubectl} apply -f -")).stdin(manifest);
     api.apply(format!("apply {hook} hook {name}"), &cmd)
         .await
         .map_err(|e| format!("hook {} failed: {e}", file.display()))?;

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use futures::future::BoxFuture;
 
 use crate::config::{Cluster, Role};
+use crate::distro;
 use crate::fleet::Fleet;
-use crate::k3s;
 use crate::kubeconfig;
 use crate::remote::{Cmd, Host};
 
@@ -30,7 +30,7 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
 /// and whether the file changed.
 pub async fn write_local(cluster: &Cluster, api: &Host, to: Option<&Path>) -> Result<(PathBuf, bool), String> {
     let remote = api
-        .run_ok(&Cmd::read_script(format!("cat {}", k3s::REMOTE_KUBECONFIG)))
+        .run_ok(&Cmd::read_script(format!("cat {}", distro::admin_kubeconfig(cluster.distribution()))))
         .await
         .map_err(|e| format!("cannot read the server's kubeconfig: {e}"))?;
     let doc = kubeconfig::from_k3s(&remote, &api.name, cluster.name(), &cluster.endpoint().url())

@@ -3,9 +3,11 @@
 //! (or `ensure_file`), which only records it when planning.
 
 mod cluster_hooks;
-mod k3s_agents;
-mod k3s_artifacts;
-mod k3s_servers;
+#[cfg(test)]
+mod golden;
+pub(crate) mod k3s_agents;
+pub(crate) mod k3s_artifacts;
+pub(crate) mod k3s_servers;
 mod kubeconfig;
 mod load_balancer;
 mod preflight;
@@ -19,6 +21,7 @@ mod virtual_ip;
 use futures::future::BoxFuture;
 
 use crate::config::HookWhen;
+use crate::distro;
 use crate::fleet::{Fleet, Node};
 use crate::remote::{Cmd, Host, Mode};
 
@@ -46,19 +49,31 @@ pub const PHASES: &[Phase] = &[
     phase("prepare hosts", true, false, prepare_host::run),
     phase("reboot", true, false, reboot::run),
     phase("verify", false, false, verify::run),
-    phase("k3s artifacts", true, true, k3s_artifacts::run),
+    phase("artifacts", true, true, distro::artifacts),
+    phase("container runtime", true, true, distro::container_runtime),
     phase("load balancer", true, true, load_balancer::run),
     phase("virtual ip", true, true, virtual_ip::run),
-    phase("k3s servers", true, true, k3s_servers::run),
+    phase("servers", true, true, distro::servers),
+    phase("pod network", true, true, distro::pod_network),
     phase("post-master-up", true, true, cluster_hooks::post_master_up),
-    phase("k3s agents", true, true, k3s_agents::run),
+    phase("agents", true, true, distro::agents),
     phase("ready", false, true, readiness::run),
     phase("kubeconfig", false, true, kubeconfig::run),
 ];
 
-/// Phase names, for validating host hooks.
+/// Names phases had when k3s was the only distribution: host hooks written with them still
+/// run, at the phase that took over.
+const ALIASES: [(&str, &str); 3] =
+    [("k3s artifacts", "artifacts"), ("k3s servers", "servers"), ("k3s agents", "agents")];
+
+/// Phase names (and the old aliases), for validating host hooks.
 pub fn names() -> Vec<&'static str> {
-    PHASES.iter().map(|p| p.name).collect()
+    PHASES.iter().map(|p| p.name).chain(ALIASES.iter().map(|(old, _)| *old)).collect()
+}
+
+/// The phase a hook's `phase:` names: an old alias resolves to today's name.
+fn canonical(name: &str) -> &str {
+    ALIASES.iter().find(|(old, _)| *old == name).map_or(name, |(_, new)| new)
 }
 
 pub use cluster_hooks::{pre_master_down, APPLIED_DIR as HOOKS_APPLIED_DIR};
@@ -71,6 +86,8 @@ pub async fn endpoint(fleet: &Fleet) {
     load_balancer::run(fleet).await;
     virtual_ip::run(fleet).await;
 }
+
+pub(crate) use load_balancer::{ensure_running, install_package};
 
 /// Runs all phases over the fleet. Hosts that fail drop out; the others go on.
 pub async fn run_all(fleet: &Fleet) {
@@ -98,8 +115,14 @@ pub async fn run_all(fleet: &Fleet) {
 
 /// The cluster file's shell commands for this phase, on the hosts they name.
 async fn host_hooks(fleet: &Fleet, phase: &str, when: HookWhen) {
-    let hooks: Vec<_> =
-        fleet.cluster.spec.hooks.hosts.iter().filter(|h| h.phase.value == phase && h.when == when).collect();
+    let hooks: Vec<_> = fleet
+        .cluster
+        .spec
+        .hooks
+        .hosts
+        .iter()
+        .filter(|h| canonical(&h.phase.value) == phase && h.when == when)
+        .collect();
     if hooks.is_empty() {
         return;
     }
@@ -116,4 +139,22 @@ async fn host_hooks(fleet: &Fleet, phase: &str, when: HookWhen) {
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_k3s_phase_names_still_name_their_phases() {
+        let phases: Vec<&str> = PHASES.iter().map(|p| p.name).collect();
+        for (old, new) in ALIASES {
+            assert!(phases.contains(&new), "{old:?} points at a phase that exists");
+            assert!(!phases.contains(&old), "{old:?} is no phase of its own any more");
+            assert!(names().contains(&old), "{old:?} is accepted in host hooks");
+            assert_eq!(canonical(old), new);
+        }
+        assert_eq!(canonical("servers"), "servers");
+        assert_eq!(canonical("prepare hosts"), "prepare hosts");
+    }
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
-use crate::config::Role;
+use crate::config::{Distribution, Role};
+use crate::distro;
 use crate::fleet::{Fleet, Node};
 use crate::k3s;
 use crate::remote::{quote, Cmd};
@@ -25,19 +26,20 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
             return;
         };
         let started = Instant::now();
+        let d = fleet.cluster.distribution();
         loop {
-            match k3s::nodes(api).await {
+            match distro::nodes(d, api).await {
                 Ok(status) => {
                     // Ready in the API is not enough right after a restart: the old heartbeat is
                     // still fresh. The unit must also be active (k3s notifies once registered).
-                    let inactive = inactive_units(&members).await;
+                    let inactive = inactive_units(d, &members).await;
                     let pending: Vec<&&Node> = members
                         .iter()
                         .filter(|n| !status.get(n.name()).is_some_and(|s| s.ready) || inactive.contains(&n.name()))
                         .collect();
                     if pending.is_empty() {
                         check_node_ips(&members, &status);
-                        reconcile_labels_and_taints(api, &members, &status).await;
+                        reconcile_labels_and_taints(d, api, &members, &status).await;
                         for n in &members {
                             let (Some(host), Some(s)) = (&n.host, status.get(n.name())) else { continue };
                             if let Err(e) = super::upgrade::settle(fleet, n, host, s).await {
@@ -52,20 +54,20 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                     if started.elapsed() > fleet.ready_timeout {
                         for n in pending {
                             let state = if inactive.contains(&n.name()) {
-                                "k3s service not active"
+                                "service not active"
                             } else if status.contains_key(n.name()) {
                                 "NotReady"
                             } else {
                                 "not registered"
                             };
                             let log = match &n.host {
-                                Some(h) => k3s::diagnostics(h, n.role()).await,
+                                Some(h) => distro::diagnostics(d, h, n.role()).await,
                                 None => String::new(),
                             };
                             n.fail(format!(
                                 "{state} after {}s; last lines of {}:{log}",
                                 fleet.ready_timeout.as_secs(),
-                                k3s::unit_name(n.role())
+                                distro::unit_name(d, n.role())
                             ));
                         }
                         return;
@@ -73,7 +75,7 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 }
                 Err(last_error) => {
                     if started.elapsed() > fleet.ready_timeout {
-                        let log = k3s::diagnostics(api, Role::Server).await;
+                        let log = distro::diagnostics(d, api, Role::Server).await;
                         for n in &members {
                             n.fail(format!("the API on {} did not answer: {last_error}{log}", api_node.name()));
                         }
@@ -91,6 +93,7 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
 /// kubelet may not set itself, like node-role.kubernetes.io/*). Ones removed from the file stay
 /// (pikube cannot tell them from labels set by others).
 async fn reconcile_labels_and_taints(
+    d: Distribution,
     api: &crate::remote::Host,
     members: &[&Node],
     status: &BTreeMap<String, k3s::NodeStatus>,
@@ -113,8 +116,8 @@ async fn reconcile_labels_and_taints(
             }
             let args: Vec<String> = changes.iter().map(|c| quote(c)).collect();
             let cmd = Cmd::change_script(format!(
-                "{} kubectl {verb} node {} {} --overwrite",
-                k3s::BIN,
+                "{} {verb} node {} {} --overwrite",
+                distro::kubectl(d),
                 quote(n.name()),
                 args.join(" ")
             ));
@@ -125,11 +128,11 @@ async fn reconcile_labels_and_taints(
     }
 }
 
-/// Members whose k3s unit is not active (failed, or still starting).
-async fn inactive_units<'a>(members: &[&'a Node]) -> Vec<&'a str> {
+/// Members whose node unit (k3s, kubelet) is not active (failed, or still starting).
+async fn inactive_units<'a>(d: Distribution, members: &[&'a Node]) -> Vec<&'a str> {
     let checks = members.iter().map(|n| async move {
         let host = n.host.as_ref()?;
-        matches!(k3s::unit_active(host, n.role()).await, Ok(false)).then(|| n.name())
+        matches!(distro::unit_active(d, host, n.role()).await, Ok(false)).then(|| n.name())
     });
     futures::future::join_all(checks).await.into_iter().flatten().collect()
 }

@@ -154,7 +154,7 @@ pub async fn settle(fleet: &Fleet, node: &Node, host: &Host, status: &NodeStatus
                 node.name(),
                 status.kubelet_version,
                 if status.unschedulable { " (left cordoned)" } else { "" },
-                k3s::unit_name(node.role())
+                crate::distro::unit_name(fleet.cluster.distribution(), node.role())
             ));
         }
     }

@@ -71,7 +71,7 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn keepalived_conf(
+pub(super) fn keepalived_conf(
     cluster: &Cluster,
     name: &str,
     iface: &str,

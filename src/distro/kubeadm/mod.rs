@@ -1,0 +1,141 @@
+//! kubeadm behind the seam: upstream Kubernetes on containerd from the hosts' own packages.
+//! pikube renders every file (containerd's config, kubelet's unit and kubeadm drop-in, the
+//! kubeadm configuration) and drives `kubeadm init` / `kubeadm join`; kubeadm does the PKI,
+//! etcd membership and static pods.
+
+pub mod artifacts;
+mod bringup;
+pub mod render;
+mod runtime;
+pub mod teardown;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+
+use crate::artifacts::K3sBinary;
+use crate::config::Role;
+use crate::fleet::{Fleet, Node};
+use crate::remote::{Cmd, Host, Mode};
+
+pub use bringup::{agents, pod_network, servers};
+pub use runtime::container_runtime;
+
+pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
+pub const KUBECTL: &str = "/usr/local/bin/kubectl --kubeconfig /etc/kubernetes/admin.conf";
+const KUBELET_UNIT_PATH: &str = "/etc/systemd/system/kubelet.service";
+const KUBEADM_DROPIN_PATH: &str = "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf";
+
+type Loaded = Result<Vec<(&'static str, K3sBinary, Arc<Vec<u8>>)>, String>;
+
+/// kubeadm, kubelet and kubectl of the pinned release on every server and agent (pushed only
+/// when the checksum differs), with kubelet's unit and kubeadm's drop-in.
+pub fn artifacts<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        let Some(version) = fleet.cluster.version() else { return };
+        let mut loaded: BTreeMap<String, Loaded> = BTreeMap::new();
+        for node in members(fleet) {
+            let Some(arch) = node.facts().map(|f| f.arch) else { continue };
+            loaded.entry(arch.as_str().to_string()).or_insert_with(|| {
+                tokio::task::block_in_place(|| {
+                    artifacts::BINARIES
+                        .iter()
+                        .map(|name| {
+                            let bin = artifacts::binary(&fleet.cluster, version, &arch, name).map_err(|e| {
+                                format!("{name} {version} for {}: {e}\n  hint: {}", arch.as_str(), e.hint())
+                            })?;
+                            let bytes = std::fs::read(&bin.path).map_err(|e| format!("{}: {e}", bin.path.display()))?;
+                            Ok((*name, bin, Arc::new(bytes)))
+                        })
+                        .collect()
+                })
+            });
+        }
+        let loaded = &loaded;
+        fleet
+            .each(move |node: &'a Node, host: &'a Host| async move {
+                if node.role() == Role::Loadbalancer {
+                    return Ok(());
+                }
+                let arch = node.facts().ok_or("no facts gathered")?.arch;
+                let binaries = loaded.get(arch.as_str()).ok_or("no binaries for this architecture")?.clone()?;
+                install(fleet, node, host, version, &binaries).await
+            })
+            .await;
+    })
+}
+
+/// The binaries, kubelet's unit and kubeadm's drop-in on one node; a running kubelet restarts
+/// when its binary or unit changed (it keeps the old ones until then).
+async fn install(
+    fleet: &Fleet,
+    node: &Node,
+    host: &Host,
+    version: &str,
+    binaries: &[(&'static str, K3sBinary, Arc<Vec<u8>>)],
+) -> Result<(), String> {
+    let mut kubelet_changed = false;
+    for (name, bin, bytes) in binaries {
+        kubelet_changed |= push(fleet, node, host, name, bin, bytes).await? && *name == "kubelet";
+    }
+    let e = |e: crate::remote::RemoteError| e.to_string();
+    let mut units =
+        host.ensure_file(KUBELET_UNIT_PATH, render::KUBELET_UNIT.as_bytes(), Some(0o644)).await.map_err(e)?;
+    units |= host.ensure_file(KUBEADM_DROPIN_PATH, render::KUBEADM_DROPIN.as_bytes(), Some(0o644)).await.map_err(e)?;
+    if units {
+        host.apply("systemctl daemon-reload", &Cmd::change("systemctl", &["daemon-reload"])).await.map_err(e)?;
+    }
+    let running = node.facts().and_then(|f| f.services.get("kubelet").cloned()).is_some_and(|s| s.active);
+    if running && (kubelet_changed || units) {
+        let cmd = Cmd::change("systemctl", &["restart", "kubelet"]);
+        host.apply("restart kubelet (binary or unit changed)", &cmd).await.map_err(e)?;
+    }
+    if fleet.mode == Mode::Apply {
+        check_version(host, version).await?;
+    }
+    Ok(())
+}
+
+/// Servers and agents: the nodes that run kubelet.
+fn members(fleet: &Fleet) -> impl Iterator<Item = &Node> {
+    fleet.nodes.iter().filter(|n| n.ok() && n.role() != Role::Loadbalancer)
+}
+
+/// Pushes one binary unless the node has it already; returns whether it pushed.
+async fn push(
+    fleet: &Fleet,
+    node: &Node,
+    host: &Host,
+    name: &str,
+    bin: &K3sBinary,
+    bytes: &[u8],
+) -> Result<bool, String> {
+    let path = format!("/usr/local/bin/{name}");
+    let have = host.file_state(&path).await.map_err(|e| e.to_string())?;
+    let (started, mib) = (Instant::now(), bin.size as f64 / 1048576.0);
+    let pushing = have.sha256 != bin.sha256;
+    if pushing && fleet.mode == Mode::Apply {
+        crate::progress::step(node.name(), &format!("pushing {name} ({mib:.1} MiB) …"));
+    }
+    host.ensure_file_from(&path, bytes, &bin.sha256, Some(0o755), &have).await.map_err(|e| e.to_string())?;
+    if pushing && fleet.mode == Mode::Apply {
+        let secs = started.elapsed().as_secs_f64();
+        crate::progress::step(node.name(), &format!("pushed in {secs:.1}s ({:.1} MiB/s)", mib / secs.max(0.001)));
+    }
+    Ok(pushing)
+}
+
+/// The binaries must be the pinned release: files from another one would make a mixed cluster.
+async fn check_version(host: &Host, version: &str) -> Result<(), String> {
+    let out =
+        host.run_ok(&Cmd::read_script("/usr/local/bin/kubeadm version -o short")).await.map_err(|e| e.to_string())?;
+    if out.trim() != version {
+        return Err(format!(
+            "kubeadm reports {:?}, but the cluster file pins {version}\n  hint: the artifact files are from another release; use the files of {version}",
+            out.trim()
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! The container runtime for kubeadm nodes: containerd, runc and the CNI plugins from the
+//! hosts' own packages (Debian, Raspberry Pi OS and Ubuntu all ship them), configured by
+//! pikube, plus the release's images from the airgap directory when it has an archive.
+
+use futures::future::BoxFuture;
+use sha2::{Digest, Sha256};
+
+use super::artifacts;
+use super::render;
+use crate::config::Role;
+use crate::facts::HostFacts;
+use crate::fleet::{Fleet, Node};
+use crate::remote::{quote, Cmd, Host, Mode, RemoteError};
+
+const PACKAGES: [&str; 3] = ["containerd", "containernetworking-plugins", "iptables"];
+const CONFIG: &str = "/etc/containerd/config.toml";
+const PROXY_DROPIN: &str = "/etc/systemd/system/containerd.service.d/pikube-proxy.conf";
+const IMAGES_DIR: &str = "/var/lib/pikube/images";
+/// Where Debian's containernetworking-plugins live; kubelet and flannel expect /opt/cni/bin.
+const DISTRO_CNI_DIR: &str = "/usr/lib/cni";
+
+pub fn container_runtime<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        let Some(version) = fleet.cluster.version() else { return };
+        fleet
+            .each(move |node: &'a Node, host: &'a Host| async move {
+                if node.role() == Role::Loadbalancer {
+                    return Ok(());
+                }
+                let facts = node.facts().ok_or("no facts gathered")?;
+                let e = |e: RemoteError| e.to_string();
+                let missing: Vec<&str> =
+                    PACKAGES.iter().copied().filter(|p| !facts.packages.iter().any(|i| i == p)).collect();
+                if !missing.is_empty() {
+                    crate::phases::install_package(host, &missing.join(" ")).await?;
+                }
+                let mut changed = !missing.is_empty();
+                changed |= configure(fleet, host, version, &facts).await?;
+                link_cni_plugins(host).await.map_err(e)?;
+                let state = facts.services.get("containerd").cloned().unwrap_or_default();
+                crate::phases::ensure_running(host, "containerd", changed, &state).await?;
+                if let Some(archive) = artifacts::image_archive(&fleet.cluster, version, &facts.arch) {
+                    import_images(fleet, host, &archive).await?;
+                }
+                Ok(())
+            })
+            .await;
+    })
+}
+
+/// Writes containerd's files; returns whether any changed (containerd must restart).
+async fn configure(fleet: &Fleet, host: &Host, version: &str, facts: &HostFacts) -> Result<bool, String> {
+    let e = |e: RemoteError| e.to_string();
+    let pause = sandbox_image(fleet, host, version).await?;
+    let config = render::containerd_config(&pause, !facts.can_lower_oom_score);
+    let mut changed = host.ensure_file(CONFIG, config.as_bytes(), Some(0o644)).await.map_err(e)?;
+    for (path, text) in render::registry_hosts(&fleet.cluster) {
+        changed |= host.ensure_file(&path, text.as_bytes(), Some(0o644)).await.map_err(e)?;
+    }
+    match render::containerd_proxy(&fleet.cluster) {
+        Some(dropin) => changed |= host.ensure_file(PROXY_DROPIN, dropin.as_bytes(), Some(0o644)).await.map_err(e)?,
+        None if !host.file_state(PROXY_DROPIN).await.map_err(e)?.sha256.is_empty() => {
+            host.apply(
+                format!("remove {PROXY_DROPIN} (no proxy in the cluster file)"),
+                &Cmd::change("rm", &["-f", PROXY_DROPIN]),
+            )
+            .await
+            .map_err(e)?;
+            changed = true;
+        }
+        None => {}
+    }
+    if changed {
+        host.apply("systemctl daemon-reload", &Cmd::change("systemctl", &["daemon-reload"])).await.map_err(e)?;
+    }
+    let crictl = host.run(&Cmd::read_script("command -v crictl")).await.map_err(e)?;
+    if crictl.success() {
+        host.ensure_file("/etc/crictl.yaml", render::CRICTL_YAML.as_bytes(), Some(0o644)).await.map_err(e)?;
+    }
+    Ok(changed)
+}
+
+/// The pause image of the pinned release, as that release's kubeadm names it.
+async fn sandbox_image(fleet: &Fleet, host: &Host, version: &str) -> Result<String, String> {
+    let cmd =
+        Cmd::read_script(format!("/usr/local/bin/kubeadm config images list --kubernetes-version {}", quote(version)));
+    let out = host.run(&cmd).await.map_err(|e| e.to_string())?;
+    let found = out.stdout_str().lines().map(str::trim).find(|l| l.contains("/pause:")).map(String::from);
+    match found {
+        Some(image) => Ok(image),
+        // Planning before the first push: kubeadm is not on the node yet.
+        None if fleet.mode == Mode::DryRun => Ok("(the pause image kubeadm names)".into()),
+        None => Err(format!("kubeadm named no pause image for {version}: {}", out.stderr_str().trim())),
+    }
+}
+
+/// Links the distribution's CNI plugins into /opt/cni/bin (where flannel adds its own).
+async fn link_cni_plugins(host: &Host) -> Result<(), RemoteError> {
+    let probe = Cmd::read_script(format!(
+        "for p in {DISTRO_CNI_DIR}/*; do [ -e \"$p\" ] && [ ! -e /opt/cni/bin/\"${{p##*/}}\" ] && echo \"${{p##*/}}\"; done; true"
+    ));
+    let missing = host.run_ok(&probe).await?;
+    let missing: Vec<&str> = missing.split_whitespace().collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let links: Vec<String> = missing.iter().map(|p| format!("ln -sf {DISTRO_CNI_DIR}/{p} /opt/cni/bin/{p}")).collect();
+    let cmd = Cmd::change_script(format!("mkdir -p /opt/cni/bin && {}", links.join(" && ")));
+    host.apply(format!("link CNI plugins into /opt/cni/bin: {}", missing.join(" ")), &cmd).await
+}
+
+/// Pushes the image archive (only when it changed) and imports it into containerd's k8s.io
+/// namespace once per archive checksum.
+async fn import_images(fleet: &Fleet, host: &Host, archive: &std::path::Path) -> Result<(), String> {
+    let e = |e: RemoteError| e.to_string();
+    let bytes =
+        tokio::task::block_in_place(|| std::fs::read(archive)).map_err(|e| format!("{}: {e}", archive.display()))?;
+    let sum = hex::encode(Sha256::digest(&bytes));
+    let name = archive.file_name().and_then(|n| n.to_str()).unwrap_or("images.tar");
+    let remote = format!("{IMAGES_DIR}/{name}");
+    let have = host.file_state(&remote).await.map_err(e)?;
+    host.ensure_file_from(&remote, &bytes, &sum, Some(0o600), &have).await.map_err(e)?;
+    let marker = format!("{remote}.imported");
+    let imported = host.run_ok(&Cmd::read_script(format!("cat {marker} 2>/dev/null || true"))).await.map_err(e)?;
+    if imported.trim() == sum {
+        return Ok(());
+    }
+    let cmd = Cmd::change_script(format!("ctr -n k8s.io images import {remote} >/dev/null && echo {sum} > {marker}"))
+        .timeout(std::time::Duration::from_secs(900));
+    let mib = bytes.len() as f64 / 1048576.0;
+    host.apply(format!("import images from {name} ({mib:.0} MiB) into containerd"), &cmd).await.map_err(e)?;
+    if fleet.mode == Mode::Apply {
+        crate::progress::step(&host.name, "images imported");
+    }
+    Ok(())
+}

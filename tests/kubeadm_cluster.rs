@@ -1,0 +1,272 @@
+//! `distribution: kubeadm` on lab hosts with real upstream Kubernetes — no stand-in anywhere:
+//! kubeadm, kubelet, kubectl, the control plane images, CoreDNS, pause and flannel come from
+//! the airgap directory `pikube lab kubernetes` builds from their Go modules (upstream's
+//! release layout), containerd, runc and the CNI plugins from the lab's Debian mirror. pikube
+//! renders every file and drives `kubeadm init` / `kubeadm join`; the real kubectl checks.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{stdout, text, Lab, BIN};
+
+const VERSION: &str = "v1.34.4";
+
+/// The airgap directory (the root holding `<version>/`) for the cluster file: the one
+/// `pikube lab kubernetes` builds (on the first call on this machine, cached after), used as a
+/// user would use a mirrored upstream release directory.
+fn kubernetes_dir() -> PathBuf {
+    let started = Instant::now();
+    let out = Command::new(BIN).args(["lab", "kubernetes", "--version", VERSION]).output().expect("run lab kubernetes");
+    assert!(out.status.success(), "pikube lab kubernetes failed:\n{}", text(&out));
+    let built = stdout(&out).lines().last().map(PathBuf::from).expect("the output directory on the last line");
+    eprintln!("lab kubernetes: {} in {:.1?}", built.display(), started.elapsed());
+    built
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let started = Instant::now();
+    loop {
+        match check() {
+            Ok(()) => return eprintln!("{what}: after {:.1?}", started.elapsed()),
+            Err(last) if started.elapsed() > timeout => {
+                panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_secs(3)),
+        }
+    }
+}
+
+/// The report's `HOST (ADDRESS): …` section for one host.
+fn section(report: &str, host: &str) -> String {
+    let mut lines = report.lines().skip_while(|l| !l.starts_with(&format!("{host} (")));
+    let head = lines.next().unwrap_or_else(|| panic!("{host} missing from the report:\n{report}"));
+    std::iter::once(head).chain(lines.take_while(|l| l.starts_with("  "))).collect::<Vec<_>>().join("\n")
+}
+
+/// The real kubectl of the release, from inside the lab network, with pikube's kubeconfig.
+fn kubectl(lab: &Lab, dir: &Path, args: &[&str]) -> Output {
+    lab.kubectl(&dir.join(VERSION).join("bin/linux/amd64/kubectl"), args)
+}
+
+fn kubectl_ok(lab: &Lab, dir: &Path, args: &[&str]) -> String {
+    let out = kubectl(lab, dir, args);
+    assert!(out.status.success(), "kubectl {args:?} failed:\n{}", text(&out));
+    stdout(&out)
+}
+
+/// When kubelet's current process started (changes on every restart).
+fn kubelet_started(lab: &Lab, node: &str) -> String {
+    lab.sh(node, "systemctl show -p ExecMainStartTimestampMonotonic --value kubelet")
+}
+
+const PROBE_POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: probe
+spec:
+  containers:
+  - name: probe
+    image: pikube.local/probe:1
+    imagePullPolicy: Never
+    command: [sh, -c, 'echo probe started; exec sleep 3600']
+";
+
+#[test]
+fn kubeadm_one_server_one_agent_up_noop_plan_down() {
+    require_lab!();
+    let dir = kubernetes_dir();
+    let lab = Lab::up("kadm-single", 58, &["--nodes", "2", "--kubeadm", dir.to_str().unwrap()]);
+    let file = lab.cluster_file();
+    let file_arg = file.to_str().unwrap();
+    let cluster_file = std::fs::read_to_string(&file).unwrap();
+    assert!(cluster_file.contains("  distribution: kubeadm\n") && cluster_file.contains("  version: v1.34.4\n"));
+
+    // Cluster hooks: kubeadm's own file wins over the generic one.
+    let hooks = lab.dir().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let configmap =
+        |name: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default\n");
+    std::fs::write(hooks.join("k8s-post-master-up.yml"), configmap("from-k8s-hook")).unwrap();
+    std::fs::write(hooks.join("post-master-up.yml"), configmap("from-generic-hook")).unwrap();
+
+    // plan names the kubeadm phases per host and changes nothing.
+    let out = lab.pikube(&["plan", "-f", file_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan = stdout(&out);
+    for line in [
+        "[artifacts] create /usr/local/bin/kubeadm",
+        "[artifacts] create /etc/systemd/system/kubelet.service.d/10-kubeadm.conf",
+        "[container runtime] install containerd containernetworking-plugins iptables",
+        "[container runtime] import images from amd64.tar",
+        "[servers] create /etc/pikube/kubeadm.yaml",
+        "[servers] kubeadm init --upload-certs",
+        "[pod network] apply the flannel pod network",
+        "[post-master-up] apply post-master-up hook k8s-post-master-up.yml",
+        "[agents] kubeadm join",
+    ] {
+        assert!(plan.contains(line), "plan lacks {line:?}:\n{plan}");
+    }
+    assert!(!lab.ssh("node1", "test -e /usr/local/bin/kubeadm").0, "plan must not install anything");
+
+    let started = Instant::now();
+    let out = lab.pikube(&["up", "-f", file_arg]);
+    assert!(out.status.success(), "up failed:\n{}", text(&out));
+    eprintln!("first up: {:.1?}", started.elapsed());
+    let first = text(&out);
+
+    // The real kubectl, through the kubeconfig pikube wrote, pointing at the endpoint.
+    let kubeconfig = lab.dir().join("build/kadm-single-config.yml");
+    let kc = std::fs::read_to_string(&kubeconfig).expect("pikube wrote the kubeconfig");
+    assert!(kc.contains("server: https://10.77.58.11:6443"), "{kc}");
+    let wide = kubectl_ok(&lab, &dir, &["get", "nodes", "-o", "wide", "--no-headers"]);
+    eprintln!("{wide}");
+    for node in ["node1", "node2"] {
+        let row: Vec<&str> =
+            wide.lines().find(|l| l.starts_with(node)).expect("node listed").split_whitespace().collect();
+        assert_eq!((row[1], row[4]), ("Ready", VERSION), "{node}:\n{wide}");
+        assert!(row.last().unwrap().starts_with("containerd://"), "{wide}");
+    }
+
+    let hooked = kubectl_ok(&lab, &dir, &["get", "configmaps", "-o", "name"]);
+    assert!(hooked.contains("configmap/from-k8s-hook") && !hooked.contains("from-generic-hook"), "{hooked}");
+
+    // The host facts chose containerd's and kube-proxy's settings: lab nodes' root may not
+    // lower OOM scores nor set the global conntrack limit.
+    let toml = lab.sh("node2", "cat /etc/containerd/config.toml");
+    assert!(toml.contains("restrict_oom_score_adj = true") && toml.contains("SystemdCgroup = true"), "{toml}");
+    let proxy = kubectl_ok(&lab, &dir, &["-n", "kube-system", "get", "configmap", "kube-proxy", "-o", "yaml"]);
+    assert!(proxy.contains("maxPerCore: 0"), "{proxy}");
+
+    // A pod from the archive's image lands on the agent (kubeadm taints the control plane).
+    let mut apply = Command::new(BIN)
+        .args(["lab", "exec", "--name", &lab.name, "--"])
+        .arg(dir.join(VERSION).join("bin/linux/amd64/kubectl"))
+        .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kubectl apply");
+    std::io::Write::write_all(&mut apply.stdin.take().unwrap(), PROBE_POD.as_bytes()).unwrap();
+    assert!(apply.wait_with_output().unwrap().status.success(), "kubectl apply of the probe pod");
+    wait_for("the probe pod Running", Duration::from_secs(180), || {
+        // The reason says why not (an eviction under the host's disk pressure, say).
+        let jsonpath = "jsonpath={.status.phase} {.spec.nodeName} {.status.reason} {.status.message}";
+        let out = stdout(&kubectl(&lab, &dir, &["get", "pod", "probe", "-o", jsonpath]));
+        (out.trim() == "Running node2").then_some(()).ok_or(out)
+    });
+
+    // Converged: a second up changes nothing on any host, restarts no kubelet, and makes no
+    // join token (a token is made only when a node joins).
+    let tokens =
+        || lab.sh("node1", "kubeadm token list --kubeconfig /etc/kubernetes/admin.conf | awk 'NR > 1 {print $1}'");
+    let before = (kubelet_started(&lab, "node1"), kubelet_started(&lab, "node2"), tokens());
+    let out = lab.pikube(&["up", "-f", file_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    let again = stdout(&out);
+    assert!(again.contains("Up: no changes; "), "{again}");
+    assert_eq!(section(&again, "node1"), "node1 (10.77.58.11): no changes", "{again}");
+    assert_eq!(section(&again, "node2"), "node2 (10.77.58.12): no changes", "{again}");
+    assert_eq!((kubelet_started(&lab, "node1"), kubelet_started(&lab, "node2"), tokens()), before);
+
+    // The join token never shows in pikube's output, and its file is gone after the join.
+    let tokens = tokens();
+    // kubeadm init's token, the one guarding the uploaded certificates, node2's join token.
+    assert_eq!(tokens.lines().count(), 3, "{tokens}");
+    for token in tokens.lines() {
+        assert!(!first.contains(token) && !again.contains(token), "a join token was printed");
+    }
+    assert_eq!(lab.sh("node2", "ls -A /etc/pikube | grep -c '^.join' || true"), "0", "no join file left");
+    // kubeadm init's own output names a token: its log is for root alone.
+    assert_eq!(lab.sh("node1", "stat -c %a /var/log/pikube-kubeadm-init.log"), "600");
+
+    // status shows kubelet and the nodes as the API sees them.
+    let out = lab.pikube(&["status", "-f", file_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = stdout(&out);
+    let row = |host: &str| {
+        let line = table.lines().find(|l| l.split_whitespace().next() == Some(host)).unwrap_or_default();
+        line.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    assert_eq!(row("node1"), "node1 server 10.77.58.11 kubelet active Ready", "{table}");
+    assert_eq!(row("node2"), "node2 agent 10.77.58.12 kubelet active Ready", "{table}");
+
+    // plan on the converged cluster changes nothing either.
+    let out = lab.pikube(&["plan", "-f", file_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan = stdout(&out);
+    assert!(!plan.contains("[servers]") && !plan.contains("[agents]") && !plan.contains("[artifacts]"), "{plan}");
+
+    // down: kubeadm reset plus what it leaves by design; checked on the nodes themselves.
+    let out = lab.pikube(&["down", "-f", file_arg, "--yes"]);
+    assert!(out.status.success(), "down failed:\n{}", text(&out));
+    for node in ["node1", "node2"] {
+        let left = lab.sh(
+            node,
+            "ls -d /etc/kubernetes /var/lib/kubelet /var/lib/etcd /etc/cni/net.d/* /var/lib/cni /usr/local/bin/kube* 2>/dev/null; \
+             ip -o link show | grep -oE 'cni0|flannel[^:]*' ; pgrep -lx 'kubelet|etcd|kube-apiserver|kube-proxy|flanneld'; \
+             iptables-save | grep -cE 'KUBE-|CNI-|FLANNEL' | grep -v '^0$'; ctr -n k8s.io tasks ls -q; true",
+        );
+        assert_eq!(left, "", "{node}: left after down");
+    }
+    assert!(!kubeconfig.exists(), "down removes the kubeconfig it wrote");
+
+    // The nodes are reusable: the next up makes the cluster again.
+    let out = lab.pikube(&["up", "-f", file_arg]);
+    assert!(out.status.success(), "up after down failed:\n{}", text(&out));
+    let nodes = kubectl_ok(&lab, &dir, &["get", "nodes", "--no-headers"]);
+    assert_eq!(nodes.lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count(), 2, "{nodes}");
+}
+
+/// `kubectl get pods` in kube-system whose names start with `prefix` and are Running.
+fn running(lab: &Lab, dir: &Path, prefix: &str) -> Vec<String> {
+    let out = stdout(&kubectl(lab, dir, &["-n", "kube-system", "get", "pods", "--no-headers"]));
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[0].starts_with(prefix) && f[2] == "Running").then(|| f[0].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn kubeadm_ha_three_servers_behind_haproxy() {
+    require_lab!();
+    let dir = kubernetes_dir();
+    let lab = Lab::up(
+        "kadm-ha",
+        59,
+        &["--nodes", "5", "--servers", "3", "--loadbalancers", "1", "--kubeadm", dir.to_str().unwrap()],
+    );
+    let file = lab.cluster_file();
+    let started = Instant::now();
+    let out = lab.pikube(&["up", "-f", file.to_str().unwrap(), "--ready-timeout", "600"]);
+    assert!(out.status.success(), "up failed:\n{}", text(&out));
+    eprintln!("HA up: {:.1?}", started.elapsed());
+    let report = stdout(&out);
+    // The servers joined one after the other, each through the load balancer.
+    for node in ["node2", "node3"] {
+        assert!(section(&report, node).contains("[servers] kubeadm join --control-plane"), "{report}");
+    }
+
+    // The real kubectl through HAProxy on node4.
+    let kc = std::fs::read_to_string(lab.dir().join("build/kadm-ha-config.yml")).unwrap();
+    assert!(kc.contains("server: https://10.77.59.14:6443"), "{kc}");
+    let nodes = kubectl_ok(&lab, &dir, &["get", "nodes", "--no-headers"]);
+    eprintln!("{nodes}");
+    for node in ["node1", "node2", "node3", "node5"] {
+        let row: Vec<&str> = nodes.lines().find(|l| l.starts_with(node)).expect("listed").split_whitespace().collect();
+        assert_eq!((row[1], row[4]), ("Ready", VERSION), "{node}:\n{nodes}");
+    }
+    wait_for("3 etcd members and 3 API servers Running", Duration::from_secs(300), || {
+        let (etcd, api) = (running(&lab, &dir, "etcd-"), running(&lab, &dir, "kube-apiserver-"));
+        (etcd.len() == 3 && api.len() == 3).then_some(()).ok_or(format!("{etcd:?} {api:?}"))
+    });
+    let members = lab.sh(
+        "node1",
+        "kubectl --kubeconfig /etc/kubernetes/admin.conf -n kube-system get pods -l component=etcd --no-headers | wc -l",
+    );
+    assert_eq!(members, "3");
+}
