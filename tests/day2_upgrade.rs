@@ -105,6 +105,7 @@ fn upgrades_drain_each_node_and_check_every_kubelet_version() {
     let out = pikube(&lab, &["plan"]);
     assert!(out.status.success(), "{}", text(&out));
     let plan = stdout(&out);
+    eprintln!("$ pikube plan\n{plan}"); // the README's example comes from here
     assert!(
         plan.contains("Upgrade order, one node at a time (drain, restart, Ready on the new version, uncordon): node1 → node2 → node3"),
         "{plan}"
@@ -126,6 +127,7 @@ fn upgrades_drain_each_node_and_check_every_kubelet_version() {
     // uncordoned, except node2, which the user had cordoned.
     let out = pikube(&lab, &["up", "--ready-timeout", "90"]);
     assert!(out.status.success(), "{}", text(&out));
+    eprintln!("$ pikube up\n{}", stdout(&out));
     let log = log(&out);
     assert!(pos(&log, "node1: drain node1") < pos(&log, "node1: restart k3s"));
     assert!(pos(&log, "node1: waiting until Ready") < pos(&log, "node2: drain node2"));
