@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{real_kubectl, standin_artifacts, standin_release, stdout, text, Lab, BIN};
+use common::{real_kubectl, standin_artifacts, standin_release, status_row, stdout, text, Lab, BIN};
 
 fn up(lab: &Lab) -> Output {
     let file = lab.cluster_file();
@@ -91,13 +91,6 @@ fn status_of(report: &str, host: &str) -> String {
 }
 
 /// A `status` table row for one host, its columns joined by single spaces.
-/// `status`'s HOST … NODE columns of one host's row (VERSION and the health columns follow).
-fn row(table: &str, host: &str) -> String {
-    let cut = table.lines().next().and_then(|header| header.find(" VERSION")).unwrap_or(usize::MAX);
-    let line = table.lines().find(|l| l.split_whitespace().next() == Some(host)).unwrap_or_default();
-    line[..cut.min(line.len())].split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 /// A unit's main PID and when that process started: both change exactly when it (re)starts.
 fn unit_run(lab: &Lab, node: &str, unit: &str) -> String {
     let run = lab.sh(node, &format!("systemctl show -p MainPID -p ExecMainStartTimestampMonotonic {unit}"));
@@ -293,8 +286,8 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     let out = lab.pikube(&["status", "-f", file_arg]);
     assert!(out.status.success(), "{}", text(&out));
     let table = stdout(&out);
-    assert_eq!(row(&table, "node1"), "node1 server 10.77.41.11 k3s active Ready", "{table}");
-    assert_eq!(row(&table, "node2"), "node2 agent 10.77.41.12 k3s-agent active Ready", "{table}");
+    assert_eq!(status_row(&table, "node1"), "node1 server 10.77.41.11 k3s active Ready", "{table}");
+    assert_eq!(status_row(&table, "node2"), "node2 agent 10.77.41.12 k3s-agent active Ready", "{table}");
 
     // Labels and taints changed in the file later reach the existing node through the API
     // (k3s itself applies them only when a node registers).
@@ -502,8 +495,8 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
     let out = lab.pikube(&["status", "-f", &file_arg]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let table = stdout(&out);
-    assert_eq!(row(&table, "node1"), "node1 server 10.77.42.11 unreachable NotReady", "{table}");
-    assert_eq!(row(&table, "node2"), "node2 server 10.77.42.12 k3s active Ready", "{table}");
+    assert_eq!(status_row(&table, "node1"), "node1 server 10.77.42.11 unreachable NotReady", "{table}");
+    assert_eq!(status_row(&table, "node2"), "node2 server 10.77.42.12 k3s active Ready", "{table}");
 
     // With node1 back, up converges and a further up is a no-op.
     lab.lab("start", "node1");

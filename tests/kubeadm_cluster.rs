@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{stdout, text, Lab, BIN};
+use common::{status_row, stdout, text, Lab, BIN};
 
 const VERSION: &str = "v1.34.4";
 
@@ -186,10 +186,7 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
     let out = lab.pikube(&["status", "-f", file_arg]);
     assert!(out.status.success(), "{}", text(&out));
     let table = stdout(&out);
-    let row = |host: &str| {
-        let line = table.lines().find(|l| l.split_whitespace().next() == Some(host)).unwrap_or_default();
-        line.split_whitespace().collect::<Vec<_>>().join(" ")
-    };
+    let row = |host: &str| status_row(&table, host);
     assert_eq!(row("node1"), "node1 server 10.77.58.11 kubelet active Ready", "{table}");
     assert_eq!(row("node2"), "node2 agent 10.77.58.12 kubelet active Ready", "{table}");
 

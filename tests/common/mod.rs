@@ -111,6 +111,13 @@ impl Drop for Lab {
     }
 }
 
+/// `pikube status`'s HOST … NODE columns of one host's row (VERSION and the health columns follow).
+pub fn status_row(table: &str, host: &str) -> String {
+    let cut = table.lines().next().and_then(|header| header.find(" VERSION")).unwrap_or(usize::MAX);
+    let line = table.lines().find(|l| l.split_whitespace().next() == Some(host)).unwrap_or_default();
+    line[..cut.min(line.len())].split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "exit: {:?}\n--- stdout\n{}--- stderr\n{}",
