@@ -165,7 +165,7 @@ fn backup_restore_keeps_object_identities_and_an_upgrade_takes_a_snapshot() {
     // That up brings keepalived's VRRP password along (derived from the token) and restarts no k3s.
     let report = up_ok(&lab);
     assert!(report.contains("[virtual ip] update /etc/keepalived/keepalived.conf"), "{report}");
-    assert!(!report.contains("[k3s servers]") && !report.contains("[k3s agents]"), "{report}");
+    assert!(!report.contains("[servers]") && !report.contains("[agents]"), "{report}");
     assert!(up_ok(&lab).contains("Up: no changes"), "the restored cluster matches the cluster file");
 
     // --keep: the oldest backups beyond N go, and the report names them.
@@ -183,7 +183,7 @@ fn backup_restore_keeps_object_identities_and_an_upgrade_takes_a_snapshot() {
         .replace(artifacts.to_str().unwrap(), v2.to_str().unwrap());
     std::fs::write(&file, upgraded).unwrap();
     let plan = pikube_ok(&lab, &["plan", "-f", f]);
-    assert!(plan.contains("[k3s artifacts] etcd snapshot before the upgrade to v1.31.5+k3s1"), "{plan}");
+    assert!(plan.contains("[artifacts] etcd snapshot before the upgrade to v1.31.5+k3s1"), "{plan}");
     // A snapshot that cannot be taken stops the upgrade before any node gets the new binary.
     let snapshots = "/var/lib/rancher/k3s/server/db/snapshots";
     lab.sh("node1", &format!("rm -rf {snapshots} && touch {snapshots}"));
