@@ -478,21 +478,6 @@ pub async fn forget_node(api: &Host, name: &str) -> Result<(), String> {
     api.apply(what, &Cmd::change_script(delete)).await.map_err(|e| e.to_string())
 }
 
-/// The last lines a failing k3s unit logged, for error messages instead of a silent hang.
-pub async fn diagnostics(host: &Host, role: Role) -> String {
-    let unit = unit_name(role);
-    let cmd = Cmd::read_script(format!(
-        "systemctl status {u} --no-pager -n 0 2>&1 | head -n 3; journalctl -u {u} --no-pager -n 12 -o cat 2>&1",
-        u = quote(unit)
-    ));
-    match host.run(&cmd).await {
-        Ok(out) => {
-            out.stdout_str().lines().filter(|l| !l.trim().is_empty()).map(|l| format!("\n      | {l}")).collect()
-        }
-        Err(e) => format!("\n      | (could not read the {unit} log: {e})"),
-    }
-}
-
 /// Starts (or restarts) a k3s unit without waiting for it: readiness is polled with a bound.
 pub async fn start(host: &Host, role: Role, restart: bool, reason: &str) -> Result<(), RemoteError> {
     let unit = unit_name(role);
@@ -563,7 +548,7 @@ pub async fn wait_ready(
             return Err(format!(
                 "{name} not Ready after {}s ({last}); last lines of {unit}:{}",
                 timeout.as_secs(),
-                diagnostics(node_host, role).await
+                crate::distro::diagnostics(crate::config::Distribution::K3s, node_host, role).await
             ));
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
