@@ -59,6 +59,28 @@ const MOUNTS_UNDER_ROOTS: &str = r#"mounts_under_roots() {
 }
 "#;
 
+/// What any Kubernetes distribution leaves in the host's network: CNI namespaces, the pods'
+/// veths on cni0, the interfaces named in $IFACES, and the KUBE-/CNI-/flannel iptables rules.
+/// `clean_network` removes them, `network_leftovers` lists what is still there.
+pub const NETWORK_FUNCTIONS: &str = r#"clean_network() {
+ip netns list 2>/dev/null | grep -o '^cni-[^ ]*' | xargs -r -n 1 ip netns delete
+ip -o link show master cni0 2>/dev/null | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }' | xargs -r -n 1 ip link delete
+for i in $IFACES; do ip link show "$i" >/dev/null 2>&1 && ip link delete "$i"; done
+for t in iptables ip6tables; do
+  command -v $t-save >/dev/null && command -v $t-restore >/dev/null || continue
+  $t-save | grep -v KUBE- | grep -v CNI- | grep -iv flannel | $t-restore
+done
+}
+network_leftovers() {
+ip netns list 2>/dev/null | grep -o '^cni-[^ ]*' | sed 's/^/netns /'
+for i in $IFACES; do ip link show "$i" >/dev/null 2>&1 && echo "interface $i"; done
+for t in iptables ip6tables; do
+  command -v $t-save >/dev/null || continue
+  $t-save 2>/dev/null | grep -v '^#' | grep -E 'KUBE-|CNI-|[Ff][Ll][Aa][Nn][Nn][Ee][Ll]' | sed "s/^/$t /"
+done
+}
+"#;
+
 /// k3s-killall.sh's steps, then k3s-uninstall.sh's, in their order; see the README.
 const TEARDOWN: &str = r#"for d in /var/lib/rancher/k3s/data/*/bin; do [ -d "$d" ] && PATH="$PATH:$d:$d/aux"; done
 for u in $UNITS; do systemctl stop "$u" 2>/dev/null; done
@@ -71,13 +93,7 @@ for n in $PROCS; do pkill -9 -x "$n"; done
 mounts_under_roots | while IFS= read -r m; do
   m=$(printf '%b' "$m"); umount "$m" 2>/dev/null || umount -f "$m" || echo "could not unmount $m" >&2
 done
-ip netns list 2>/dev/null | grep -o '^cni-[^ ]*' | xargs -r -n 1 ip netns delete
-ip -o link show master cni0 2>/dev/null | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }' | xargs -r -n 1 ip link delete
-for i in $IFACES; do ip link show "$i" >/dev/null 2>&1 && ip link delete "$i"; done
-for t in iptables ip6tables; do
-  command -v $t-save >/dev/null && command -v $t-restore >/dev/null || continue
-  $t-save | grep -v KUBE- | grep -v CNI- | grep -iv flannel | $t-restore
-done
+clean_network
 for u in $UNITS; do systemctl disable "$u" 2>/dev/null; done
 rm -f $FILES
 systemctl daemon-reload
@@ -98,12 +114,7 @@ const LEFTOVERS: &str = r#"for d in /var/lib/rancher/k3s/data/*/bin; do [ -d "$d
 for n in $PROCS; do pgrep -x "$n" | sed "s/^/process $n, pid /"; done
 pgrep -f "$SHIMS" | sed 's/^/process containerd-shim, pid /'
 mounts_under_roots | while IFS= read -r m; do echo "mount $(printf '%b' "$m")"; done
-ip netns list 2>/dev/null | grep -o '^cni-[^ ]*' | sed 's/^/netns /'
-for i in $IFACES; do ip link show "$i" >/dev/null 2>&1 && echo "interface $i"; done
-for t in iptables ip6tables; do
-  command -v $t-save >/dev/null || continue
-  $t-save 2>/dev/null | grep -v '^#' | grep -E 'KUBE-|CNI-|[Ff][Ll][Aa][Nn][Nn][Ee][Ll]' | sed "s/^/$t /"
-done
+network_leftovers
 for p in $DIRS $FILES; do { [ -e "$p" ] || [ -L "$p" ]; } && echo "path $p"; done
 for l in $LINKS; do [ "$(readlink /usr/local/bin/$l)" = k3s ] && echo "path /usr/local/bin/$l"; done
 exit 0
@@ -111,7 +122,7 @@ exit 0
 
 /// Stops and removes k3s on `host`; see TEARDOWN.
 pub async fn remove(host: &Host) -> Result<(), String> {
-    let script = format!("{}{MOUNTS_UNDER_ROOTS}{TEARDOWN}", vars());
+    let script = format!("{}{MOUNTS_UNDER_ROOTS}{NETWORK_FUNCTIONS}{TEARDOWN}", vars());
     let cmd = Cmd::change_script(script).timeout(std::time::Duration::from_secs(180));
     host.apply(
         "stop k3s, kill its shims, unmount, delete its interfaces, rules and files (k3s-killall.sh, k3s-uninstall.sh)",
@@ -123,7 +134,7 @@ pub async fn remove(host: &Host) -> Result<(), String> {
 
 /// What of k3s is still on `host`.
 pub async fn leftovers(host: &Host) -> Result<Leftovers, String> {
-    let script = format!("{}{MOUNTS_UNDER_ROOTS}{LEFTOVERS}", vars());
+    let script = format!("{}{MOUNTS_UNDER_ROOTS}{NETWORK_FUNCTIONS}{LEFTOVERS}", vars());
     let out = host.run_ok(&Cmd::read_script(script)).await.map_err(|e| e.to_string())?;
     Ok(Leftovers::parse(&out))
 }

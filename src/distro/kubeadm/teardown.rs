@@ -26,13 +26,7 @@ systemctl stop kubelet 2>/dev/null; systemctl disable -q kubelet 2>/dev/null
 ctr -n k8s.io tasks ls -q 2>/dev/null | xargs -r -n 1 ctr -n k8s.io tasks kill -s SIGKILL 2>/dev/null
 sleep 1; ctr -n k8s.io containers ls -q 2>/dev/null | xargs -r ctr -n k8s.io containers rm 2>/dev/null
 awk '$5 ~ "^/var/lib/kubelet/" || $5 ~ "^/run/netns/cni-" {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
-ip netns list 2>/dev/null | grep -o '^cni-[^ ]*' | xargs -r -n 1 ip netns delete
-ip -o link show master cni0 2>/dev/null | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }' | xargs -r -n 1 ip link delete
-for i in $IFACES; do ip link show "$i" >/dev/null 2>&1 && ip link delete "$i"; done
-for t in iptables ip6tables; do
-  command -v $t-save >/dev/null && command -v $t-restore >/dev/null || continue
-  $t-save | grep -v KUBE- | grep -v CNI- | grep -iv flannel | $t-restore
-done
+clean_network
 rm -rf $PATHS
 # The directory stays: containerd watches it, and would not see a new one's network config.
 find /etc/cni/net.d -mindepth 1 -delete 2>/dev/null
@@ -45,18 +39,19 @@ exit 0
 const LEFTOVERS: &str = r#"for n in $PROCS; do pgrep -x "$n" | sed "s/^/process $n, pid /"; done
 ctr -n k8s.io tasks ls -q 2>/dev/null | sed 's/^/container /'
 awk '$5 ~ "^/var/lib/kubelet/" {print "mount " $5}' /proc/self/mountinfo
-ip netns list 2>/dev/null | grep -o '^cni-[^ ]*' | sed 's/^/netns /'
-for i in $IFACES; do ip link show "$i" >/dev/null 2>&1 && echo "interface $i"; done
-for t in iptables ip6tables; do
-  command -v $t-save >/dev/null || continue
-  $t-save 2>/dev/null | grep -v '^#' | grep -E 'KUBE-|CNI-|[Ff][Ll][Aa][Nn][Nn][Ee][Ll]' | sed "s/^/$t /"
-done
+network_leftovers
 for p in $PATHS /etc/cni/net.d/*; do [ -e "$p" ] && echo "path $p"; done
 exit 0
 "#;
 
 fn script(body: &str) -> String {
-    format!("IFACES={}\nPROCS={}\nPATHS={}\n{body}", quote(IFACES), quote(PROCS), quote(PATHS))
+    format!(
+        "IFACES={}\nPROCS={}\nPATHS={}\n{}{body}",
+        quote(IFACES),
+        quote(PROCS),
+        quote(PATHS),
+        crate::teardown::NETWORK_FUNCTIONS
+    )
 }
 
 pub async fn run(fleet: &Fleet, limit: &[String]) -> Result<(), String> {
