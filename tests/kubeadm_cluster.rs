@@ -6,38 +6,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{status_row, stdout, text, Lab, BIN};
+use common::{lab_kubernetes, status_row, stdout, text, wait_for, Lab, BIN};
 
 const VERSION: &str = "v1.34.4";
-
-/// The airgap directory (the root holding `<version>/`) for the cluster file: the one
-/// `pikube lab kubernetes` builds (on the first call on this machine, cached after), used as a
-/// user would use a mirrored upstream release directory.
-fn kubernetes_dir() -> PathBuf {
-    let started = Instant::now();
-    let out = Command::new(BIN).args(["lab", "kubernetes", "--version", VERSION]).output().expect("run lab kubernetes");
-    assert!(out.status.success(), "pikube lab kubernetes failed:\n{}", text(&out));
-    let built = stdout(&out).lines().last().map(PathBuf::from).expect("the output directory on the last line");
-    eprintln!("lab kubernetes: {} in {:.1?}", built.display(), started.elapsed());
-    built
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
-    let started = Instant::now();
-    loop {
-        match check() {
-            Ok(()) => return eprintln!("{what}: after {:.1?}", started.elapsed()),
-            Err(last) if started.elapsed() > timeout => {
-                panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_secs(3)),
-        }
-    }
-}
 
 /// The report's `HOST (ADDRESS): …` section for one host.
 fn section(report: &str, host: &str) -> String {
@@ -77,7 +52,7 @@ spec:
 #[test]
 fn kubeadm_one_server_one_agent_up_noop_plan_down() {
     require_lab!();
-    let dir = kubernetes_dir();
+    let dir = lab_kubernetes(VERSION);
     let lab = Lab::up("kadm-single", 58, &["--nodes", "2", "--kubeadm", dir.to_str().unwrap()]);
     let file = lab.cluster_file();
     let file_arg = file.to_str().unwrap();
@@ -151,7 +126,7 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
         .expect("run kubectl apply");
     std::io::Write::write_all(&mut apply.stdin.take().unwrap(), PROBE_POD.as_bytes()).unwrap();
     assert!(apply.wait_with_output().unwrap().status.success(), "kubectl apply of the probe pod");
-    wait_for("the probe pod Running", Duration::from_secs(180), || {
+    wait_for("the probe pod Running", Duration::from_secs(180), Duration::from_secs(3), || {
         // The reason says why not (an eviction under the host's disk pressure, say).
         let jsonpath = "jsonpath={.status.phase} {.spec.nodeName} {.status.reason} {.status.message}";
         let out = stdout(&kubectl(&lab, &dir, &["get", "pod", "probe", "-o", jsonpath]));
@@ -231,7 +206,7 @@ fn running(lab: &Lab, dir: &Path, prefix: &str) -> Vec<String> {
 #[test]
 fn kubeadm_ha_three_servers_behind_haproxy() {
     require_lab!();
-    let dir = kubernetes_dir();
+    let dir = lab_kubernetes(VERSION);
     let lab = Lab::up(
         "kadm-ha",
         59,
@@ -257,7 +232,7 @@ fn kubeadm_ha_three_servers_behind_haproxy() {
         let row: Vec<&str> = nodes.lines().find(|l| l.starts_with(node)).expect("listed").split_whitespace().collect();
         assert_eq!((row[1], row[4]), ("Ready", VERSION), "{node}:\n{nodes}");
     }
-    wait_for("3 etcd members and 3 API servers Running", Duration::from_secs(300), || {
+    wait_for("3 etcd members and 3 API servers Running", Duration::from_secs(300), Duration::from_secs(3), || {
         let (etcd, api) = (running(&lab, &dir, "etcd-"), running(&lab, &dir, "kube-apiserver-"));
         (etcd.len() == 3 && api.len() == 3).then_some(()).ok_or(format!("{etcd:?} {api:?}"))
     });

@@ -11,20 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{stdout, text, Lab, BIN};
+use common::{lab_kubernetes, stdout, text, wait_for, Lab, BIN};
 
 const VERSION: &str = "v1.34.4";
 const NODE_IP: &str = "10.77.57.11";
-
-/// The airgap directory for VERSION: built on the first call on this machine, cached after.
-fn kubernetes_dir() -> PathBuf {
-    let started = Instant::now();
-    let out = Command::new(BIN).args(["lab", "kubernetes", "--version", VERSION]).output().expect("run lab kubernetes");
-    assert!(out.status.success(), "pikube lab kubernetes failed:\n{}", text(&out));
-    let dir = stdout(&out).lines().last().map(PathBuf::from).expect("the output directory on the last line");
-    eprintln!("lab kubernetes: {} in {:.1?}", dir.display(), started.elapsed());
-    dir.join(VERSION)
-}
 
 /// Writes `input` to `remote` on a node over SSH (atomically, with `mode`), as pikube pushes files.
 fn put(lab: &Lab, node: &str, remote: &str, mode: &str, input: Stdio) {
@@ -48,19 +38,6 @@ fn write(lab: &Lab, node: &str, remote: &str, contents: &str) {
     let tmp = lab.dir().join("upload.tmp");
     std::fs::write(&tmp, contents).unwrap();
     push(lab, node, &tmp, remote, "644");
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
-    let started = Instant::now();
-    loop {
-        match check() {
-            Ok(()) => return eprintln!("{what}: after {:.1?}", started.elapsed()),
-            Err(last) if started.elapsed() > timeout => {
-                panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_secs(2)),
-        }
-    }
 }
 
 /// The kubelet unit and kubeadm drop-in as upstream's packages ship them (kubelet in /usr/local/bin).
@@ -235,7 +212,7 @@ fn install(lab: &Lab, dir: &Path) {
 #[test]
 fn kubeadm_init_runs_real_kubernetes_on_a_lab_node() {
     require_lab!();
-    let dir = kubernetes_dir();
+    let dir = lab_kubernetes(VERSION).join(VERSION);
     let lab = Lab::up("k8s-real", 57, &["--nodes", "1"]);
     install(&lab, &dir);
 
@@ -261,7 +238,7 @@ fn kubeadm_init_runs_real_kubernetes_on_a_lab_node() {
     let flannel = std::fs::read_to_string(dir.join("cni/kube-flannel.yml")).expect("the flannel manifest");
     cluster.kubectl_stdin(&["apply", "-f", "-"], &flannel);
 
-    wait_for("node1 Ready", Duration::from_secs(240), || {
+    wait_for("node1 Ready", Duration::from_secs(240), Duration::from_secs(2), || {
         let out = stdout(&cluster.kubectl(&["get", "node", "node1", "--no-headers"]));
         out.split_whitespace().nth(1).filter(|s| *s == "Ready").map(drop).ok_or(out)
     });
@@ -272,13 +249,13 @@ fn kubeadm_init_runs_real_kubernetes_on_a_lab_node() {
     assert!(row.last().unwrap().starts_with("containerd://"), "containerd is the runtime:\n{wide}");
 
     let static_pods = ["etcd-node1", "kube-apiserver-node1", "kube-controller-manager-node1", "kube-scheduler-node1"];
-    wait_for("kube-system Running", Duration::from_secs(240), || {
+    wait_for("kube-system Running", Duration::from_secs(240), Duration::from_secs(2), || {
         let phases = cluster.pod_phases("kube-system");
         let running = |prefix: &str| phases.iter().any(|(n, s)| n.starts_with(prefix) && s == "Running");
         let all = static_pods.iter().chain(&["kube-proxy-", "coredns-"]).all(|p| running(p));
         all.then_some(()).ok_or(format!("{phases:?}"))
     });
-    wait_for("flannel Running", Duration::from_secs(120), || {
+    wait_for("flannel Running", Duration::from_secs(120), Duration::from_secs(2), || {
         let phases = cluster.pod_phases("kube-flannel");
         (!phases.is_empty() && phases.iter().all(|(_, s)| s == "Running")).then_some(()).ok_or(format!("{phases:?}"))
     });
@@ -287,13 +264,13 @@ fn kubeadm_init_runs_real_kubernetes_on_a_lab_node() {
     // A pod from a locally built image, on the pod network: logs and exec work.
     cluster.kubectl_ok(&["taint", "nodes", "node1", "node-role.kubernetes.io/control-plane-"]);
     cluster.kubectl_stdin(&["apply", "-f", "-"], PROBE_POD);
-    wait_for("the probe pod Running", Duration::from_secs(120), || {
+    wait_for("the probe pod Running", Duration::from_secs(120), Duration::from_secs(2), || {
         let phases = cluster.pod_phases("default");
         phases.iter().any(|(n, s)| n == "probe" && s == "Running").then_some(()).ok_or(format!("{phases:?}"))
     });
     let ip = cluster.kubectl_ok(&["get", "pod", "probe", "-o", "jsonpath={.status.podIP}"]);
     assert!(ip.starts_with("10.244."), "the probe pod has a flannel address, got {ip:?}");
-    wait_for("the probe's log", Duration::from_secs(30), || {
+    wait_for("the probe's log", Duration::from_secs(30), Duration::from_secs(2), || {
         let logs = stdout(&cluster.kubectl(&["logs", "probe"]));
         logs.contains("probe started").then_some(()).ok_or(logs)
     });
@@ -308,7 +285,7 @@ fn kubeadm_init_runs_real_kubernetes_on_a_lab_node() {
     let again = lab.ssh("node1", "kubeadm init --config /root/kubeadm.yaml 2>&1");
     assert!(again.0, "kubeadm init after reset failed:\n{}", again.1);
     std::fs::write(&cluster.kubeconfig, lab.sh("node1", "cat /etc/kubernetes/admin.conf")).unwrap();
-    wait_for("the second control plane answering", Duration::from_secs(120), || {
+    wait_for("the second control plane answering", Duration::from_secs(120), Duration::from_secs(2), || {
         let out = cluster.kubectl(&["get", "--raw", "/readyz"]);
         out.status.success().then_some(()).ok_or(text(&out))
     });

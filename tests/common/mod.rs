@@ -198,3 +198,34 @@ impl Lab {
         self.exec(kubectl.to_str().unwrap(), &all)
     }
 }
+
+/// The airgap directory `pikube lab kubernetes` builds for `version` (upstream's release layout,
+/// the root holding `<version>/`): built on the first call on this machine, cached after.
+pub fn lab_kubernetes(version: &str) -> PathBuf {
+    let started = std::time::Instant::now();
+    let out = Command::new(BIN).args(["lab", "kubernetes", "--version", version]).output().expect("run lab kubernetes");
+    assert!(out.status.success(), "pikube lab kubernetes failed:\n{}", text(&out));
+    let dir = stdout(&out).lines().last().map(PathBuf::from).expect("the output directory on the last line");
+    eprintln!("lab kubernetes: {} in {:.1?}", dir.display(), started.elapsed());
+    dir
+}
+
+/// Polls `check` every `every` until it holds (printing how long that took), or panics after
+/// `timeout` with what it said last.
+pub fn wait_for(
+    what: &str,
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+) {
+    let started = std::time::Instant::now();
+    loop {
+        match check() {
+            Ok(()) => return eprintln!("{what}: after {:.1?}", started.elapsed()),
+            Err(last) if started.elapsed() > timeout => {
+                panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
+            }
+            Err(_) => std::thread::sleep(every),
+        }
+    }
+}
