@@ -1,8 +1,9 @@
-//! k3s's embedded etcd as pikube asks about it. The member list is what a server's supervisor
-//! serves at `/db/info` for joining servers (etcd's MemberListResponse), authenticated as user
-//! `server` with the token's password. Removal is k3s's own: deleting a server's Node makes
-//! its etcd member controller remove that member (k3s pkg/etcd/member_controller.go), so
-//! pikube deletes the Node and waits for the member to go.
+//! etcd as pikube asks about it. The member list's JSON is etcd's MemberListResponse for both
+//! distributions (kubeadm's etcdctl lives in `distro::kubeadm::etcd`). For k3s it is what a
+//! server's supervisor serves at `/db/info` for joining servers, authenticated as user `server`
+//! with the token's password; removal is k3s's own: deleting a server's Node makes its etcd
+//! member controller remove that member (k3s pkg/etcd/member_controller.go), so pikube deletes
+//! the Node and waits for the member to go.
 
 use serde_json::Value;
 
@@ -13,6 +14,9 @@ use crate::remote::{Cmd, Host};
 pub struct Member {
     pub name: String,
     pub host: String,
+    /// etcd's member ID (what `etcdctl member remove` takes, in hex).
+    #[serde(skip)]
+    pub id: u64,
 }
 
 /// Prints the local server's `/db/info`. The password is read and used on the host (via
@@ -44,7 +48,8 @@ pub fn parse(json: &str) -> Option<Vec<Member>> {
                 Some(v6) => v6.split_once(']')?.0,
                 None => hostport.rsplit_once(':').map_or(hostport, |(h, _)| h),
             };
-            Some(Member { name: m.get("name")?.as_str()?.to_string(), host: host.to_string() })
+            let id = m.get("ID").and_then(Value::as_u64).unwrap_or_default();
+            Some(Member { name: m.get("name")?.as_str()?.to_string(), host: host.to_string(), id })
         })
         .collect()
 }
@@ -58,7 +63,7 @@ mod tests {
         let j = r#"{"members":[{"ID":1,"name":"node1-0a1b2c3d","peerURLs":["https://10.0.0.1:2380"],"clientURLs":["https://10.0.0.1:2379"]},
                    {"ID":2,"name":"node2-1","peerURLs":["https://[fd00::2]:2380"]}]}"#;
         let m = parse(j).expect("parses");
-        assert_eq!(m[0], Member { name: "node1-0a1b2c3d".into(), host: "10.0.0.1".into() });
+        assert_eq!(m[0], Member { name: "node1-0a1b2c3d".into(), host: "10.0.0.1".into(), id: 1 });
         assert_eq!(m[1].host, "fd00::2");
         assert!(parse("Unauthorized").is_none());
         assert_eq!((quorum(3), quorum(2), quorum(1)), (2, 2, 1));

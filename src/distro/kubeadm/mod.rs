@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 mod bringup;
+pub mod etcd;
 pub mod render;
 mod runtime;
 pub mod teardown;

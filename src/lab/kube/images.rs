@@ -39,6 +39,7 @@ pub fn all(
     let mut etcd = Image::new(wanted.get("etcd")?);
     etcd.file("usr/local/bin/etcd", &work.bin("etcd"))?;
     etcd.file("usr/local/bin/etcdctl", &work.bin("etcdctl"))?;
+    etcd.file("usr/local/bin/etcdutl", &work.bin("etcdutl"))?;
     etcd.dir("var/lib/etcd", 0o700);
     images.push(etcd);
     let mut coredns = Image::new(wanted.get("coredns")?);
@@ -117,7 +118,17 @@ pub fn layout(work: &Work, release: &Path, images: &[Image], flannel_manifest: &
     }
     for name in ["kubeadm", "kubelet", "kubectl", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
         .into_iter()
-        .chain(["kube-proxy", "etcd", "etcdctl", "coredns", "pause", "flanneld", "install-conf", "flannel-cni"])
+        .chain([
+            "kube-proxy",
+            "etcd",
+            "etcdctl",
+            "etcdutl",
+            "coredns",
+            "pause",
+            "flanneld",
+            "install-conf",
+            "flannel-cni",
+        ])
     {
         let size = fs::metadata(work.bin(name)).into_diagnostic().wrap_err_with(|| format!("bin/{name}"))?.len();
         binaries.insert(name.into(), size.into());

@@ -156,10 +156,16 @@ fn build_all(work: &Work, version: &str, go_version: &str, out: &Path) -> Result
     let etcd = wanted.etcd_version()?;
     let coredns = wanted.tag("coredns")?.to_string();
     steps.run(&format!("etcd {etcd}"), || {
-        let modules = [("go.etcd.io/etcd/server/v3", etcd.as_str()), ("go.etcd.io/etcd/etcdctl/v3", etcd.as_str())];
+        let modules = [
+            ("go.etcd.io/etcd/server/v3", etcd.as_str()),
+            ("go.etcd.io/etcd/etcdctl/v3", etcd.as_str()),
+            ("go.etcd.io/etcd/etcdutl/v3", etcd.as_str()),
+        ];
         work.module("etcd", &[("go.mod", &recipe::wrapper_go_mod("etcd", &modules, &[]))])?;
-        // The server module's root package is etcd's own main (it calls etcdmain.Main).
-        work.go_build("etcd", "-s -w", "", &["go.etcd.io/etcd/server/v3", "go.etcd.io/etcd/etcdctl/v3"])?;
+        // The server module's root package is etcd's own main (it calls etcdmain.Main). etcdutl
+        // restores snapshots (etcdctl lost `snapshot restore` in 3.6), as in upstream's image.
+        let packages = ["go.etcd.io/etcd/server/v3", "go.etcd.io/etcd/etcdctl/v3", "go.etcd.io/etcd/etcdutl/v3"];
+        work.go_build("etcd", "-s -w", "", &packages)?;
         work.rename("server", "etcd")
     })?;
     steps.run(&format!("coredns {coredns}"), || {
