@@ -171,6 +171,45 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
     let plan = stdout(&out);
     assert!(!plan.contains("[servers]") && !plan.contains("[agents]") && !plan.contains("[artifacts]"), "{plan}");
 
+    // A label and a taint added to the file later reach the node through the API (kubelet's
+    // flags are only read at join time), without a restart.
+    let labelled = cluster_file.replace(
+        "    address: 10.77.58.12\n    role: agent\n",
+        "    address: 10.77.58.12\n    role: agent\n    labels: {disk: ssd}\n    taints: [\"dedicated=edge:PreferNoSchedule\"]\n",
+    );
+    assert_ne!(labelled, cluster_file, "the lab's cluster file changed shape:\n{cluster_file}");
+    std::fs::write(&file, &labelled).unwrap();
+    let kubelet_before = kubelet_started(&lab, "node2");
+    let out = lab.pikube(&["up", "-f", file_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    let jsonpath =
+        "jsonpath={.metadata.labels.disk} {.spec.taints[0].key}={.spec.taints[0].value}:{.spec.taints[0].effect}";
+    let node2 = kubectl_ok(&lab, &dir, &["get", "node", "node2", "-o", jsonpath]);
+    assert_eq!(node2.trim(), "ssd dedicated=edge:PreferNoSchedule");
+    assert_eq!(kubelet_started(&lab, "node2"), kubelet_before, "a label change restarted kubelet");
+    std::fs::write(&file, &cluster_file).unwrap();
+
+    // `kubeconfig --merge` adds the cluster's context to an existing ~/.kube/config, keeping the
+    // others, and the real kubectl works with it.
+    let home = lab.dir().join("home");
+    std::fs::create_dir_all(home.join(".kube")).unwrap();
+    std::fs::write(
+        home.join(".kube/config"),
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: work\n  cluster:\n    server: https://work.example:6443\ncontexts:\n- name: work\n  context:\n    cluster: work\n    user: work\ncurrent-context: work\nusers:\n- name: work\n  user:\n    token: abc\n",
+    )
+    .unwrap();
+    let out = lab.pikube_env(&["kubeconfig", "-f", file_arg, "--merge"], &[("HOME", home.to_str().unwrap())]);
+    assert!(out.status.success(), "{}", text(&out));
+    let merged_path = home.join(".kube/config");
+    let merged = std::fs::read_to_string(&merged_path).unwrap();
+    assert!(merged.contains("name: work") && merged.contains("current-context: kadm-single"), "{merged}");
+    let kubectl_bin = dir.join(VERSION).join("bin/linux/amd64/kubectl");
+    let via_merged = lab.exec(
+        kubectl_bin.to_str().unwrap(),
+        &["--kubeconfig", merged_path.to_str().unwrap(), "get", "nodes", "--no-headers"],
+    );
+    assert!(via_merged.status.success() && stdout(&via_merged).contains("node2"), "{}", text(&via_merged));
+
     // down: kubeadm reset plus what it leaves by design; checked on the nodes themselves.
     let out = lab.pikube(&["down", "-f", file_arg, "--yes"]);
     assert!(out.status.success(), "down failed:\n{}", text(&out));
