@@ -138,18 +138,18 @@ async fn rejoin(fleet: &Fleet, node: &Node, host: &Host, api: &Host) -> Result<(
 }
 
 /// A server whose disk was wiped (a reflashed Pi) is still listed by the cluster under its
-/// name: its etcd member, whose peer URL the new member needs (etcd refuses a second member
-/// with the same peer URL, so kubeadm's etcd join would fail), and its Node. Both go, through
-/// `api`, a running server, before it joins again; a server new to the cluster finds neither.
+/// name: its Node and its etcd member, whose peer URL the new member needs (etcd refuses a
+/// second member with the same peer URL, so kubeadm's etcd join would fail). Both go, through
+/// `api`, a running server, before it joins again. A server new to the cluster has no Node:
+/// etcd is not asked then (right after `kubeadm init` its pod is not in the API yet).
 async fn forget_stale_server(node: &Node, host: &Host, api: &Host) -> Result<(), String> {
+    if !node_listed(api, node.name()).await? {
+        return Ok(());
+    }
     let facts = node.facts().ok_or("no facts gathered")?;
     let node_ip = crate::k3s::node_ip(&node.spec, &facts)?;
     let members = etcd::members(api, &api.name).await?;
     let stale: Vec<_> = members.iter().filter(|m| m.name == node.name() || m.host == node_ip).collect();
-    let listed = node_listed(api, node.name()).await?;
-    if stale.is_empty() && !listed {
-        return Ok(());
-    }
     host.record(format!(
         "{} runs no control plane, but the cluster still lists it (a wiped disk?): \
          its old etcd member and Node go through {} before it joins again",
@@ -159,11 +159,8 @@ async fn forget_stale_server(node: &Node, host: &Host, api: &Host) -> Result<(),
     for member in stale {
         etcd::remove_member(api, &api.name, member).await?;
     }
-    if listed {
-        let cmd = Cmd::change_script(format!("{KUBECTL} delete node {}", quote(node.name())));
-        api.apply(format!("delete the old Node {}", node.name()), &cmd).await.map_err(|e| e.to_string())?;
-    }
-    Ok(())
+    let cmd = Cmd::change_script(format!("{KUBECTL} delete node {}", quote(node.name())));
+    api.apply(format!("delete the old Node {}", node.name()), &cmd).await.map_err(|e| e.to_string())
 }
 
 /// Whether the API has a Node named `name`.
