@@ -160,12 +160,13 @@ spec:
     command: [sh, -c, 'echo probe started; exec sleep 3600']
 ";
 
-/// The lab's nodes share the test machine's one disk, which other labs fill: kubelet's default
-/// thresholds (imagefs.available<15%, image GC above 85% used) would see that whole disk, put
-/// every node under DiskPressure and delete the archive's images, which an airgapped node cannot
-/// pull back (a power-cycled server then cannot start even its static pods). Each node's kubelet
-/// gets thresholds for its own share through /etc/default/kubelet, the file kubeadm's drop-in
-/// reads for such local overrides (pikube leaves it alone).
+/// kubelet's default thresholds (imagefs.available<15%, image GC above 85% used) delete
+/// unused images under disk pressure, which an airgapped node cannot pull back: a power-cycled
+/// server then cannot start even its static pods. That happened here while lab nodes' disks
+/// were the shared, nearly full host disk (each kubeadm lab node has a disk of its own now);
+/// the thresholds stay low for these nodes through /etc/default/kubelet, the file kubeadm's
+/// drop-in reads for local overrides (pikube leaves it alone), so other labs filling the test
+/// machine cannot fail this test.
 fn kubelet_thresholds_for_a_shared_disk(lab: &Lab, nodes: &[&str]) {
     for node in nodes {
         lab.sh(
