@@ -116,5 +116,6 @@ fn kubeadm_files_match_their_golden_files() {
         ("kubelet.service", render::KUBELET_UNIT.to_string()),
         ("10-kubeadm.conf", render::KUBEADM_DROPIN.to_string()),
         ("crictl.yaml", render::CRICTL_YAML.to_string()),
+        ("haproxy-kubeadm.cfg", super::load_balancer::haproxy_cfg(&c)),
     ]);
 }

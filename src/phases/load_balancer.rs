@@ -1,6 +1,7 @@
 //! HAProxy on the `loadbalancer` hosts, in front of the servers' API, with the health-check
-//! semantics of the hand-built clusters it replaces (TCP check, roundrobin,
-//! `inter 10s downinter 5s rise 2 fall 2 slowstart 60s maxconn 250 maxqueue 256 weight 100`).
+//! timings of the hand-built clusters it replaces (roundrobin,
+//! `inter 10s downinter 5s rise 2 fall 2 slowstart 60s maxconn 250 maxqueue 256 weight 100`);
+//! the check is TCP for k3s and HTTPS `/readyz` for kubeadm ([`health_check`]).
 //! The config is checked with `haproxy -c` before it replaces the running one.
 
 use std::fmt::Write as _;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::config::{Cluster, EndpointMode, Role};
+use crate::config::{Cluster, Distribution, EndpointMode, Role};
 use crate::fleet::{Fleet, Node};
 use crate::remote::{Cmd, Host, Mode};
 
@@ -110,14 +111,31 @@ pub fn haproxy_cfg(cluster: &Cluster) -> String {
          \x20   default_backend k3s-servers\n\
          \n\
          backend k3s-servers\n\
-         \x20   option tcp-check\n\
+         {check}\
          \x20   balance roundrobin\n\
          \x20   default-server inter 10s downinter 5s rise 2 fall 2 slowstart 60s maxconn 250 maxqueue 256 weight 100\n",
         name = cluster.name(),
         port = ep.port,
+        check = health_check(cluster.distribution()),
     );
+    // kubeadm's API servers are checked over TLS: their certificates are of the cluster's own
+    // CA, which the load balancer does not hold.
+    let tls = if cluster.distribution() == Distribution::Kubeadm { " verify none" } else { "" };
     for s in cluster.with_role(Role::Server) {
-        let _ = writeln!(out, "    server {} {}:6443 check", s.name.value, s.address());
+        let _ = writeln!(out, "    server {} {}:6443 check{tls}", s.name.value, s.address());
     }
     out
+}
+
+/// How HAProxy decides that a server may take API traffic. kubeadm's API server answers
+/// `/readyz` to anyone (kubeadm binds it to system:unauthenticated), so a server counts only
+/// while it is ready: one that listens but has lost its etcd, or is still starting after a
+/// reboot, gets no requests. k3s's refuses anonymous requests: a TCP check.
+fn health_check(distribution: Distribution) -> &'static str {
+    match distribution {
+        Distribution::Kubeadm => {
+            "    option httpchk\n    http-check connect ssl\n    http-check send meth GET uri /readyz\n    http-check expect status 200\n"
+        }
+        Distribution::K3s => "    option tcp-check\n",
+    }
 }

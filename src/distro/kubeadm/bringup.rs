@@ -1,20 +1,21 @@
 //! Bring-up with kubeadm: the first server runs `kubeadm init` (unless a control plane already
-//! exists: a wiped first server joins it instead), the other servers join as control-plane
-//! nodes one at a time, each awaited, then the pod network, then the agents in parallel. Join
-//! tokens and the certificate key are made fresh on a running server for each run that needs
-//! them (tokens live 1 h, uploaded certificates 2 h), held in memory and handed to kubeadm on
-//! stdin through a 0600 file that is removed at once — never printed.
+//! exists: a wiped first server joins it instead, after its stale etcd member and Node are
+//! removed), the other servers join as control-plane nodes one at a time, each awaited, then
+//! the pod network, then the agents in parallel. Join tokens and the certificate key are made
+//! fresh on a running server for each run that needs them (tokens live 1 h, uploaded
+//! certificates 2 h), held in memory and handed to kubeadm on stdin through a 0600 file that
+//! is removed at once — never printed.
 
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::artifacts;
 use super::render::{self, JoinSecrets};
+use super::{artifacts, etcd};
 use super::{ADMIN_CONF, KUBECTL};
 use crate::config::{Cni, Role};
 use crate::fleet::{Fleet, Node};
-use crate::remote::{Cmd, Host, Mode, RemoteError};
+use crate::remote::{quote, Cmd, Host, Mode, RemoteError};
 
 const KUBEADM: &str = "/usr/local/bin/kubeadm";
 const INIT_CONFIG: &str = "/etc/pikube/kubeadm.yaml";
@@ -69,7 +70,7 @@ pub fn servers<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
             }
             let result = match (state.control_plane, api) {
                 (true, _) => keep_running(fleet, node, host).await,
-                (false, Some(api)) => join(fleet, node, host, api, true).await,
+                (false, Some(api)) => rejoin(fleet, node, host, api).await,
                 (false, None) => init(fleet, node, host).await,
             };
             match result {
@@ -127,6 +128,45 @@ async fn init(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String> {
         wait_for_api(host, fleet.ready_timeout).await?;
     }
     Ok(())
+}
+
+/// A server without a control plane joins the one the others run; first the cluster forgets
+/// what it still holds of an earlier life of this server.
+async fn rejoin(fleet: &Fleet, node: &Node, host: &Host, api: &Host) -> Result<(), String> {
+    forget_stale_server(node, host, api).await?;
+    join(fleet, node, host, api, true).await
+}
+
+/// A server whose disk was wiped (a reflashed Pi) is still listed by the cluster under its
+/// name: its Node and its etcd member, whose peer URL the new member needs (etcd refuses a
+/// second member with the same peer URL, so kubeadm's etcd join would fail). Both go, through
+/// `api`, a running server, before it joins again. A server new to the cluster has no Node:
+/// etcd is not asked then (right after `kubeadm init` its pod is not in the API yet).
+async fn forget_stale_server(node: &Node, host: &Host, api: &Host) -> Result<(), String> {
+    if !node_listed(api, node.name()).await? {
+        return Ok(());
+    }
+    let facts = node.facts().ok_or("no facts gathered")?;
+    let node_ip = crate::k3s::node_ip(&node.spec, &facts)?;
+    let members = etcd::members(api, &api.name).await?;
+    let stale: Vec<_> = members.iter().filter(|m| m.name == node.name() || m.host == node_ip).collect();
+    host.record(format!(
+        "{} runs no control plane, but the cluster still lists it (a wiped disk?): \
+         its old etcd member and Node go through {} before it joins again",
+        node.name(),
+        api.name
+    ));
+    for member in stale {
+        etcd::remove_member(api, &api.name, member).await?;
+    }
+    let cmd = Cmd::change_script(format!("{KUBECTL} delete node {}", quote(node.name())));
+    api.apply(format!("delete the old Node {}", node.name()), &cmd).await.map_err(|e| e.to_string())
+}
+
+/// Whether the API has a Node named `name`.
+async fn node_listed(api: &Host, name: &str) -> Result<bool, String> {
+    let cmd = Cmd::read_script(format!("{KUBECTL} get node {} -o name --ignore-not-found", quote(name)));
+    Ok(!api.run_ok(&cmd).await.map_err(|e| e.to_string())?.trim().is_empty())
 }
 
 /// `kubeadm join` through the endpoint, as a control-plane node when `control_plane`.
