@@ -15,6 +15,8 @@ use common::{lab_kubernetes, stdout, text, wait_for, Lab, BIN};
 
 const VERSION: &str = "v1.34.4";
 const SERVERS: [&str; 3] = ["node1", "node2", "node3"];
+/// The Kubernetes nodes of the HAProxy lab (node4 is the load balancer).
+const ALL: [&str; 5] = ["node1", "node2", "node3", "node5", "node6"];
 
 /// The report's `HOST (ADDRESS): …` section for one host.
 fn section(report: &str, host: &str) -> String {
@@ -160,23 +162,6 @@ spec:
     command: [sh, -c, 'echo probe started; exec sleep 3600']
 ";
 
-/// kubelet's default thresholds (imagefs.available<15%, image GC above 85% used) delete
-/// unused images under disk pressure, which an airgapped node cannot pull back: a power-cycled
-/// server then cannot start even its static pods. That happened here while lab nodes' disks
-/// were the shared, nearly full host disk (each kubeadm lab node has a disk of its own now);
-/// the thresholds stay low for these nodes through /etc/default/kubelet, the file kubeadm's
-/// drop-in reads for local overrides (pikube leaves it alone), so other labs filling the test
-/// machine cannot fail this test.
-fn kubelet_thresholds_for_a_shared_disk(lab: &Lab, nodes: &[&str]) {
-    for node in nodes {
-        lab.sh(
-            node,
-            "echo 'KUBELET_EXTRA_ARGS=--eviction-hard=memory.available<100Mi,nodefs.available<1%,imagefs.available<1% \
-             --image-gc-high-threshold=100 --image-gc-low-threshold=99' > /etc/default/kubelet",
-        );
-    }
-}
-
 /// The first server's card dies and comes back blank (`lab wipe`: the base image, a new SSH
 /// host key). The user trusts the new key after checking it against the one the lab made.
 fn wipe_and_trust(lab: &Lab, node: &str, address: &str) {
@@ -215,8 +200,6 @@ fn kubeadm_ha_behind_haproxy_fails_over_and_replaces_the_first_server() {
         59,
         &["--nodes", "6", "--servers", "3", "--loadbalancers", "1", "--kubeadm", dir.to_str().unwrap()],
     );
-    let all = ["node1", "node2", "node3", "node5", "node6"];
-    kubelet_thresholds_for_a_shared_disk(&lab, &all);
 
     // HA: node1 inits, node2 and node3 join one after the other through HAProxy on node4.
     let report = up_ok(&lab, "HA up (3 servers, 1 load balancer, 2 agents)");
@@ -227,7 +210,7 @@ fn kubeadm_ha_behind_haproxy_fails_over_and_replaces_the_first_server() {
     assert!(kc.contains("server: https://10.77.59.14:6443"), "{kc}");
     let cfg = lab.sh("node4", "cat /etc/haproxy/haproxy.cfg");
     assert!(cfg.contains("http-check send meth GET uri /readyz"), "HAProxy checks the API server's readiness:\n{cfg}");
-    wait_all_ready(&lab, &dir, &all);
+    wait_all_ready(&lab, &dir, &ALL);
     let members = wait_three_members(&lab, "node2");
     wait_for("3 etcd and 3 API server pods Running", Duration::from_secs(300), Duration::from_secs(3), || {
         let (etcd, api) = (running(&lab, &dir, "etcd-"), running(&lab, &dir, "kube-apiserver-"));
@@ -273,7 +256,7 @@ fn kubeadm_ha_behind_haproxy_fails_over_and_replaces_the_first_server() {
     // node1 comes back: up converges, and a second up has nothing to do.
     lab.lab("start", "node1");
     up_ok(&lab, "up after node1 returned");
-    wait_all_ready(&lab, &dir, &all);
+    wait_all_ready(&lab, &dir, &ALL);
     assert_eq!(wait_three_members(&lab, "node1"), members, "the same three etcd members");
     let again = up_ok(&lab, "second up");
     assert!(again.contains("Up: no changes"), "{again}");
@@ -282,7 +265,6 @@ fn kubeadm_ha_behind_haproxy_fails_over_and_replaces_the_first_server() {
     // (never `kubeadm init` a second one), after removing its stale etcd member and Node.
     let old_id = members.iter().find(|(_, n)| n == "node1").map(|(id, _)| id.clone()).unwrap();
     wipe_and_trust(&lab, "node1", "10.77.59.11");
-    kubelet_thresholds_for_a_shared_disk(&lab, &["node1"]);
     let report = up_ok(&lab, "up after node1 was wiped");
     let node1 = section(&report, "node1");
     assert!(node1.contains("[servers] kubeadm join --control-plane"), "{report}");
@@ -291,7 +273,7 @@ fn kubeadm_ha_behind_haproxy_fails_over_and_replaces_the_first_server() {
     let node2 = section(&report, "node2");
     assert!(node2.contains("[servers] remove etcd member node1 (10.77.59.11)"), "{report}");
     assert!(node2.contains("[servers] delete the old Node node1"), "{report}");
-    wait_all_ready(&lab, &dir, &all);
+    wait_all_ready(&lab, &dir, &ALL);
     let after = wait_three_members(&lab, "node2");
     let new_id = after.iter().find(|(_, n)| n == "node1").map(|(id, _)| id.clone()).unwrap();
     assert_ne!(new_id, old_id, "node1 is a new etcd member: {after:?}");
@@ -310,7 +292,6 @@ fn kubeadm_ha_on_a_keepalived_vip_fails_over() {
     let dir = lab_kubernetes(VERSION);
     let lab = Lab::up("kadm-vip", 61, &["--nodes", "3", "--servers", "3", "--vip", "--kubeadm", dir.to_str().unwrap()]);
     let vip = "10.77.61.10";
-    kubelet_thresholds_for_a_shared_disk(&lab, &SERVERS);
     up_ok(&lab, "HA up on a VIP (3 servers)");
     let kc = std::fs::read_to_string(lab.dir().join("build/kadm-vip-config.yml")).unwrap();
     assert!(kc.contains(&format!("server: https://{vip}:6443")), "{kc}");
