@@ -330,15 +330,18 @@ impl Upgrade {
     }
 }
 
-/// The rolling upgrade's order, one line, when nodes restart onto a new k3s binary.
+/// The rolling upgrade's order, one line, when nodes move to a new release.
 fn upgrade_order(fleet: &Fleet) -> Option<String> {
     let order = fleet.upgrade_order.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if order.is_empty() {
         return None;
     }
-    let steps = match fleet.drain_timeout {
-        Some(_) => "drain, restart, Ready on the new version, uncordon",
-        None => "restart, Ready on the new version; not drained (--no-drain)",
+    let kubeadm = fleet.cluster.distribution() == crate::config::Distribution::Kubeadm;
+    let steps = match (fleet.drain_timeout, kubeadm) {
+        (Some(_), false) => "drain, restart, Ready on the new version, uncordon",
+        (None, false) => "restart, Ready on the new version; not drained (--no-drain)",
+        (Some(_), true) => "kubeadm upgrade, drain, new kubelet, Ready on the new version, uncordon",
+        (None, true) => "kubeadm upgrade, new kubelet, Ready on the new version; not drained (--no-drain)",
     };
     Some(format!("Upgrade order, one node at a time ({steps}): {}", order.join(" → ")))
 }

@@ -59,6 +59,14 @@ pub fn agents<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     }
 }
 
+/// Once every node is Ready and its kubelet on the pinned version: what else must run the
+/// pinned release does (kubeadm: the control-plane and kube-proxy pods; k3s runs one binary).
+pub async fn verify_release(fleet: &Fleet, api: &Host) {
+    if fleet.cluster.distribution() == Distribution::Kubeadm {
+        kubeadm::upgrade::verify_release(fleet, api).await;
+    }
+}
+
 /// The release binaries for `arch`, verified (downloaded first unless `offline`).
 pub fn binaries(cluster: &Cluster, version: &str, arch: &Arch, offline: bool) -> Result<Vec<K3sBinary>, ArtifactError> {
     match cluster.distribution() {
