@@ -255,7 +255,9 @@ fn version_refusal(cluster: &Cluster, hosts: &[Probe], want: &str) -> Option<(St
     let installed: Vec<(String, String)> = hosts
         .iter()
         .filter(|h| h.role() != Role::Loadbalancer)
-        .filter_map(|h| Some((h.name().to_string(), crate::distro::kubeadm::upgrade::installed(h.facts()?)?)))
+        .filter_map(|h| {
+            Some((h.name().to_string(), crate::distro::installed_version(cluster.distribution(), h.facts()?)?))
+        })
         .collect();
     crate::distro::kubeadm::upgrade::refusal(&installed, want)
 }

@@ -178,6 +178,7 @@ fn kubeadm_upgrade_between_two_patch_releases() {
     }
     assert!(section(&plan, "node5").contains(&format!("[agents] kubeadm upgrade node (to {NEW})")), "{plan}");
     assert!(section(&plan, "node5").contains("[agents] drain node5"), "{plan}");
+    assert!(plan.contains(&format!("etcd snapshot before the upgrade to {NEW}")), "{plan}");
     assert_eq!(binaries(&lab), before, "plan changed a binary");
 
     // up: in that order, the probe pod evicted from the agent, every node on the new release.
@@ -196,6 +197,14 @@ fn kubeadm_upgrade_between_two_patch_releases() {
     assert!(!section(&report, "node2").contains("[artifacts] update /usr/local/bin/kubelet"), "{report}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let at = |what: &str| stderr.find(what).unwrap_or_else(|| panic!("{what:?} not in the log:\n{stderr}"));
+    // The snapshot came before any version changed, and is kept here.
+    assert!(at("pre-upgrade snapshot: ") < at("node1: kubeadm upgrade apply"), "{stderr}");
+    let backups: Vec<PathBuf> = std::fs::read_dir(lab.dir().join("backups/kadm-upg"))
+        .expect("the backups directory")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("-pre-upgrade") && p.join("backup.json").is_file())
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
     assert!(at("node1: kubeadm upgrade apply") < at("node2: kubeadm upgrade node"), "{stderr}");
     assert!(at("node3: kubeadm upgrade node") < at("node5: kubeadm upgrade node"), "{stderr}");
 

@@ -62,8 +62,16 @@ pub fn artifacts<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     })
 }
 
-/// The release's binaries for `arch`, verified and read.
+/// The release's binaries for `arch`, verified and read once per run: the artifacts phase and
+/// each node's upgrade share them (hashing them again per node costs seconds on a Pi).
 fn load(cluster: &crate::config::Cluster, version: &str, arch: &crate::facts::Arch) -> Loaded {
+    static READ: std::sync::Mutex<BTreeMap<(String, String), Loaded>> = std::sync::Mutex::new(BTreeMap::new());
+    let key = (version.to_string(), arch.as_str().to_string());
+    let mut read = READ.lock().unwrap_or_else(|p| p.into_inner());
+    read.entry(key).or_insert_with(|| read_binaries(cluster, version, arch)).clone()
+}
+
+fn read_binaries(cluster: &crate::config::Cluster, version: &str, arch: &crate::facts::Arch) -> Loaded {
     artifacts::BINARIES
         .iter()
         .map(|name| {

@@ -15,7 +15,6 @@ use serde_json::Value;
 
 use super::KUBECTL;
 use crate::config::{Distribution, Role};
-use crate::facts::HostFacts;
 use crate::fleet::{Fleet, Node};
 use crate::phases::upgrade as rolling;
 use crate::remote::{quote, Cmd, Host, Mode, RemoteError};
@@ -32,11 +31,6 @@ fn parse(version: &str) -> Option<(u64, u64, u64)> {
     let core = version.trim().trim_start_matches('v').split(['-', '+']).next()?;
     let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
     Some((parts.next()??, parts.next()??, parts.next()??))
-}
-
-/// The kubelet release a node's facts show (`Kubernetes v1.34.3`), when kubelet is installed.
-pub fn installed(facts: &HostFacts) -> Option<String> {
-    facts.kubernetes.get("kubelet")?.split_whitespace().nth(1).map(str::to_string)
 }
 
 /// Why moving the nodes (`name`, installed release) to `want` is refused, with a hint: kubeadm
@@ -120,7 +114,10 @@ pub async fn server(fleet: &Fleet, node: &Node, host: &Host, cluster: &mut Optio
         return Ok(false);
     }
     if cluster.as_deref() != Some(version) {
-        kubeadm(fleet, node, host, &format!("upgrade apply -y {}", quote(version)), "kubeadm upgrade apply").await?;
+        // CreateJob runs a Job that must finish within 15 s, which a busy Pi misses; the
+        // nodes' readiness and every component's version are checked by pikube itself.
+        let args = format!("upgrade apply -y --ignore-preflight-errors=CreateJob {}", quote(version));
+        kubeadm(fleet, node, host, &args, "kubeadm upgrade apply").await?;
         *cluster = Some(version.to_string());
     } else {
         kubeadm(fleet, node, host, "upgrade node", "kubeadm upgrade node").await?;
