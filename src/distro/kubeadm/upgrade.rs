@@ -282,6 +282,12 @@ async fn stale_pods(api: &Host, members: &[&Node], version: &str) -> Result<BTre
     let cmd = Cmd::read_script(format!("{KUBECTL} -n kube-system get pods -o json")).timeout(Duration::from_secs(30));
     let out = api.run_ok(&cmd).await.map_err(|e: RemoteError| format!("cannot list kube-system's pods: {e}"))?;
     let v: Value = serde_json::from_str(&out).map_err(|e| format!("unexpected pod list: {e}"))?;
+    let members: Vec<(&str, Role)> = members.iter().map(|n| (n.name(), n.role())).collect();
+    Ok(stale(&v, &members, version))
+}
+
+/// [`stale_pods`] on the API's pod list.
+fn stale(v: &Value, members: &[(&str, Role)], version: &str) -> BTreeMap<String, Vec<String>> {
     let mut found: BTreeMap<(String, &str), Vec<String>> = BTreeMap::new();
     for pod in v.get("items").and_then(Value::as_array).into_iter().flatten() {
         let labels = |k: &str| pod.pointer(&format!("/metadata/labels/{k}")).and_then(Value::as_str);
@@ -298,20 +304,20 @@ async fn stale_pods(api: &Host, members: &[&Node], version: &str) -> Result<BTre
         found.entry((node, component)).or_default().extend(images);
     }
     let mut wrong: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for n in members {
-        let wanted = COMPONENTS.iter().filter(|c| n.role() == Role::Server || **c == "kube-proxy");
+    for (name, role) in members {
+        let wanted = COMPONENTS.iter().filter(|c| *role == Role::Server || **c == "kube-proxy");
         for component in wanted {
-            let images = found.get(&(n.name().to_string(), component)).cloned().unwrap_or_default();
+            let images = found.get(&(name.to_string(), component)).cloned().unwrap_or_default();
             let off: Vec<&String> = images.iter().filter(|i| !i.ends_with(&format!(":{version}"))).collect();
             let why = match (images.is_empty(), off.first()) {
                 (true, _) => format!("no {component} pod"),
                 (false, Some(image)) => format!("{component} runs {image}"),
                 (false, None) => continue,
             };
-            wrong.entry(n.name().to_string()).or_default().push(why);
+            wrong.entry(name.to_string()).or_default().push(why);
         }
     }
-    Ok(wrong)
+    wrong
 }
 
 #[cfg(test)]
@@ -349,6 +355,28 @@ mod tests {
         assert!(why.contains("v1.34.3 is older than v1.34.4, which n1, n2 run(s)"), "{why}");
         assert!(hint.contains("pin v1.34.4"), "{hint}");
         assert!(refusal(&on(&[("n1", "v1.35.1")]), "v1.34.9").is_some());
+    }
+
+    #[test]
+    fn a_component_pod_on_another_image_or_missing_is_named() {
+        let pod = |name: &str, label: &str, node: &str, image: &str| {
+            serde_json::json!({"metadata": {"name": name, "labels": {label.split('=').next().unwrap(): label.split('=').nth(1).unwrap()}},
+                "spec": {"nodeName": node, "containers": [{"image": image}]},
+                "status": {"containerStatuses": [{"image": image}]}})
+        };
+        let new = |c: &str| format!("registry.k8s.io/{c}:v1.34.4");
+        let mut items = vec![];
+        for c in ["kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
+            items.push(pod(&format!("{c}-n1"), &format!("component={c}"), "n1", &new(c)));
+        }
+        items.push(pod("kube-proxy-a", "k8s-app=kube-proxy", "n1", &new("kube-proxy")));
+        items.push(pod("kube-proxy-b", "k8s-app=kube-proxy", "n2", "registry.k8s.io/kube-proxy:v1.34.3"));
+        let members = [("n1", Role::Server), ("n2", Role::Agent), ("n3", Role::Agent)];
+        let wrong = stale(&serde_json::json!({ "items": items }), &members, "v1.34.4");
+        assert_eq!(wrong.get("n1"), None, "{wrong:?}");
+        assert_eq!(wrong["n2"], ["kube-proxy runs registry.k8s.io/kube-proxy:v1.34.3"]);
+        assert_eq!(wrong["n3"], ["no kube-proxy pod"]);
+        assert!(stale(&serde_json::json!({ "items": items }), &members[..1], "v1.34.3")["n1"].len() == 4);
     }
 
     #[test]
