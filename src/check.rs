@@ -91,6 +91,7 @@ fn assess(cluster: &Cluster, hosts: &[Probe]) -> Vec<Finding> {
     let version = cluster.version();
     let airgap = cluster.spec.kubernetes.artifacts.is_some();
     let mut artifacts_checked: BTreeMap<String, Option<(String, String)>> = BTreeMap::new();
+    let refused = version.and_then(|want| version_refusal(cluster, hosts, want));
     for node in hosts {
         let name = node.name();
         if !node.connected {
@@ -218,6 +219,10 @@ fn assess(cluster: &Cluster, hosts: &[Probe]) -> Vec<Finding> {
                 _ => add(name, Severity::Info, "kubernetes-present", format!("{k} already installed: {v}"), ""),
             }
         }
+        // A release kubeadm cannot move the cluster to stops every host, before any changes.
+        if let Some((message, fix)) = &refused {
+            add(name, Severity::Error, "version-skew", message.clone(), fix);
+        }
         // Airgap files are checked before anything changes, so a bad file stops `up` early.
         if let (Some(want), true, true) = (version, airgap, node.role() != Role::Loadbalancer) {
             let verdict = artifacts_checked.entry(f.arch.as_str().to_string()).or_insert_with(|| {
@@ -239,6 +244,22 @@ fn assess(cluster: &Cluster, hosts: &[Probe]) -> Vec<Finding> {
     cross_host(hosts, &mut out);
     out.sort_by_key(|f| (host_order(hosts, &f.host), f.severity));
     out
+}
+
+/// Why the pinned `want` is refused for the releases the hosts' kubelets run (kubeadm: no
+/// minor release skipped, no downgrade), with the fix.
+fn version_refusal(cluster: &Cluster, hosts: &[Probe], want: &str) -> Option<(String, String)> {
+    if cluster.distribution() != crate::config::Distribution::Kubeadm {
+        return None;
+    }
+    let installed: Vec<(String, String)> = hosts
+        .iter()
+        .filter(|h| h.role() != Role::Loadbalancer)
+        .filter_map(|h| {
+            Some((h.name().to_string(), crate::distro::installed_version(cluster.distribution(), h.facts()?)?))
+        })
+        .collect();
+    crate::distro::kubeadm::upgrade::refusal(&installed, want)
 }
 
 /// Findings that compare hosts with each other.
@@ -600,6 +621,29 @@ mod tests {
         let kubeadm = fleet_with(|f| _ = f.kubernetes.insert("kubeadm".into(), "kubeadm version: v1.30.0".into()));
         let f = single(&assess(&pinned, &kubeadm), "a", "kubernetes-present", Severity::Info, "");
         assert_eq!((f.message.as_str(), f.fix.as_str()), ("kubeadm already installed: kubeadm version: v1.30.0", ""));
+    }
+
+    #[test]
+    fn kubeadm_refuses_a_skipped_minor_release_or_a_downgrade_on_every_host() {
+        let kubeadm = |v: &str| cluster(&format!("kubernetes:\n  distribution: kubeadm\n  version: {v}\n"));
+        let on = |v: &str| {
+            let mut all = fleet_with(|_| {});
+            for p in &mut all {
+                p.facts.as_mut().unwrap().kubernetes.insert("kubelet".into(), format!("Kubernetes {v}"));
+            }
+            all
+        };
+        let refused = |found: Vec<Finding>| -> Vec<(String, String)> {
+            found.into_iter().filter(|f| f.code == "version-skew").map(|f| (f.host, f.message)).collect()
+        };
+        let skip = refused(assess(&kubeadm("v1.36.0"), &on("v1.34.4")));
+        assert_eq!(skip.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert!(skip[0].1.contains("v1.36.0 skips a minor release: a, b, c run(s) v1.34.4"), "{skip:?}");
+        let back = refused(assess(&kubeadm("v1.34.3"), &on("v1.34.4")));
+        assert!(back.len() == 3 && back[0].1.contains("cannot downgrade"), "{back:?}");
+        assert!(refused(assess(&kubeadm("v1.35.2"), &on("v1.34.4"))).is_empty());
+        // k3s's releases are not judged by kubeadm's rule.
+        assert!(refused(assess(&cluster("kubernetes:\n  version: v1.36.0+k3s1\n"), &on("v1.34.4"))).is_empty());
     }
 
     /// An airgap directory, removed on drop.

@@ -330,15 +330,18 @@ impl Upgrade {
     }
 }
 
-/// The rolling upgrade's order, one line, when nodes restart onto a new k3s binary.
+/// The rolling upgrade's order, one line, when nodes move to a new release.
 fn upgrade_order(fleet: &Fleet) -> Option<String> {
     let order = fleet.upgrade_order.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if order.is_empty() {
         return None;
     }
-    let steps = match fleet.drain_timeout {
-        Some(_) => "drain, restart, Ready on the new version, uncordon",
-        None => "restart, Ready on the new version; not drained (--no-drain)",
+    let kubeadm = fleet.cluster.distribution() == crate::config::Distribution::Kubeadm;
+    let steps = match (fleet.drain_timeout, kubeadm) {
+        (Some(_), false) => "drain, restart, Ready on the new version, uncordon",
+        (None, false) => "restart, Ready on the new version; not drained (--no-drain)",
+        (Some(_), true) => "kubeadm upgrade, drain, new kubelet, Ready on the new version, uncordon",
+        (None, true) => "kubeadm upgrade, new kubelet, Ready on the new version; not drained (--no-drain)",
     };
     Some(format!("Upgrade order, one node at a time ({steps}): {}", order.join(" → ")))
 }
@@ -710,9 +713,18 @@ async fn backup(target: Target, keep: Option<u64>) -> miette::Result<ExitCode> {
     let m = &taken.manifest;
     println!("backup of {} written to {}", m.cluster, taken.dir.display());
     println!("  snapshot  {} ({}) from server {}", m.snapshot, size(m.size), m.server);
-    println!("  token     token (0600; a restore needs it to decrypt the snapshot)");
-    println!("  checksums SHA256SUMS");
-    println!("  the snapshot was removed from {} (k3s keeps its scheduled snapshots)", m.server);
+    match m.distribution {
+        crate::config::Distribution::K3s => {
+            println!("  token     token (0600; a restore needs it to decrypt the snapshot)");
+            println!("  checksums SHA256SUMS");
+            println!("  the snapshot was removed from {} (k3s keeps its scheduled snapshots)", m.server);
+        }
+        crate::config::Distribution::Kubeadm => {
+            println!("  pki       pki/ (cluster, front-proxy and etcd CAs, service-account keys; 0600)");
+            println!("  checksums SHA256SUMS");
+            println!("  the snapshot was removed from {}", m.server);
+        }
+    }
     if let Some(keep) = keep {
         let gone = crate::backup::prune(&fleet.cluster, keep as usize).map_err(|e| miette::miette!("{e}"))?;
         for dir in &gone {

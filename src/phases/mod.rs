@@ -14,7 +14,7 @@ mod preflight;
 mod prepare_host;
 mod readiness;
 mod reboot;
-mod upgrade;
+pub(crate) mod upgrade;
 mod verify;
 mod virtual_ip;
 

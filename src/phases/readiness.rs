@@ -46,6 +46,7 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                                 n.fail(e);
                             }
                         }
+                        distro::verify_release(fleet, api).await;
                         let all =
                             format!("all {} nodes Ready ({:.1}s)", members.len(), started.elapsed().as_secs_f64());
                         crate::progress::note(&all);

@@ -1,5 +1,5 @@
-//! Safe upgrades. A node whose running k3s restarts onto a new binary is cordoned and drained
-//! first, through a server's API (`kubectl drain`, never forced: a pod it cannot evict in time
+//! Safe upgrades, for both distributions. A node whose running k3s (or kubelet) restarts onto
+//! a new binary is cordoned and drained first, through a server's API (`kubectl drain`, never forced: a pod it cannot evict in time
 //! stops the upgrade, named). Once Ready again its kubelet must report the pinned version; only
 //! then is it made schedulable again. A node the user had cordoned stays cordoned: pikube
 //! marks the nodes it cordons on the node itself, so a run cut short (a node that never got
@@ -12,8 +12,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::config::Role;
+use crate::distro::{self, NodeStatus};
 use crate::fleet::{Fleet, Node};
-use crate::k3s::{self, NodeStatus, BIN};
+use crate::k3s;
 use crate::remote::{quote, Cmd, Host, Mode, RemoteError};
 
 use super::k3s_servers::running;
@@ -35,13 +36,24 @@ pub async fn restarts_onto_new_binary(node: &Node, host: &Host) -> Result<bool, 
     Ok(host.run_ok(&probe).await.map_err(|e| e.to_string())?.trim().ends_with(" (deleted)"))
 }
 
-/// The API to drain and uncordon `node` through: another server that ran k3s before this run
+/// Whether the node's unit (k3s, kubelet) was active when its facts were gathered.
+fn runs(fleet: &Fleet, node: &Node) -> bool {
+    let unit = distro::unit_name(fleet.cluster.distribution(), node.role());
+    node.facts().and_then(|f| f.services.get(unit).cloned()).is_some_and(|s| s.active)
+}
+
+/// The API to drain and uncordon `node` through: another server that ran before this run
 /// (a server being drained is about to restart), else the node itself when it is a server
 /// (new clusters: the others may not run yet), else the first server (started in this run).
 fn api_for<'a>(fleet: &'a Fleet, node: &'a Node) -> Option<&'a Host> {
     let others: Vec<(&Node, &Host)> = fleet.healthy(Role::Server).filter(|(n, _)| n.name() != node.name()).collect();
     let own = node.host.as_ref().filter(|_| node.role() == Role::Server);
-    others.iter().find(|(n, _)| running(n)).map(|(_, h)| *h).or(own).or(others.first().map(|(_, h)| *h))
+    others.iter().find(|(n, _)| runs(fleet, n)).map(|(_, h)| *h).or(own).or(others.first().map(|(_, h)| *h))
+}
+
+/// kubectl with admin credentials on a server, for the fleet's distribution.
+fn kubectl(fleet: &Fleet) -> &'static str {
+    distro::kubectl(fleet.cluster.distribution())
 }
 
 /// Cordons and drains `node` before its restart onto a new binary; `--no-drain` skips it.
@@ -51,8 +63,10 @@ pub async fn drain(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String
     let name = node.name();
     fleet.upgrade_order.lock().unwrap_or_else(|p| p.into_inner()).push(name.to_string());
     let Some(timeout) = fleet.drain_timeout else { return Ok(()) };
-    let api = api_for(fleet, node).ok_or("no server runs k3s to drain the node through")?;
-    let asked = k3s::nodes(api).await.map_err(|e| format!("cannot drain {name} through {}: {e}", api.name))?;
+    let api = api_for(fleet, node).ok_or("no server runs to drain the node through")?;
+    let asked = distro::nodes(fleet.cluster.distribution(), api)
+        .await
+        .map_err(|e| format!("cannot drain {name} through {}: {e}", api.name))?;
     let Some(before) = asked.get(name) else {
         return Ok(()); // not registered: nothing can run on it
     };
@@ -70,7 +84,8 @@ pub async fn drain(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String
         host.run_ok(&Cmd::change_script(mark)).await.map_err(e)?;
     }
     let script = format!(
-        "{BIN} kubectl drain {n} --ignore-daemonsets --delete-emptydir-data --timeout={t}s",
+        "{k} drain {n} --ignore-daemonsets --delete-emptydir-data --timeout={t}s",
+        k = kubectl(fleet),
         n = quote(name),
         t = timeout.as_secs()
     );
@@ -85,7 +100,7 @@ pub async fn drain(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String
         }
         return Ok(());
     }
-    let left = pods_on(api, name).await.unwrap_or_else(|e| vec![format!("(cannot list them: {e})")]);
+    let left = pods_on(kubectl(fleet), api, name).await.unwrap_or_else(|e| vec![format!("(cannot list them: {e})")]);
     let kept = if ours { uncordon(fleet, node, host).await.err() } else { None };
     let stderr = out.stderr_str();
     let kubectl: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -104,9 +119,9 @@ pub async fn drain(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String
 
 /// `namespace/name` of the pods the API places on `node`, except DaemonSet and mirror pods
 /// (drain leaves those).
-async fn pods_on(api: &Host, node: &str) -> Result<Vec<String>, String> {
+async fn pods_on(kubectl: &str, api: &Host, node: &str) -> Result<Vec<String>, String> {
     let out = api
-        .run_ok(&Cmd::read_script(format!("{BIN} kubectl get pods -A -o json")).timeout(Duration::from_secs(30)))
+        .run_ok(&Cmd::read_script(format!("{kubectl} get pods -A -o json")).timeout(Duration::from_secs(30)))
         .await
         .map_err(|e| e.to_string())?;
     let v: Value = serde_json::from_str(&out).map_err(|e| format!("unexpected pod list: {e}"))?;
@@ -133,13 +148,13 @@ async fn uncordon(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String>
     if host.file_state(CORDONED_BY_PIKUBE).await.map_err(e)?.sha256.is_empty() {
         return Ok(());
     }
-    let api = api_for(fleet, node).ok_or("no server runs k3s to uncordon the node through")?;
+    let api = api_for(fleet, node).ok_or("no server runs to uncordon the node through")?;
     let name = node.name();
     host.record(format!("uncordon {name}"));
     if host.mode() == Mode::DryRun {
         return Ok(());
     }
-    api.run_ok(&Cmd::change_script(format!("{BIN} kubectl uncordon {}", quote(name)))).await.map_err(e)?;
+    api.run_ok(&Cmd::change_script(format!("{} uncordon {}", kubectl(fleet), quote(name)))).await.map_err(e)?;
     host.run_ok(&Cmd::change("rm", &["-f", CORDONED_BY_PIKUBE])).await.map_err(e)?;
     Ok(())
 }
@@ -150,7 +165,7 @@ pub async fn settle(fleet: &Fleet, node: &Node, host: &Host, status: &NodeStatus
     if let Some(pin) = fleet.cluster.version() {
         if status.kubelet_version != pin {
             return Err(format!(
-                "{} is Ready but its kubelet reports {}, not the pinned {pin}: it did not move to the pinned release{}\n  hint: something starts another binary than {BIN}; look at `systemctl cat {}` on it",
+                "{} is Ready but its kubelet reports {}, not the pinned {pin}: it did not move to the pinned release{}\n  hint: something starts another binary than the pinned release's; look at `systemctl cat {}` on it",
                 node.name(),
                 status.kubelet_version,
                 if status.unschedulable { " (left cordoned)" } else { "" },
@@ -167,8 +182,8 @@ pub async fn settle(fleet: &Fleet, node: &Node, host: &Host, status: &NodeStatus
 
 /// [`settle`] for one node that was just waited for until Ready.
 pub async fn settle_one(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String> {
-    let api = api_for(fleet, node).ok_or("no server runs k3s to ask for the node's version")?;
-    let mut all: BTreeMap<String, NodeStatus> = k3s::nodes(api).await?;
+    let api = api_for(fleet, node).ok_or("no server runs to ask for the node's version")?;
+    let mut all: BTreeMap<String, NodeStatus> = distro::nodes(fleet.cluster.distribution(), api).await?;
     let status = all.remove(node.name()).ok_or("not registered")?;
     settle(fleet, node, host, &status).await
 }

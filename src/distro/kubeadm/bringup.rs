@@ -55,6 +55,11 @@ pub fn servers<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
         // The server whose API joins go through: one that already runs a control plane.
         let mut api: Option<&Host> =
             servers.iter().zip(&states).find(|(n, s)| s.control_plane && n.ok()).and_then(|(n, _)| n.host.as_ref());
+        // The release kubeadm's configuration names: an upgrade's first server applies the pin.
+        let mut release = match api {
+            Some(h) => super::upgrade::cluster_version(h).await.map_err(|e| tracing::warn!("{e}")).ok(),
+            None => None,
+        };
         let mut blocked: Option<String> = None;
         for (i, (node, state)) in servers.iter().zip(&states).enumerate() {
             let Some(host) = node.host.as_ref().filter(|_| node.ok()) else {
@@ -69,7 +74,11 @@ pub fn servers<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 continue;
             }
             let result = match (state.control_plane, api) {
-                (true, _) => keep_running(fleet, node, host).await,
+                (true, _) => match super::upgrade::server(fleet, node, host, &mut release).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => keep_running(fleet, node, host).await,
+                    Err(e) => Err(e),
+                },
                 (false, Some(api)) => rejoin(fleet, node, host, api).await,
                 (false, None) => init(fleet, node, host).await,
             };
@@ -248,7 +257,7 @@ fn parse_join_command(line: &str) -> Option<(String, String)> {
 }
 
 /// Waits until the API answers through the endpoint with this server's admin credentials.
-async fn wait_for_api(host: &Host, timeout: Duration) -> Result<(), String> {
+pub(super) async fn wait_for_api(host: &Host, timeout: Duration) -> Result<(), String> {
     let probe =
         Cmd::read_script(format!("{KUBECTL} get --raw /readyz --request-timeout=5s")).timeout(Duration::from_secs(20));
     let started = std::time::Instant::now();
@@ -294,8 +303,17 @@ async fn apply_flannel(fleet: &Fleet, host: &Host, version: &str) -> Result<(), 
 }
 
 /// Agents join in parallel with one token made for this run; joined ones keep kubelet running.
+/// Then joined agents on another release are upgraded, one at a time.
 pub fn agents<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     Box::pin(async move {
+        let pending = super::upgrade::pending_agents(fleet).await;
+        join_agents(fleet).await;
+        super::upgrade::agents(fleet, pending).await;
+    })
+}
+
+async fn join_agents<'a>(fleet: &'a Fleet) {
+    {
         let mut waiting = Vec::new();
         for (node, host) in fleet.healthy(Role::Agent) {
             match node_state(host).await {
@@ -339,7 +357,7 @@ pub fn agents<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 join_with(fleet, node, host, secrets).await
             })
             .await;
-    })
+    }
 }
 
 #[cfg(test)]

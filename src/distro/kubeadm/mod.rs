@@ -4,11 +4,13 @@
 //! etcd membership and static pods.
 
 pub mod artifacts;
+pub mod backup;
 mod bringup;
 pub mod etcd;
 pub mod render;
 mod runtime;
 pub mod teardown;
+pub mod upgrade;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,27 +34,19 @@ const KUBEADM_DROPIN_PATH: &str = "/etc/systemd/system/kubelet.service.d/10-kube
 type Loaded = Result<Vec<(&'static str, K3sBinary, Arc<Vec<u8>>)>, String>;
 
 /// kubeadm, kubelet and kubectl of the pinned release on every server and agent (pushed only
-/// when the checksum differs), with kubelet's unit and kubeadm's drop-in.
+/// when the checksum differs), with kubelet's unit and kubeadm's drop-in. A node that runs
+/// another release gets the new kubeadm only: its kubelet and kubectl come during its upgrade,
+/// after `kubeadm upgrade` (the servers and agents phases), and a snapshot is taken first.
 pub fn artifacts<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     Box::pin(async move {
         let Some(version) = fleet.cluster.version() else { return };
+        crate::backup::before_upgrade(fleet).await;
         let mut loaded: BTreeMap<String, Loaded> = BTreeMap::new();
         for node in members(fleet) {
             let Some(arch) = node.facts().map(|f| f.arch) else { continue };
-            loaded.entry(arch.as_str().to_string()).or_insert_with(|| {
-                tokio::task::block_in_place(|| {
-                    artifacts::BINARIES
-                        .iter()
-                        .map(|name| {
-                            let bin = artifacts::binary(&fleet.cluster, version, &arch, name).map_err(|e| {
-                                format!("{name} {version} for {}: {e}\n  hint: {}", arch.as_str(), e.hint())
-                            })?;
-                            let bytes = std::fs::read(&bin.path).map_err(|e| format!("{}: {e}", bin.path.display()))?;
-                            Ok((*name, bin, Arc::new(bytes)))
-                        })
-                        .collect()
-                })
-            });
+            loaded
+                .entry(arch.as_str().to_string())
+                .or_insert_with(|| tokio::task::block_in_place(|| load(&fleet.cluster, version, &arch)));
         }
         let loaded = &loaded;
         fleet
@@ -68,6 +62,27 @@ pub fn artifacts<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     })
 }
 
+/// The release's binaries for `arch`, verified and read once per run: the artifacts phase and
+/// each node's upgrade share them (hashing them again per node costs seconds on a Pi).
+fn load(cluster: &crate::config::Cluster, version: &str, arch: &crate::facts::Arch) -> Loaded {
+    static READ: std::sync::Mutex<BTreeMap<(String, String), Loaded>> = std::sync::Mutex::new(BTreeMap::new());
+    let key = (version.to_string(), arch.as_str().to_string());
+    let mut read = READ.lock().unwrap_or_else(|p| p.into_inner());
+    read.entry(key).or_insert_with(|| read_binaries(cluster, version, arch)).clone()
+}
+
+fn read_binaries(cluster: &crate::config::Cluster, version: &str, arch: &crate::facts::Arch) -> Loaded {
+    artifacts::BINARIES
+        .iter()
+        .map(|name| {
+            let bin = artifacts::binary(cluster, version, arch, name)
+                .map_err(|e| format!("{name} {version} for {}: {e}\n  hint: {}", arch.as_str(), e.hint()))?;
+            let bytes = std::fs::read(&bin.path).map_err(|e| format!("{}: {e}", bin.path.display()))?;
+            Ok((*name, bin, Arc::new(bytes)))
+        })
+        .collect()
+}
+
 /// The binaries, kubelet's unit and kubeadm's drop-in on one node; a running kubelet restarts
 /// when its binary or unit changed (it keeps the old ones until then).
 async fn install(
@@ -77,8 +92,14 @@ async fn install(
     version: &str,
     binaries: &[(&'static str, K3sBinary, Arc<Vec<u8>>)],
 ) -> Result<(), String> {
+    let upgrading = upgrade::holds_back(host, version).await?;
+    if upgrading {
+        host.record(format!(
+            "kubelet and kubectl {version}: installed during the node's upgrade, after `kubeadm upgrade`"
+        ));
+    }
     let mut kubelet_changed = false;
-    for (name, bin, bytes) in binaries {
+    for (name, bin, bytes) in binaries.iter().filter(|(name, _, _)| !upgrading || *name == "kubeadm") {
         kubelet_changed |= push(fleet, node, host, name, bin, bytes).await? && *name == "kubelet";
     }
     let e = |e: crate::remote::RemoteError| e.to_string();
