@@ -7,6 +7,7 @@
 //! commands live in `k3s.rs`; the `match` on [`Distribution`] here is where kubeadm's
 //! etcdctl-based ones slot in.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Cluster, Distribution, Role};
+use crate::distro::kubeadm;
 use crate::fleet::{Fleet, Node};
 use crate::k3s;
 use crate::remote::{quote, Cmd, Host, Mode};
@@ -21,12 +23,10 @@ use crate::remote::{quote, Cmd, Host, Mode};
 /// Why a backup or restore could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
-    #[error("no server runs k3s: {0}\n  hint: start the servers (`pikube up`) and retry")]
-    NoServer(String),
+    #[error("no server runs {0}: {1}\n  hint: start the servers (`pikube up`) and retry")]
+    NoServer(&'static str, String),
     #[error("{0} runs k3s on sqlite (a single server without embedded etcd), and etcd snapshots need etcd\n  hint: copy /var/lib/rancher/k3s/server (k3s stopped) and the token by hand, or run several servers")]
     Sqlite(String),
-    #[error("backups of distribution {0:?} are not implemented yet")]
-    Unsupported(Distribution),
     #[error("{0}")]
     Remote(String),
     #[error("{path}: {source}")]
@@ -37,6 +37,10 @@ pub enum BackupError {
     Checksum { file: PathBuf, want: String, got: String },
     #[error("the backup is of cluster {backup:?}, but {file} is cluster {cluster:?}")]
     OtherCluster { backup: String, cluster: String, file: PathBuf },
+    #[error("restores of distribution {0:?} are not implemented yet")]
+    Unsupported(Distribution),
+    #[error("the backup is of a {backup:?} cluster, but {file} says distribution {cluster:?}")]
+    OtherDistribution { backup: Distribution, cluster: Distribution, file: PathBuf },
     #[error("server {0} does not answer; a restore stops and resets every server, so all must be reachable\n  hint: bring it back, or remove it from the cluster file first")]
     Unreachable(String),
 }
@@ -73,26 +77,20 @@ pub fn root(cluster: &Cluster) -> PathBuf {
     cluster.resolve_path(Path::new("backups")).join(cluster.name())
 }
 
-/// Takes a snapshot on the first server that runs the datastore and copies it here; the copy
-/// on the server is removed (k3s keeps on-demand snapshots forever, filling the SD card),
-/// its scheduled snapshots stay as they are.
+/// Takes a snapshot on the first server that runs the datastore and copies it here, with what
+/// a restore needs (k3s: the server token; kubeadm: the shared PKI); the copy on the server is
+/// removed (k3s keeps on-demand snapshots forever, filling the SD card), k3s's scheduled
+/// snapshots stay as they are.
 pub async fn take(fleet: &Fleet, reason: &str) -> Result<Taken, BackupError> {
-    let (node, host) = snapshot_server(fleet).await?;
     let name = if reason == "manual" { "pikube".to_string() } else { format!("pikube-{reason}") };
-    let remote = match fleet.cluster.spec.kubernetes.distribution {
-        Distribution::K3s => k3s::etcd_snapshot_save(host, &fleet.cluster, &name).await,
-        d => return Err(BackupError::Unsupported(d)),
-    }
-    .map_err(|e| BackupError::Remote(format!("{}: {e}", node.name())))?;
+    let (node, host, remote, secrets) = match fleet.cluster.spec.kubernetes.distribution {
+        Distribution::K3s => k3s_save(fleet, &name).await?,
+        Distribution::Kubeadm => match running_servers(fleet) {
+            running if running.is_empty() => return Err(no_server(fleet)),
+            running => kubeadm::backup::save(&running, &name).await?,
+        },
+    };
     let bytes = read_bytes(host, &remote).await?;
-    let token = k3s::server_token(host).await.map_err(BackupError::Remote)?;
-    if token.is_empty() {
-        return Err(BackupError::Remote(format!(
-            "{}: no {} to back up with the snapshot",
-            node.name(),
-            k3s::SERVER_TOKEN
-        )));
-    }
     let remote_sum = host
         .run_ok(&Cmd::read_script(format!("sha256sum {} | cut -d' ' -f1", quote(&remote))))
         .await
@@ -102,11 +100,12 @@ pub async fn take(fleet: &Fleet, reason: &str) -> Result<Taken, BackupError> {
         return Err(BackupError::Remote(format!("{}: the copy of {remote} differs from the original", node.name())));
     }
     let file = remote.rsplit('/').next().unwrap_or(&remote).to_string();
-    let version = node.facts().and_then(|f| f.kubernetes.get("k3s")?.split_whitespace().nth(2).map(str::to_string));
+    let d = fleet.cluster.spec.kubernetes.distribution;
+    let version = node.facts().and_then(|f| crate::distro::installed_version(d, &f));
     let taken_at = now();
     let manifest = Manifest {
         cluster: fleet.cluster.name().to_string(),
-        distribution: fleet.cluster.spec.kubernetes.distribution,
+        distribution: d,
         created: rfc3339(taken_at),
         reason: reason.to_string(),
         server: node.name().to_string(),
@@ -123,16 +122,37 @@ pub async fn take(fleet: &Fleet, reason: &str) -> Result<Taken, BackupError> {
         .map(|i| root(&fleet.cluster).join(if i == 0 { base.clone() } else { format!("{base}-{i}") }))
         .find(|d| !d.exists())
         .unwrap_or_default();
-    write(&dir, &manifest, &bytes, &token)?;
+    // Removed from the server whatever happens here: it holds every Secret of the cluster.
+    let written = write(&dir, &manifest, &bytes, &secrets);
     let shown = dir.strip_prefix(fleet.cluster.resolve_path(Path::new(""))).unwrap_or(&dir).display().to_string();
-    host.apply(
-        format!("etcd snapshot {file} copied to {shown}; removed from the server"),
-        &Cmd::change("rm", &["-f", &remote]),
-    )
-    .await
-    .map_err(|e| BackupError::Remote(e.to_string()))?;
+    let what = match &written {
+        Ok(()) => format!("etcd snapshot {file} copied to {shown}; removed from the server"),
+        Err(_) => format!("remove etcd snapshot {file} (the local copy failed)"),
+    };
+    host.apply(what, &Cmd::change("rm", &["-f", &remote])).await.map_err(|e| BackupError::Remote(e.to_string()))?;
+    written?;
     Ok(Taken { dir, manifest })
 }
+
+/// k3s's `etcd-snapshot save` on the first server with embedded etcd, and its token.
+async fn k3s_save<'a>(fleet: &'a Fleet, name: &str) -> Result<(&'a Node, &'a Host, String, Secrets), BackupError> {
+    let (node, host) = snapshot_server(fleet).await?;
+    let remote = k3s::etcd_snapshot_save(host, &fleet.cluster, name)
+        .await
+        .map_err(|e| BackupError::Remote(format!("{}: {e}", node.name())))?;
+    let token = k3s::server_token(host).await.map_err(BackupError::Remote)?;
+    if token.is_empty() {
+        return Err(BackupError::Remote(format!(
+            "{}: no {} to back up with the snapshot",
+            node.name(),
+            k3s::SERVER_TOKEN
+        )));
+    }
+    Ok((node, host, remote, vec![("token".to_string(), format!("{}\n", token.trim()).into_bytes())]))
+}
+
+/// What a backup holds besides the snapshot: (path in the backup, content), all secret.
+type Secrets = Vec<(String, Vec<u8>)>;
 
 /// The file's bytes as they are (an etcd snapshot is binary).
 async fn read_bytes(host: &Host, path: &str) -> Result<Vec<u8>, BackupError> {
@@ -146,20 +166,35 @@ async fn read_bytes(host: &Host, path: &str) -> Result<Vec<u8>, BackupError> {
     Ok(out.stdout)
 }
 
-/// The first healthy server whose k3s runs, with the datastore snapshots need.
-async fn snapshot_server(fleet: &Fleet) -> Result<(&Node, &Host), BackupError> {
-    let running: Vec<(&Node, &Host)> = fleet
+/// The healthy servers whose distribution's unit runs (k3s, or kubelet for kubeadm).
+fn running_servers(fleet: &Fleet) -> Vec<(&Node, &Host)> {
+    let unit = crate::distro::unit_name(fleet.cluster.distribution(), Role::Server);
+    fleet
         .healthy(Role::Server)
-        .filter(|(n, _)| n.facts().is_some_and(|f| f.services.get("k3s").is_some_and(|s| s.active)))
+        .filter(|(n, _)| n.facts().is_some_and(|f| f.services.get(unit).is_some_and(|s| s.active)))
+        .collect()
+}
+
+/// Why no server can take a snapshot, server by server.
+fn no_server(fleet: &Fleet) -> BackupError {
+    let unit = crate::distro::unit_name(fleet.cluster.distribution(), Role::Server);
+    let why: Vec<String> = fleet
+        .nodes
+        .iter()
+        .filter(|n| n.role() == Role::Server)
+        .map(|n| format!("{}: {}", n.name(), n.failure().unwrap_or_else(|| format!("{unit} not active"))))
         .collect();
+    BackupError::NoServer(unit, why.join("; "))
+}
+
+/// The first healthy server that runs, with (for k3s) the datastore snapshots need.
+async fn snapshot_server(fleet: &Fleet) -> Result<(&Node, &Host), BackupError> {
+    let running = running_servers(fleet);
     if running.is_empty() {
-        let why: Vec<String> = fleet
-            .nodes
-            .iter()
-            .filter(|n| n.role() == Role::Server)
-            .map(|n| format!("{}: {}", n.name(), n.failure().unwrap_or_else(|| "k3s not active".into())))
-            .collect();
-        return Err(BackupError::NoServer(why.join("; ")));
+        return Err(no_server(fleet));
+    }
+    if fleet.cluster.distribution() == Distribution::Kubeadm {
+        return Ok(running[0]);
     }
     for (node, host) in &running {
         if k3s::runs_etcd(host).await.map_err(BackupError::Remote)? {
@@ -170,20 +205,19 @@ async fn snapshot_server(fleet: &Fleet) -> Result<(&Node, &Host), BackupError> {
 }
 
 /// Writes the backup directory: files first, `backup.json` last (a directory without it is
-/// an unfinished backup and is neither restored nor counted).
-fn write(dir: &Path, manifest: &Manifest, snapshot: &[u8], token: &str) -> Result<(), BackupError> {
+/// an unfinished backup and is neither restored nor counted). Every file but SHA256SUMS and
+/// backup.json is secret (0600, in 0700 directories).
+fn write(dir: &Path, manifest: &Manifest, snapshot: &[u8], secrets: &[(String, Vec<u8>)]) -> Result<(), BackupError> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(local(dir))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(local(dir))?;
     let snap = dir.join(&manifest.snapshot);
     crate::local::write_secret(&snap, snapshot).map_err(local(&snap))?;
-    let tok = dir.join("token");
-    crate::local::write_secret(&tok, format!("{}\n", token.trim()).as_bytes()).map_err(local(&tok))?;
-    let sums = format!(
-        "{}  {}\n{}  token\n",
-        hex::encode(Sha256::digest(snapshot)),
-        manifest.snapshot,
-        hex::encode(Sha256::digest(std::fs::read(&tok).map_err(local(&tok))?))
-    );
+    let mut sums = format!("{}  {}\n", hex::encode(Sha256::digest(snapshot)), manifest.snapshot);
+    for (name, content) in secrets {
+        let path = dir.join(name);
+        crate::local::write_secret(&path, content).map_err(local(&path))?;
+        sums.push_str(&format!("{}  {name}\n", hex::encode(Sha256::digest(content))));
+    }
     write_public(&dir.join("SHA256SUMS"), sums.as_bytes())?;
     let json = serde_json::to_vec_pretty(manifest).unwrap_or_default();
     write_public(&dir.join("backup.json"), &json)
@@ -223,7 +257,18 @@ pub struct Verified {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub snapshot: Vec<u8>,
+    /// k3s's server token (empty for kubeadm).
     pub token: String,
+    /// The other files a restore needs, by their path in the backup (`token`, `pki/ca.crt`…).
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+/// The files besides the snapshot a backup of distribution `d` must hold.
+fn required_files(d: Distribution) -> Vec<String> {
+    match d {
+        Distribution::K3s => vec!["token".to_string()],
+        Distribution::Kubeadm => kubeadm::backup::required_files(),
+    }
 }
 
 /// Reads a backup directory and checks every file against SHA256SUMS, before anything else.
@@ -232,26 +277,36 @@ pub fn verify(dir: &Path) -> Result<Verified, BackupError> {
     let json = std::fs::read(dir.join("backup.json")).map_err(|e| bad(format!("backup.json: {e}")))?;
     let manifest: Manifest = serde_json::from_slice(&json).map_err(|e| bad(format!("backup.json: {e}")))?;
     let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).map_err(|e| bad(format!("SHA256SUMS: {e}")))?;
-    for want in [manifest.snapshot.as_str(), "token"] {
-        let line = sums.lines().find(|l| l.split_whitespace().nth(1) == Some(want));
+    let mut files = BTreeMap::new();
+    for want in std::iter::once(manifest.snapshot.clone()).chain(required_files(manifest.distribution)) {
+        let line = sums.lines().find(|l| l.split_whitespace().nth(1) == Some(want.as_str()));
         let Some(sum) = line.and_then(|l| l.split_whitespace().next()) else {
             return Err(bad(format!("SHA256SUMS lists no {want}")));
         };
-        let file = dir.join(want);
-        let got = hex::encode(Sha256::digest(std::fs::read(&file).map_err(local(&file))?));
+        let file = dir.join(&want);
+        let content = std::fs::read(&file).map_err(local(&file))?;
+        let got = hex::encode(Sha256::digest(&content));
         if got != sum {
             return Err(BackupError::Checksum { file, want: sum.to_string(), got });
         }
+        files.insert(want, content);
     }
-    let snapshot = std::fs::read(dir.join(&manifest.snapshot)).map_err(local(dir))?;
-    let token = std::fs::read_to_string(dir.join("token")).map_err(local(dir))?.trim().to_string();
-    Ok(Verified { dir: dir.to_path_buf(), manifest, snapshot, token })
+    let snapshot = files.remove(&manifest.snapshot).unwrap_or_default();
+    let token = files.get("token").map(|t| String::from_utf8_lossy(t).trim().to_string()).unwrap_or_default();
+    Ok(Verified { dir: dir.to_path_buf(), manifest, snapshot, token, files })
 }
 
 /// What a restore does, in the order it does it (printed before and while doing it).
 pub fn restore_plan(cluster: &Cluster, backup: &Verified) -> Vec<String> {
     let servers: Vec<&str> =
         cluster.hosts().filter(|h| h.role.value == Role::Server).map(|h| h.name.value.as_str()).collect();
+    match backup.manifest.distribution {
+        Distribution::K3s => k3s_restore_plan(&servers, backup),
+        Distribution::Kubeadm => vec![],
+    }
+}
+
+fn k3s_restore_plan(servers: &[&str], backup: &Verified) -> Vec<String> {
     let (first, others) = servers.split_first().map_or(("?", &[][..]), |(f, o)| (*f, o));
     let mut steps = vec![
         format!("copy snapshot {} to {first}", backup.manifest.snapshot),
@@ -268,8 +323,8 @@ pub fn restore_plan(cluster: &Cluster, backup: &Verified) -> Vec<String> {
     steps
 }
 
-/// The restore itself (k3s's documented procedure); `say` reports each step as it starts
-/// (step 0: a note after the last step).
+/// The restore itself (the distribution's documented procedure) once every server answers;
+/// `say` reports each step as it starts (step 0: a note).
 pub async fn restore(fleet: &Fleet, backup: &Verified, say: &dyn Fn(usize, &str)) -> Result<(), BackupError> {
     if backup.manifest.cluster != fleet.cluster.name() {
         return Err(BackupError::OtherCluster {
@@ -278,16 +333,41 @@ pub async fn restore(fleet: &Fleet, backup: &Verified, say: &dyn Fn(usize, &str)
             file: fleet.cluster.file.clone(),
         });
     }
-    if backup.manifest.distribution != Distribution::K3s {
-        return Err(BackupError::Unsupported(backup.manifest.distribution));
+    if backup.manifest.distribution != fleet.cluster.distribution() {
+        return Err(BackupError::OtherDistribution {
+            backup: backup.manifest.distribution,
+            cluster: fleet.cluster.distribution(),
+            file: fleet.cluster.file.clone(),
+        });
     }
     let mut servers = Vec::new();
     for node in fleet.nodes.iter().filter(|n| n.role() == Role::Server) {
         let host = node.host.as_ref().filter(|_| node.ok()).ok_or(BackupError::Unreachable(node.name().into()))?;
         servers.push((node, host));
     }
-    let Some(&(first, first_host)) = servers.first() else { return Err(BackupError::NoServer("none".into())) };
+    if servers.is_empty() {
+        return Err(BackupError::NoServer(
+            crate::distro::unit_name(fleet.cluster.distribution(), Role::Server),
+            "the cluster file lists none".into(),
+        ));
+    }
     let steps = restore_plan(&fleet.cluster, backup);
+    match backup.manifest.distribution {
+        Distribution::K3s => restore_k3s(fleet, backup, &servers, &steps, say).await,
+        Distribution::Kubeadm => Err(BackupError::Unsupported(Distribution::Kubeadm)),
+    }
+}
+
+/// k3s's procedure: `--cluster-reset` from the snapshot on the first server, the others'
+/// datastores removed so they rejoin it.
+async fn restore_k3s(
+    fleet: &Fleet,
+    backup: &Verified,
+    servers: &[(&Node, &Host)],
+    steps: &[String],
+    say: &dyn Fn(usize, &str),
+) -> Result<(), BackupError> {
+    let (first, first_host) = servers[0];
     let r = |e: String| BackupError::Remote(e);
     let e = |e: crate::remote::RemoteError| BackupError::Remote(e.to_string());
 
@@ -302,7 +382,7 @@ pub async fn restore(fleet: &Fleet, backup: &Verified, say: &dyn Fn(usize, &str)
     let token_file = format!("{}/pikube-restore-token", k3s::SERVER_DB.trim_end_matches("/db"));
     first_host.ensure_file(&token_file, format!("{}\n", backup.token).as_bytes(), Some(0o600)).await.map_err(e)?;
     next();
-    for (node, host) in &servers {
+    for (node, host) in servers {
         host.apply(format!("stop k3s on {}", node.name()), &Cmd::change("systemctl", &["stop", "k3s"]))
             .await
             .map_err(e)?;
@@ -322,7 +402,7 @@ pub async fn restore(fleet: &Fleet, backup: &Verified, say: &dyn Fn(usize, &str)
     }
     let token_changed = adopt_token(fleet, &backup.token).await?;
     next();
-    for (node, host) in &servers {
+    for (node, host) in servers {
         k3s::start(host, Role::Server, false, "restore").await.map_err(e)?;
         k3s::wait_ready(first_host, host, Role::Server, node.name(), fleet.ready_timeout).await.map_err(r)?;
     }
@@ -380,9 +460,12 @@ async fn adopt_token(fleet: &Fleet, full: &str) -> Result<bool, BackupError> {
 /// upgraded without one (said so); a snapshot that fails stops the upgrade on every node.
 pub async fn before_upgrade(fleet: &Fleet) {
     let Some(version) = fleet.cluster.version() else { return };
-    let changes = fleet.nodes.iter().filter(|n| n.ok() && n.role() != Role::Loadbalancer).any(|n| {
-        n.facts().and_then(|f| f.kubernetes.get("k3s")?.split_whitespace().nth(2).map(|v| v != version)) == Some(true)
-    });
+    let d = fleet.cluster.distribution();
+    let changes = fleet
+        .nodes
+        .iter()
+        .filter(|n| n.ok() && n.role() != Role::Loadbalancer)
+        .any(|n| n.facts().and_then(|f| crate::distro::installed_version(d, &f)).is_some_and(|v| v != version));
     if !changes {
         return;
     }
@@ -401,7 +484,9 @@ pub async fn before_upgrade(fleet: &Fleet) {
             "no pre-upgrade snapshot: {s} runs k3s on sqlite (etcd snapshots need etcd)"
         )),
         // Nothing runs to take it from; the upgrade may be what brings k3s back.
-        Err(BackupError::NoServer(_)) => crate::progress::note("no pre-upgrade snapshot: no server runs k3s"),
+        Err(BackupError::NoServer(unit, _)) => {
+            crate::progress::note(&format!("no pre-upgrade snapshot: no server runs {unit}"))
+        }
         Err(e) => {
             for n in fleet.nodes.iter().filter(|n| n.role() != Role::Loadbalancer) {
                 n.fail(format!("not upgraded: the pre-upgrade snapshot failed: {e}"));
@@ -410,7 +495,7 @@ pub async fn before_upgrade(fleet: &Fleet) {
     }
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -435,7 +520,7 @@ fn rfc3339(secs: u64) -> String {
 }
 
 /// A directory name that sorts by time: `20261201T171940Z`.
-fn stamp(secs: u64) -> String {
+pub(crate) fn stamp(secs: u64) -> String {
     let (y, m, d, h, min, s) = civil(secs);
     format!("{y:04}{m:02}{d:02}T{h:02}{min:02}{s:02}Z")
 }
@@ -465,7 +550,7 @@ mod tests {
             snapshot: "pikube-n1-1".into(),
             size: 3,
         };
-        write(&dir, &m, b"abc", "K10ab::server:s3cret").unwrap();
+        write(&dir, &m, b"abc", &[("token".into(), b"K10ab::server:s3cret\n".to_vec())]).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!((mode(&dir), mode(&dir.join("pikube-n1-1")), mode(&dir.join("token"))), (0o700, 0o600, 0o600));
         let v = verify(&dir).unwrap();
@@ -475,6 +560,38 @@ mod tests {
         assert!(matches!(e, BackupError::Checksum { .. }), "{e}");
         std::fs::remove_file(dir.join("backup.json")).unwrap();
         assert!(verify(&dir).err().unwrap().to_string().contains("not a pikube backup"));
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_kubeadm_backup_keeps_its_pki_secret_and_needs_all_of_it() {
+        let dir = std::env::temp_dir().join(format!("pikube-backup-kadm-{}", std::process::id())).join("b");
+        let m = Manifest {
+            cluster: "c".into(),
+            distribution: Distribution::Kubeadm,
+            created: rfc3339(0),
+            reason: "manual".into(),
+            server: "n1".into(),
+            version: Some("v1.34.4".into()),
+            snapshot: "pikube-n1-1".into(),
+            size: 3,
+        };
+        let pki: Secrets = kubeadm::backup::required_files().into_iter().map(|f| (f.clone(), f.into_bytes())).collect();
+        write(&dir, &m, b"abc", &pki).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            (mode(&dir.join("pki")), mode(&dir.join("pki/etcd")), mode(&dir.join("pki/etcd/ca.key"))),
+            (0o700, 0o700, 0o600)
+        );
+        let v = verify(&dir).unwrap();
+        assert_eq!((v.files.len(), v.files["pki/sa.key"].as_slice(), v.token.as_str()), (8, &b"pki/sa.key"[..], ""));
+        let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+        std::fs::write(
+            dir.join("SHA256SUMS"),
+            sums.lines().filter(|l| !l.ends_with(" pki/ca.key")).collect::<Vec<_>>().join("\n"),
+        )
+        .unwrap();
+        assert!(verify(&dir).err().unwrap().to_string().contains("SHA256SUMS lists no pki/ca.key"));
         std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 }

@@ -710,9 +710,18 @@ async fn backup(target: Target, keep: Option<u64>) -> miette::Result<ExitCode> {
     let m = &taken.manifest;
     println!("backup of {} written to {}", m.cluster, taken.dir.display());
     println!("  snapshot  {} ({}) from server {}", m.snapshot, size(m.size), m.server);
-    println!("  token     token (0600; a restore needs it to decrypt the snapshot)");
-    println!("  checksums SHA256SUMS");
-    println!("  the snapshot was removed from {} (k3s keeps its scheduled snapshots)", m.server);
+    match m.distribution {
+        crate::config::Distribution::K3s => {
+            println!("  token     token (0600; a restore needs it to decrypt the snapshot)");
+            println!("  checksums SHA256SUMS");
+            println!("  the snapshot was removed from {} (k3s keeps its scheduled snapshots)", m.server);
+        }
+        crate::config::Distribution::Kubeadm => {
+            println!("  pki       pki/ (cluster, front-proxy and etcd CAs, service-account keys; 0600)");
+            println!("  checksums SHA256SUMS");
+            println!("  the snapshot was removed from {}", m.server);
+        }
+    }
     if let Some(keep) = keep {
         let gone = crate::backup::prune(&fleet.cluster, keep as usize).map_err(|e| miette::miette!("{e}"))?;
         for dir in &gone {

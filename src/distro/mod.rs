@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 
 use crate::artifacts::{ArtifactError, K3sBinary};
 use crate::config::{Cluster, Distribution, Role};
-use crate::facts::Arch;
+use crate::facts::{Arch, HostFacts};
 use crate::fleet::Fleet;
 use crate::remote::{quote, Cmd, Host, RemoteError};
 
@@ -94,6 +94,18 @@ pub fn unit_name(d: Distribution, role: Role) -> &'static str {
         Distribution::K3s => crate::k3s::unit_name(role),
         Distribution::Kubeadm => "kubelet",
     }
+}
+
+/// The release a node runs, from its facts: `k3s --version` says "k3s version v1.31.4+k3s1
+/// (fa8a1bfd)", `kubelet --version` "Kubernetes v1.34.4".
+pub fn installed_version(d: Distribution, facts: &HostFacts) -> Option<String> {
+    let line = facts.kubernetes.get(match d {
+        Distribution::K3s => "k3s",
+        Distribution::Kubeadm => "kubelet",
+    })?;
+    line.split_whitespace()
+        .find(|w| w.starts_with('v') && w[1..].starts_with(|c: char| c.is_ascii_digit()))
+        .map(str::to_string)
 }
 
 /// The prefix of a distribution's own cluster hook files (`k3s-post-master-up.yml`,

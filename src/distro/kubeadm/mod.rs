@@ -4,6 +4,7 @@
 //! etcd membership and static pods.
 
 pub mod artifacts;
+pub mod backup;
 mod bringup;
 pub mod etcd;
 pub mod render;
