@@ -208,7 +208,7 @@ fn parse_join_command(line: &str) -> Option<(String, String)> {
 }
 
 /// Waits until the API answers through the endpoint with this server's admin credentials.
-async fn wait_for_api(host: &Host, timeout: Duration) -> Result<(), String> {
+pub(super) async fn wait_for_api(host: &Host, timeout: Duration) -> Result<(), String> {
     let probe =
         Cmd::read_script(format!("{KUBECTL} get --raw /readyz --request-timeout=5s")).timeout(Duration::from_secs(20));
     let started = std::time::Instant::now();
