@@ -117,6 +117,8 @@ fn kubeadm_backup_restore_and_etcd_in_status() {
         assert!(reasons.iter().all(|r| r.contains("/ nearly full")), "{reasons:?}");
     }
 
+    println!("--- pikube status\n{}", stdout(&lab.pikube(&["status", "-f", f])));
+
     for cm in ["settings", "feature-flags"] {
         kubectl_ok(&lab, &dir, &["create", "configmap", cm, "--from-literal=owner=kadm-bk"]);
     }
@@ -231,6 +233,12 @@ fn kubeadm_backup_restore_and_etcd_in_status() {
             .then_some(())
             .ok_or(reasons)
     });
+    // The others read their etcd through their own API server, not node3's.
+    let (_, doc) = status_json(&lab);
+    for n in ["node1", "node2"] {
+        let reasons = host(&doc, n)["reasons"].to_string();
+        assert!(!reasons.contains("etcd"), "{n}: {reasons}");
+    }
     let out = lab.pikube(&["status", "-f", f]);
     println!("--- pikube status (node3's etcd stopped)\n{}", stdout(&out));
 }
