@@ -37,10 +37,10 @@ pub enum BackupError {
     Checksum { file: PathBuf, want: String, got: String },
     #[error("the backup is of cluster {backup:?}, but {file} is cluster {cluster:?}")]
     OtherCluster { backup: String, cluster: String, file: PathBuf },
-    #[error("restores of distribution {0:?} are not implemented yet")]
-    Unsupported(Distribution),
     #[error("the backup is of a {backup:?} cluster, but {file} says distribution {cluster:?}")]
     OtherDistribution { backup: Distribution, cluster: Distribution, file: PathBuf },
+    #[error("{server}'s cluster CA is not the backup's: the cluster was made anew since the backup, and its etcd data would not match the new CA and keys\n  hint: to bring the old cluster back, `pikube down` it, copy the backup's pki/ files into {pki}/ on {server} (0600), `pikube up` (kubeadm init keeps an existing CA), then restore")]
+    OtherCa { server: String, pki: &'static str },
     #[error("server {0} does not answer; a restore stops and resets every server, so all must be reachable\n  hint: bring it back, or remove it from the cluster file first")]
     Unreachable(String),
 }
@@ -302,7 +302,11 @@ pub fn restore_plan(cluster: &Cluster, backup: &Verified) -> Vec<String> {
         cluster.hosts().filter(|h| h.role.value == Role::Server).map(|h| h.name.value.as_str()).collect();
     match backup.manifest.distribution {
         Distribution::K3s => k3s_restore_plan(&servers, backup),
-        Distribution::Kubeadm => vec![],
+        Distribution::Kubeadm => {
+            let agents: Vec<&str> =
+                cluster.hosts().filter(|h| h.role.value == Role::Agent).map(|h| h.name.value.as_str()).collect();
+            kubeadm::backup::restore_plan(&servers, &agents, backup)
+        }
     }
 }
 
@@ -354,7 +358,7 @@ pub async fn restore(fleet: &Fleet, backup: &Verified, say: &dyn Fn(usize, &str)
     let steps = restore_plan(&fleet.cluster, backup);
     match backup.manifest.distribution {
         Distribution::K3s => restore_k3s(fleet, backup, &servers, &steps, say).await,
-        Distribution::Kubeadm => Err(BackupError::Unsupported(Distribution::Kubeadm)),
+        Distribution::Kubeadm => kubeadm::backup::restore(fleet, backup, &servers, &steps, say).await,
     }
 }
 

@@ -500,11 +500,13 @@ async fn status(target: Target, json: bool) -> miette::Result<ExitCode> {
         crate::config::Distribution::K3s => crate::k3s::disagreement(&running).await,
         crate::config::Distribution::Kubeadm => None,
     };
-    // The etcd member check reads k3s's member list; kubeadm's etcd is not read yet.
-    let etcd_check = |n: &crate::fleet::Node| n.role() == Role::Server && d == crate::config::Distribution::K3s;
+    let etcd = |n: &crate::fleet::Node| match n.role() {
+        Role::Server => crate::distro::etcd_probe(d, n.name()),
+        _ => crate::health::EtcdProbe::None,
+    };
     let health = futures::future::join_all(fleet.nodes.iter().map(|n| async move {
         match n.host.as_ref().filter(|_| n.ok()) {
-            Some(h) => Some(crate::health::gather(h, etcd_check(n)).await),
+            Some(h) => Some(crate::health::gather(h, &etcd(n)).await),
             None => None,
         }
     }))

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::k3s::etcd::{self, Member};
-use crate::remote::{Cmd, Host};
+use crate::remote::{quote, Cmd, Host};
 
 /// SoC temperature (°C) from which a host is degraded: Pi firmware starts soft throttling at
 /// 80 °C (Pi 3B+ and later) and throttles hard at 85 °C.
@@ -60,6 +60,9 @@ pub struct Health {
     pub ntp_synchronized: Option<bool>,
     /// The etcd members this server's API lists (servers with embedded etcd only).
     pub etcd_members: Option<Vec<Member>>,
+    /// Why a server that must run an etcd member (kubeadm) did not list the members.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -78,8 +81,26 @@ impl FsSpace {
     }
 }
 
-fn script(server: bool) -> String {
-    let etcd = if server { etcd::MEMBERS_SCRIPT } else { "" };
+/// How a host's etcd member list is read (`distro::etcd_probe` says which for a server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtcdProbe {
+    /// Not a server.
+    None,
+    /// A script printing the member list JSON, where no list only means no etcd (k3s on sqlite).
+    Optional(String),
+    /// The same, where the server always runs a member (kubeadm): no answer is a fault.
+    Required(String),
+}
+
+fn script(probe: &EtcdProbe) -> String {
+    let etcd = match probe {
+        EtcdProbe::None => String::new(),
+        EtcdProbe::Optional(s) => s.clone(),
+        EtcdProbe::Required(s) => format!(
+            "if out=$(timeout 20 sh -c {} 2>&1); then printf '%s\\n' \"$out\"; else sec etcd_error; printf '%s\\n' \"$out\" | tail -n 2; fi",
+            quote(s)
+        ),
+    };
     format!(
         r#"LC_ALL=C; export LC_ALL
 sec() {{ echo "@@$1"; }}
@@ -93,6 +114,7 @@ sec df; for d in / /var/lib/rancher; do [ -d "$d" ] && df -P -B1 "$d" | tail -n 
 sec ntp; timedatectl show -p NTPSynchronized --value 2>/dev/null
 sec etcd; {etcd}
 echo
+sec now2; date +%s.%N
 sec end
 "#
     )
@@ -103,9 +125,9 @@ fn now() -> f64 {
 }
 
 /// Reads a host's health in one round trip.
-pub async fn gather(host: &Host, server: bool) -> Result<Health, String> {
+pub async fn gather(host: &Host, etcd: &EtcdProbe) -> Result<Health, String> {
     let before = now();
-    let cmd = Cmd::read_script(script(server)).timeout(Duration::from_secs(30));
+    let cmd = Cmd::read_script(script(etcd)).timeout(Duration::from_secs(30));
     let out = host.run_ok(&cmd).await.map_err(|e| e.to_string())?;
     let after = now();
     parse(&out, (before + after) / 2.0).ok_or_else(|| format!("{}: unexpected health output", host.name))
@@ -158,9 +180,18 @@ fn parse(out: &str, local_mid: f64) -> Option<Health> {
             })
         }),
         filesystems,
-        clock_offset_secs: first("now")?.parse::<f64>().ok()? - local_mid,
+        // The host's clock at the middle of the script, as `local_mid` is of the round trip:
+        // the etcd member list can take seconds.
+        clock_offset_secs: {
+            let start = first("now")?.parse::<f64>().ok()?;
+            (start + first("now2").and_then(|e| e.parse::<f64>().ok()).unwrap_or(start)) / 2.0 - local_mid
+        },
         ntp_synchronized: first("ntp").map(|s| s == "yes"),
         etcd_members: sections.get("etcd").and_then(|v| etcd::parse(&v.join("\n"))).filter(|m| !m.is_empty()),
+        etcd_error: sections.get("etcd_error").map(|v| match v.join(" ").trim() {
+            "" => "no answer".to_string(),
+            e => e.to_string(),
+        }),
     })
 }
 
@@ -205,6 +236,9 @@ impl Health {
             let (dir, ntp) = (if self.clock_offset_secs > 0.0 { "ahead of" } else { "behind" }, self.ntp_synchronized);
             let ntp = if ntp == Some(false) { "; NTP is not synchronized" } else { "" };
             why.push(format!("clock {:.1}s {dir} this machine{ntp}", self.clock_offset_secs.abs()));
+        }
+        if let (true, Some(e)) = (server, &self.etcd_error) {
+            why.push(format!("etcd member list failed: {e}"));
         }
         if let (true, Some(members)) = (server, &self.etcd_members) {
             if !members.iter().any(|m| own_ips.contains(&m.host.as_str())) {
@@ -271,5 +305,10 @@ mod tests {
         let bare = parse("@@now\n5\n@@end\n", 5.0).unwrap();
         assert_eq!((bare.throttled, bare.soc_temp_c, bare.etcd_members.is_none()), (None, None, true));
         assert!(parse("@@now\n5\n", 5.0).is_none(), "cut-off output");
+        let slow = parse("@@now\n10\n@@now2\n20\n@@end\n", 15.0).unwrap();
+        assert_eq!(slow.clock_offset_secs, 0.0, "a slow script is no clock offset");
+        let down = parse("@@now\n5\n@@etcd\n@@etcd_error\nerror: pod etcd-n1 not found\n@@end\n", 5.0).unwrap();
+        assert_eq!(down.reasons(true, &[]), ["etcd member list failed: error: pod etcd-n1 not found"]);
+        assert!(down.reasons(false, &[]).is_empty());
     }
 }

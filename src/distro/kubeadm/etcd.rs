@@ -21,6 +21,17 @@ pub fn etcdctl(node: &str, args: &str) -> String {
     )
 }
 
+/// [`etcdctl`] through server `node`'s own API server (the address and port of its
+/// kube-apiserver manifest) instead of the endpoint: kubeadm's API servers each use their local
+/// etcd only, and the endpoint's TCP check may hand the request to a server whose etcd is down.
+pub fn local_etcdctl(node: &str, args: &str) -> String {
+    let via = format!("{KUBECTL} --server=https://$a:$p");
+    format!(
+        "m=/etc/kubernetes/manifests/kube-apiserver.yaml; a=$(sed -n 's/^ *- --advertise-address=//p' $m);          p=$(sed -n 's/^ *- --secure-port=//p' $m); case $a in *:*) a=\"[$a]\";; esac; {}",
+        etcdctl(node, args).replacen(KUBECTL, &via, 1)
+    )
+}
+
 /// The member list as the etcd of server `node` (reached through `host`) sees it.
 pub async fn members(host: &Host, node: &str) -> Result<Vec<Member>, String> {
     let cmd = Cmd::read_script(etcdctl(node, "member list -w json")).timeout(std::time::Duration::from_secs(30));
@@ -48,6 +59,11 @@ mod tests {
         let cmd = etcdctl("rasp01", "member list -w json");
         assert!(cmd.contains(" -n kube-system exec etcd-rasp01 -c etcd -- etcdctl "), "{cmd}");
         assert!(cmd.contains("--key=/etc/kubernetes/pki/etcd/healthcheck-client.key member list -w json"), "{cmd}");
+        let local = local_etcdctl("rasp01", "member list -w json");
+        assert!(
+            local.contains("--server=https://$a:$p -n kube-system exec etcd-rasp01 -c etcd -- etcdctl "),
+            "{local}"
+        );
         // etcdctl's JSON carries the IDs as numbers; remove takes them in hex.
         let json = r#"{"header":{"cluster_id":1},"members":[{"ID":10501334649042878790,"name":"rasp01",
             "peerURLs":["https://192.168.1.101:2380"],"clientURLs":["https://192.168.1.101:2379"]}]}"#;
