@@ -77,6 +77,9 @@ fn parse_subnet(subnet: &str) -> Result<String> {
     Ok(format!("{a}.{b}.{c}"))
 }
 
+/// A kubeadm lab node's own disk (sparse: it takes only what the node writes).
+const KUBEADM_DISK_MIB: u64 = 16384;
+
 pub(super) fn up(args: UpArgs) -> Result<()> {
     let name = args.lab.name.as_str();
     check_name(name)?;
@@ -96,7 +99,16 @@ pub(super) fn up(args: UpArgs) -> Result<()> {
             println!("lab {name:?} exists; making sure it is up");
             lab
         }
-        None => new_lab(name, &args)?,
+        None => {
+            let mut lab = new_lab(name, &args)?;
+            // kubelet judges disk pressure by the disks under its own state and containerd's
+            // (pods stop below 15% free). On the host's disk a kubeadm lab would stop whenever
+            // the host filled up, so each node gets a disk of its own, like a Pi's SD card.
+            if args.kubeadm.is_some() && args.disk_size.is_none() {
+                lab.disk_mib = Some(KUBEADM_DISK_MIB);
+            }
+            lab
+        }
     };
     // Kubernetes settings only shape the cluster file, so a re-run may change them.
     if let Some(dir) = &args.k3s_artifacts {

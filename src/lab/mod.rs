@@ -118,7 +118,8 @@ pub struct UpArgs {
     #[arg(long)]
     pub clone_machine_id: bool,
     /// Give each node's own disk layer a file system of this many MiB (a small SD card: the
-    /// node's root file system shows this size and can fill up) [default: the host's disk].
+    /// node's root file system shows this size and can fill up) [default: the host's disk;
+    /// 16384 (sparse) for --kubeadm labs, whose kubelets judge disk pressure by it].
     #[arg(long, value_name = "MIB")]
     pub disk_size: Option<u64>,
     /// Seconds to wait for all nodes to answer SSH [default: 300, 900 for arm64].

@@ -88,6 +88,8 @@ pub fn wipe_disk(lab: &str, node: &str) -> Result<()> {
             fs::remove_dir_all(&dir).into_diagnostic().wrap_err_with(|| format!("removing {}", dir.display()))?;
         }
     }
+    // A disk of its own (`--disk-size`) holds all of the above: a new card is a new file system.
+    let _ = fs::remove_file(paths.layer_image());
     let _ = fs::remove_file(paths.provisioned());
     Ok(())
 }

@@ -289,9 +289,10 @@ impl NodePaths {
     pub fn merged(&self) -> PathBuf {
         self.dir.join("merged")
     }
-    /// The node's /var/lib/containerd: a plain directory, part of the node's disk (wiped with it).
+    /// The node's /var/lib/containerd: a plain directory (overlayfs snapshots cannot stack on
+    /// the node's overlay root) on the node's own disk layer, wiped with it.
     pub fn containerd_disk(&self) -> PathBuf {
-        self.dir.join("containerd")
+        self.layer().join("containerd")
     }
     /// Per-boot firmware emulation output (model, cmdline, cgroups) bound into Pi-like nodes.
     pub fn firmware(&self) -> PathBuf {

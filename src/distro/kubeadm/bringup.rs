@@ -51,6 +51,9 @@ pub fn servers<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
             };
             states.push(state);
         }
+        let holding: Vec<&Node> =
+            servers.iter().zip(&states).filter(|(n, s)| s.control_plane && n.ok()).map(|(n, _)| *n).collect();
+        super::teardown::refuse_removed(fleet, &holding).await;
         // The server whose API joins go through: one that already runs a control plane.
         let mut api: Option<&Host> =
             servers.iter().zip(&states).find(|(n, s)| s.control_plane && n.ok()).and_then(|(n, _)| n.host.as_ref());
