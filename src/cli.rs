@@ -501,7 +501,7 @@ async fn status(target: Target, json: bool) -> miette::Result<ExitCode> {
         crate::config::Distribution::Kubeadm => None,
     };
     let etcd = |n: &crate::fleet::Node| match n.role() {
-        Role::Server => crate::distro::etcd_probe(d, n.name()),
+        Role::Server => crate::distro::etcd_probe(d),
         _ => crate::health::EtcdProbe::None,
     };
     let health = futures::future::join_all(fleet.nodes.iter().map(|n| async move {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{lab_kubernetes, status_row, stdout, text, wait_for, Lab, BIN};
+use common::{kubeadm_leftovers, lab_kubernetes, status_row, stdout, text, wait_for, Lab, BIN};
 
 const VERSION: &str = "v1.34.4";
 
@@ -214,13 +214,7 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
     let out = lab.pikube(&["down", "-f", file_arg, "--yes"]);
     assert!(out.status.success(), "down failed:\n{}", text(&out));
     for node in ["node1", "node2"] {
-        let left = lab.sh(
-            node,
-            "ls -d /etc/kubernetes /var/lib/kubelet /var/lib/etcd /etc/cni/net.d/* /var/lib/cni /usr/local/bin/kube* 2>/dev/null; \
-             ip -o link show | grep -oE 'cni0|flannel[^:]*' ; pgrep -lx 'kubelet|etcd|kube-apiserver|kube-proxy|flanneld'; \
-             iptables-save | grep -cE 'KUBE-|CNI-|FLANNEL' | grep -v '^0$'; ctr -n k8s.io tasks ls -q; true",
-        );
-        assert_eq!(left, "", "{node}: left after down");
+        assert_eq!(kubeadm_leftovers(&lab, node), "", "{node}: left after down");
     }
     assert!(!kubeconfig.exists(), "down removes the kubeconfig it wrote");
 

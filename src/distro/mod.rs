@@ -116,15 +116,13 @@ pub fn installed_version(d: Distribution, facts: &HostFacts) -> Option<String> {
         .map(str::to_string)
 }
 
-/// How `status` reads the etcd member list on server `node`: k3s serves it at /db/info (none on
-/// sqlite); kubeadm's etcdctl runs in the server's own etcd pod (every server has one), asked
-/// through the server's own API server.
-pub fn etcd_probe(d: Distribution, node: &str) -> crate::health::EtcdProbe {
+/// How `status` reads the etcd member list on a server: k3s serves it at /db/info (none on
+/// sqlite); kubeadm's etcdctl runs in the server's own etcd container (every server has one),
+/// so a server's answer is its own member's, whatever the other servers' state.
+pub fn etcd_probe(d: Distribution) -> crate::health::EtcdProbe {
     match d {
         Distribution::K3s => crate::health::EtcdProbe::Optional(crate::k3s::etcd::MEMBERS_SCRIPT.to_string()),
-        Distribution::Kubeadm => {
-            crate::health::EtcdProbe::Required(kubeadm::etcd::local_etcdctl(node, "member list -w json"))
-        }
+        Distribution::Kubeadm => crate::health::EtcdProbe::Required(kubeadm::etcd::etcdctl("member list -w json")),
     }
 }
 

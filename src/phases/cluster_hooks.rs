@@ -2,7 +2,7 @@
 //! milestones. `post-master-up` runs once the servers are up and before agents join;
 //! `pre-master-down` before `pikube down` tears the cluster down. A distribution's own file
 //! (`k3s-post-master-up.yml`, `k8s-post-master-up.yml` for kubeadm) wins over the generic
-//! one (`post-master-up.yml`).
+//! one (`post-master-up.yml`), except that kubeadm's `down` runs both (see `pre_master_down`).
 //! A manifest is applied again only when its content changed since the last apply.
 
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Cluster, Role};
+use crate::config::{Cluster, Distribution, Role};
 use crate::distro;
 use crate::fleet::Fleet;
 use crate::remote::{Cmd, Host};
@@ -28,20 +28,41 @@ pub fn post_master_up<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     })
 }
 
-/// Applies the pre-master-down manifests (always: teardown is not idempotent).
+/// Applies the pre-master-down manifests (always: teardown is not idempotent). kubeadm runs
+/// both files, `pre-master-down.yml` and then `k8s-pre-master-down.yml` (the order issue 9
+/// asks for: the distribution's own teardown last); k3s only the first found, as for
+/// post-master-up.
 pub async fn pre_master_down(cluster: &Cluster, api: &Host) -> Result<(), String> {
-    let Some(file) = hook_file(cluster, "pre-master-down") else { return Ok(()) };
-    apply_hook(cluster, api, "pre-master-down", &file, false).await
+    let files = match cluster.distribution() {
+        Distribution::K3s => hook_file(cluster, "pre-master-down").into_iter().collect(),
+        Distribution::Kubeadm => {
+            let own = distro::hook_prefix(Distribution::Kubeadm);
+            let names = |n: &str| [format!("{n}.yml"), format!("{n}.yaml")];
+            [names("pre-master-down"), names(&format!("{own}-pre-master-down"))]
+                .iter()
+                .filter_map(|n| first_file(cluster, n))
+                .collect::<Vec<_>>()
+        }
+    };
+    for file in files {
+        apply_hook(cluster, api, "pre-master-down", &file, false).await?;
+    }
+    Ok(())
 }
 
 fn hook_file(cluster: &Cluster, hook: &str) -> Option<PathBuf> {
+    let own = distro::hook_prefix(cluster.distribution());
+    first_file(
+        cluster,
+        &[format!("{own}-{hook}.yml"), format!("{hook}.yml"), format!("{own}-{hook}.yaml"), format!("{hook}.yaml")],
+    )
+}
+
+/// The first of `names` in the hooks directory that is a file.
+fn first_file(cluster: &Cluster, names: &[String]) -> Option<PathBuf> {
     let dir = cluster.spec.hooks.dir.as_ref().map_or("hooks", |d| d.value.as_str());
     let dir = cluster.resolve_path(Path::new(dir));
-    let own = distro::hook_prefix(cluster.distribution());
-    [format!("{own}-{hook}.yml"), format!("{hook}.yml"), format!("{own}-{hook}.yaml"), format!("{hook}.yaml")]
-        .into_iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.is_file())
+    names.iter().map(|n| dir.join(n)).find(|p| p.is_file())
 }
 
 async fn apply_hook(

@@ -229,3 +229,14 @@ pub fn wait_for(
         }
     }
 }
+
+/// What of kubeadm's Kubernetes is still on a lab node (empty when nothing): its files and
+/// binaries, CNI config and interfaces, its processes, KUBE-/CNI-/flannel rules, pod tasks.
+pub fn kubeadm_leftovers(lab: &Lab, node: &str) -> String {
+    lab.sh(
+        node,
+        "ls -d /etc/kubernetes /var/lib/kubelet /var/lib/etcd /etc/cni/net.d/* /var/lib/cni /usr/local/bin/kube* 2>/dev/null; \
+         ip -o link show | grep -oE 'cni0|flannel[^:]*' ; pgrep -lx 'kubelet|etcd|kube-apiserver|kube-proxy|flanneld'; \
+         iptables-save | grep -cE 'KUBE-|CNI-|FLANNEL' | grep -v '^0$'; ctr -n k8s.io tasks ls -q; true",
+    )
+}

@@ -92,8 +92,7 @@ async fn save_on(node: &Node, host: &Host, name: &str) -> Result<String, String>
     let pod = etcd_pod(host).await?;
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let path = format!("{}/{name}-{}-{secs}", pod.data_dir, node.name());
-    let cmd = Cmd::change_script(etcdctl(node.name(), &format!("snapshot save {}", quote(&path))))
-        .timeout(Duration::from_secs(600));
+    let cmd = Cmd::change_script(etcdctl(&format!("snapshot save {}", quote(&path)))).timeout(Duration::from_secs(600));
     host.apply(format!("etcdctl snapshot save {path} (in etcd-{})", node.name()), &cmd)
         .await
         .map_err(|e| e.to_string())?;
@@ -202,7 +201,7 @@ pub async fn restore(
     start_kubelets(servers).await.map_err(r)?;
     let (first, api) = servers[0];
     super::bringup::wait_for_api(api, fleet.ready_timeout).await.map_err(|e| r(format!("{}: {e}", first.name())))?;
-    wait_members_healthy(first.name(), api, servers.len(), fleet.ready_timeout).await.map_err(r)?;
+    wait_members_healthy(api, servers.len(), fleet.ready_timeout).await.map_err(r)?;
     say(6, &steps[5]);
     restart_agents(fleet).await?;
     wait_all_ready(fleet, api).await.map_err(r)
@@ -324,9 +323,9 @@ async fn start_kubelets(servers: &[(&Node, &Host)]) -> Result<(), String> {
     Ok(())
 }
 
-/// Polls etcd (through the first server's pod) until all `want` members report healthy.
-async fn wait_members_healthy(node: &str, api: &Host, want: usize, timeout: Duration) -> Result<(), String> {
-    let probe = Cmd::read_script(etcdctl(node, "endpoint health --cluster -w json")).timeout(Duration::from_secs(30));
+/// Polls etcd (through the first server's etcd container) until all `want` members report healthy.
+async fn wait_members_healthy(api: &Host, want: usize, timeout: Duration) -> Result<(), String> {
+    let probe = Cmd::read_script(etcdctl("endpoint health --cluster -w json")).timeout(Duration::from_secs(30));
     let started = std::time::Instant::now();
     loop {
         let out = api.run(&probe).await.map_err(|e| e.to_string())?;

@@ -52,6 +52,9 @@ pub fn servers<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
             };
             states.push(state);
         }
+        let holding: Vec<&Node> =
+            servers.iter().zip(&states).filter(|(n, s)| s.control_plane && n.ok()).map(|(n, _)| *n).collect();
+        super::teardown::refuse_removed(fleet, &holding).await;
         // The server whose API joins go through: one that already runs a control plane.
         let mut api: Option<&Host> =
             servers.iter().zip(&states).find(|(n, s)| s.control_plane && n.ok()).and_then(|(n, _)| n.host.as_ref());
@@ -157,7 +160,7 @@ async fn forget_stale_server(node: &Node, host: &Host, api: &Host) -> Result<(),
     }
     let facts = node.facts().ok_or("no facts gathered")?;
     let node_ip = crate::k3s::node_ip(&node.spec, &facts)?;
-    let members = etcd::members(api, &api.name).await?;
+    let members = etcd::members(api).await?;
     let stale: Vec<_> = members.iter().filter(|m| m.name == node.name() || m.host == node_ip).collect();
     host.record(format!(
         "{} runs no control plane, but the cluster still lists it (a wiped disk?): \
@@ -166,7 +169,7 @@ async fn forget_stale_server(node: &Node, host: &Host, api: &Host) -> Result<(),
         api.name
     ));
     for member in stale {
-        etcd::remove_member(api, &api.name, member).await?;
+        etcd::remove_member(api, member).await?;
     }
     let cmd = Cmd::change_script(format!("{KUBECTL} delete node {}", quote(node.name())));
     api.apply(format!("delete the old Node {}", node.name()), &cmd).await.map_err(|e| e.to_string())

@@ -110,7 +110,9 @@ async fn link_cni_plugins(host: &Host) -> Result<(), RemoteError> {
 }
 
 /// Pushes the image archive (only when it changed) and imports it into containerd's k8s.io
-/// namespace once per archive checksum.
+/// namespace once per archive checksum — and again when an image it brought is gone: kubelet's
+/// image garbage collection deletes unused images when the disk fills, and an air-gapped node
+/// could not pull them back (a control plane that stopped for a while could not start again).
 async fn import_images(fleet: &Fleet, host: &Host, archive: &std::path::Path) -> Result<(), String> {
     let e = |e: RemoteError| e.to_string();
     let bytes =
@@ -120,17 +122,39 @@ async fn import_images(fleet: &Fleet, host: &Host, archive: &std::path::Path) ->
     let remote = format!("{IMAGES_DIR}/{name}");
     let have = host.file_state(&remote).await.map_err(e)?;
     host.ensure_file_from(&remote, &bytes, &sum, Some(0o600), &have).await.map_err(e)?;
+    // The marker holds the archive's checksum, then the images its import unpacked.
     let marker = format!("{remote}.imported");
-    let imported = host.run_ok(&Cmd::read_script(format!("cat {marker} 2>/dev/null || true"))).await.map_err(e)?;
-    if imported.trim() == sum {
-        return Ok(());
-    }
-    let cmd = Cmd::change_script(format!("ctr -n k8s.io images import {remote} >/dev/null && echo {sum} > {marker}"))
-        .timeout(std::time::Duration::from_secs(900));
-    let mib = bytes.len() as f64 / 1048576.0;
-    host.apply(format!("import images from {name} ({mib:.0} MiB) into containerd"), &cmd).await.map_err(e)?;
+    let probe =
+        format!("cat {marker} 2>/dev/null; echo {IMAGES_SEPARATOR}; ctr -n k8s.io images ls -q 2>/dev/null; true");
+    let state = host.run_ok(&Cmd::read_script(probe)).await.map_err(e)?;
+    let what = match missing_images(&state, &sum) {
+        Some(missing) if missing.is_empty() => return Ok(()),
+        Some(missing) => format!("import images from {name} again (gone from containerd: {})", missing.join(", ")),
+        None => format!("import images from {name} ({:.0} MiB) into containerd", bytes.len() as f64 / 1048576.0),
+    };
+    // `ctr images import` prints `unpacking NAME (DIGEST)...done` for each image.
+    let cmd = Cmd::change_script(format!(
+        "ctr -n k8s.io images import {remote} > {marker}.log && \
+         {{ echo {sum}; sed -n 's/^unpacking \\([^ ]*\\) .*/\\1/p' {marker}.log; }} > {marker} && rm -f {marker}.log"
+    ))
+    .timeout(std::time::Duration::from_secs(900));
+    host.apply(what, &cmd).await.map_err(e)?;
     if fleet.mode == Mode::Apply {
         crate::progress::step(&host.name, "images imported");
     }
     Ok(())
+}
+
+const IMAGES_SEPARATOR: &str = "@@images";
+
+/// From the marker and containerd's image list: None when the archive `sum` was never
+/// imported, else the images its import brought that containerd no longer has.
+fn missing_images(state: &str, sum: &str) -> Option<Vec<String>> {
+    let (marker, listed) = state.split_once(IMAGES_SEPARATOR)?;
+    let mut marker = marker.lines().map(str::trim).filter(|l| !l.is_empty());
+    if marker.next()? != sum {
+        return None;
+    }
+    let present: std::collections::BTreeSet<&str> = listed.lines().map(str::trim).collect();
+    Some(marker.filter(|image| !present.contains(image)).map(String::from).collect())
 }

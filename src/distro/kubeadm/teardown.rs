@@ -1,10 +1,10 @@
-//! `pikube down` for kubeadm, in the shared order: the pre-master-down hook first; with
-//! `--limit` the named nodes are drained and deleted through another server, then reset; else
-//! agents are reset in parallel, then servers one at a time, the first server last. A reset is
-//! `kubeadm reset -f` (which also removes a server's etcd member while the cluster answers)
-//! plus what kubeadm leaves by design: CNI config and interfaces, the KUBE-/CNI-/flannel
-//! iptables rules, kubelet's state, pikube's files and the binaries. containerd, a host
-//! package, stays (as HAProxy does) and is restarted to drop the network it had loaded. What is still there afterwards fails the node, named.
+//! `pikube down` for kubeadm: how a node is reset and how one that answers is taken out of
+//! the cluster (the order of `down` is shared, see `crate::down`). A reset is `kubeadm reset
+//! -f` (which also removes a server's etcd member while the cluster answers) plus what kubeadm
+//! leaves by design: CNI config and interfaces, the KUBE-/CNI-/flannel iptables rules,
+//! kubelet's state, pikube's files and the binaries. containerd, a host package, stays (as
+//! HAProxy does) and is restarted to drop the network it had loaded. What is still there
+//! afterwards fails the node, named.
 
 use std::time::Duration;
 
@@ -54,66 +54,110 @@ fn script(body: &str) -> String {
     )
 }
 
-pub async fn run(fleet: &Fleet, limit: &[String]) -> Result<(), String> {
-    let api = fleet.healthy(Role::Server).find(|(n, _)| !limit.iter().any(|l| l == n.name())).map(|(_, h)| h);
-    if limit.is_empty() {
-        if let Some(api) = fleet.healthy(Role::Server).next().map(|(_, h)| h) {
-            crate::phases::pre_master_down(&fleet.cluster, api).await?;
-        }
-        fleet.each(|node: &Node, host: &Host| async move { reset_role(node, host, Role::Agent).await }).await;
-        let servers: Vec<&Node> = fleet.nodes.iter().filter(|n| n.role() == Role::Server).collect();
-        for node in servers.into_iter().rev() {
-            if let Some(host) = node.host.as_ref().filter(|_| node.ok()) {
-                if let Err(e) = reset(host).await {
-                    node.fail(e);
-                }
-            }
-        }
-        if fleet.failures().is_empty() && std::fs::remove_file(fleet.cluster.kubeconfig_path()).is_ok() {
-            crate::progress::note(&format!("removed {}", fleet.cluster.kubeconfig_path().display()));
-        }
-        return Ok(());
-    }
-    for name in limit {
-        let node = fleet.nodes.iter().find(|n| n.name() == name).ok_or_else(|| format!("no host named {name:?}"))?;
-        let Some(host) = node.host.as_ref().filter(|_| node.ok()) else { continue };
-        let result = async {
-            if let Some(api) = api {
-                remove_from_api(api, name).await?;
-            }
-            reset(host).await
-        }
-        .await;
-        if let Err(e) = result {
-            node.fail(e);
-        }
-    }
-    Ok(())
-}
+/// How long the pods of a node taken out of the cluster may take to leave it.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
-async fn reset_role(node: &Node, host: &Host, role: Role) -> Result<(), String> {
-    if node.role() == role {
-        reset(host).await
-    } else {
-        Ok(())
+/// Takes a node that answers out of the cluster in kubeadm's documented order: drained
+/// through `api` (another server), `kubeadm reset`, then its Node deleted (deleted first, the
+/// kubelet still running would register it again). A server's etcd member must be gone
+/// afterwards: kubeadm's reset removes it while the cluster answers, else pikube does, through
+/// `api`. A server is only removed while etcd keeps a quorum without it. Without another
+/// server to go through (the last one), the node is only reset.
+pub async fn remove(fleet: &Fleet, node: &Node, host: &Host, api: Option<&Host>) -> Result<(), String> {
+    let Some(api) = api else { return reset(host).await };
+    let name = node.name();
+    let member = match node.role() {
+        Role::Server => crate::down::member_to_remove(fleet, node, api).await?,
+        _ => None,
+    };
+    drain(api, host, name).await?;
+    reset(host).await?;
+    if let Some(m) = member {
+        if super::etcd::members(api).await?.iter().any(|left| left.id == m.id) {
+            host.record(format!("kubeadm reset left etcd member {} behind; removing it through {}", m.name, api.name));
+            super::etcd::remove_member(api, &m).await?;
+        }
     }
-}
-
-/// Drains the node and deletes it from the API (a node already gone is not drained).
-async fn remove_from_api(api: &Host, name: &str) -> Result<(), String> {
-    let n = quote(name);
-    let drain = Cmd::change_script(format!(
-        "[ -z \"$({KUBECTL} get node {n} --ignore-not-found --no-headers)\" ] || \
-         {KUBECTL} drain {n} --ignore-daemonsets --delete-emptydir-data --force --timeout=120s"
-    ))
-    .timeout(Duration::from_secs(150));
-    api.apply(format!("drain {name}"), &drain).await.map_err(|e| e.to_string())?;
-    let delete = Cmd::change_script(format!("{KUBECTL} delete node {n} --ignore-not-found"));
+    let delete = Cmd::change_script(format!("{KUBECTL} delete node {} --ignore-not-found", quote(name)));
     api.apply(format!("delete node {name}"), &delete).await.map_err(|e| e.to_string())
 }
 
+/// Fails each server of `control_planes` (servers whose disk holds a control plane) that etcd
+/// no longer lists: one removed while it was off (`pikube down --limit` of a dead server). Its
+/// old etcd data would only be refused by the others, so it must be reset before it joins
+/// again. The list comes from the first of them whose etcd lists itself; when none answers
+/// (servers still starting), nothing is refused.
+pub async fn refuse_removed(fleet: &Fleet, control_planes: &[&Node]) {
+    if control_planes.len() < 2 {
+        return;
+    }
+    let mut members = None;
+    for node in control_planes {
+        let Some(host) = node.host.as_ref() else { continue };
+        if let Ok(listed) = super::etcd::members(host).await {
+            if listed.iter().any(|m| m.name == node.name()) {
+                members = Some(listed);
+                break;
+            }
+        }
+    }
+    let Some(members) = members else { return };
+    for node in control_planes {
+        let name = node.name();
+        if !members.iter().any(|m| m.name == name || m.host == node.spec.address()) {
+            node.fail(format!(
+                "{name} still holds a control plane, but etcd no longer lists it as a member (it was removed, as \
+                 `pikube down --limit {name}` does with a server that does not answer): it cannot run or join as it is\n  \
+                 hint: reset it with `pikube down -f {} --limit {name} --yes` (it answers now), then run `pikube up` again",
+                fleet.cluster.file.display()
+            ));
+        }
+    }
+}
+
+/// Drains `name` through `api`: its pods are evicted, DaemonSet pods stay. Never forced: a
+/// pod without a controller, or one a PodDisruptionBudget holds, stops the removal, named in
+/// kubectl's words, and the node is schedulable again as it was. A node the API does not list
+/// (a second `down` after one that failed later) is not drained.
+async fn drain(api: &Host, host: &Host, name: &str) -> Result<(), String> {
+    let e = |e: crate::remote::RemoteError| e.to_string();
+    let n = quote(name);
+    let probe = format!("{KUBECTL} get node {n} --ignore-not-found -o jsonpath='{{.spec.unschedulable}}/'");
+    let state = api.run_ok(&Cmd::read_script(probe).timeout(Duration::from_secs(30))).await.map_err(e)?;
+    if state.trim().is_empty() {
+        return Ok(());
+    }
+    let secs = DRAIN_TIMEOUT.as_secs();
+    host.record(format!("drain {name} through {}: evict its pods (up to {secs}s, nothing forced)", api.name));
+    let script = format!("{KUBECTL} drain {n} --ignore-daemonsets --delete-emptydir-data --timeout={secs}s");
+    let out = api.run(&Cmd::change_script(script).timeout(DRAIN_TIMEOUT + Duration::from_secs(60))).await.map_err(e)?;
+    let said = format!("{}\n{}", out.stdout_str(), out.stderr_str());
+    if out.success() {
+        // kubectl says `evicting pod NS/NAME` on every attempt (a budget makes it retry).
+        let pods: std::collections::BTreeSet<&str> =
+            said.lines().filter_map(|l| l.trim().strip_prefix("evicting pod ")).map(str::trim).collect();
+        for pod in pods {
+            host.record(format!("evicted pod {pod}"));
+        }
+        return Ok(());
+    }
+    let was_cordoned = state.trim() == "true/";
+    if !was_cordoned {
+        api.run(&Cmd::change_script(format!("{KUBECTL} uncordon {n}"))).await.map_err(e)?;
+    }
+    let stderr = out.stderr_str();
+    let kubectl: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    Err(format!(
+        "could not drain {name} (nothing forced, up to {secs}s): it was not reset and {}\n  kubectl drain said:\n    {}\n  \
+         hint: move or delete what keeps its pods there (a pod without a controller, a PodDisruptionBudget), then run \
+         `pikube down --limit {name}` again",
+        if was_cordoned { "stays cordoned, as it was" } else { "is schedulable again" },
+        kubectl[kubectl.len().saturating_sub(6)..].join("\n    ")
+    ))
+}
+
 /// Resets the node unless nothing of Kubernetes is on it; then lists what is left.
-async fn reset(host: &Host) -> Result<(), String> {
+pub async fn reset(host: &Host) -> Result<(), String> {
     if leftovers(host).await?.is_empty() {
         return Ok(());
     }
