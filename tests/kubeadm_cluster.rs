@@ -189,6 +189,21 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
     assert_eq!(kubelet_started(&lab, "node2"), kubelet_before, "a label change restarted kubelet");
     std::fs::write(&file, &cluster_file).unwrap();
 
+    // An image the archive brought that kubelet's garbage collection (or anyone) deleted is
+    // imported again: an air-gapped node cannot pull it back.
+    let gone = "registry.k8s.io/kube-apiserver:v1.34.4";
+    lab.sh("node2", &format!("ctr -n k8s.io images rm {gone} >/dev/null"));
+    let out = lab.pikube(&["up", "-f", file_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = stdout(&out);
+    assert!(
+        section(&report, "node2")
+            .contains(&format!("import images from amd64.tar again (gone from containerd: {gone})")),
+        "{report}"
+    );
+    assert!(!section(&report, "node1").contains("import images"), "{report}");
+    assert_eq!(lab.sh("node2", &format!("ctr -n k8s.io images ls -q name=={gone}")), gone);
+
     // `kubeconfig --merge` adds the cluster's context to an existing ~/.kube/config, keeping the
     // others, and the real kubectl works with it.
     let home = lab.dir().join("home");
