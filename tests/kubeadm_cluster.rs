@@ -59,12 +59,14 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
     let cluster_file = std::fs::read_to_string(&file).unwrap();
     assert!(cluster_file.contains("  distribution: kubeadm\n") && cluster_file.contains("  version: v1.34.4\n"));
 
-    // Cluster hooks: kubeadm's own file wins over the generic one.
+    // Cluster hooks: kubeadm runs its own file and then the generic one (the generic hook's
+    // ConfigMap lives in the namespace kubeadm's hook makes, so the other order fails).
     let hooks = lab.dir().join("hooks");
     std::fs::create_dir_all(&hooks).unwrap();
     let configmap =
-        |name: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default\n");
-    std::fs::write(hooks.join("k8s-post-master-up.yml"), configmap("from-k8s-hook")).unwrap();
+        |name: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: hooked\n");
+    let namespace = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: hooked\n---\n";
+    std::fs::write(hooks.join("k8s-post-master-up.yml"), format!("{namespace}{}", configmap("from-k8s-hook"))).unwrap();
     std::fs::write(hooks.join("post-master-up.yml"), configmap("from-generic-hook")).unwrap();
 
     // plan names the kubeadm phases per host and changes nothing.
@@ -80,6 +82,7 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
         "[servers] kubeadm init --upload-certs",
         "[pod network] apply the flannel pod network",
         "[post-master-up] apply post-master-up hook k8s-post-master-up.yml",
+        "[post-master-up] apply post-master-up hook post-master-up.yml",
         "[agents] kubeadm join",
     ] {
         assert!(plan.contains(line), "plan lacks {line:?}:\n{plan}");
@@ -105,8 +108,8 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
         assert!(row.last().unwrap().starts_with("containerd://"), "{wide}");
     }
 
-    let hooked = kubectl_ok(&lab, &dir, &["get", "configmaps", "-o", "name"]);
-    assert!(hooked.contains("configmap/from-k8s-hook") && !hooked.contains("from-generic-hook"), "{hooked}");
+    let hooked = kubectl_ok(&lab, &dir, &["-n", "hooked", "get", "configmaps", "-o", "name"]);
+    assert!(hooked.contains("configmap/from-k8s-hook") && hooked.contains("configmap/from-generic-hook"), "{hooked}");
 
     // The host facts chose containerd's and kube-proxy's settings: lab nodes' root may not
     // lower OOM scores nor set the global conntrack limit.

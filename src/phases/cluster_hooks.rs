@@ -1,9 +1,11 @@
 //! Cluster hooks: manifests from the hooks directory applied on a server at cluster
 //! milestones. `post-master-up` runs once the servers are up and before agents join;
-//! `pre-master-down` before `pikube down` tears the cluster down. A distribution's own file
-//! (`k3s-post-master-up.yml`, `k8s-post-master-up.yml` for kubeadm) wins over the generic
-//! one (`post-master-up.yml`), except that kubeadm's `down` runs both (see `pre_master_down`).
-//! A manifest is applied again only when its content changed since the last apply.
+//! `pre-master-down` before `pikube down` tears the cluster down. For k3s its own file
+//! (`k3s-post-master-up.yml`) wins over the generic one (`post-master-up.yml`). kubeadm runs
+//! both, as the kubeadm write-ups pikube replaces did: `k8s-post-master-up.yml` before
+//! `post-master-up.yml`, and on the way down `pre-master-down.yml` before
+//! `k8s-pre-master-down.yml` (the distribution's own part first up, last down). A
+//! post-master-up manifest is applied again only when its content changed since the last apply.
 
 use std::path::{Path, PathBuf};
 
@@ -20,42 +22,36 @@ pub const APPLIED_DIR: &str = "/var/lib/pikube/hooks";
 
 pub fn post_master_up<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     Box::pin(async move {
-        let Some(file) = hook_file(&fleet.cluster, "post-master-up") else { return };
-        let Some((node, api)) = fleet.healthy(Role::Server).next() else { return };
-        if let Err(e) = apply_hook(&fleet.cluster, api, "post-master-up", &file, true).await {
-            node.fail(e);
+        let files = hook_files(&fleet.cluster, "post-master-up");
+        let Some((node, api)) = fleet.healthy(Role::Server).next().filter(|_| !files.is_empty()) else { return };
+        for file in files {
+            if let Err(e) = apply_hook(&fleet.cluster, api, "post-master-up", &file, true).await {
+                return node.fail(e);
+            }
         }
     })
 }
 
-/// Applies the pre-master-down manifests (always: teardown is not idempotent). kubeadm runs
-/// both files, `pre-master-down.yml` and then `k8s-pre-master-down.yml` (the order issue 9
-/// asks for: the distribution's own teardown last); k3s only the first found, as for
-/// post-master-up.
+/// Applies the pre-master-down manifests (always: teardown is not idempotent).
 pub async fn pre_master_down(cluster: &Cluster, api: &Host) -> Result<(), String> {
-    let files = match cluster.distribution() {
-        Distribution::K3s => hook_file(cluster, "pre-master-down").into_iter().collect(),
-        Distribution::Kubeadm => {
-            let own = distro::hook_prefix(Distribution::Kubeadm);
-            let names = |n: &str| [format!("{n}.yml"), format!("{n}.yaml")];
-            [names("pre-master-down"), names(&format!("{own}-pre-master-down"))]
-                .iter()
-                .filter_map(|n| first_file(cluster, n))
-                .collect::<Vec<_>>()
-        }
-    };
-    for file in files {
+    for file in hook_files(cluster, "pre-master-down") {
         apply_hook(cluster, api, "pre-master-down", &file, false).await?;
     }
     Ok(())
 }
 
-fn hook_file(cluster: &Cluster, hook: &str) -> Option<PathBuf> {
+/// The manifests of `hook` to apply, in order (see the module's comment).
+fn hook_files(cluster: &Cluster, hook: &str) -> Vec<PathBuf> {
     let own = distro::hook_prefix(cluster.distribution());
-    first_file(
-        cluster,
-        &[format!("{own}-{hook}.yml"), format!("{hook}.yml"), format!("{own}-{hook}.yaml"), format!("{hook}.yaml")],
-    )
+    let names = |n: &str| [format!("{n}.yml"), format!("{n}.yaml")];
+    let (generic, own) = (names(hook), names(&format!("{own}-{hook}")));
+    match cluster.distribution() {
+        Distribution::K3s => first_file(cluster, &[own, generic].concat()).into_iter().collect(),
+        Distribution::Kubeadm => {
+            let order = if hook == "pre-master-down" { [generic, own] } else { [own, generic] };
+            order.iter().filter_map(|n| first_file(cluster, n)).collect()
+        }
+    }
 }
 
 /// The first of `names` in the hooks directory that is a file.
@@ -74,7 +70,8 @@ async fn apply_hook(
 ) -> Result<(), String> {
     let manifest = std::fs::read(file).map_err(|e| format!("cannot read hook {}: {e}", file.display()))?;
     let sum = hex::encode(Sha256::digest(&manifest));
-    let marker = format!("{APPLIED_DIR}/{hook}.sha256");
+    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or(hook);
+    let marker = format!("{APPLIED_DIR}/{name}.sha256");
     if only_when_changed {
         let have = api
             .run_ok(&Cmd::read_script(format!("cat {marker} 2>/dev/null || true")))
@@ -84,7 +81,6 @@ async fn apply_hook(
             return Ok(());
         }
     }
-    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or(hook);
     let kubectl = distro::kubectl(cluster.distribution());
     let cmd = Cmd::change_script(format!("{kubectl} apply -f -")).stdin(manifest);
     api.apply(format!("apply {hook} hook {name}"), &cmd)
