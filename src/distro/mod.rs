@@ -140,7 +140,11 @@ pub async fn nodes(d: Distribution, server: &Host) -> Result<BTreeMap<String, No
     let cmd = Cmd::read_script(format!("{} get nodes -o json", kubectl(d))).timeout(std::time::Duration::from_secs(20));
     let out = server.run(&cmd).await.map_err(|e| e.to_string())?;
     if !out.success() {
-        return Err(format!("`kubectl get nodes` failed: {}", out.stderr_str().trim()));
+        let shown = match d {
+            Distribution::K3s => "k3s kubectl",
+            Distribution::Kubeadm => "kubectl",
+        };
+        return Err(format!("`{shown} get nodes` failed: {}", out.stderr_str().trim()));
     }
     crate::k3s::parse_nodes(&out.stdout_str())
 }
