@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{kubeadm_leftovers, lab_kubernetes, status_row, stdout, text, wait_for, Lab, BIN};
+use common::{kubeadm_leftovers, lab_kubernetes, status_row, stdout, text, wait_for, Lab, BIN, PROBE_POD};
 
 const VERSION: &str = "v1.34.4";
 
@@ -36,18 +36,6 @@ fn kubectl_ok(lab: &Lab, dir: &Path, args: &[&str]) -> String {
 fn kubelet_started(lab: &Lab, node: &str) -> String {
     lab.sh(node, "systemctl show -p ExecMainStartTimestampMonotonic --value kubelet")
 }
-
-const PROBE_POD: &str = "apiVersion: v1
-kind: Pod
-metadata:
-  name: probe
-spec:
-  containers:
-  - name: probe
-    image: pikube.local/probe:1
-    imagePullPolicy: Never
-    command: [sh, -c, 'echo probe started; exec sleep 3600']
-";
 
 #[test]
 fn kubeadm_one_server_one_agent_up_noop_plan_down() {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{lab_kubernetes, stdout, text, wait_for, Lab, BIN};
+use common::{lab_kubernetes, stdout, text, wait_for, Lab, BIN, PROBE_POD};
 
 const VERSION: &str = "v1.34.4";
 const SERVERS: [&str; 3] = ["node1", "node2", "node3"];
@@ -149,18 +149,6 @@ fn calls_in_a_row_succeed(lab: &Lab, dir: &Path, n: usize) {
         eprintln!("  call {}: {:.1?}", i + 1, started.elapsed());
     }
 }
-
-const PROBE_POD: &str = "apiVersion: v1
-kind: Pod
-metadata:
-  name: probe
-spec:
-  containers:
-  - name: probe
-    image: pikube.local/probe:1
-    imagePullPolicy: Never
-    command: [sh, -c, 'echo probe started; exec sleep 3600']
-";
 
 /// The first server's card dies and comes back blank (`lab wipe`: the base image, a new SSH
 /// host key). The user trusts the new key after checking it against the one the lab made.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{lab_kubernetes, stdout, text, wait_for, Lab, BIN};
+use common::{lab_kubernetes, stdout, text, wait_for, Lab, BIN, PROBE_POD};
 
 const VERSION: &str = "v1.34.4";
 const NODE_IP: &str = "10.77.57.11";
@@ -121,18 +121,6 @@ hostname node1
 systemctl daemon-reload
 systemctl enable kubelet
 "##;
-
-const PROBE_POD: &str = "apiVersion: v1
-kind: Pod
-metadata:
-  name: probe
-spec:
-  containers:
-  - name: probe
-    image: pikube.local/probe:1
-    imagePullPolicy: Never
-    command: [sh, -c, 'echo probe started; exec sleep 3600']
-";
 
 struct Cluster<'a> {
     lab: &'a Lab,

@@ -240,3 +240,16 @@ pub fn kubeadm_leftovers(lab: &Lab, node: &str) -> String {
          iptables-save | grep -cE 'KUBE-|CNI-|FLANNEL' | grep -v '^0$'; ctr -n k8s.io tasks ls -q; true",
     )
 }
+
+/// A pod from the lab's image archive (`pikube lab kubernetes` puts the busybox probe in it).
+pub const PROBE_POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: probe
+spec:
+  containers:
+  - name: probe
+    image: pikube.local/probe:1
+    imagePullPolicy: Never
+    command: [sh, -c, 'echo probe started; exec sleep 3600']
+";
