@@ -82,6 +82,7 @@ async fn upgrade_one(
     }
     let (_, api) = fleet.healthy(Role::Server).next().ok_or("no healthy server to ask whether it is Ready")?;
     crate::progress::step(node.name(), &format!("waiting until Ready (up to {}s)", fleet.ready_timeout.as_secs()));
+    let since = std::time::Instant::now();
     k3s::wait_ready(api, host, Role::Agent, node.name(), fleet.ready_timeout).await?;
-    upgrade::settle_one(fleet, node, host).await
+    upgrade::settle_after_restart(fleet, node, host, since).await
 }

@@ -56,10 +56,11 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 if started && fleet.mode == Mode::Apply {
                     let wait = format!("waiting until Ready (up to {}s)", fleet.ready_timeout.as_secs());
                     crate::progress::step(node.name(), &wait);
+                    let since = std::time::Instant::now();
                     k3s::wait_ready(host, host, Role::Server, node.name(), fleet.ready_timeout).await?;
                     // On the pinned version before the next server goes: a rolling upgrade
                     // that does not take stops here, not at the end.
-                    super::upgrade::settle_one(fleet, node, host).await?;
+                    super::upgrade::settle_after_restart(fleet, node, host, since).await?;
                 }
                 Ok::<(), String>(())
             }

@@ -5,9 +5,8 @@
 //! marks the nodes it cordons on the node itself, so a run cut short (a node that never got
 //! Ready) is finished by the next one.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -180,10 +179,35 @@ pub async fn settle(fleet: &Fleet, node: &Node, host: &Host, status: &NodeStatus
     uncordon(fleet, node, host).await
 }
 
-/// [`settle`] for one node that was just waited for until Ready.
-pub async fn settle_one(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String> {
+/// After `node` restarted onto the pinned release: the API keeps the old kubelet's last status
+/// (Ready, on the old version) until the new kubelet posts its own, so this waits, until the
+/// ready timeout counted from `since`, for the node to be Ready on the pin; then [`settle`]
+/// (a kubelet still on another version at the deadline fails the node, naming both).
+pub async fn settle_after_restart(fleet: &Fleet, node: &Node, host: &Host, since: Instant) -> Result<(), String> {
     let api = api_for(fleet, node).ok_or("no server runs to ask for the node's version")?;
-    let mut all: BTreeMap<String, NodeStatus> = distro::nodes(fleet.cluster.distribution(), api).await?;
-    let status = all.remove(node.name()).ok_or("not registered")?;
-    settle(fleet, node, host, &status).await
+    let (d, pin) = (fleet.cluster.distribution(), fleet.cluster.version());
+    loop {
+        let late = since.elapsed() > fleet.ready_timeout;
+        let last = match distro::nodes(d, api).await {
+            Ok(mut all) => match all.remove(node.name()) {
+                Some(s) if s.ready && (late || pin.is_none_or(|p| s.kubelet_version == p)) => {
+                    return settle(fleet, node, host, &s).await
+                }
+                Some(s) => format!("{} on {}", if s.ready { "Ready" } else { "NotReady" }, s.kubelet_version),
+                None => "not registered".into(),
+            },
+            Err(e) => e,
+        };
+        if late {
+            let log = distro::diagnostics(d, host, node.role()).await;
+            return Err(format!(
+                "{} not Ready{} after {}s ({last}); last lines of {}:{log}",
+                node.name(),
+                pin.map(|p| format!(" on {p}")).unwrap_or_default(),
+                fleet.ready_timeout.as_secs(),
+                distro::unit_name(d, node.role())
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }

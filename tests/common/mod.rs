@@ -118,12 +118,14 @@ pub fn status_row(table: &str, host: &str) -> String {
     line[..cut.min(line.len())].split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// A command's exit, progress (stderr) and report (stdout), the report last: CI keeps the end
+/// of a long failure, and the report says which node failed and why.
 pub fn text(out: &Output) -> String {
     format!(
-        "exit: {:?}\n--- stdout\n{}--- stderr\n{}",
+        "exit: {:?}\n--- stderr\n{}--- stdout\n{}",
         out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
     )
 }
 

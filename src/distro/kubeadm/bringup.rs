@@ -21,8 +21,9 @@ const KUBEADM: &str = "/usr/local/bin/kubeadm";
 const INIT_CONFIG: &str = "/etc/pikube/kubeadm.yaml";
 const FLANNEL: &str = "/etc/pikube/cni/kube-flannel.yml";
 const INIT_LOG: &str = "/var/log/pikube-kubeadm-init.log";
-/// kubeadm's own bounds are minutes on a Pi; these are the outer limits.
-const KUBEADM_TIMEOUT: Duration = Duration::from_secs(900);
+/// The outer limit on one kubeadm init or join, well above each wait pikube gives kubeadm
+/// itself (render::TIMEOUTS).
+const KUBEADM_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// What a node's disk says about its part in the cluster.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

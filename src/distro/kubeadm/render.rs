@@ -155,7 +155,7 @@ pub fn init_config(cluster: &Cluster, host: &HostSpec, node_ip: &str, version: &
     sans.retain(|s| !s.is_empty() && seen.insert(s.clone()));
     let mut out = format!(
         "# Written by pikube for `kubeadm init`: `pikube up` overwrites changes.\n\
-         apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nlocalAPIEndpoint:\n  advertiseAddress: {node_ip}\n  bindPort: {port}\n{reg}---\n\
+         apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nlocalAPIEndpoint:\n  advertiseAddress: {node_ip}\n  bindPort: {port}\n{reg}{TIMEOUTS}---\n\
          apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nclusterName: {name}\nkubernetesVersion: {version}\n\
          controlPlaneEndpoint: {endpoint}\napiServer:\n  certSANs:\n{sans}networking:\n  podSubnet: {POD_SUBNET}\n  serviceSubnet: {SERVICE_SUBNET}\n---\n\
          apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: systemd\n---\n\
@@ -173,6 +173,20 @@ pub fn init_config(cluster: &Cluster, host: &HostSpec, node_ip: &str, version: &
     out
 }
 
+/// kubeadm's waits (v1beta4 `timeouts`), longer than its defaults (4 min for the control
+/// plane and kubelet, 2 min for etcd calls): a Pi on an SD card, or one busy pulling its
+/// images, can take longer to start a control plane or have a new etcd member catch up, and a
+/// control-plane join that times out half way leaves the node to be reset. pikube's own bound on
+/// the whole command stays above them (`KUBEADM_TIMEOUT`).
+const TIMEOUTS: &str = "timeouts:
+  controlPlaneComponentHealthCheck: 10m0s
+  kubeletHealthCheck: 10m0s
+  kubernetesAPICall: 3m0s
+  etcdAPICall: 5m0s
+  tlsBootstrap: 10m0s
+  discovery: 10m0s
+";
+
 /// The secrets a join needs, made fresh on a running server for each run.
 pub struct JoinSecrets {
     pub token: String,
@@ -184,7 +198,7 @@ pub struct JoinSecrets {
 /// What `kubeadm join` reads (mode 0600 and short-lived: it holds the token).
 pub fn join_config(cluster: &Cluster, host: &HostSpec, node_ip: &str, secrets: &JoinSecrets) -> String {
     let mut out = format!(
-        "apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\ndiscovery:\n  bootstrapToken:\n    apiServerEndpoint: {ep}\n    token: {token}\n    caCertHashes:\n    - {hash}\n{reg}",
+        "apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\ndiscovery:\n  bootstrapToken:\n    apiServerEndpoint: {ep}\n    token: {token}\n    caCertHashes:\n    - {hash}\n{reg}{TIMEOUTS}",
         ep = quoted(&endpoint(cluster)),
         token = quoted(&secrets.token),
         hash = quoted(&secrets.ca_cert_hash),

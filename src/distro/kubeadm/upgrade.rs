@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::KUBECTL;
-use crate::config::{Distribution, Role};
+use crate::config::Role;
 use crate::fleet::{Fleet, Node};
 use crate::phases::upgrade as rolling;
 use crate::remote::{quote, Cmd, Host, Mode, RemoteError};
@@ -125,7 +125,7 @@ pub async fn server(fleet: &Fleet, node: &Node, host: &Host, cluster: &mut Optio
     if fleet.mode == Mode::Apply {
         super::bringup::wait_for_api(host, fleet.ready_timeout).await?;
     }
-    new_kubelet(fleet, node, host, host, &run.kubelet, version).await
+    new_kubelet(fleet, node, host, &run.kubelet, version).await
 }
 
 /// Joined agents off the pinned release, to be upgraded one at a time after the others joined.
@@ -147,11 +147,10 @@ pub async fn pending_agents(fleet: &Fleet) -> Vec<(&Node, &Host)> {
 pub async fn agents(fleet: &Fleet, pending: Vec<(&Node, &Host)>) {
     let mut blocked: Option<String> = None;
     for (node, host) in pending.into_iter().filter(|(n, _)| n.ok()) {
-        let api = fleet.healthy(Role::Server).next().map(|(_, h)| h);
-        let result = match (&blocked, api) {
+        let result = match (&blocked, fleet.healthy(Role::Server).next()) {
             (Some(why), _) => Err(format!("not upgraded: {why}")),
             (None, None) => Err("not upgraded: no healthy server".into()),
-            (None, Some(api)) => agent(fleet, node, host, api).await,
+            (None, Some(_)) => agent(fleet, node, host).await,
         };
         if let Err(e) = result {
             node.fail(e);
@@ -161,11 +160,11 @@ pub async fn agents(fleet: &Fleet, pending: Vec<(&Node, &Host)>) {
 }
 
 /// One agent: `kubeadm upgrade node` (its kubelet configuration), then its kubelet.
-async fn agent(fleet: &Fleet, node: &Node, host: &Host, api: &Host) -> Result<(), String> {
+async fn agent(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String> {
     let version = fleet.cluster.version().ok_or("no version pinned")?;
     let run = running(host).await?.ok_or("not joined")?;
     kubeadm(fleet, node, host, "upgrade node", "kubeadm upgrade node").await?;
-    new_kubelet(fleet, node, host, api, &run.kubelet, version).await.map(|_| ())
+    new_kubelet(fleet, node, host, &run.kubelet, version).await.map(|_| ())
 }
 
 /// Runs `kubeadm <args>` on the node; its output goes to a 0600 log whose last lines an error shows.
@@ -192,14 +191,7 @@ async fn kubeadm(fleet: &Fleet, node: &Node, host: &Host, args: &str, what: &str
 /// Drains the node (shared code: `--no-drain`, `--drain-timeout`, a user's cordon kept), puts
 /// the new kubelet and kubectl on it, restarts kubelet, waits until the API sees it Ready on the
 /// pinned version and lifts pikube's cordon. Returns whether kubelet restarted.
-async fn new_kubelet(
-    fleet: &Fleet,
-    node: &Node,
-    host: &Host,
-    api: &Host,
-    from: &str,
-    version: &str,
-) -> Result<bool, String> {
+async fn new_kubelet(fleet: &Fleet, node: &Node, host: &Host, from: &str, version: &str) -> Result<bool, String> {
     if from == version {
         return Ok(false);
     }
@@ -212,38 +204,11 @@ async fn new_kubelet(
     let restart = Cmd::change("systemctl", &["restart", "kubelet"]);
     host.apply(format!("restart kubelet ({from} → {version})"), &restart).await.map_err(|e| e.to_string())?;
     if fleet.mode == Mode::Apply {
-        wait_on_version(fleet, api, node, host, version).await?;
-        rolling::settle_one(fleet, node, host).await?;
+        let wait = format!("waiting until Ready on {version} (up to {}s)", fleet.ready_timeout.as_secs());
+        crate::progress::step(node.name(), &wait);
+        rolling::settle_after_restart(fleet, node, host, Instant::now()).await?;
     }
     Ok(true)
-}
-
-/// Until the API shows the node Ready with its kubelet on `version` (the old kubelet's last
-/// heartbeat still says Ready right after the restart).
-async fn wait_on_version(fleet: &Fleet, api: &Host, node: &Node, host: &Host, version: &str) -> Result<(), String> {
-    crate::progress::step(
-        node.name(),
-        &format!("waiting until Ready on {version} (up to {}s)", fleet.ready_timeout.as_secs()),
-    );
-    let started = Instant::now();
-    loop {
-        let last = match crate::distro::nodes(Distribution::Kubeadm, api).await {
-            Ok(all) => match all.get(node.name()) {
-                Some(s) if s.ready && s.kubelet_version == version => return Ok(()),
-                Some(s) => format!("{} on {}", if s.ready { "Ready" } else { "NotReady" }, s.kubelet_version),
-                None => "not registered".into(),
-            },
-            Err(e) => e,
-        };
-        if started.elapsed() > fleet.ready_timeout {
-            let log = crate::distro::diagnostics(Distribution::Kubeadm, host, node.role()).await;
-            return Err(format!(
-                "not Ready on {version} after {}s ({last}); last lines of kubelet:{log}",
-                fleet.ready_timeout.as_secs()
-            ));
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
 }
 
 /// The end of `up`: every control-plane pod (on each server) and kube-proxy pod (on every
