@@ -90,7 +90,7 @@ pub async fn run(fleet: &mut Fleet, limit: &[String]) -> Result<Vec<String>, Str
 /// deleted server's etcd member itself).
 async fn remove_k3s(node: &Node, host: &Host, api: Option<&Host>) -> Result<(), String> {
     if let Some(api) = api {
-        remove_from_api(api, node.name()).await?;
+        remove_from_api(api, host, node.name()).await?;
     }
     reset(Distribution::K3s, node, host).await
 }
@@ -256,17 +256,53 @@ async fn reset_all(fleet: &Fleet, role: Role) {
         .await;
 }
 
-/// Drains the node (evicting its pods) and deletes it from the API. A node already gone (a
-/// second `down` after one that left something behind) is not drained.
-async fn remove_from_api(api: &Host, name: &str) -> Result<(), String> {
-    let drain = Cmd::change_script(format!(
-        "[ -z \"$({BIN} kubectl get node {name} --ignore-not-found --no-headers)\" ] || \
-         {BIN} kubectl drain {name} --ignore-daemonsets --delete-emptydir-data --force --timeout=120s"
-    ))
-    .timeout(std::time::Duration::from_secs(150));
-    api.apply(format!("drain {name}"), &drain).await.map_err(|e| e.to_string())?;
-    let delete = Cmd::change_script(format!("{BIN} kubectl delete node {name} --ignore-not-found"));
+/// Drains the node and deletes it from the API (k3s then removes a server's etcd member).
+async fn remove_from_api(api: &Host, host: &Host, name: &str) -> Result<(), String> {
+    drain(Distribution::K3s, api, host, name).await?;
+    let delete = Cmd::change_script(format!("{BIN} kubectl delete node {} --ignore-not-found", quote(name)));
     api.apply(format!("delete node {name}"), &delete).await.map_err(|e| e.to_string())
+}
+
+/// How long the pods of a node taken out of the cluster may take to leave it.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Drains `name` through `api`: its pods are evicted, DaemonSet pods stay. Never forced: a
+/// pod without a controller, or one a PodDisruptionBudget holds, stops the removal, named in
+/// kubectl's words, and the node is schedulable again as it was. A node the API does not list
+/// (a second `down` after one that failed later) is not drained.
+pub async fn drain(d: Distribution, api: &Host, host: &Host, name: &str) -> Result<(), String> {
+    let kubectl = distro::kubectl(d);
+    let e = |e: crate::remote::RemoteError| e.to_string();
+    let n = quote(name);
+    let probe = format!("{kubectl} get node {n} --ignore-not-found -o json");
+    let listed = api.run_ok(&Cmd::read_script(probe).timeout(Duration::from_secs(30))).await.map_err(e)?;
+    if listed.trim().is_empty() {
+        return Ok(());
+    }
+    let node: serde_json::Value =
+        serde_json::from_str(&listed).map_err(|err| format!("unexpected answer for Node {name}: {err}"))?;
+    let was_cordoned = node.pointer("/spec/unschedulable") == Some(&serde_json::Value::Bool(true));
+    let secs = DRAIN_TIMEOUT.as_secs();
+    host.record(format!("drain {name} through {}: evict its pods (up to {secs}s, nothing forced)", api.name));
+    let script = format!("{kubectl} drain {n} --ignore-daemonsets --delete-emptydir-data --timeout={secs}s");
+    let out = api.run(&Cmd::change_script(script).timeout(DRAIN_TIMEOUT + Duration::from_secs(60))).await.map_err(e)?;
+    let said = format!("{}\n{}", out.stdout_str(), out.stderr_str());
+    if out.success() {
+        for pod in phases::upgrade::evicted_pods(&said) {
+            host.record(format!("evicted pod {pod}"));
+        }
+        return Ok(());
+    }
+    if !was_cordoned {
+        api.run(&Cmd::change_script(format!("{kubectl} uncordon {n}"))).await.map_err(e)?;
+    }
+    Err(format!(
+        "could not drain {name} (nothing forced, up to {secs}s): it was not reset and {}\n  kubectl drain said:\n    {}\n  \
+         hint: move or delete what keeps its pods there (a pod without a controller, a PodDisruptionBudget), then run \
+         `pikube down --limit {name}` again",
+        if was_cordoned { "stays cordoned, as it was" } else { "is schedulable again" },
+        phases::upgrade::last_lines(&out.stderr_str(), 6)
+    ))
 }
 
 /// Resets a server or agent the distribution's way; a load balancer keeps HAProxy.

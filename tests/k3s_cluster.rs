@@ -350,9 +350,39 @@ fn single_server_cluster_with_hooks_kubeconfig_and_teardown() {
     assert_eq!(after.0, before.0, "only node2's binary changed, yet node1 restarted:\n{report}");
     assert_ne!(after.1, before.1, "node2 still runs the other release:\n{report}");
 
-    // down --limit drains and deletes the agent from the API, then resets it; up brings it back.
+    // A pod without a controller on the agent: drain is never forced (the pod would be gone
+    // for good), so down --limit stops, names it, and leaves node2 schedulable and not reset.
+    let bare = "apiVersion: v1\nkind: Pod\nmetadata: {name: bare, namespace: default}\nspec:\n  nodeName: node2\n  containers: [{name: app, image: registry.example/app:1}]\n";
+    lab.sh("node1", &format!("k3s kubectl apply -f - <<'EOF'\n{bare}EOF"));
+    let out = lab.pikube(&["down", "-f", file_arg, "--limit", "node2", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "a bare pod must stop the removal:\n{}", text(&out));
+    let said = stdout(&out);
+    assert!(
+        said.contains("could not drain node2 (nothing forced, up to 120s): it was not reset and is schedulable again"),
+        "{}",
+        text(&out)
+    );
+    assert!(said.contains("cannot delete Pods that declare no controller"), "{}", text(&out));
+    assert!(said.contains("default/bare"), "{}", text(&out));
+    assert!(nodes_on(&lab, "node1").contains_key("node2"), "node2 deleted from the API");
+    assert_ne!(api_field(&lab, "node1", "node node2", "/spec/unschedulable"), true, "node2 left cordoned");
+    assert!(lab.ssh("node2", "test -e /usr/local/bin/k3s").0, "node2 was reset");
+
+    // Once a controller owns the pod, down --limit drains (evicts it) and deletes the agent
+    // from the API, then resets it; up brings it back.
+    let owned = bare.replace(
+        "namespace: default}",
+        "namespace: default, ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-6d4b, uid: 5b1e7a6c-0000-0000-0000-000000000002, controller: true}]}",
+    );
+    lab.sh("node1", &format!("k3s kubectl apply -f - <<'EOF'\n{owned}EOF"));
     let out = lab.pikube(&["down", "-f", file_arg, "--limit", "node2", "--yes"]);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("node2: drain node2 through node1: evict its pods (up to 120s, nothing forced)")
+            && text(&out).contains("node2: evicted pod default/bare"),
+        "{}",
+        text(&out)
+    );
     assert!(!nodes_on(&lab, "node1").contains_key("node2"), "node2 still registered");
     assert!(!lab.ssh("node2", "test -e /usr/local/bin/k3s || test -e /etc/rancher/k3s").0, "node2 not reset");
     up_ok(&lab);
@@ -591,7 +621,7 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
         "{report}"
     );
     for (n, _) in others {
-        assert!(section(&report, n).ends_with("\n  error: not joined: server node1 failed before it"), "{report}");
+        assert!(section(&report, n).ends_with("\n  error: left as it is: server node1 failed before it"), "{report}");
     }
     assert_eq!(
         (unit_run(&lab, "node1", "k3s"), runs()),
@@ -601,7 +631,7 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
 }
 
 /// The upgrade report when node1, restarted first, never got Ready (its own log says
-/// `own_log`): node1 failed, and every other node stopped, not joined after it.
+/// `own_log`): node1 failed, and every other node was left as it is after it.
 fn assert_first_server_failed_alone(report: &str, own_log: &str, others: &[(&str, &str)]) {
     let node1 = section(report, "node1");
     assert!(node1.starts_with("node1 (10.77.42.11): FAILED\n"), "{report}");
@@ -609,7 +639,7 @@ fn assert_first_server_failed_alone(report: &str, own_log: &str, others: &[(&str
     assert!(node1.contains("  error: node1 not Ready after 8s"), "{report}");
     assert!(node1.contains(own_log), "node1's own log:\n{report}");
     for (n, _) in others {
-        assert!(section(report, n).ends_with("\n  error: not joined: server node1 failed before it"), "{report}");
+        assert!(section(report, n).ends_with("\n  error: left as it is: server node1 failed before it"), "{report}");
     }
 }
 

@@ -34,7 +34,7 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 continue;
             };
             if let Some(why) = &blocked {
-                node.fail(format!("not joined: {why}"));
+                node.fail(super::upgrade::held_back(fleet, node, why));
                 continue;
             }
             let plan = plan(i, node.name(), node.spec.address(), &holders, &endpoint);
@@ -72,7 +72,7 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
         }
         if let Some(why) = blocked {
             for agent in fleet.nodes.iter().filter(|n| n.role() == Role::Agent && n.ok()) {
-                agent.fail(format!("not joined: {why}"));
+                agent.fail(super::upgrade::held_back(fleet, agent, &why));
             }
         }
     })

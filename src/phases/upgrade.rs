@@ -35,6 +35,16 @@ pub async fn restarts_onto_new_binary(node: &Node, host: &Host) -> Result<bool, 
     Ok(host.run_ok(&probe).await.map_err(|e| e.to_string())?.trim().ends_with(" (deleted)"))
 }
 
+/// Why `node` is skipped after a server before it failed: one that already runs is left as
+/// it is (not restarted, not upgraded); a new one does not join.
+pub fn held_back(fleet: &Fleet, node: &Node, why: &str) -> String {
+    if runs(fleet, node) {
+        format!("left as it is: {why}")
+    } else {
+        format!("not joined: {why}")
+    }
+}
+
 /// Whether the node's unit (k3s, kubelet) was active when its facts were gathered.
 fn runs(fleet: &Fleet, node: &Node) -> bool {
     let unit = distro::unit_name(fleet.cluster.distribution(), node.role());
@@ -91,18 +101,13 @@ pub async fn drain(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String
     let out = api.run(&Cmd::change_script(script).timeout(timeout + Duration::from_secs(60))).await.map_err(e)?;
     let said = out.stdout_str();
     if out.success() {
-        // kubectl says `evicting pod NS/NAME` on every attempt (a budget makes it retry).
-        let pods: std::collections::BTreeSet<&str> =
-            said.lines().filter_map(|l| l.strip_prefix("evicting pod ")).map(str::trim).collect();
-        for pod in pods {
+        for pod in evicted_pods(&said) {
             host.record(format!("evicted pod {pod}"));
         }
         return Ok(());
     }
     let left = pods_on(kubectl(fleet), api, name).await.unwrap_or_else(|e| vec![format!("(cannot list them: {e})")]);
     let kept = if ours { uncordon(fleet, node, host).await.err() } else { None };
-    let stderr = out.stderr_str();
-    let kubectl: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     Err(format!(
         "drain of {name} did not finish within {}s; pods still on it: {}\n  {name} was not restarted{}; nothing was forced\n  kubectl drain said:\n    {}\n  hint: free what blocks them (a PodDisruptionBudget, a pod without a controller), raise --drain-timeout, or upgrade without draining (--no-drain)",
         timeout.as_secs(),
@@ -112,8 +117,20 @@ pub async fn drain(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String
             (true, Some(_)) => " and could not be uncordoned",
             (false, _) => " and stays cordoned, as it was",
         },
-        kubectl[kubectl.len().saturating_sub(6)..].join("\n    ")
+        last_lines(&out.stderr_str(), 6)
     ))
+}
+
+/// The pods `kubectl drain` evicted, once each: it says `evicting pod NS/NAME` on every
+/// attempt (a PodDisruptionBudget makes it retry).
+pub fn evicted_pods(said: &str) -> std::collections::BTreeSet<&str> {
+    said.lines().filter_map(|l| l.trim().strip_prefix("evicting pod ")).map(str::trim).collect()
+}
+
+/// The last `n` non-blank lines of a command's output, indented under an error.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n    ")
 }
 
 /// `namespace/name` of the pods the API places on `node`, except DaemonSet and mirror pods

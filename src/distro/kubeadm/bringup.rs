@@ -74,7 +74,7 @@ pub fn servers<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 continue;
             };
             if let Some(why) = &blocked {
-                node.fail(format!("not joined: {why}"));
+                node.fail(crate::phases::upgrade::held_back(fleet, node, why));
                 continue;
             }
             let result = match (state.control_plane, api) {
@@ -97,7 +97,7 @@ pub fn servers<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
         }
         if let Some(why) = blocked {
             for agent in fleet.nodes.iter().filter(|n| n.role() == Role::Agent && n.ok()) {
-                agent.fail(format!("not joined: {why}"));
+                agent.fail(crate::phases::upgrade::held_back(fleet, agent, &why));
             }
         }
     })

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use super::KUBECTL;
-use crate::config::Role;
+use crate::config::{Distribution, Role};
 use crate::fleet::{Fleet, Node};
 use crate::remote::{quote, Cmd, Host};
 
@@ -54,9 +54,6 @@ fn script(body: &str) -> String {
     )
 }
 
-/// How long the pods of a node taken out of the cluster may take to leave it.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// Takes a node that answers out of the cluster in kubeadm's documented order: drained
 /// through `api` (another server), `kubeadm reset`, then its Node deleted (deleted first, the
 /// kubelet still running would register it again). A server's etcd member must be gone
@@ -70,7 +67,7 @@ pub async fn remove(fleet: &Fleet, node: &Node, host: &Host, api: Option<&Host>)
         Role::Server => crate::down::member_to_remove(fleet, node, api).await?,
         _ => None,
     };
-    drain(api, host, name).await?;
+    crate::down::drain(Distribution::Kubeadm, api, host, name).await?;
     reset(host).await?;
     if let Some(m) = member {
         if super::etcd::members(api).await?.iter().any(|left| left.id == m.id) {
@@ -113,47 +110,6 @@ pub async fn refuse_removed(fleet: &Fleet, control_planes: &[&Node]) {
             ));
         }
     }
-}
-
-/// Drains `name` through `api`: its pods are evicted, DaemonSet pods stay. Never forced: a
-/// pod without a controller, or one a PodDisruptionBudget holds, stops the removal, named in
-/// kubectl's words, and the node is schedulable again as it was. A node the API does not list
-/// (a second `down` after one that failed later) is not drained.
-async fn drain(api: &Host, host: &Host, name: &str) -> Result<(), String> {
-    let e = |e: crate::remote::RemoteError| e.to_string();
-    let n = quote(name);
-    let probe = format!("{KUBECTL} get node {n} --ignore-not-found -o jsonpath='{{.spec.unschedulable}}/'");
-    let state = api.run_ok(&Cmd::read_script(probe).timeout(Duration::from_secs(30))).await.map_err(e)?;
-    if state.trim().is_empty() {
-        return Ok(());
-    }
-    let secs = DRAIN_TIMEOUT.as_secs();
-    host.record(format!("drain {name} through {}: evict its pods (up to {secs}s, nothing forced)", api.name));
-    let script = format!("{KUBECTL} drain {n} --ignore-daemonsets --delete-emptydir-data --timeout={secs}s");
-    let out = api.run(&Cmd::change_script(script).timeout(DRAIN_TIMEOUT + Duration::from_secs(60))).await.map_err(e)?;
-    let said = format!("{}\n{}", out.stdout_str(), out.stderr_str());
-    if out.success() {
-        // kubectl says `evicting pod NS/NAME` on every attempt (a budget makes it retry).
-        let pods: std::collections::BTreeSet<&str> =
-            said.lines().filter_map(|l| l.trim().strip_prefix("evicting pod ")).map(str::trim).collect();
-        for pod in pods {
-            host.record(format!("evicted pod {pod}"));
-        }
-        return Ok(());
-    }
-    let was_cordoned = state.trim() == "true/";
-    if !was_cordoned {
-        api.run(&Cmd::change_script(format!("{KUBECTL} uncordon {n}"))).await.map_err(e)?;
-    }
-    let stderr = out.stderr_str();
-    let kubectl: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    Err(format!(
-        "could not drain {name} (nothing forced, up to {secs}s): it was not reset and {}\n  kubectl drain said:\n    {}\n  \
-         hint: move or delete what keeps its pods there (a pod without a controller, a PodDisruptionBudget), then run \
-         `pikube down --limit {name}` again",
-        if was_cordoned { "stays cordoned, as it was" } else { "is schedulable again" },
-        kubectl[kubectl.len().saturating_sub(6)..].join("\n    ")
-    ))
 }
 
 /// Resets the node unless nothing of Kubernetes is on it; then lists what is left.

@@ -568,6 +568,10 @@ async fn get(kube: &Kube, a: &Args) -> Result<String, String> {
             Some(n) => kube.call("GET", &format!("/api/v1/nodes/{n}"), b"").await?,
             None => kube.call("GET", "/api/v1/nodes", b"").await?,
         };
+        // As kubectl: a named object that is not there prints nothing, in every format.
+        if code == 404 && a.flags.iter().any(|f| f == "ignore-not-found=true") {
+            return Ok(String::new());
+        }
         if code != 200 {
             return Err(server_error(&v));
         }
