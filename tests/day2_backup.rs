@@ -22,9 +22,7 @@ fn mode_of(path: &Path) -> u32 {
 }
 
 fn kubectl_ok(lab: &Lab, kubectl: &Path, args: &[&str]) -> String {
-    let out = lab.kubectl(kubectl, args);
-    assert!(out.status.success(), "kubectl {args:?}:\n{}", text(&out));
-    stdout(&out)
+    lab.kubectl_ok(kubectl, args)
 }
 
 /// uid and resourceVersion of a ConfigMap, as the real kubectl reads them.

@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Output;
 
-use common::{real_kubectl, standin_artifacts, standin_release, stdout, text, Lab};
+use common::{real_kubectl, section, standin_artifacts, standin_release, stdout, text, Lab};
 
 const OLD: &str = "v1.31.4+k3s1";
 const NEW: &str = "v1.31.5+k3s1";
@@ -50,13 +50,6 @@ fn log(out: &Output) -> String {
 
 fn pos(log: &str, s: &str) -> usize {
     log.find(s).unwrap_or_else(|| panic!("{s:?} missing from:\n{log}"))
-}
-
-/// What the report says for one host: its status line and the indented lines under it.
-fn section(report: &str, host: &str) -> String {
-    let mut lines = report.lines().skip_while(|l| !l.starts_with(&format!("{host} (")));
-    let head = lines.next().unwrap_or_else(|| panic!("{host} missing from the report:\n{report}"));
-    std::iter::once(head).chain(lines.take_while(|l| l.starts_with("  "))).collect::<Vec<_>>().join("\n")
 }
 
 /// Node name → (kubelet version, cordoned) from the API.

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{real_kubectl, standin_artifacts, standin_release, status_row, stdout, text, Lab, BIN};
+use common::{real_kubectl, section, standin_artifacts, standin_release, status_row, stdout, text, Lab, BIN};
 
 fn up(lab: &Lab) -> Output {
     let file = lab.cluster_file();
@@ -75,13 +75,6 @@ fn append_to_cluster_file(lab: &Lab, yaml: &str) {
 
 fn mode_of(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-/// What `up` reported for one host: its status line and the indented lines under it.
-fn section(report: &str, host: &str) -> String {
-    let mut lines = report.lines().skip_while(|l| !l.starts_with(&format!("{host} (")));
-    let head = lines.next().unwrap_or_else(|| panic!("{host} missing from the report:\n{report}"));
-    std::iter::once(head).chain(lines.take_while(|l| l.starts_with("  "))).collect::<Vec<_>>().join("\n")
 }
 
 /// The report's `HOST (ADDRESS): STATUS` word for one host.

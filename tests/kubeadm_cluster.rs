@@ -7,19 +7,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{kubeadm_leftovers, lab_kubernetes, status_row, stdout, text, wait_for, Lab, BIN, PROBE_POD};
+use common::{kubeadm_leftovers, lab_kubernetes, section, status_row, stdout, text, wait_for, Lab, PROBE_POD};
 
 const VERSION: &str = "v1.34.4";
-
-/// The report's `HOST (ADDRESS): …` section for one host.
-fn section(report: &str, host: &str) -> String {
-    let mut lines = report.lines().skip_while(|l| !l.starts_with(&format!("{host} (")));
-    let head = lines.next().unwrap_or_else(|| panic!("{host} missing from the report:\n{report}"));
-    std::iter::once(head).chain(lines.take_while(|l| l.starts_with("  "))).collect::<Vec<_>>().join("\n")
-}
 
 /// The real kubectl of the release, from inside the lab network, with pikube's kubeconfig.
 fn kubectl(lab: &Lab, dir: &Path, args: &[&str]) -> Output {
@@ -27,9 +20,7 @@ fn kubectl(lab: &Lab, dir: &Path, args: &[&str]) -> Output {
 }
 
 fn kubectl_ok(lab: &Lab, dir: &Path, args: &[&str]) -> String {
-    let out = kubectl(lab, dir, args);
-    assert!(out.status.success(), "kubectl {args:?} failed:\n{}", text(&out));
-    stdout(&out)
+    lab.kubectl_ok(&dir.join(VERSION).join("bin/linux/amd64/kubectl"), args)
 }
 
 /// When kubelet's current process started (changes on every restart).
@@ -107,16 +98,7 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
     assert!(proxy.contains("maxPerCore: 0"), "{proxy}");
 
     // A pod from the archive's image lands on the agent (kubeadm taints the control plane).
-    let mut apply = Command::new(BIN)
-        .args(["lab", "exec", "--name", &lab.name, "--"])
-        .arg(dir.join(VERSION).join("bin/linux/amd64/kubectl"))
-        .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run kubectl apply");
-    std::io::Write::write_all(&mut apply.stdin.take().unwrap(), PROBE_POD.as_bytes()).unwrap();
-    assert!(apply.wait_with_output().unwrap().status.success(), "kubectl apply of the probe pod");
+    lab.kubectl_apply(&dir.join(VERSION).join("bin/linux/amd64/kubectl"), PROBE_POD);
     wait_for("the probe pod Running", Duration::from_secs(180), Duration::from_secs(3), || {
         // The reason says why not (an eviction under the host's disk pressure, say).
         let jsonpath = "jsonpath={.status.phase} {.spec.nodeName} {.status.reason} {.status.message}";

@@ -20,9 +20,7 @@ fn mode_of(path: &Path) -> u32 {
 }
 
 fn kubectl_ok(lab: &Lab, dir: &Path, args: &[&str]) -> String {
-    let out = lab.kubectl(&dir.join(VERSION).join("bin/linux/amd64/kubectl"), args);
-    assert!(out.status.success(), "kubectl {args:?} failed:\n{}", text(&out));
-    stdout(&out)
+    lab.kubectl_ok(&dir.join(VERSION).join("bin/linux/amd64/kubectl"), args)
 }
 
 fn pikube_ok(lab: &Lab, args: &[&str]) -> (String, String) {

@@ -8,22 +8,15 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{lab_kubernetes, stdout, text, wait_for, Lab, BIN, PROBE_POD};
+use common::{lab_kubernetes, section, stdout, text, wait_for, Lab, PROBE_POD};
 
 const VERSION: &str = "v1.34.4";
 const SERVERS: [&str; 3] = ["node1", "node2", "node3"];
 /// The Kubernetes nodes of the HAProxy lab (node4 is the load balancer).
 const ALL: [&str; 5] = ["node1", "node2", "node3", "node5", "node6"];
-
-/// The report's `HOST (ADDRESS): …` section for one host.
-fn section(report: &str, host: &str) -> String {
-    let mut lines = report.lines().skip_while(|l| !l.starts_with(&format!("{host} (")));
-    let head = lines.next().unwrap_or_else(|| panic!("{host} missing from the report:\n{report}"));
-    std::iter::once(head).chain(lines.take_while(|l| l.starts_with("  "))).collect::<Vec<_>>().join("\n")
-}
 
 fn kubectl_path(dir: &Path) -> std::path::PathBuf {
     dir.join(VERSION).join("bin/linux/amd64/kubectl")
@@ -35,26 +28,12 @@ fn kubectl(lab: &Lab, dir: &Path, args: &[&str]) -> Output {
 }
 
 fn kubectl_ok(lab: &Lab, dir: &Path, args: &[&str]) -> String {
-    let out = kubectl(lab, dir, args);
-    assert!(out.status.success(), "kubectl {args:?} failed:\n{}", text(&out));
-    stdout(&out)
+    lab.kubectl_ok(&kubectl_path(dir), args)
 }
 
 /// `kubectl apply -f -` of `yaml` through the endpoint.
 fn kubectl_apply(lab: &Lab, dir: &Path, yaml: &str) {
-    let kubeconfig = lab.dir().join(format!("build/{}-config.yml", lab.name));
-    let mut apply = Command::new(BIN)
-        .args(["lab", "exec", "--name", &lab.name, "--"])
-        .arg(kubectl_path(dir))
-        .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kubectl apply");
-    std::io::Write::write_all(&mut apply.stdin.take().unwrap(), yaml.as_bytes()).unwrap();
-    let out = apply.wait_with_output().unwrap();
-    assert!(out.status.success(), "kubectl apply:\n{}", text(&out));
+    lab.kubectl_apply(&kubectl_path(dir), yaml)
 }
 
 fn up(lab: &Lab) -> (Output, Duration) {

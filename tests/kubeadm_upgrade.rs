@@ -8,10 +8,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{lab_kubernetes, stdout, text, wait_for, Lab, BIN};
+use common::{lab_kubernetes, section, stdout, text, wait_for, Lab};
 
 const OLD: &str = "v1.34.3";
 const NEW: &str = "v1.34.4";
@@ -30,21 +30,12 @@ fn both_releases() -> PathBuf {
     dir
 }
 
-/// The report's `HOST (ADDRESS): …` section for one host.
-fn section(report: &str, host: &str) -> String {
-    let mut lines = report.lines().skip_while(|l| !l.starts_with(&format!("{host} (")));
-    let head = lines.next().unwrap_or_else(|| panic!("{host} missing from the report:\n{report}"));
-    std::iter::once(head).chain(lines.take_while(|l| l.starts_with("  "))).collect::<Vec<_>>().join("\n")
-}
-
 fn kubectl(lab: &Lab, dir: &Path, args: &[&str]) -> Output {
     lab.kubectl(&dir.join(NEW).join("bin/linux/amd64/kubectl"), args)
 }
 
 fn kubectl_ok(lab: &Lab, dir: &Path, args: &[&str]) -> String {
-    let out = kubectl(lab, dir, args);
-    assert!(out.status.success(), "kubectl {args:?} failed:\n{}", text(&out));
-    stdout(&out)
+    lab.kubectl_ok(&dir.join(NEW).join("bin/linux/amd64/kubectl"), args)
 }
 
 /// `NAME STATUS VERSION` of every node (STATUS says SchedulingDisabled when cordoned).
@@ -95,17 +86,7 @@ spec:
 ";
 
 fn apply(lab: &Lab, dir: &Path, manifest: &str) {
-    let kubeconfig = lab.dir().join(format!("build/{}-config.yml", lab.name));
-    let mut child = Command::new(BIN)
-        .args(["lab", "exec", "--name", &lab.name, "--"])
-        .arg(dir.join(NEW).join("bin/linux/amd64/kubectl"))
-        .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run kubectl apply");
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), manifest.as_bytes()).unwrap();
-    assert!(child.wait_with_output().unwrap().status.success(), "kubectl apply");
+    lab.kubectl_apply(&dir.join(NEW).join("bin/linux/amd64/kubectl"), manifest)
 }
 
 /// Pins `version` in the lab's cluster file.

@@ -118,6 +118,13 @@ pub fn status_row(table: &str, host: &str) -> String {
     line[..cut.min(line.len())].split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The report's `HOST (ADDRESS): …` section for one host.
+pub fn section(report: &str, host: &str) -> String {
+    let mut lines = report.lines().skip_while(|l| !l.starts_with(&format!("{host} (")));
+    let head = lines.next().unwrap_or_else(|| panic!("{host} missing from the report:\n{report}"));
+    std::iter::once(head).chain(lines.take_while(|l| l.starts_with("  "))).collect::<Vec<_>>().join("\n")
+}
+
 /// A command's exit, progress (stderr) and report (stdout), the report last: CI keeps the end
 /// of a long failure, and the report says which node failed and why.
 pub fn text(out: &Output) -> String {
@@ -198,6 +205,32 @@ impl Lab {
         let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap(), "--request-timeout=5s"];
         all.extend_from_slice(args);
         self.exec(kubectl.to_str().unwrap(), &all)
+    }
+
+    /// [`Lab::kubectl`] that must succeed; its stdout.
+    pub fn kubectl_ok(&self, kubectl: &std::path::Path, args: &[&str]) -> String {
+        let out = self.kubectl(kubectl, args);
+        assert!(out.status.success(), "kubectl {args:?} failed:\n{}", text(&out));
+        stdout(&out)
+    }
+
+    /// `kubectl apply -f -` of `yaml` with pikube's kubeconfig, from inside the lab network;
+    /// it must succeed.
+    pub fn kubectl_apply(&self, kubectl: &std::path::Path, yaml: &str) {
+        use std::process::Stdio;
+        let kubeconfig = self.dir().join(format!("build/{}-config.yml", self.name));
+        let mut apply = Command::new(BIN)
+            .args(["lab", "exec", "--name", &self.name, "--"])
+            .arg(kubectl)
+            .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl apply");
+        std::io::Write::write_all(&mut apply.stdin.take().unwrap(), yaml.as_bytes()).unwrap();
+        let out = apply.wait_with_output().unwrap();
+        assert!(out.status.success(), "kubectl apply:\n{}", text(&out));
     }
 }
 
