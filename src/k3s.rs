@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::config::{ApiEndpoint, Cluster, EndpointMode, HostSpec, Role};
+use crate::config::{ApiEndpoint, Cluster, Distribution, EndpointMode, HostSpec, Role};
 use crate::facts::HostFacts;
 use crate::fleet::Fleet;
 use crate::remote::{quote, Cmd, Host, Mode, RemoteError};
@@ -317,18 +317,6 @@ pub struct NodeStatus {
     pub unschedulable: bool,
 }
 
-/// Nodes as seen by the API of `server` (through its local kubeconfig).
-pub async fn nodes(server: &Host) -> Result<BTreeMap<String, NodeStatus>, String> {
-    let out = server
-        .run(&Cmd::read_script(format!("{BIN} kubectl get nodes -o json")).timeout(std::time::Duration::from_secs(20)))
-        .await
-        .map_err(|e| e.to_string())?;
-    if !out.success() {
-        return Err(format!("`k3s kubectl get nodes` failed: {}", out.stderr_str().trim()));
-    }
-    parse_nodes(&out.stdout_str())
-}
-
 pub(crate) fn parse_nodes(json: &str) -> Result<BTreeMap<String, NodeStatus>, String> {
     let v: Value = serde_json::from_str(json).map_err(|e| format!("unexpected node list: {e}"))?;
     let mut out = BTreeMap::new();
@@ -408,7 +396,10 @@ pub async fn disagreement(servers: &[(&str, &Host)]) -> Option<String> {
     let mut views = Vec::new();
     for (name, host) in servers {
         let ca = ca_hash(host).await.ok().flatten().unwrap_or_default();
-        let nodes = nodes(host).await.map(|n| n.into_keys().collect::<Vec<_>>()).unwrap_or_default();
+        let nodes = crate::distro::nodes(Distribution::K3s, host)
+            .await
+            .map(|n| n.into_keys().collect::<Vec<_>>())
+            .unwrap_or_default();
         views.push((*name, ca, nodes));
     }
     let cas: std::collections::BTreeSet<&str> = views.iter().map(|(_, ca, _)| ca.as_str()).collect();
@@ -420,7 +411,12 @@ pub async fn disagreement(servers: &[(&str, &Host)]) -> Option<String> {
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         let mut again = std::collections::BTreeSet::new();
         for (_, host) in servers {
-            again.insert(nodes(host).await.map(|n| n.into_keys().collect::<Vec<_>>()).unwrap_or_default());
+            again.insert(
+                crate::distro::nodes(Distribution::K3s, host)
+                    .await
+                    .map(|n| n.into_keys().collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            );
         }
         if again.len() <= 1 {
             return None;
@@ -535,7 +531,7 @@ pub async fn wait_ready(
         // After a restart the API still shows the old heartbeat as Ready; the unit turns
         // active only once the new process has registered (k3s notifies systemd).
         let unit_active = unit_active(node_host, role).await.unwrap_or(false);
-        let last = match nodes(api).await {
+        let last = match crate::distro::nodes(Distribution::K3s, api).await {
             Ok(_) if !unit_active => format!("{unit} not active yet"),
             Ok(n) => match n.get(name) {
                 Some(s) if s.ready => return Ok(()),
