@@ -512,7 +512,8 @@ fn ha_cluster_behind_a_load_balancer_survives_losing_a_server() {
         endpoint_answers(&lab, kubectl.as_deref(), url)
     });
     eprintln!("endpoint answered {took:?} after node1 went down");
-    wait_until("node1 NotReady with the agents still Ready", Duration::from_secs(40), || {
+    // k3s marks a silent node NotReady after the 40 s node-monitor grace period.
+    wait_until("node1 NotReady with the agents still Ready", Duration::from_secs(90), || {
         let nodes = match &kubectl {
             Some(k) => nodes_via_endpoint(&lab, k).unwrap_or_default(),
             None => nodes_on(&lab, "node2"),
