@@ -9,13 +9,14 @@ use std::process::Command;
 
 use pikube::config::{Cluster, EXAMPLE};
 
+mod snapshot;
+
 fn dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster_files"))
 }
 
 #[test]
 fn every_bad_file_matches_its_snapshot() {
-    let update = std::env::var_os("PIKUBE_UPDATE_SNAPSHOTS").is_some();
     let mut checked = 0;
     let mut mismatches = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(dir()).expect("snapshot dir").flatten().map(|e| e.path()).collect();
@@ -27,19 +28,47 @@ fn every_bad_file_matches_its_snapshot() {
             Ok(_) => "OK\n".to_string(),
             Err(e) => e.plain() + "\n",
         };
-        let snap = yaml.with_extension("err");
-        if update {
-            std::fs::write(&snap, &got).expect("write snapshot");
-        } else {
-            let want = std::fs::read_to_string(&snap).unwrap_or_default();
-            if want != got {
-                mismatches.push(format!("{}:\n--- want\n{want}--- got\n{got}", rel.display()));
-            }
+        if let Err(diff) = snapshot::compare(&yaml.with_extension("err"), &got) {
+            mismatches.push(diff);
         }
         checked += 1;
     }
     assert!(checked >= 10, "expected the bad-file corpus, found {checked} files");
     assert!(mismatches.is_empty(), "snapshot mismatches:\n{}", mismatches.join("\n"));
+}
+
+/// Every `.err` has its `.yaml` and every `.yaml` its `.err`: a snapshot without its input
+/// pins nothing, an input without its snapshot is compared with nothing.
+#[test]
+fn every_snapshot_has_its_cluster_file_and_back() {
+    let names: Vec<String> = std::fs::read_dir(dir())
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut unpaired: Vec<&String> = names
+        .iter()
+        .filter(|n| match n.rsplit_once('.') {
+            Some((stem, "yaml")) => !names.contains(&format!("{stem}.err")),
+            Some((stem, "err")) => !names.contains(&format!("{stem}.yaml")),
+            _ => true,
+        })
+        .collect();
+    unpaired.sort();
+    assert!(unpaired.is_empty(), "tests/cluster_files: files without their pair (NAME.yaml + NAME.err): {unpaired:?}");
+}
+
+/// Snapshots are rewritten for `PIKUBE_UPDATE_SNAPSHOTS=1` only; any other value is refused, so
+/// a `0` or an empty value never turns every comparison off.
+#[test]
+fn only_update_snapshots_1_blesses() {
+    use std::ffi::OsStr;
+    assert_eq!(snapshot::bless_mode(None), Ok(false));
+    assert_eq!(snapshot::bless_mode(Some(OsStr::new("1"))), Ok(true));
+    for value in ["0", "", "yes", "true", " 1"] {
+        let refused = snapshot::bless_mode(Some(OsStr::new(value))).expect_err(value);
+        assert!(refused.contains("set it to 1 to rewrite the snapshots, or unset it"), "{refused}");
+    }
 }
 
 #[test]

@@ -30,6 +30,17 @@ fn identity(lab: &Lab, kubectl: &Path, name: &str) -> String {
     kubectl_ok(lab, kubectl, &["get", "configmap", name, "-o", "jsonpath={.metadata.uid} {.metadata.resourceVersion}"])
 }
 
+/// The API answers that ConfigMap `name` does not exist (not merely that kubectl failed).
+fn assert_gone(lab: &Lab, kubectl: &Path, name: &str) {
+    let out = lab.kubectl(kubectl, &["get", "configmap", name]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains(&format!("configmaps \"{name}\" not found")),
+        "configmap {name} must be gone:\n{}",
+        text(&out)
+    );
+}
+
 fn backups(lab: &Lab) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(lab.dir().join("backups/bk-main"))
         .map(|r| r.flatten().map(|e| e.path()).collect())
@@ -119,7 +130,7 @@ fn backup_restore_keeps_object_identities_and_an_upgrade_takes_a_snapshot() {
     let out = lab.pikube(&["restore", corrupt.to_str().unwrap(), "-f", f, "--yes"]);
     refused(&out, "checksum mismatch");
     assert_eq!(server_pids(&lab, &["node1", "node2", "node3"]), pids, "a corrupt backup reached a server");
-    assert!(!lab.kubectl(&kubectl, &["get", "configmap", "settings"]).status.success());
+    assert_gone(&lab, &kubectl, "settings");
 
     // Restore: the ConfigMaps are back with the same UIDs and resourceVersions.
     let report = pikube_ok(&lab, &["restore", dir.to_str().unwrap(), "-f", f, "--yes", "--ready-timeout", "90"]);
@@ -146,7 +157,7 @@ fn backup_restore_keeps_object_identities_and_an_upgrade_takes_a_snapshot() {
     assert!(out.status.success(), "{}", text(&out));
     up_ok(&lab);
     assert_ne!(lab.sh("node1", "cat /var/lib/rancher/k3s/server/token"), token.trim(), "a new cluster, a new token");
-    assert!(!lab.kubectl(&kubectl, &["get", "configmap", "settings"]).status.success());
+    assert_gone(&lab, &kubectl, "settings");
     let report = pikube_ok(&lab, &["restore", dir.to_str().unwrap(), "-f", f, "--yes", "--ready-timeout", "90"]);
     println!("--- pikube restore into a cluster made anew\n{report}");
     assert!(report.contains("rewrote "), "the local kubeconfig holds the new cluster's CA:\n{report}");

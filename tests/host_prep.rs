@@ -70,8 +70,8 @@ fn check_finds_cloned_machine_id_swap_and_default_password() {
     assert!(o.contains("node3 (10.77.31.13): changed"), "{o}");
     assert_eq!(lab.sh("node3", "hostname"), "node3");
     // Swap is off for good: dphys-swapfile disabled and its file gone, the fstab line commented.
-    assert!(!lab.ssh("node3", "systemctl is-enabled dphys-swapfile").0);
-    assert!(!lab.ssh("node3", "test -e /var/swap").0);
+    assert_eq!(lab.sh("node3", "systemctl is-enabled dphys-swapfile || true"), "disabled");
+    assert!(lab.absent("node3", "/var/swap"));
     assert!(lab.sh("node3", "grep swapfile /etc/fstab").starts_with('#'));
     assert_eq!(lab.sh("node1", "hostname"), "raspberrypi", "a refused host is left alone");
 }
@@ -99,7 +99,7 @@ fn up_through_root_and_every_sudo_setup_writes_exactly_the_wanted_files() {
     std::fs::write(&file, yaml).expect("write variant");
     let f = file.to_str().unwrap();
     let cmdlines: Vec<String> =
-        (1..=4).map(|i| lab.ssh(&format!("node{i}"), "cat /boot/firmware/cmdline.txt").1).collect();
+        (1..=4).map(|i| lab.sh(&format!("node{i}"), "cat /boot/firmware/cmdline.txt")).collect();
 
     let up = lab.pikube_env(&["up", "-f", f], &[("LAB_SUDO_PW", "raspberry")]);
     assert!(up.status.success(), "{}", text(&up));
@@ -228,7 +228,7 @@ fn up_prepares_both_pi_boot_layouts_reboots_only_where_needed_and_converges() {
         assert!(lab.sh(&n, "cat /etc/apt/sources.list.d/pikube-mirror.list").contains("http://10.77.33.1:8080/debian"));
         assert_eq!(lab.sh(&n, "sysctl -n net.ipv4.ip_forward"), "1");
     }
-    assert!(!lab.ssh("node1", "test -e /boot/cmdline.txt").0, "bookworm node got a stray /boot/cmdline.txt");
+    assert!(lab.absent("node1", "/boot/cmdline.txt"), "bookworm node got a stray /boot/cmdline.txt");
     let boot_after: Vec<String> =
         (1..=3).map(|i| lab.sh(&format!("node{i}"), "cat /proc/sys/kernel/random/boot_id")).collect();
     assert_ne!(boot_before[0], boot_after[0], "node1 needed a reboot");
@@ -417,7 +417,7 @@ fn plan_shows_the_apt_proxy_and_refuses_nothing_else() {
     let plan = lab.pikube(&["plan", "-f", file.to_str().unwrap()]);
     assert!(plan.status.success(), "{}", text(&plan));
     assert!(stdout(&plan).contains("create /etc/apt/apt.conf.d/80pikube-proxy"), "{}", stdout(&plan));
-    assert!(!lab.ssh("node1", "test -e /etc/apt/apt.conf.d/80pikube-proxy").0, "plan wrote a file");
+    assert!(lab.absent("node1", "/etc/apt/apt.conf.d/80pikube-proxy"), "plan wrote a file");
     assert_eq!(lab.sh("node1", "hostname"), "debian", "plan changed the hostname");
 }
 
@@ -445,6 +445,9 @@ fn unreachable_and_wrong_key_are_findings_with_fixes() {
     assert!(has(&f, "node1", "auth-failed") && has(&f, "node2", "unreachable"), "{f:?}");
     let table = stdout(&lab.pikube(&["check", "-f", file.to_str().unwrap()]));
     assert!(table.contains("ssh-copy-id") && table.contains("10.77.39.12:22"), "{table}");
+    // The harness's negative checks need an answer: a node that is off is not "absent".
+    let concluded = std::panic::catch_unwind(|| lab.absent("node2", "/nonexistent"));
+    assert!(concluded.is_err(), "Lab::absent concluded from a node that is off");
 }
 
 /// Polls a node until `script` succeeds there (60 s at most).

@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 
 use pikube::config::{Cluster, EndpointMode, Role};
 
+mod snapshot;
+
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/inventories")
 }
@@ -35,12 +37,9 @@ fn imported(inventory: &str, extra: &[&str], golden: &str) -> (Cluster, String) 
     let out = import(&args);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "import {inventory} failed:\n{stderr}");
-    let path = dir().join(golden);
-    if std::env::var_os("PIKUBE_UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(&path, &stdout).expect("write golden");
+    if let Err(diff) = snapshot::compare(&dir().join(golden), &stdout) {
+        panic!("{inventory}: output differs from {golden}:\n{diff}");
     }
-    let want = std::fs::read_to_string(&path).unwrap_or_default();
-    assert_eq!(stdout, want, "{inventory}: output differs from {golden}");
     let cluster = Cluster::parse(Path::new(golden), &stdout)
         .unwrap_or_else(|e| panic!("{golden} does not validate:\n{}", e.plain()));
     (cluster, stderr)
@@ -291,4 +290,32 @@ fn a_generic_inventory_file_name_gives_way_to_its_directory() {
     assert_eq!(run(&["hosts"]), format!("pikube-import-name-{}", std::process::id()));
     assert_eq!(run(&["hosts", "--cluster", "pis"]), "pis");
     std::fs::remove_dir_all(&tmp).expect("clean up");
+}
+
+/// Every file in tests/inventories is used: each `*.expected.yaml` is the snapshot of an
+/// `imported(…)` call above, and each inventory is imported by one. Read from this file's own
+/// source, as an orphan would otherwise pass forever while pinning nothing.
+#[test]
+fn every_inventory_and_snapshot_is_used() {
+    let source = include_str!("import_ansible.rs");
+    let calls: Vec<Vec<&str>> = source
+        .match_indices("imported(\"")
+        .map(|(at, _)| source[at..].split(");").next().unwrap_or("").split('"').skip(1).step_by(2).collect())
+        .collect();
+    let goldens: Vec<&str> = calls.iter().filter_map(|c| c.last().copied()).collect();
+    let inventories: Vec<&str> = calls.iter().filter_map(|c| c.first().copied()).collect();
+    let mut unused: Vec<String> = std::fs::read_dir(dir())
+        .expect("tests/inventories")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            if name.ends_with(".expected.yaml") {
+                !goldens.contains(&name.as_str())
+            } else {
+                !inventories.contains(&name.as_str())
+            }
+        })
+        .collect();
+    unused.sort();
+    assert!(goldens.len() >= 7, "found only {} imported(…) calls: {calls:?}", goldens.len());
+    assert!(unused.is_empty(), "tests/inventories: files no test imports or compares with: {unused:?}");
 }

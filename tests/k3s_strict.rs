@@ -92,10 +92,7 @@ fn full_token_custom_port_api_labels_links_and_registries() {
 
     // install.sh's linking rule.
     assert_eq!(lab.sh("node1", "readlink /usr/local/bin/kubectl"), "k3s", "no kubectl on node1's PATH: linked");
-    assert!(
-        !lab.ssh("node2", "test -e /usr/local/bin/kubectl || test -L /usr/local/bin/kubectl").0,
-        "a distro kubectl is shadowed"
-    );
+    assert!(lab.absent("node2", "/usr/local/bin/kubectl"), "a distro kubectl is shadowed");
     assert_eq!(lab.sh("node2", "kubectl"), "distro kubectl");
     assert_eq!(lab.sh("node2", "readlink /usr/local/bin/crictl"), "k3s");
 
@@ -110,7 +107,7 @@ fn full_token_custom_port_api_labels_links_and_registries() {
     .unwrap();
     up_ok(&lab);
     for node in ["node1", "node2"] {
-        assert!(!lab.ssh(node, "test -e /etc/rancher/k3s/registries.yaml").0, "{node}: a stale registries.yaml stayed");
+        assert!(lab.absent(node, "/etc/rancher/k3s/registries.yaml"), "{node}: a stale registries.yaml stayed");
     }
     let nodes = lab.sh("node1", "k3s kubectl get nodes --no-headers");
     assert_eq!(nodes.lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count(), 2, "{nodes}");

@@ -1,8 +1,10 @@
 //! `pikube down` against what k3s really leaves on a node: the k3s STAND-IN (a labelled test
 //! double installed through the airgap artifact directory) re-execs as `k3s-server`/
 //! `k3s-agent`, starts a containerd shim that outlives its unit, and creates the `cni0`
-//! bridge, KUBE-/CNI-/FLANNEL iptables chains, a CNI network namespace and a pod's tmpfs
-//! volume. Everything else (systemd, sshd, apt, mounts, iptables) is real, on lab hosts.
+//! bridge with a pod's veth, the `flannel.1` VXLAN device, KUBE-/CNI-/FLANNEL iptables chains
+//! and an ip6tables chain, a CNI network namespace, a container's rootfs mount under /run/k3s
+//! and a pod's tmpfs volume; pikube links kubectl/crictl/ctr to k3s. Everything else
+//! (systemd, sshd, apt, mounts, iptables) is real, on lab hosts.
 
 mod common;
 
@@ -34,10 +36,12 @@ fn k3s_traces(lab: &Lab, node: &str) -> String {
         r#"pgrep -a -x 'k3s|k3s-server|k3s-agent|k3s-init'
 pgrep -a -f '^/var/lib/rancher/k3s/data/[^/]*/bin/containerd-shim'
 for i in cni0 flannel.1 flannel-v6.1 flannel-wg flannel-wg-v6 kube-ipvs0; do ip link show "$i" >/dev/null 2>&1 && echo "interface $i"; done
+ip -o link show type veth | grep -oE ' veth[0-9a-f]{8}' | sed 's/^ /interface /'
 ip netns list | grep cni-
 for t in iptables-save ip6tables-save; do command -v $t >/dev/null && $t | grep -E 'KUBE-|CNI-|FLANNEL'; done
 awk '$5 ~ "^(/run/k3s|/var/lib/kubelet|/var/lib/rancher/k3s|/run/netns/cni-)" { print "mount " $5 }' /proc/self/mountinfo
 ls -d /etc/rancher/k3s /var/lib/rancher/k3s /var/lib/kubelet /run/k3s /run/flannel /var/lib/cni /usr/local/bin/k3s /etc/systemd/system/k3s*.service* 2>/dev/null
+for l in kubectl crictl ctr; do [ "$(readlink /usr/local/bin/$l)" = k3s ] && echo "link /usr/local/bin/$l -> k3s"; done
 true"#,
     )
 }
@@ -55,7 +59,7 @@ fn mount_volume(lab: &Lab, node: &str, name: &str) {
 }
 
 fn canary(lab: &Lab, node: &str, name: &str) -> String {
-    lab.ssh(node, &format!("cat /srv/export-{name}/canary")).1.trim().to_string()
+    lab.sh(node, &format!("cat /srv/export-{name}/canary"))
 }
 
 /// What the stand-in leaves while running, checked before a teardown so that it is tested
@@ -66,15 +70,23 @@ fn assert_k3s_traces(lab: &Lab, node: &str, process: &str) {
         process,
         "containerd-shim",
         "interface cni0",
+        "interface veth",
+        "interface flannel.1",
         ":KUBE-FORWARD",
         ":CNI-FORWARD",
         ":FLANNEL-FWD",
+        "mount /run/k3s/containerd/io.containerd.runtime.v2.task/k8s.io/",
         "mount /var/lib/kubelet/pods/",
         "/run/flannel",
+        "link /usr/local/bin/kubectl -> k3s",
+        "link /usr/local/bin/crictl -> k3s",
+        "link /usr/local/bin/ctr -> k3s",
     ] {
         assert!(traces.contains(want), "{node} lacks {want:?} while k3s runs:\n{traces}");
     }
-    assert!(!lab.ssh(node, "pgrep -x k3s").0, "real k3s runs as {process}, never as `k3s`:\n{traces}");
+    let ip6 = lab.sh(node, "ip6tables-save");
+    assert!(ip6.contains(":KUBE-FORWARD"), "{node} lacks kube-proxy's ip6tables chain while k3s runs:\n{ip6}");
+    assert_eq!(lab.status(node, "pgrep -x k3s"), 1, "real k3s runs as {process}, never as `k3s`:\n{traces}");
 }
 
 #[test]

@@ -66,7 +66,7 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
     ] {
         assert!(plan.contains(line), "plan lacks {line:?}:\n{plan}");
     }
-    assert!(!lab.ssh("node1", "test -e /usr/local/bin/kubeadm").0, "plan must not install anything");
+    assert!(lab.absent("node1", "/usr/local/bin/kubeadm"), "plan must not install anything");
 
     let started = Instant::now();
     let out = lab.pikube(&["up", "-f", file_arg]);

@@ -268,17 +268,14 @@ fn kubeadm_ha_on_a_keepalived_vip_fails_over() {
     wait_all_ready(&lab, &dir, &SERVERS);
     let members = wait_three_members(&lab, "node2");
 
-    let holders = || -> Vec<&str> {
-        // A powered-off node does not answer and holds nothing.
-        SERVERS.into_iter().filter(|n| lab.ssh(n, "ip -4 -o addr show").1.contains(&format!(" {vip}/"))).collect()
-    };
-    let before = holders();
+    let before = lab.holders_of(&SERVERS, vip);
     let [holder] = before[..] else { panic!("exactly one server holds the VIP: {before:?}") };
     lab.lab("stop", holder);
     let stopped = Instant::now();
+    let powered: Vec<&str> = SERVERS.into_iter().filter(|n| *n != holder).collect();
     wait_for("the VIP on another server", Duration::from_secs(60), Duration::from_secs(1), || {
-        let now = holders();
-        matches!(now[..], [h] if h != holder).then_some(()).ok_or(format!("{now:?}"))
+        let now = lab.holders_of(&powered, vip);
+        matches!(now[..], [_]).then_some(()).ok_or(format!("{now:?}"))
     });
     wait_for("the API through the VIP", Duration::from_secs(60), Duration::from_secs(1), || {
         let out = kubectl(&lab, &dir, &["get", "--raw", "/readyz"]);

@@ -36,6 +36,22 @@ fn lab_sites(file: &str, text: &str) -> Vec<LabSite> {
     sites
 }
 
+/// The runner's own labs in scripts/test (`lab up --name NAME --subnet 10.77.N.0/24`).
+fn runner_sites(file: &str, text: &str) -> Vec<LabSite> {
+    let mut sites = Vec::new();
+    for (start, _) in text.match_indices("lab up --name ") {
+        let line = text[..start].matches('\n').count() + 1;
+        let mut words = text[start + "lab up --name ".len()..].split_whitespace();
+        let name = words.next().unwrap_or_default().to_string();
+        let octet = (words.next() == Some("--subnet"))
+            .then(|| words.next())
+            .flatten()
+            .and_then(|s| s.strip_prefix("10.77.")?.split('.').next()?.parse().ok());
+        sites.push(LabSite { at: format!("{file}:{line}"), name, octet });
+    }
+    sites
+}
+
 /// The arguments of a call: `rest` up to the `)` that closes it.
 fn call_text(rest: &str) -> &str {
     let mut depth = 0;
@@ -87,6 +103,11 @@ fn every_lab_has_its_own_name_and_subnet() {
             sites.extend(lab_sites(&path.file_name().unwrap().to_string_lossy(), &text));
         }
     }
+    let runner =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test")).expect("read scripts/test");
+    let own = runner_sites("scripts/test", &runner);
+    assert!(!own.is_empty(), "scripts/test builds the lab fixtures with a lab of its own; none found");
+    sites.extend(own);
     // The lab tests of host_prep, k3s_cluster and lab_nodes: finding none means the check is blind.
     assert!(sites.len() >= 10, "found only {} Lab::up calls: {sites:#?}", sites.len());
     let unaddressed: Vec<_> = sites.iter().filter(|s| s.octet.is_none()).collect();
@@ -102,16 +123,22 @@ fn every_lab_has_its_own_name_and_subnet() {
 fn clashes_are_found_in_both_call_styles() {
     let a = "let lab = Lab::up(\"k3s-ha\", 42, &[\"--nodes\", \"3\", x.to_str().unwrap()]);\n";
     let b = "fn t() {\n    let lab = Lab::up(\n        \"k3s-ha\",\n        &[\"--nodes\", \"2\", \"--subnet\", \"10.77.42.0/24\"],\n    );\n}\n";
-    let sites: Vec<_> = lab_sites("a.rs", a).into_iter().chain(lab_sites("b.rs", b)).collect();
+    let c = "prebuild() {\n  target/debug/pikube lab up --name k3s-ha --subnet 10.77.42.0/24 --nodes 1 >log\n}\n";
+    let sites: Vec<_> =
+        lab_sites("a.rs", a).into_iter().chain(lab_sites("b.rs", b)).chain(runner_sites("c.sh", c)).collect();
     assert_eq!(
         sites,
         [
             LabSite { at: "a.rs:1".into(), name: "k3s-ha".into(), octet: Some(42) },
             LabSite { at: "b.rs:2".into(), name: "k3s-ha".into(), octet: Some(42) },
+            LabSite { at: "c.sh:2".into(), name: "k3s-ha".into(), octet: Some(42) },
         ]
     );
     assert_eq!(
         clashes(&sites),
-        ["lab name \"k3s-ha\" is used at a.rs:1, b.rs:2", "subnet 10.77.42.0/24 is used at a.rs:1, b.rs:2"]
+        [
+            "lab name \"k3s-ha\" is used at a.rs:1, b.rs:2, c.sh:2",
+            "subnet 10.77.42.0/24 is used at a.rs:1, b.rs:2, c.sh:2"
+        ]
     );
 }

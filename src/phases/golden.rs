@@ -6,6 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+#[path = "../../tests/snapshot/mod.rs"]
+mod snapshot;
+
 use crate::config::{Cluster, Role};
 use crate::distro::kubeadm::render::{self, JoinSecrets};
 use crate::k3s::{self, Join};
@@ -43,29 +46,46 @@ fn dir() -> PathBuf {
 
 /// Compares every (file name, rendered text) with its golden file; all mismatches at once.
 fn check(rendered: &[(&str, String)]) {
-    let update = std::env::var_os("PIKUBE_UPDATE_SNAPSHOTS").is_some();
-    let mut mismatches = Vec::new();
-    for (name, got) in rendered {
-        let path = dir().join(name);
-        if update {
-            std::fs::create_dir_all(dir()).expect("golden dir");
-            std::fs::write(&path, got).expect("write golden file");
-            continue;
-        }
-        let want = std::fs::read_to_string(&path).unwrap_or_default();
-        if &want != got {
-            mismatches.push(format!("tests/golden/{name}:\n--- want\n{want}--- got\n{got}"));
-        }
-    }
+    let mismatches: Vec<String> =
+        rendered.iter().filter_map(|(name, got)| snapshot::compare(&dir().join(name), got).err()).collect();
     assert!(mismatches.is_empty(), "golden files differ:\n{}", mismatches.join("\n"));
+}
+
+/// Every file of tests/golden is one a test renders: a golden nothing renders any more would
+/// pass forever while pinning nothing.
+#[test]
+fn every_golden_file_is_rendered() {
+    let mut rendered: Vec<&str> =
+        [k3s_files(), keepalived_files(), kubeadm_files()].iter().flatten().map(|(name, _)| *name).collect();
+    rendered.sort();
+    let mut on_disk: Vec<String> = std::fs::read_dir(dir())
+        .expect("tests/golden")
+        .map(|e| e.expect("tests/golden entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    assert_eq!(on_disk, rendered, "tests/golden holds files no test renders, or misses rendered ones");
 }
 
 #[test]
 fn k3s_files_match_their_golden_files() {
+    check(&k3s_files());
+}
+
+#[test]
+fn keepalived_conf_matches_its_golden_file() {
+    check(&keepalived_files());
+}
+
+#[test]
+fn kubeadm_files_match_their_golden_files() {
+    check(&kubeadm_files());
+}
+
+fn k3s_files() -> Vec<(&'static str, String)> {
     let c = cluster("  version: v1.31.4+k3s1\n  endpoint: {mode: loadbalancer}\n");
     let ep = c.endpoint();
     let token = "K10-golden-token";
-    check(&[
+    vec![
         (
             "k3s-server-init.yaml",
             k3s::config_yaml(&c, host(&c, "rasp01"), "192.168.1.101", token, Join::Init { cluster_init: true }),
@@ -77,19 +97,17 @@ fn k3s_files_match_their_golden_files() {
         ("k3s.service.env", k3s::env_file(&c)),
         ("k3s-registries.yaml", k3s::registries(&c).expect("mirrors")),
         ("haproxy.cfg", super::load_balancer::haproxy_cfg(&c)),
-    ]);
+    ]
 }
 
-#[test]
-fn keepalived_conf_matches_its_golden_file() {
+fn keepalived_files() -> Vec<(&'static str, String)> {
     let c = cluster("  version: v1.31.4+k3s1\n  endpoint: {mode: vip, address: 192.168.1.10}\n");
     let peers: Vec<String> = c.with_role(Role::Server).map(|h| h.address().to_string()).collect();
     let conf = super::virtual_ip::keepalived_conf(&c, "rasp01", "eth0", 24, "192.168.1.101", &peers, 0, "golden");
-    check(&[("keepalived.conf", conf)]);
+    vec![("keepalived.conf", conf)]
 }
 
-#[test]
-fn kubeadm_files_match_their_golden_files() {
+fn kubeadm_files() -> Vec<(&'static str, String)> {
     let c = cluster("  distribution: kubeadm\n  version: v1.34.4\n  endpoint: {mode: loadbalancer}\n");
     let secrets = |key: Option<&str>| JoinSecrets {
         token: "abcdef.0123456789abcdef".into(),
@@ -98,7 +116,7 @@ fn kubeadm_files_match_their_golden_files() {
     };
     let (hosts, _) = render::registry_hosts(&c).into_iter().next().expect("a mirror");
     assert_eq!(hosts, "/etc/containerd/certs.d/docker.io/hosts.toml");
-    check(&[
+    vec![
         ("kubeadm-init.yaml", render::init_config(&c, host(&c, "rasp01"), "192.168.1.101", "v1.34.4", true)),
         (
             "kubeadm-init-no-conntrack.yaml",
@@ -117,5 +135,5 @@ fn kubeadm_files_match_their_golden_files() {
         ("10-kubeadm.conf", render::KUBEADM_DROPIN.to_string()),
         ("crictl.yaml", render::CRICTL_YAML.to_string()),
         ("haproxy-kubeadm.cfg", super::load_balancer::haproxy_cfg(&c)),
-    ]);
+    ]
 }

@@ -78,7 +78,8 @@ impl Lab {
         cmd.output().expect("run pikube in the lab")
     }
 
-    /// Runs a shell command on a node as root; returns (exit ok, stdout).
+    /// Runs a shell command on a node as root; returns (exit ok, stdout). `false` also means
+    /// "SSH failed": never use it for a negative check (see [`Lab::status`], [`Lab::absent`]).
     pub fn ssh(&self, node: &str, script: &str) -> (bool, String) {
         let out = Command::new(BIN)
             .args(["lab", "ssh", "--name", &self.name, node, "--", script])
@@ -95,6 +96,34 @@ impl Lab {
             .expect("run lab ssh");
         assert!(out.status.success(), "on {node}: `{script}` failed:\n{}", text(&out));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The exit status of `script` on `node` (its output discarded). The status travels on
+    /// stdout of a command that itself succeeds, so an unreachable node (`lab ssh` exits 255)
+    /// panics instead of passing for a command that failed.
+    pub fn status(&self, node: &str, script: &str) -> i32 {
+        let said = self.sh(node, &format!("( {script} ) >/dev/null 2>&1; echo \"exit=$?\""));
+        said.lines()
+            .last()
+            .and_then(|l| l.strip_prefix("exit="))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("on {node}: no exit status from `{script}`: {said:?}"))
+    }
+
+    /// Whether nothing (not even a dangling link) is at `path` on `node`, which must answer:
+    /// "absent" is never concluded from a node that is down or unreachable.
+    pub fn absent(&self, node: &str, path: &str) -> bool {
+        let quoted = format!("'{}'", path.replace('\'', r"'\''"));
+        match self.status(node, &format!("test -e {quoted} || test -L {quoted}")) {
+            0 => false,
+            1 => true,
+            other => panic!("on {node}: `test -e {path}` exited {other}"),
+        }
+    }
+
+    /// Which of `nodes` (all powered on: each must answer) hold `address` on an interface.
+    pub fn holders_of<'a>(&self, nodes: &[&'a str], address: &str) -> Vec<&'a str> {
+        nodes.iter().copied().filter(|n| self.sh(n, "ip -4 -o addr show").contains(&format!(" {address}/"))).collect()
     }
 
     pub fn lab(&self, verb: &str, node: &str) {

@@ -8,7 +8,8 @@
 //! <dir>/<version>/BUILD.json             versions, sizes and step times of the build
 //! ```
 //!
-//! `<dir>` is a cache entry keyed by version and recipe ([recipe::key]); a warm call returns it.
+//! `<dir>` is a cache entry keyed by version and recipe ([recipe::key], which hashes this module's
+//! code too); a warm call returns it.
 
 mod build;
 mod images;

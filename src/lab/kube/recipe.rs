@@ -3,9 +3,18 @@
 
 use sha2::{Digest, Sha256};
 
-/// Bump when anything the build does changes in a way the texts below do not show (image
-/// contents, Debian packages, layout): a cached directory from an older recipe is not this one.
+/// Bump when what the build takes from outside this module's code changes (the host's Debian
+/// packages, the module proxy's answers): the code itself is part of the key ([BUILD_SOURCES]).
 pub const RECIPE_VERSION: &str = "3";
+/// This module's sources, whose code decides every step of the build (which modules, how images
+/// are laid out, what goes into the archive).
+const BUILD_SOURCES: [&str; 5] = [
+    include_str!("mod.rs"),
+    include_str!("build.rs"),
+    include_str!("images.rs"),
+    include_str!("oci.rs"),
+    include_str!("recipe.rs"),
+];
 /// flannel: the newest release the Go proxy serves; its kube-flannel.yml names the images.
 pub const FLANNEL: &str = "v0.28.10";
 /// flannel's go.mod wants a tencentcloud VPC SDK version (for its Tencent Cloud backend, unused
@@ -145,10 +154,28 @@ pub fn flannel_ldflags() -> String {
     format!("-s -w -X github.com/flannel-io/flannel/pkg/version.Version={FLANNEL} -extldflags \"-static\"")
 }
 
+/// The code of a source file as the cache key sees it: without its unit tests, comments,
+/// indentation and blank lines, so rewording a comment or reformatting keeps the cached build
+/// and a change to the code makes a new one.
+fn code_of(source: &str) -> String {
+    let code = source.split("\n#[cfg(test)]\nmod tests").next().unwrap_or(source);
+    code.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("//")).collect::<Vec<_>>().join("\n")
+}
+
+/// [BUILD_SOURCES]' code, as the key hashes it.
+fn build_code() -> String {
+    BUILD_SOURCES.map(code_of).join("\n--\n")
+}
+
 /// The cache key: everything that decides the output, hashed; 8 hex digits name the entry.
 pub fn key(version: &str, arch: &str, go_version: &str) -> String {
+    key_with(version, arch, go_version, &build_code())
+}
+
+fn key_with(version: &str, arch: &str, go_version: &str, code: &str) -> String {
     let recipe = [
         RECIPE_VERSION,
+        code,
         version,
         arch,
         go_version.trim(),
@@ -247,6 +274,28 @@ mod tests {
         ];
         let ours: Vec<&str> = COREDNS_PLUGINS.iter().map(|(d, _)| *d).collect();
         assert_eq!(ours, upstream);
+    }
+
+    #[test]
+    fn the_key_follows_the_build_code_not_its_comments() {
+        let code =
+            code_of("//! doc\nfn step() {\n    // why\n    run(\"go build\");\n}\n\n#[cfg(test)]\nmod tests {}\n");
+        assert_eq!(code, "fn step() {\nrun(\"go build\");\n}");
+        let reworded = code_of("//! other doc\n  fn step() {\n\n    // another why\n        run(\"go build\");\n}\n");
+        assert_eq!(reworded, code, "comments, blank lines and indentation are not the build");
+        let base = key_with("v1.34.4", "amd64", "go1.26.8", &code);
+        assert_eq!(base, key_with("v1.34.4", "amd64", "go1.26.8", &reworded));
+        assert_ne!(base, key_with("v1.34.4", "amd64", "go1.26.8", &code.replace("go build", "go build -trimpath")));
+    }
+
+    #[test]
+    fn every_file_of_the_build_is_in_the_key() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lab/kube");
+        for entry in std::fs::read_dir(&dir).expect("src/lab/kube") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("source");
+            assert!(BUILD_SOURCES.contains(&text.as_str()), "{} is not in BUILD_SOURCES", path.display());
+        }
     }
 
     #[test]

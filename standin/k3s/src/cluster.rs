@@ -12,9 +12,9 @@ pub const VERSION: &str = match option_env!("STANDIN_K3S_VERSION") {
     Some(v) => v,
     None => "v1.31.4+k3s1",
 };
-/// A node is NotReady after this long without a heartbeat (real: node-monitor-grace-period 40s;
-/// shortened for tests).
-pub const GRACE: Duration = Duration::from_secs(10);
+/// A node is NotReady after this long without a heartbeat: kube-controller-manager's
+/// `--node-monitor-grace-period` (40s in the Kubernetes k3s v1.31 embeds).
+pub const GRACE: Duration = Duration::from_secs(40);
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// The label k3s gives servers that run an etcd member (pkg/etcd: EtcdRoleLabel).

@@ -241,6 +241,8 @@ pub struct Request {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The client's `ip:port` (Go's `req.RemoteAddr`), set by the server that accepted it.
+    pub peer: String,
 }
 
 impl Request {
@@ -287,7 +289,7 @@ pub async fn read_request<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Re
         .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked"));
     if chunked {
         let body = read_chunked(s, body).await?;
-        return Ok(Request { method, path, headers, body });
+        return Ok(Request { method, path, headers, body, peer: String::new() });
     }
     let len: usize = headers
         .iter()
@@ -306,7 +308,7 @@ pub async fn read_request<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Re
         body.extend_from_slice(&tmp[..n]);
     }
     body.truncate(len);
-    Ok(Request { method, path, headers, body })
+    Ok(Request { method, path, headers, body, peer: String::new() })
 }
 
 /// Decode a `Transfer-Encoding: chunked` body; `buf` holds bytes already read past the head.
@@ -368,7 +370,21 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
     ctype: &str,
     body: &[u8],
 ) -> std::io::Result<()> {
-    let reason = match status {
+    let reason = reason_phrase(status);
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    s.flush().await?;
+    s.shutdown().await.ok();
+    Ok(())
+}
+
+/// The reason phrase of an HTTP status, as Go's `resp.Status` carries it after the code.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
         200 => "OK",
         201 => "Created",
         400 => "Bad Request",
@@ -383,16 +399,7 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         _ => "Error",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(body).await?;
-    s.flush().await?;
-    s.shutdown().await.ok();
-    Ok(())
+    }
 }
 
 /// Split `https://host:port[/...]` into (host, port).

@@ -1,8 +1,9 @@
 //! What real k3s leaves on a node besides its files, so pikube's teardown is tested against
 //! real leftovers: the process names it re-execs as, a containerd shim that outlives
-//! `systemctl stop` (the unit has `KillMode=process`), the `cni0` bridge, the KUBE-/CNI-/
-//! FLANNEL iptables chains, flannel's and the CNI plugins' state, a CNI network namespace and
-//! a tmpfs volume of a pod. k3s STAND-IN code, not the real k3s.
+//! `systemctl stop` (the unit has `KillMode=process`), the `cni0` bridge with a pod's veth, the
+//! `flannel.1` VXLAN device, the KUBE-/CNI-/FLANNEL iptables chains and kube-proxy's ip6tables
+//! chain, flannel's and the CNI plugins' state, a CNI network namespace, a container's rootfs
+//! overlay mount and a tmpfs volume of a pod. k3s STAND-IN code, not the real k3s.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,15 @@ const SHIM: &str = "containerd-shim-runc-v2";
 /// The stand-in's pod: a fixed uid, as a kubelet dir holds `pods/<uid>/volumes/...`.
 const POD_VOLUME: &str =
     "/var/lib/kubelet/pods/5b1e7a6c-standin-0000-0000-000000000001/volumes/kubernetes.io~empty-dir/cache";
+/// The pod's container: its task directory, where containerd mounts its rootfs while it runs.
+const TASK: &str = "/run/k3s/containerd/io.containerd.runtime.v2.task/k8s.io/\
+                    5b1e7a6c00000000000000000000000000000000000000000000000000000001";
+/// containerd's overlayfs snapshots the rootfs is made of (a read-only layer and the container's own).
+const SNAPSHOTS: &str = "/var/lib/rancher/k3s/agent/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots";
+/// The pod's end of its veth is eth0 in the CNI namespace; the host's end is on cni0, named as
+/// the bridge plugin names it (`veth` + 8 hex digits).
+const NETNS: &str = "cni-5b1e7a6c-standin";
+const VETH: &str = "veth5b1e7a6c";
 
 /// The directory real k3s extracts its binaries to (`<data-dir>/data/<hash>/bin`).
 fn bin_dir(data_dir: &Path) -> PathBuf {
@@ -88,13 +98,23 @@ pub fn leave_traces(data_dir: &Path) {
     }
     let scripts = [
         ("the cni0 bridge", "ip link show cni0 >/dev/null 2>&1 || { ip link add cni0 type bridge && ip link set cni0 up; }".to_string()),
-        ("a CNI network namespace", "ls /run/netns/cni-* >/dev/null 2>&1 || ip netns add cni-5b1e7a6c-standin".to_string()),
+        ("a CNI network namespace", format!("test -e /run/netns/{NETNS} || ip netns add {NETNS}")),
+        ("the pod's veth on cni0", format!("ip link show {VETH} >/dev/null 2>&1 || {{ ip link add {VETH} type veth peer name eth0 netns {NETNS} && ip link set {VETH} master cni0 up; }}")),
+        // flannel's VXLAN device, on flannel's port and VNI
+        ("flannel.1", "ip link show flannel.1 >/dev/null 2>&1 || { ip link add flannel.1 type vxlan id 1 dstport 8472 nolearning && ip link set flannel.1 up; }".to_string()),
+        ("the container's rootfs mount", ROOTFS_MOUNT.replace("$TASK", TASK).replace("$SNAPSHOTS", SNAPSHOTS)),
         ("the pod's tmpfs volume", format!("mkdir -p {POD_VOLUME} && {{ mountpoint -q {POD_VOLUME} || mount -t tmpfs -o size=1m tmpfs {POD_VOLUME}; }}")),
         ("the KUBE-/CNI-/FLANNEL iptables chains", IPTABLES.to_string()),
+        ("kube-proxy's ip6tables chain", IP6TABLES.to_string()),
     ];
     for (what, script) in scripts {
         match Command::new("sh").arg("-c").arg(&script).output() {
-            Ok(o) if o.status.success() => {}
+            Ok(o) if o.status.success() => {
+                let said = String::from_utf8_lossy(&o.stderr);
+                if !said.trim().is_empty() {
+                    log("warning", &format!("STAND-IN: {what}: {}", said.trim()));
+                }
+            }
             Ok(o) => log(
                 "warning",
                 &format!("STAND-IN: could not create {what}: {}", String::from_utf8_lossy(&o.stderr).trim()),
@@ -106,13 +126,28 @@ pub fn leave_traces(data_dir: &Path) {
 
 /// Chains named as kube-proxy, the CNI portmap plugin and flannel name theirs, hooked into the
 /// built-in chains as they are; created once (a restart finds them).
-const IPTABLES: &str = "command -v iptables >/dev/null || { echo 'iptables is not installed'; exit 1; }; \
+const IPTABLES: &str = "command -v iptables >/dev/null || { echo 'iptables is not installed' >&2; exit 1; }; \
     for c in KUBE-FORWARD CNI-FORWARD FLANNEL-FWD; do \
       iptables -w -n -L $c >/dev/null 2>&1 && continue; \
       iptables -w -N $c && iptables -w -A FORWARD -j $c || exit 1; \
     done; \
     iptables -w -t nat -n -L FLANNEL-POSTRTG >/dev/null 2>&1 || \
       { iptables -w -t nat -N FLANNEL-POSTRTG && iptables -w -t nat -A POSTROUTING -j FLANNEL-POSTRTG; }";
+
+/// kube-proxy sets up both families; flannel (IPv4 only here) none for IPv6.
+const IP6TABLES: &str = "command -v ip6tables >/dev/null || { echo 'ip6tables is not installed' >&2; exit 1; }; \
+    ip6tables -w -n -L KUBE-FORWARD >/dev/null 2>&1 || \
+      { ip6tables -w -N KUBE-FORWARD && ip6tables -w -A FORWARD -j KUBE-FORWARD; }";
+
+/// containerd mounts a running container's rootfs as an overlay: the image's layer from its
+/// snapshotter, the container's writable layer on top. The writable layer is kept in the task
+/// directory, as the kernel refuses an upper layer on a lab node's own overlay root; where even
+/// that is refused, a tmpfs stands in, still a mount a teardown must undo before it deletes
+/// anything below /run/k3s.
+const ROOTFS_MOUNT: &str = "mountpoint -q $TASK/rootfs && exit 0; \
+    mkdir -p $TASK/rootfs $TASK/layer/fs $TASK/layer/work $SNAPSHOTS/1/fs && echo standin > $SNAPSHOTS/1/fs/etc-os-release; \
+    mount -t overlay overlay -o lowerdir=$SNAPSHOTS/1/fs,upperdir=$TASK/layer/fs,workdir=$TASK/layer/work $TASK/rootfs 2>/dev/null || \
+      { echo 'overlay refused here: a tmpfs stands in' >&2; mount -t tmpfs -o size=1m tmpfs $TASK/rootfs; }";
 
 /// Starts the shim detached (own session), so stopping the unit leaves it running, as
 /// containerd's shims are; one per node, reused after a restart like containerd reattaches.

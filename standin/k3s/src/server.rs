@@ -441,7 +441,8 @@ pub async fn run_server(o: Opts) -> ! {
             "STAND-IN: --cluster-init is ignored because --server is set (this server joins the existing cluster)",
         );
     }
-    let etcd = join.is_some() || o.flag("cluster-init");
+    // Existing etcd data keeps a restarted server on etcd without either flag, as in k3s.
+    let etcd = join.is_some() || o.flag("cluster-init") || server_dir.join("db/etcd").is_dir();
     if etcd {
         // Where real k3s keeps embedded etcd; its presence tells etcd from sqlite.
         std::fs::create_dir_all(server_dir.join("db/etcd")).ok();
@@ -480,9 +481,13 @@ pub async fn run_server(o: Opts) -> ! {
             fatal(&format!("starting kubernetes: preparing server: failed to get bootstrap data: {e}"))
         });
         if r.status != 200 {
-            let reason = if r.status == 401 { "401 Unauthorized".to_string() } else { r.status.to_string() };
+            // k3s's clientaccess reports a refused GET as "<url>: <Go's resp.Status>"; a server
+            // on sqlite answers 400 ("etcd disabled").
             fatal(&format!(
-                "starting kubernetes: preparing server: failed to get bootstrap data from {url}/v1-k3s/server-bootstrap: {reason}"
+                "starting kubernetes: preparing server: failed to bootstrap cluster data: {}/v1-k3s/server-bootstrap: {} {}",
+                url.trim_end_matches('/'),
+                r.status,
+                net::reason_phrase(r.status)
             ));
         }
         let ca: Ca = serde_json::from_slice(&r.body).unwrap_or_else(|e| fatal(&format!("bad bootstrap data: {e}")));
@@ -694,7 +699,7 @@ pub async fn run_server(o: Opts) -> ! {
     crate::util::sd_notify_ready();
 
     loop {
-        let (tcp, _) = match listener.accept().await {
+        let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(_) => continue,
         };
@@ -705,10 +710,12 @@ pub async fn run_server(o: Opts) -> ! {
             };
             // the verifier only lets through certificates that chain to the cluster CA
             let client_cert = s.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-            let Ok(Ok(req)) = tokio::time::timeout(std::time::Duration::from_secs(30), net::read_request(&mut s)).await
+            let Ok(Ok(mut req)) =
+                tokio::time::timeout(std::time::Duration::from_secs(30), net::read_request(&mut s)).await
             else {
                 return;
             };
+            req.peer = peer.to_string();
             let (code, ctype, body) = handle(&srv, req, client_cert).await;
             let _ = net::write_response(&mut s, code, ctype, &body).await;
         });
@@ -780,6 +787,15 @@ async fn handle(srv: &Arc<Srv>, req: net::Request, client_cert: bool) -> Resp {
         return status_err(401, "Unauthorized", "Unauthorized");
     }
     match (req.method.as_str(), seg.as_slice()) {
+        ("GET", ["v1-k3s", "server-bootstrap"]) | ("POST", ["v1-standin", "members"]) if !srv.etcd => {
+            // k3s serves bootstrap data only with embedded etcd (pkg/server/router.go): a server
+            // on sqlite refuses every server that tries to join it.
+            log(
+                "warning",
+                &format!("Received HTTP bootstrap request from {}, but embedded etcd is not enabled.", req.peer),
+            );
+            status_err(400, "BadRequest", "etcd disabled")
+        }
         ("GET", ["v1-k3s", "server-bootstrap"]) => j(200, serde_json::to_value(&srv.ca).unwrap()),
         ("GET", ["db", "info"]) => j(200, db_info(srv)),
         ("POST", ["v1-standin", "members"]) => {
