@@ -208,13 +208,32 @@ pub fn system_disks(
     sys: &dyn BlockDevices,
     zpool: &dyn Fn(&str) -> Option<Vec<String>>,
 ) -> Result<BTreeSet<String>, Unknown> {
+    let (disks, unknown) = resolve_system(mountinfo, swaps, sys, zpool);
+    match unknown.into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(disks),
+    }
+}
+
+/// The system disks that can be told, and the system mounts that cannot: for a caller with
+/// another guard against those (`storage` formats only a disk that nothing uses).
+pub fn resolve_system(
+    mountinfo: &str,
+    swaps: &str,
+    sys: &dyn BlockDevices,
+    zpool: &dyn Fn(&str) -> Option<Vec<String>>,
+) -> (BTreeSet<String>, Vec<Unknown>) {
     let mounts = parse_mountinfo(mountinfo);
+    let mut unknown = Vec::new();
     if !mounts.iter().any(|m| m.at == "/") {
-        return Err(Unknown { mount: "/".into(), fstype: "no entry".into(), device: "mountinfo".into() });
+        unknown.push(Unknown { mount: "/".into(), fstype: "no entry".into(), device: "mountinfo".into() });
     }
     let mut disks = BTreeSet::new();
     for m in mounts.iter().filter(|m| SYSTEM_MOUNTS.contains(&m.at.as_str())) {
-        disks.extend(disks_of_mount(sys, m, zpool)?);
+        match disks_of_mount(sys, m, zpool) {
+            Ok(found) => disks.extend(found),
+            Err(e) => unknown.push(e),
+        }
     }
     // Swap files live on a mounted filesystem (covered above); swap partitions name a device.
     for dev in swap_devices(swaps) {
@@ -222,7 +241,7 @@ pub fn system_disks(
             disks.extend(disks_under(sys, &name));
         }
     }
-    Ok(disks)
+    (disks, unknown)
 }
 
 /// The devices and files of `/proc/swaps` (its text).

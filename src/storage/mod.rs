@@ -31,6 +31,21 @@ pub const LABEL: &str = "pikube-data";
 /// The thin volume that holds the file system with `storage.lvm`.
 pub const VOLUME: &str = "data";
 
+/// Shell functions for teardown scripts: `on_data_disk DIR` succeeds when DIR is one of the
+/// data directories bound from the data disk (the top mount at DIR comes from the device that
+/// is mounted at [`MOUNT_POINT`]); `clear_dir DIR` then empties it and keeps the mount (the disk
+/// is the host's, like its SD card), else removes DIR; `left_dir DIR` says whether what
+/// `clear_dir` was to remove is still there.
+pub const TEARDOWN_FUNCTIONS: &str = r#"on_data_disk() {
+  awk -v d="$1" -v m=/var/lib/pikube/storage '$5 == m { disk = $3 } $5 == d { top = $3 }
+    END { exit !(disk != "" && top == disk) }' /proc/self/mountinfo
+}
+clear_dir() { if on_data_disk "$1"; then find "$1" -xdev -mindepth 1 -delete; else rm -rf "$1"; fi; }
+left_dir() {
+  if on_data_disk "$1"; then [ -n "$(ls -A "$1")" ]; else [ -e "$1" ] || [ -L "$1" ]; fi
+}
+"#;
+
 /// A data directory that lives on the disk: where services expect it, and its directory there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataDir {
@@ -138,16 +153,15 @@ pub fn decide(host: &str, storage: &Storage, dirs: &[DataDir], p: &Probe) -> Res
         ));
     }
     let no_zfs = |_: &str| None;
-    // When the system's disks cannot be told (an overlay root, say), the checks below still
-    // hold: a disk that carries the running system is never empty and unused.
-    if let Ok(system) = sysdisk::system_disks(&p.mountinfo, &p.swaps, &p.blocks, &no_zfs) {
-        if system.contains(&disk) {
-            return Err(refuse(
-                "storage-system-disk",
-                format!("storage device {shown} is the system disk: it holds `/`, /boot, /usr or swap"),
-                "name the second disk (an SSD on USB), not the one the host boots from",
-            ));
-        }
+    // A system mount that cannot be traced to a disk (an overlay root, say) leaves the checks
+    // below in charge: a disk that carries the running system is never empty and unused.
+    let (system, _untraced) = sysdisk::resolve_system(&p.mountinfo, &p.swaps, &p.blocks, &no_zfs);
+    if system.contains(&disk) {
+        return Err(refuse(
+            "storage-system-disk",
+            format!("storage device {shown} is the system disk: it holds `/`, /boot, /usr or swap"),
+            "name the second disk (an SSD on USB), not the one the host boots from",
+        ));
     }
     let ours = ours(storage, p)?;
     if ours.is_none() {
@@ -492,6 +506,10 @@ mod tests {
         let blocks = "vda 254:0 - , 536870912 \nloop3 7:3 - , 33554432 \n";
         let v = decide("node1", &storage(""), &data_dirs(Distribution::K3s), &probe("/dev/loop3", blocks, overlay, ""));
         assert_eq!(v.map(|v| v.disk), Ok("loop3".into()));
+        // The system mounts that can be traced still count: the disk holding /boot is the system's.
+        let boot = format!("{overlay}31 30 7:3 / /boot rw - ext4 /dev/loop3 rw\n");
+        let r = refusal(&storage(""), &probe("/dev/loop3", blocks, &boot, ""));
+        assert_eq!(r.code, "storage-system-disk", "{r:?}");
     }
 
     #[test]
