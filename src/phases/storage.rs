@@ -69,8 +69,10 @@ async fn format(host: &Host, storage: &Storage, real: &str, found: &probe::Probe
     }
     // The disk was empty when probed a moment ago; it must still be, right before mkfs.
     let guard = format!(
-        "if [ -n \"$(wipefs --noheadings --output TYPE {d})\" ]; then echo '{device} is no longer empty; not formatted' >&2; exit 1; fi\n",
-        d = quote(real)
+        "found=$(wipefs --noheadings --output TYPE {d}) || exit 1\n\
+         if [ -n \"$found\" ]; then echo {said} >&2; exit 1; fi\n",
+        d = quote(real),
+        said = quote(&format!("{device} is no longer empty; not formatted")),
     );
     let (what, script, fs_device) = match &storage.lvm {
         None => (format!("format {device} ({real}) as {}", fs.as_str()), fs.mkfs(real), real.to_string()),

@@ -174,7 +174,9 @@ pub fn decide(host: &str, storage: &Storage, dirs: &[DataDir], p: &Probe) -> Res
     let fs_dev = fs_device(storage, p, real);
     let from_disk = |at: &str| mounted_from(p, at).is_some_and(|dev| Some(dev) == fs_dev);
     let bound: Vec<&'static str> = dirs.iter().map(|d| d.path).filter(|d| ours.is_some() && from_disk(d)).collect();
-    if let Some(dir) = p.busy_dirs.iter().find(|d| !bound.contains(&d.as_str())) {
+    let mounted = ours.is_some() && from_disk(MOUNT_POINT);
+    let own = |d: &str| bound.contains(&d) || (mounted && d == MOUNT_POINT);
+    if let Some(dir) = p.busy_dirs.iter().find(|d| !own(d)) {
         return Err(refuse(
             "storage-data-present",
             format!("{dir} already holds data; mounting the disk there would hide it"),
@@ -185,7 +187,6 @@ pub fn decide(host: &str, storage: &Storage, dirs: &[DataDir], p: &Probe) -> Res
             ),
         ));
     }
-    let mounted = ours.is_some() && from_disk(MOUNT_POINT);
     Ok(Verdict { disk, uuid: ours, bound, mounted })
 }
 
@@ -313,9 +314,10 @@ fn lvm_ready(host: &str, shown: &str, storage: &Storage, disk: &str, p: &Probe) 
 /// The storage findings of every host with `storage:`: the kernel-name warning, and each
 /// disk's refusal (an error that stops `up` on that host before anything changes).
 pub async fn findings(fleet: &Fleet) -> Vec<Finding> {
-    let mut out = Vec::new();
-    for node in fleet.nodes.iter().filter(|n| n.ok()) {
-        let (Some(storage), Some(host)) = (&node.spec.storage, &node.host) else { continue };
+    let dirs = data_dirs(fleet.cluster.distribution());
+    let per_host = fleet.nodes.iter().filter(|n| n.ok()).map(|node| async move {
+        let mut out = Vec::new();
+        let (Some(storage), Some(host)) = (&node.spec.storage, &node.host) else { return out };
         let finding = |severity, code, message: String, fix: String| Finding {
             host: node.name().to_string(),
             severity,
@@ -326,7 +328,6 @@ pub async fn findings(fleet: &Fleet) -> Vec<Finding> {
         if let Some(warning) = kernel_name_warning(storage) {
             out.push(finding(Severity::Warning, "storage-device-name", warning.0, warning.1));
         }
-        let dirs = data_dirs(fleet.cluster.distribution());
         let verdict = match probe::run(host, storage, &dirs, &units(&dirs)).await {
             Ok(p) => decide(node.name(), storage, &dirs, &p).err(),
             Err(e) => Some(refuse("storage-probe", e, "check that the host answers and has util-linux")),
@@ -334,8 +335,9 @@ pub async fn findings(fleet: &Fleet) -> Vec<Finding> {
         if let Some(r) = verdict {
             out.push(finding(Severity::Error, r.code, r.message, r.fix));
         }
-    }
-    out
+        out
+    });
+    futures::future::join_all(per_host).await.into_iter().flatten().collect()
 }
 
 /// Kernel names (/dev/sda) are handed out in the order disks appear; a second USB disk can
@@ -460,7 +462,8 @@ mod tests {
             mounts.push_str("52 22 8:0 /kubelet /var/lib/kubelet rw - ext4 /dev/sda rw\n");
         }
         let ours = format!(
-            "@@signatures\next4\n@@blkid\nTYPE=ext4\nUUID={UUID}\n@@unit\n{UUID}\n@@dirs\n/var/lib/containerd\n/var/lib/kubelet\n"
+            "@@signatures\next4\n@@blkid\nTYPE=ext4\nUUID={UUID}\n@@unit\n{UUID}\n\
+             @@dirs\n{MOUNT_POINT}\n/var/lib/containerd\n/var/lib/kubelet\n"
         );
         probe("/dev/sda", BLOCKS, &mounts, &ours)
     }
@@ -475,6 +478,9 @@ mod tests {
         let r = refusal(&storage(""), &converged(false));
         assert_eq!(r.code, "storage-data-present", "{r:?}");
         assert!(r.message.starts_with("/var/lib/containerd already holds data"), "{r:?}");
+        // Something left in the mount point itself would be hidden just the same.
+        let left = probe("/dev/sda", BLOCKS, MOUNTS, &format!("@@dirs\n{MOUNT_POINT}\n"));
+        assert_eq!(refusal(&storage(""), &left).code, "storage-data-present");
         // A fresh disk, but a node that already runs: its data stays where it is.
         let busy = probe("/dev/sda", BLOCKS, MOUNTS, "@@dirs\n/var/lib/kubelet\n");
         assert_eq!(refusal(&storage(""), &busy).code, "storage-data-present");

@@ -27,7 +27,7 @@ pub struct Probe {
     pub unit_uuid: Option<String>,
     /// (UnitFileState, ActiveState) of pikube's mount units, by unit name.
     pub units: BTreeMap<String, (String, String)>,
-    /// Data directories that hold something.
+    /// Data directories (and the mount point) that hold something.
     pub busy_dirs: Vec<String>,
     /// Which of mkfs.ext4, mkfs.xfs, lvcreate the host has, and `device-mapper` when the kernel
     /// offers /dev/mapper/control.
@@ -114,13 +114,13 @@ impl BlockDevices for Listing {
 /// The probe script for `storage` and the data directories `dirs`, with pikube's `units`.
 pub fn script(storage: &Storage, dirs: &[DataDir], units: &[String]) -> String {
     let volume = storage.lvm.as_ref().map(|l| format!("/dev/{}/{VOLUME}", l.vg.value)).unwrap_or_default();
-    let dir_list: Vec<&str> = dirs.iter().map(|d| d.path).collect();
+    let dir_list: Vec<&str> = std::iter::once(MOUNT_POINT).chain(dirs.iter().map(|d| d.path)).collect();
     format!(
         r#"LC_ALL=C; export LC_ALL
 d={device}; v={volume}
 sec() {{ echo "@@$1"; }}
 sec device; [ -b "$d" ] && readlink -f "$d"
-sec signatures; [ -b "$d" ] && wipefs --noheadings --output TYPE "$d"
+sec signatures; [ -b "$d" ] && {{ wipefs --noheadings --output TYPE "$d" || echo "(unreadable: wipefs failed)"; }}
 sec blkid; [ -b "$d" ] && blkid -p -o export "$d"
 sec volume; [ -n "$v" ] && [ -b "$v" ] && readlink -f "$v" && blkid -p -o export "$v"
 sec blocks
