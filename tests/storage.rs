@@ -32,6 +32,7 @@ fn refused_in_preflight(lab: &Lab, file: &str, message: &str) {
     let out = lab.pikube(&["up", "-f", file]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let node1 = section(&stdout(&out), "node1");
+    eprintln!("{node1}");
     assert!(node1.contains("error: preflight: storage device ") && node1.contains(message), "{}", text(&out));
     assert!(!node1.contains("[prepare hosts]") && !node1.contains("[storage]"), "nothing may change:\n{node1}");
     let untouched = "test \"$(hostname)\" = debian && ! test -e /etc/systemd/system/var-lib-pikube-storage.mount \
@@ -172,7 +173,7 @@ fn kubeadm_keeps_containerds_images_and_kubelets_data_on_the_extra_disk() {
     let started = Instant::now();
     let out = lab.pikube(&["up", "-f", &file]);
     assert!(out.status.success(), "{}", text(&out));
-    eprintln!("up: {:.1?}", started.elapsed());
+    eprintln!("up: {:.1?}\n{}", started.elapsed(), stdout(&out));
     let dirs = ["/var/lib/containerd", "/var/lib/kubelet"];
     let uuid = mounted_by_uuid(&lab, &dirs);
     let kubectl = dir.join(VERSION).join("bin/linux/amd64/kubectl");

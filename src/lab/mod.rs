@@ -124,7 +124,8 @@ pub struct UpArgs {
     #[arg(long, value_name = "MIB")]
     pub disk_size: Option<u64>,
     /// Give each node a second, empty disk of this many MiB (a sparse file on a loop device),
-    /// seen in the node as /dev/disk/by-id/usb-pikube_lab_disk_<node>-0:0, like a USB SSD.
+    /// seen in the node as /dev/disk/by-id/usb-pikube_lab_disk_<node>-0:0, like a USB SSD. Its
+    /// /var/lib/containerd is then a plain directory, for `hosts[].storage` to put on the disk.
     #[arg(long, value_name = "MIB")]
     pub extra_disk: Option<u64>,
     /// Seconds to wait for all nodes to answer SSH [default: 300, 900 for arm64].

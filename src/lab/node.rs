@@ -435,6 +435,15 @@ pub fn boot(lab: &str, node_name: &str) -> Result<()> {
     result
 }
 
+/// containerd's overlayfs snapshotter cannot stack on the node's overlay root; a real disk (as
+/// on a Pi) underneath /var/lib/containerd lets it work as on any host. A node with an extra
+/// disk keeps /var/lib/containerd a plain directory instead, for `hosts[].storage` to put on
+/// that disk (systemd mounts nothing over a mount point).
+fn containerd_dir(paths: &NodePaths) -> Result<Vec<String>> {
+    fs::create_dir_all(paths.containerd_disk()).into_diagnostic()?;
+    Ok(vec![format!("--bind={}:/var/lib/containerd", paths.containerd_disk().display())])
+}
+
 fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()> {
     let netns = net::netns_path(&net::node_netns(&state.name, &node.name));
     loop {
@@ -442,7 +451,6 @@ fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()
             return Ok(());
         }
         mount_disk(state, paths)?;
-        fs::create_dir_all(paths.containerd_disk()).into_diagnostic()?;
         let firmware_args = match node.layout {
             Some(layout) => firmware::prepare_boot(&paths.merged(), layout, &seed(state, node), &paths.firmware())?,
             None => Vec::new(),
@@ -450,7 +458,7 @@ fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()
         let extra_disk = state.extra_disk_mib.map(|mib| disk::attach(paths, mib)).transpose()?;
         let disk_args = match &extra_disk {
             Some(dev) => disk::nspawn_args(paths, &node.name, dev)?,
-            None => Vec::new(),
+            None => containerd_dir(paths)?,
         };
         eprintln!("pikube-lab: booting {}", node.name);
         let mut child = Command::new("systemd-nspawn")
@@ -476,9 +484,6 @@ fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()
                 "--capability=CAP_SYSLOG",
             ])
             .args(controller_binds(&state.name, &node.name))
-            // containerd's overlayfs snapshotter cannot stack on the node's overlay root; a real
-            // disk (as on a Pi) underneath /var/lib/containerd lets it work as on any host.
-            .arg(format!("--bind={}:/var/lib/containerd", paths.containerd_disk().display()))
             .arg(format!("--uuid={}", node.machine_id))
             .arg(format!("--network-namespace-path={netns}"))
             .arg(format!("--directory={}", paths.merged().display()))

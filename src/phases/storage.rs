@@ -51,7 +51,25 @@ async fn prepare(fleet: &Fleet, node: &Node, host: &Host, storage: &Storage) -> 
     if changed {
         host.apply("systemctl daemon-reload", &Cmd::change("systemctl", &["daemon-reload"])).await.map_err(e)?;
     }
-    mount(host, &dirs, &uuid, &verdict, &found).await
+    if mount(host, &dirs, &uuid, &verdict, &found).await? && host.mode() == Mode::Apply {
+        // systemd takes a mount unit for active whenever anything is mounted at its path:
+        // what is mounted now is checked, not assumed.
+        let now = probe::run(host, storage, &dirs, &units).await?;
+        let after =
+            storage::decide(node.name(), storage, &dirs, &now).map_err(|r| format!("storage: {}", r.message))?;
+        let unmounted: Vec<&str> = std::iter::once(MOUNT_POINT)
+            .filter(|_| !after.mounted)
+            .chain(dirs.iter().map(|d| d.path).filter(|d| !after.bound.contains(d)))
+            .collect();
+        if !unmounted.is_empty() {
+            return Err(format!(
+                "storage: the data disk is not mounted at {} after starting its units; see `systemctl status {}`",
+                unmounted.join(", "),
+                units.join(" ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn unit_path(path: &str) -> String {
@@ -106,19 +124,22 @@ async fn format(host: &Host, storage: &Storage, real: &str, found: &probe::Probe
     Ok(uuid)
 }
 
-/// Mounts the disk and binds the data directories onto it, enabled for every boot.
+/// Mounts the disk and binds the data directories onto it, enabled for every boot; whether
+/// anything had to be started.
 async fn mount(
     host: &Host,
     dirs: &[DataDir],
     uuid: &str,
     verdict: &Verdict,
     found: &probe::Probe,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let e = |e: RemoteError| e.to_string();
     let running =
         |unit: &str| found.units.get(unit).is_some_and(|(file, active)| file == "enabled" && active == "active");
     let disk_unit = storage::mount_unit(MOUNT_POINT);
+    let mut started = false;
     if !(verdict.mounted && running(&disk_unit)) {
+        started = true;
         if host.mode() == Mode::Apply {
             wait_for_udev(host, uuid).await?;
         }
@@ -133,7 +154,7 @@ async fn mount(
     let pending: Vec<&DataDir> =
         dirs.iter().filter(|d| !(verdict.bound.contains(&d.path) && running(&storage::mount_unit(d.path)))).collect();
     if pending.is_empty() {
-        return Ok(());
+        return Ok(started);
     }
     let on_disk: Vec<String> = pending.iter().map(|d| quote(&format!("{MOUNT_POINT}/{}", d.on_disk))).collect();
     let units: Vec<String> = pending.iter().map(|d| quote(&storage::mount_unit(d.path))).collect();
@@ -145,7 +166,8 @@ async fn mount(
     let paths: Vec<&str> = pending.iter().map(|d| d.path).collect();
     host.apply(format!("bind {} onto the data disk, at every boot", paths.join(", ")), &Cmd::change_script(script))
         .await
-        .map_err(e)
+        .map_err(e)?;
+    Ok(true)
 }
 
 /// udev links a new file system under /dev/disk/by-uuid shortly after mkfs; the mount unit

@@ -171,12 +171,38 @@ pub fn decide(host: &str, storage: &Storage, dirs: &[DataDir], p: &Probe) -> Res
             lvm_ready(host, &shown, storage, &disk, p)?;
         }
     }
-    let fs_dev = fs_device(storage, p, real);
-    let from_disk = |at: &str| mounted_from(p, at).is_some_and(|dev| Some(dev) == fs_dev);
-    let bound: Vec<&'static str> = dirs.iter().map(|d| d.path).filter(|d| ours.is_some() && from_disk(d)).collect();
-    let mounted = ours.is_some() && from_disk(MOUNT_POINT);
-    let own = |d: &str| bound.contains(&d) || (mounted && d == MOUNT_POINT);
-    if let Some(dir) = p.busy_dirs.iter().find(|d| !own(d)) {
+    let (bound, mounted) = placement(storage, dirs, p, real, ours.is_some())?;
+    Ok(Verdict { disk, uuid: ours, bound, mounted })
+}
+
+/// Which data directories (and whether the mount point) are mounted from pikube's file system
+/// already; a refusal when one of them holds data or another mount that the disk would hide,
+/// or that systemd would take for the disk's (it does not mount over a mount point).
+fn placement(
+    storage: &Storage,
+    dirs: &[DataDir],
+    p: &Probe,
+    real: &str,
+    ours: bool,
+) -> Result<(Vec<&'static str>, bool), Refusal> {
+    let fs_dev = fs_device(storage, p, real).filter(|_| ours);
+    let paths = std::iter::once(MOUNT_POINT).chain(dirs.iter().map(|d| d.path));
+    let mut on_disk = Vec::new();
+    for path in paths {
+        match mounted_from(p, path) {
+            Some(dev) if Some(dev) == fs_dev => on_disk.push(path),
+            Some(_) => {
+                let source = top_mount(p, path).map(|m| format!("{} ({})", m.source, m.fstype)).unwrap_or_default();
+                return Err(refuse(
+                    "storage-mount-point",
+                    format!("{path} is a mount point already, of {source}; systemd would not mount the disk there"),
+                    "take that mount away (its /etc/fstab line or mount unit) and run again, or leave `storage:` out for this host",
+                ));
+            }
+            None => {}
+        }
+    }
+    if let Some(dir) = p.busy_dirs.iter().find(|d| !on_disk.contains(&d.as_str())) {
         return Err(refuse(
             "storage-data-present",
             format!("{dir} already holds data; mounting the disk there would hide it"),
@@ -187,7 +213,9 @@ pub fn decide(host: &str, storage: &Storage, dirs: &[DataDir], p: &Probe) -> Res
             ),
         ));
     }
-    Ok(Verdict { disk, uuid: ours, bound, mounted })
+    let mounted = on_disk.contains(&MOUNT_POINT);
+    let bound = dirs.iter().map(|d| d.path).filter(|d| on_disk.contains(d)).collect();
+    Ok((bound, mounted))
 }
 
 /// The UUID of the file system pikube made on this disk earlier (its mount unit names it),
@@ -214,9 +242,14 @@ fn ours(storage: &Storage, p: &Probe) -> Result<Option<String>, Refusal> {
     Ok(Some(want.clone()))
 }
 
+/// The mount on top at `at`, if something is mounted there.
+fn top_mount(p: &Probe, at: &str) -> Option<sysdisk::Mount> {
+    sysdisk::parse_mountinfo(&p.mountinfo).into_iter().rev().find(|m| m.at == at)
+}
+
 /// The block device (major:minor) of the file system mounted at `at`, if something is.
 fn mounted_from(p: &Probe, at: &str) -> Option<(u32, u32)> {
-    sysdisk::parse_mountinfo(&p.mountinfo).into_iter().rev().find(|m| m.at == at).map(|m| m.dev)
+    top_mount(p, at).map(|m| m.dev)
 }
 
 /// The device number of the block device pikube's file system is on: the disk, or the LVM
@@ -478,6 +511,11 @@ mod tests {
         let r = refusal(&storage(""), &converged(false));
         assert_eq!(r.code, "storage-data-present", "{r:?}");
         assert!(r.message.starts_with("/var/lib/containerd already holds data"), "{r:?}");
+        // Another mount on a data directory: systemd would take it for the disk's.
+        let other = format!("{MOUNTS}60 22 7:1 /c /var/lib/containerd rw - ext4 /dev/loop1 rw\n");
+        let r = refusal(&storage(""), &probe("/dev/sda", BLOCKS, &other, ""));
+        assert_eq!(r.code, "storage-mount-point", "{r:?}");
+        assert!(r.message.starts_with("/var/lib/containerd is a mount point already, of /dev/loop1 (ext4)"), "{r:?}");
         // Something left in the mount point itself would be hidden just the same.
         let left = probe("/dev/sda", BLOCKS, MOUNTS, &format!("@@dirs\n{MOUNT_POINT}\n"));
         assert_eq!(refusal(&storage(""), &left).code, "storage-data-present");
