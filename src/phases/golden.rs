@@ -131,10 +131,10 @@ fn storage_files_match_their_golden_files() {
     let s = host(&c, "rasp01").storage.clone().expect("storage");
     let lvm = s.lvm.as_ref().expect("lvm");
     let uuid = "6f1c0c2e-3a5b-4c1d-9e2f-0a1b2c3d4e5f";
-    let [containerd, kubelet] = storage::data_dirs(Distribution::Kubeadm);
-    let [rancher, _] = storage::data_dirs(Distribution::K3s);
+    let [containerd, kubelet] = storage::Layout::of(Distribution::Kubeadm, Role::Agent).dirs;
+    let [rancher, _] = storage::Layout::of(Distribution::K3s, Role::Agent).dirs;
     let dropin = |distribution, role| {
-        let services = storage::services(distribution, role);
+        let services = storage::Layout::of(distribution, role).services;
         services.iter().map(|(unit, needs)| format!("# {unit}.service.d\n{}", disk::service_dropin(needs))).collect()
     };
     check(&[

@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use sha2::{Digest, Sha256};
 
 use crate::config::{Role, Storage};
 use crate::fleet::{Fleet, Node};
 use crate::remote::{quote, Cmd, Host, Mode, RemoteError};
-use crate::storage::{self, probe, render, DataDir, Verdict, MOUNT_POINT, VOLUME};
+use crate::storage::{self, probe, render, DataDir, Layout, Verdict, MOUNT_POINT, VOLUME};
 
 /// How long udev may take to link a new file system under /dev/disk/by-uuid.
 const UDEV_WAIT: Duration = Duration::from_secs(30);
@@ -25,12 +26,10 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
 }
 
 async fn prepare(fleet: &Fleet, node: &Node, host: &Host, storage: &Storage) -> Result<(), String> {
-    let distribution = fleet.cluster.distribution();
-    let dirs = storage::data_dirs(distribution);
-    let units = storage::units(&dirs);
-    let found = probe::run(host, storage, &dirs, &units).await?;
+    let layout = Layout::of(fleet.cluster.distribution(), node.role());
+    let found = probe::run(host, storage, &layout).await?;
     // Preflight decided the same; the disk is looked at again right before it is used.
-    let verdict = storage::decide(node.name(), storage, &dirs, &found)
+    let verdict = storage::decide(node.name(), storage, &layout.dirs, &found)
         .map_err(|r| format!("storage: {} (fix: {})", r.message, r.fix))?;
     let real = found.real.clone().unwrap_or_default();
     let uuid = match &verdict.uuid {
@@ -38,42 +37,39 @@ async fn prepare(fleet: &Fleet, node: &Node, host: &Host, storage: &Storage) -> 
         None => format(host, storage, &real, &found).await?,
     };
     let e = |e: RemoteError| e.to_string();
-    let device = &storage.device.value;
-    let mut files = vec![(unit_path(MOUNT_POINT), render::disk_unit(device, &uuid, storage.filesystem))];
-    files.extend(dirs.iter().map(|d| (unit_path(d.path), render::bind_unit(d))));
-    for (service, needs) in storage::services(distribution, node.role()) {
-        files.push((render::dropin_path(service), render::service_dropin(&needs)));
-    }
     let mut changed = false;
-    for (path, text) in &files {
-        changed |= host.ensure_file(path, text.as_bytes(), Some(0o644)).await.map_err(e)?;
+    for (path, text) in render::files(&layout, storage, &uuid) {
+        let have = found.files.get(&path).cloned().unwrap_or_default();
+        let want = hex::encode(Sha256::digest(text.as_bytes()));
+        changed |= host.ensure_file_from(&path, text.as_bytes(), &want, Some(0o644), &have).await.map_err(e)?;
     }
     if changed {
         host.apply("systemctl daemon-reload", &Cmd::change("systemctl", &["daemon-reload"])).await.map_err(e)?;
     }
-    if mount(host, &dirs, &uuid, &verdict, &found).await? && host.mode() == Mode::Apply {
-        // systemd takes a mount unit for active whenever anything is mounted at its path:
-        // what is mounted now is checked, not assumed.
-        let now = probe::run(host, storage, &dirs, &units).await?;
-        let after =
-            storage::decide(node.name(), storage, &dirs, &now).map_err(|r| format!("storage: {}", r.message))?;
-        let unmounted: Vec<&str> = std::iter::once(MOUNT_POINT)
-            .filter(|_| !after.mounted)
-            .chain(dirs.iter().map(|d| d.path).filter(|d| !after.bound.contains(d)))
-            .collect();
-        if !unmounted.is_empty() {
-            return Err(format!(
-                "storage: the data disk is not mounted at {} after starting its units; see `systemctl status {}`",
-                unmounted.join(", "),
-                units.join(" ")
-            ));
-        }
+    if mount(host, &layout.dirs, &uuid, &verdict, &found).await? && host.mode() == Mode::Apply {
+        check_mounted(node, host, storage, &layout).await?;
     }
     Ok(())
 }
 
-fn unit_path(path: &str) -> String {
-    format!("{}/{}", render::UNIT_DIR, storage::mount_unit(path))
+/// systemd takes a mount unit for active whenever anything is mounted at its path: what is
+/// mounted after starting the units is checked, not assumed.
+async fn check_mounted(node: &Node, host: &Host, storage: &Storage, layout: &Layout) -> Result<(), String> {
+    let now = probe::run(host, storage, layout).await?;
+    let after =
+        storage::decide(node.name(), storage, &layout.dirs, &now).map_err(|r| format!("storage: {}", r.message))?;
+    let unmounted: Vec<&str> = std::iter::once(MOUNT_POINT)
+        .filter(|_| !after.mounted)
+        .chain(layout.dirs.iter().map(|d| d.path).filter(|d| !after.bound.contains(d)))
+        .collect();
+    if unmounted.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "storage: the data disk is not mounted at {} after starting its units; see `systemctl status {}`",
+        unmounted.join(", "),
+        layout.units.join(" ")
+    ))
 }
 
 /// Makes the file system on the empty disk (on a new LVM thin volume with `storage.lvm`) and

@@ -60,7 +60,7 @@ const KUBELET: DataDir = DataDir { path: "/var/lib/kubelet", on_disk: "kubelet" 
 const RANCHER: DataDir = DataDir { path: "/var/lib/rancher", on_disk: "rancher" };
 
 /// The directories that move to the disk: the container runtime's and kubelet's.
-pub fn data_dirs(distribution: Distribution) -> [DataDir; 2] {
+fn data_dirs(distribution: Distribution) -> [DataDir; 2] {
     match distribution {
         Distribution::Kubeadm => [CONTAINERD, KUBELET],
         Distribution::K3s => [RANCHER, KUBELET],
@@ -68,7 +68,7 @@ pub fn data_dirs(distribution: Distribution) -> [DataDir; 2] {
 }
 
 /// The services that keep data in those directories, each with the ones it needs.
-pub fn services(distribution: Distribution, role: Role) -> Vec<(&'static str, Vec<&'static str>)> {
+fn services(distribution: Distribution, role: Role) -> Vec<(&'static str, Vec<&'static str>)> {
     match distribution {
         Distribution::Kubeadm => vec![("containerd", vec![CONTAINERD.path]), ("kubelet", vec![KUBELET.path])],
         Distribution::K3s => vec![(crate::k3s::unit_name(role), vec![RANCHER.path, KUBELET.path])],
@@ -93,9 +93,28 @@ pub fn mount_unit(path: &str) -> String {
     out + ".mount"
 }
 
-/// pikube's mount units on a host: the disk's first, then one per data directory.
-pub fn units(dirs: &[DataDir]) -> Vec<String> {
-    std::iter::once(MOUNT_POINT).chain(dirs.iter().map(|d| d.path)).map(mount_unit).collect()
+/// What storage preparation puts on a host of one distribution and role.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub dirs: [DataDir; 2],
+    /// pikube's mount units: the disk's first, then one per data directory.
+    pub units: Vec<String>,
+    /// The services that keep data in the directories, each with the ones it needs.
+    pub services: Vec<(&'static str, Vec<&'static str>)>,
+}
+
+impl Layout {
+    pub fn of(distribution: Distribution, role: Role) -> Layout {
+        let dirs = data_dirs(distribution);
+        let units = std::iter::once(MOUNT_POINT).chain(dirs.iter().map(|d| d.path)).map(mount_unit).collect();
+        Layout { dirs, units, services: services(distribution, role) }
+    }
+
+    /// The files pikube writes (the mount units, then the drop-ins), in [`render::files`]' order.
+    pub fn paths(&self) -> Vec<String> {
+        let units = self.units.iter().map(|u| format!("{}/{u}", render::UNIT_DIR));
+        units.chain(self.services.iter().map(|(service, _)| render::dropin_path(service))).collect()
+    }
 }
 
 /// Why the disk is not touched: a finding code, what is wrong and how to fix it.
@@ -347,7 +366,6 @@ fn lvm_ready(host: &str, shown: &str, storage: &Storage, disk: &str, p: &Probe) 
 /// The storage findings of every host with `storage:`: the kernel-name warning, and each
 /// disk's refusal (an error that stops `up` on that host before anything changes).
 pub async fn findings(fleet: &Fleet) -> Vec<Finding> {
-    let dirs = data_dirs(fleet.cluster.distribution());
     let per_host = fleet.nodes.iter().filter(|n| n.ok()).map(|node| async move {
         let mut out = Vec::new();
         let (Some(storage), Some(host)) = (&node.spec.storage, &node.host) else { return out };
@@ -361,8 +379,9 @@ pub async fn findings(fleet: &Fleet) -> Vec<Finding> {
         if let Some(warning) = kernel_name_warning(storage) {
             out.push(finding(Severity::Warning, "storage-device-name", warning.0, warning.1));
         }
-        let verdict = match probe::run(host, storage, &dirs, &units(&dirs)).await {
-            Ok(p) => decide(node.name(), storage, &dirs, &p).err(),
+        let layout = Layout::of(fleet.cluster.distribution(), node.role());
+        let verdict = match probe::run(host, storage, &layout).await {
+            Ok(p) => decide(node.name(), storage, &layout.dirs, &p).err(),
             Err(e) => Some(refuse("storage-probe", e, "check that the host answers and has util-linux")),
         };
         if let Some(r) = verdict {
@@ -565,10 +584,37 @@ mod tests {
         ] {
             assert_eq!(mount_unit(path), unit);
         }
-        assert_eq!(
-            units(&data_dirs(Distribution::K3s)),
-            ["var-lib-pikube-storage.mount", "var-lib-rancher.mount", "var-lib-kubelet.mount"]
+        let layout = Layout::of(Distribution::K3s, Role::Agent);
+        assert_eq!(layout.units, ["var-lib-pikube-storage.mount", "var-lib-rancher.mount", "var-lib-kubelet.mount"]);
+        let uuid = "0d6b2c4e-8f7a-4b1e-9c3d-2a5f6e7b8c9d";
+        let rendered: Vec<String> =
+            render::files(&layout, &storage(""), uuid).into_iter().map(|(path, _)| path).collect();
+        assert_eq!(rendered, layout.paths(), "the probe reads the state of exactly the files written");
+        assert_eq!(layout.paths()[3], "/etc/systemd/system/k3s-agent.service.d/pikube-storage.conf");
+    }
+
+    #[test]
+    fn the_probe_output_is_read_field_by_field() {
+        let sum = "a".repeat(64);
+        let p = probe(
+            "/dev/sda",
+            "sda 8:0 - , 976773168 \ndm-0 253:0 - sda,sdb, 2048 my crypt\n",
+            "",
+            &format!(
+                "@@files\n{sum} 644 /etc/systemd/system/var-lib-kubelet.mount\n@@units\n\
+                 Id=var-lib-kubelet.mount\nUnitFileState=enabled\nActiveState=active\n\n\
+                 Id=var-lib-rancher.mount\nUnitFileState=\nActiveState=inactive\n"
+            ),
         );
+        let dm = p.blocks.get("dm-0").expect("listed");
+        assert_eq!((dm.dev, dm.slaves.clone(), dm.bytes), ((253, 0), vec!["sda".to_string(), "sdb".into()], 1 << 20));
+        assert_eq!(p.blocks.name_of_source("/dev/mapper/my crypt"), Some("dm-0".into()));
+        assert_eq!(p.blocks.holders("sdb"), ["dm-0"]);
+        let unit = &p.files["/etc/systemd/system/var-lib-kubelet.mount"];
+        assert_eq!((unit.sha256.as_str(), unit.mode.as_str()), (sum.as_str(), "644"));
+        assert_eq!(p.units["var-lib-kubelet.mount"], ("enabled".into(), "active".into()));
+        assert_eq!(p.units["var-lib-rancher.mount"], (String::new(), "inactive".into()));
+        assert!(probe::parse("@@device\n/dev/sda\n").is_err(), "a cut-off output is an error");
     }
 
     #[test]

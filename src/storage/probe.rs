@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{DataDir, MOUNT_POINT, VOLUME};
+use super::{Layout, MOUNT_POINT, VOLUME};
 use crate::config::Storage;
-use crate::remote::{quote, Cmd, Host, RemoteError};
+use crate::remote::{quote, Cmd, FileState, Host, RemoteError};
 use crate::sdcard::sysdisk::BlockDevices;
 
 /// The host's answers; see [`script`] for where each comes from.
@@ -27,6 +27,8 @@ pub struct Probe {
     pub unit_uuid: Option<String>,
     /// (UnitFileState, ActiveState) of pikube's mount units, by unit name.
     pub units: BTreeMap<String, (String, String)>,
+    /// Checksum and mode of each file pikube writes for the layout (absent: no such file).
+    pub files: BTreeMap<String, FileState>,
     /// Data directories (and the mount point) that hold something.
     pub busy_dirs: Vec<String>,
     /// Which of mkfs.ext4, mkfs.xfs, lvcreate the host has, and `device-mapper` when the kernel
@@ -111,10 +113,10 @@ impl BlockDevices for Listing {
     }
 }
 
-/// The probe script for `storage` and the data directories `dirs`, with pikube's `units`.
-pub fn script(storage: &Storage, dirs: &[DataDir], units: &[String]) -> String {
+/// The probe script for `storage` on a host of `layout`.
+pub fn script(storage: &Storage, layout: &Layout) -> String {
     let volume = storage.lvm.as_ref().map(|l| format!("/dev/{}/{VOLUME}", l.vg.value)).unwrap_or_default();
-    let dir_list: Vec<&str> = std::iter::once(MOUNT_POINT).chain(dirs.iter().map(|d| d.path)).collect();
+    let dir_list: Vec<&str> = std::iter::once(MOUNT_POINT).chain(layout.dirs.iter().map(|d| d.path)).collect();
     format!(
         r#"LC_ALL=C; export LC_ALL
 d={device}; v={volume}
@@ -140,6 +142,7 @@ sec mountinfo; cat /proc/self/mountinfo
 sec swaps; cat /proc/swaps
 sec unit; sed -n 's|^What=/dev/disk/by-uuid/||p' {unit_file} 2>/dev/null
 sec units; systemctl show -p Id,UnitFileState,ActiveState {units} 2>/dev/null
+sec files; for f in {files}; do [ -f "$f" ] && echo "$(sha256sum < "$f" | cut -d' ' -f1) $(stat -c %a "$f") $f"; done
 sec dirs; for p in {dirs}; do [ -n "$(ls -A "$p" 2>/dev/null)" ] && echo "$p"; done
 sec tools; for t in mkfs.ext4 mkfs.xfs lvcreate; do command -v $t >/dev/null && echo $t; done
   [ -e /dev/mapper/control ] && echo device-mapper
@@ -148,15 +151,16 @@ sec end
         device = quote(&storage.device.value),
         volume = quote(&volume),
         unit_file = quote(&format!("/etc/systemd/system/{}", super::mount_unit(MOUNT_POINT))),
-        units = units.iter().map(|u| quote(u)).collect::<Vec<_>>().join(" "),
+        units = layout.units.iter().map(|u| quote(u)).collect::<Vec<_>>().join(" "),
+        files = layout.paths().iter().map(|f| quote(f)).collect::<Vec<_>>().join(" "),
         dirs = dir_list.join(" "),
     )
 }
 
 /// Runs the probe on `host`.
-pub async fn run(host: &Host, storage: &Storage, dirs: &[DataDir], units: &[String]) -> Result<Probe, String> {
+pub async fn run(host: &Host, storage: &Storage, layout: &Layout) -> Result<Probe, String> {
     let out = host
-        .run_ok(&Cmd::read_script(script(storage, dirs, units)))
+        .run_ok(&Cmd::read_script(script(storage, layout)))
         .await
         .map_err(|e: RemoteError| format!("probing the storage disk: {e}"))?;
     parse(&out).map_err(|e| format!("{}: unexpected storage probe output: {e}", host.name))
@@ -190,6 +194,14 @@ pub fn parse(out: &str) -> Result<Probe, String> {
         swaps: text("swaps"),
         unit_uuid: lines("unit").first().map(|s| s.to_string()),
         units: units(&text("units")),
+        files: lines("files")
+            .iter()
+            .filter_map(|l| {
+                let mut f = l.splitn(3, ' ');
+                let (sha256, mode, path) = (f.next()?, f.next()?, f.next()?);
+                Some((path.to_string(), FileState { sha256: sha256.into(), mode: mode.into() }))
+            })
+            .collect(),
         busy_dirs: lines("dirs").iter().map(|s| s.to_string()).collect(),
         tools: lines("tools").iter().map(|s| s.to_string()).collect(),
     })

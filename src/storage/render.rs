@@ -2,8 +2,8 @@
 //! unit, one bind-mount unit per data directory, the services' drop-ins, and for
 //! `storage.lvm` the thin-pool commands and LVM profile.
 
-use super::{mount_unit, DataDir, LABEL, MOUNT_POINT, VOLUME};
-use crate::config::{Filesystem, Lvm};
+use super::{mount_unit, DataDir, Layout, LABEL, MOUNT_POINT, VOLUME};
+use crate::config::{Filesystem, Lvm, Storage};
 use crate::remote::quote;
 
 /// Where pikube's mount units and drop-ins go.
@@ -12,6 +12,15 @@ pub const UNIT_DIR: &str = "/etc/systemd/system";
 pub const DROPIN: &str = "pikube-storage.conf";
 /// The LVM profile that lets dmeventd grow the thin pool before it fills up.
 pub const LVM_PROFILE: &str = "/etc/lvm/profile/pikube-thinpool.profile";
+
+/// Every file for `layout` (paths as [`Layout::paths`] lists them) with its text, for the disk
+/// `storage` whose file system has `uuid`.
+pub fn files(layout: &Layout, storage: &Storage, uuid: &str) -> Vec<(String, String)> {
+    let mut texts = vec![disk_unit(&storage.device.value, uuid, storage.filesystem)];
+    texts.extend(layout.dirs.iter().map(bind_unit));
+    texts.extend(layout.services.iter().map(|(_, needs)| service_dropin(needs)));
+    layout.paths().into_iter().zip(texts).collect()
+}
 
 /// The disk's file system at [`MOUNT_POINT`], by UUID. `nofail`: a missing disk does not stop
 /// the boot (the host stays reachable); the services that need it require it themselves.
