@@ -406,8 +406,9 @@ fn kernel_name_warning(storage: &Storage) -> Option<(String, String)> {
 }
 
 impl Filesystem {
-    /// The mkfs call for an empty device, labelled; it refuses a device that holds anything
-    /// (neither is forced, and stdin is empty so mke2fs's question is answered no).
+    /// The mkfs call for a device found empty, labelled. mke2fs does not ask before overwriting
+    /// when stdin is no terminal, so emptiness is pikube's own check (see the phase's guard);
+    /// mkfs.xfs, never forced, refuses a device with a file system by itself as well.
     pub fn mkfs(self, device: &str) -> String {
         let device = crate::remote::quote(device);
         match self {
