@@ -81,6 +81,16 @@ pub fn findings(fleet: &Fleet) -> Vec<Finding> {
     assess(&fleet.cluster, &hosts)
 }
 
+/// [`findings`] and those of the hosts' data disks (`crate::storage`, a look at each disk), in
+/// host order: what `check` reports and preflight stops on.
+pub async fn with_storage(fleet: &Fleet) -> Vec<Finding> {
+    let mut out = findings(fleet);
+    out.extend(crate::storage::findings(fleet).await);
+    let order = |host: &str| fleet.nodes.iter().position(|n| n.name() == host).unwrap_or(usize::MAX);
+    out.sort_by_key(|f| (order(&f.host), f.severity));
+    out
+}
+
 /// The findings for `hosts` (in the cluster file's order) of `cluster`.
 fn assess(cluster: &Cluster, hosts: &[Probe]) -> Vec<Finding> {
     let mut out = Vec::new();

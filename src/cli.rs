@@ -266,7 +266,7 @@ fn init(file: &Path, force: bool) -> miette::Result<ExitCode> {
 async fn check(target: Target, json: bool) -> miette::Result<ExitCode> {
     let cluster = Cluster::load(&target.cluster.file)?;
     let fleet = Fleet::connect(cluster, Mode::DryRun, target.parallel).await?;
-    let findings = check::findings(&fleet);
+    let findings = check::with_storage(&fleet).await;
     fleet.close().await;
     if json {
         let hosts: Vec<_> = fleet

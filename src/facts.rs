@@ -269,7 +269,9 @@ sec default_password
     s
 }
 
-fn parse(out: &str, local_mid: f64) -> Result<HostFacts, String> {
+/// A probe script's output split into its `@@name` sections (lines before the first are dropped;
+/// `@@@…` lines belong to the section they are in).
+pub(crate) fn sections(out: &str) -> BTreeMap<&str, Vec<&str>> {
     let mut sections: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     let mut current: Option<&str> = None;
     for line in out.lines() {
@@ -280,6 +282,11 @@ fn parse(out: &str, local_mid: f64) -> Result<HostFacts, String> {
             sections.entry(c).or_default().push(line);
         }
     }
+    sections
+}
+
+fn parse(out: &str, local_mid: f64) -> Result<HostFacts, String> {
+    let sections = sections(out);
     if !sections.contains_key("end") {
         return Err("the facts script did not finish (missing end marker)".into());
     }

@@ -25,5 +25,6 @@ pub mod progress;
 pub mod remote;
 pub mod sdcard;
 pub mod ssh;
+pub mod storage;
 pub mod teardown;
 pub mod term;

@@ -9,6 +9,7 @@ use crate::config::Role;
 use crate::k3s::{self, BIN, LINKS};
 use crate::phases::{CORDONED_BY_PIKUBE, HOOKS_APPLIED_DIR};
 use crate::remote::{Cmd, Host};
+use crate::storage::TEARDOWN_FUNCTIONS;
 
 /// Where k3s mounts (containerd's rootfs and shm, pod volumes, CSI plugins, its data, CNI
 /// network namespaces); unmounted deepest first. A trailing `-` is a name prefix.
@@ -100,10 +101,12 @@ systemctl daemon-reload
 for u in $UNITS; do systemctl reset-failed "$u" 2>/dev/null; done
 for l in $LINKS; do [ "$(readlink /usr/local/bin/$l)" = k3s ] && rm -f /usr/local/bin/$l; done
 for d in $DIRS; do
-  if awk -v p="$d" '$5 == p || index($5, p "/") == 1 { f = 1 } END { exit !f }' /proc/self/mountinfo; then
+  if awk -v p="$d" 'index($5, p "/") == 1 { f = 1 } END { exit !f }' /proc/self/mountinfo; then
     echo "kept $d: something is still mounted below it" >&2
+  elif awk -v p="$d" '$5 == p { f = 1 } END { exit !f }' /proc/self/mountinfo && ! on_data_disk "$d"; then
+    echo "kept $d: it is a mount point" >&2
   else
-    rm -rf "$d"
+    clear_dir "$d"
   fi
 done
 exit 0
@@ -115,14 +118,14 @@ for n in $PROCS; do pgrep -x "$n" | sed "s/^/process $n, pid /"; done
 pgrep -f "$SHIMS" | sed 's/^/process containerd-shim, pid /'
 mounts_under_roots | while IFS= read -r m; do echo "mount $(printf '%b' "$m")"; done
 network_leftovers
-for p in $DIRS $FILES; do { [ -e "$p" ] || [ -L "$p" ]; } && echo "path $p"; done
+for p in $DIRS $FILES; do left_dir "$p" && echo "path $p"; done
 for l in $LINKS; do [ "$(readlink /usr/local/bin/$l)" = k3s ] && echo "path /usr/local/bin/$l"; done
 exit 0
 "#;
 
 /// Stops and removes k3s on `host`; see TEARDOWN.
 pub async fn remove(host: &Host) -> Result<(), String> {
-    let script = format!("{}{MOUNTS_UNDER_ROOTS}{NETWORK_FUNCTIONS}{TEARDOWN}", vars());
+    let script = format!("{}{MOUNTS_UNDER_ROOTS}{NETWORK_FUNCTIONS}{TEARDOWN_FUNCTIONS}{TEARDOWN}", vars());
     let cmd = Cmd::change_script(script).timeout(std::time::Duration::from_secs(180));
     host.apply(
         "stop k3s, kill its shims, unmount, delete its interfaces, rules and files (k3s-killall.sh, k3s-uninstall.sh)",
@@ -134,7 +137,7 @@ pub async fn remove(host: &Host) -> Result<(), String> {
 
 /// What of k3s is still on `host`.
 pub async fn leftovers(host: &Host) -> Result<Leftovers, String> {
-    let script = format!("{}{MOUNTS_UNDER_ROOTS}{NETWORK_FUNCTIONS}{LEFTOVERS}", vars());
+    let script = format!("{}{MOUNTS_UNDER_ROOTS}{NETWORK_FUNCTIONS}{TEARDOWN_FUNCTIONS}{LEFTOVERS}", vars());
     let out = host.run_ok(&Cmd::read_script(script)).await.map_err(|e| e.to_string())?;
     Ok(Leftovers::parse(&out))
 }

@@ -169,6 +169,61 @@ pub struct HostSpec {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub taints: Vec<Spanned<String>>,
+    /// A second disk (an SSD on USB, say) for the container runtime's and kubelet's data:
+    /// formatted when it is empty, mounted by UUID before containerd, kubelet or k3s start.
+    #[serde(default)]
+    pub storage: Option<Storage>,
+}
+
+/// `hosts[].storage`: the disk that holds containerd's (k3s: /var/lib/rancher) and kubelet's data.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// The whole disk, by a name that stays put: `/dev/disk/by-id/usb-…` (`ls -l
+    /// /dev/disk/by-id`). Kernel names like /dev/sda work but can change between boots.
+    /// pikube formats it only when it is empty (no partition table, no file system signature).
+    #[schemars(with = "String")]
+    pub device: Spanned<String>,
+    /// `ext4` (default) or `xfs`.
+    #[serde(default)]
+    pub filesystem: Filesystem,
+    /// An LVM thin pool on the disk, the file system on a thin volume in it. Rendered and
+    /// checked, but unproven: pikube's lab kernel has no device-mapper to run it on.
+    #[serde(default)]
+    pub lvm: Option<Lvm>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Filesystem {
+    #[default]
+    Ext4,
+    Xfs,
+}
+
+impl Filesystem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Filesystem::Ext4 => "ext4",
+            Filesystem::Xfs => "xfs",
+        }
+    }
+}
+
+/// `storage.lvm`: volume group, thin pool and its size.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Lvm {
+    /// Volume group made on the disk, e.g. `pikube`.
+    #[schemars(with = "String")]
+    pub vg: Spanned<String>,
+    /// Thin pool in it, e.g. `pool`; the data file system lives on a thin volume `data`.
+    #[schemars(with = "String")]
+    pub thinpool: Spanned<String>,
+    /// Size of the pool (and of the data volume) in LVM units, e.g. `200G`; leave room on the
+    /// disk for the pool's metadata and for growing it.
+    #[schemars(with = "String")]
+    pub size: Spanned<String>,
 }
 
 /// A label map in file order, keys and values with their positions so errors can point at them.

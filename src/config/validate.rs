@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use serde_saphyr::Spanned;
 
-use super::{is_ip, ClusterFile, Distribution, EndpointMode, HostSpec, Problem, Role};
+use super::{is_ip, ClusterFile, Distribution, EndpointMode, HostSpec, Lvm, Problem, Role};
 
 pub(crate) fn check(spec: &ClusterFile, addresses_required: bool) -> Vec<Problem> {
     let mut out = Vec::new();
@@ -71,6 +71,7 @@ pub(crate) fn check(spec: &ClusterFile, addresses_required: bool) -> Vec<Problem
             }
         }
         check_labels_and_taints(h, &mut problem);
+        check_storage(h, &mut problem);
     }
 
     let servers = hosts.iter().filter(|h| h.role.value == Role::Server).count();
@@ -254,6 +255,102 @@ fn check_host_file_strings(spec: &ClusterFile, problem: &mut impl FnMut(serde_sa
             check_url(m, problem);
         }
     }
+}
+
+/// `hosts[].storage`: a whole disk by a path pikube can quote and systemd can name, and LVM
+/// names and a size that lvcreate takes. Whether the disk is empty is checked on the host.
+fn check_storage(h: &HostSpec, problem: &mut impl FnMut(serde_saphyr::Location, String, &str)) {
+    let Some(storage) = &h.storage else { return };
+    let device = &storage.device;
+    if h.role.value == Role::Loadbalancer {
+        problem(
+            device.referenced,
+            format!(
+                "host {:?} is a load balancer: it runs no container runtime or kubelet to give a disk",
+                h.name.value
+            ),
+            "remove `storage:` from this host, or give it `role: agent`",
+        );
+    }
+    if let Some(flaw) = device_flaw(&device.value) {
+        problem(
+            device.referenced,
+            format!("storage device {:?} {flaw}", device.value),
+            "name the whole disk by its stable path, e.g. /dev/disk/by-id/usb-Samsung_Portable_SSD_T7_S5SXNG0R123456-0:0 (see `ls -l /dev/disk/by-id` on the host)",
+        );
+    } else if let Some(what) = names_a_filesystem_or_partition(&device.value) {
+        problem(
+            device.referenced,
+            format!("storage device {:?} names {what}, not a whole disk", device.value),
+            "pikube formats a whole, empty disk: name the disk itself, e.g. /dev/disk/by-id/usb-…-0:0 without -partN",
+        );
+    }
+    if let Some(lvm) = &storage.lvm {
+        check_lvm(lvm, problem);
+    }
+}
+
+/// What makes `path` no device path pikube writes into unit files and commands.
+fn device_flaw(path: &str) -> Option<String> {
+    let Some(rest) = path.strip_prefix("/dev/") else { return Some("is not a path under /dev/".into()) };
+    if let Some(c) = path.chars().find(|c| !c.is_ascii_alphanumeric() && !"/-_.:@+,=".contains(*c)) {
+        return Some(format!("contains {c:?}"));
+    }
+    if rest.is_empty()
+        || rest.ends_with('/')
+        || rest.split('/').any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return Some("is not a plain device path".into());
+    }
+    None
+}
+
+/// Paths udev gives file systems and partitions: formatting one of them is never what was meant.
+fn names_a_filesystem_or_partition(path: &str) -> Option<&'static str> {
+    let rest = path.strip_prefix("/dev/disk/").unwrap_or_default();
+    if ["by-uuid/", "by-label/", "by-partuuid/", "by-partlabel/"].iter().any(|p| rest.starts_with(p)) {
+        return Some("a file system or a partition");
+    }
+    let partition =
+        path.rsplit_once("-part").is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    partition.then_some("a partition")
+}
+
+fn check_lvm(lvm: &Lvm, problem: &mut impl FnMut(serde_saphyr::Location, String, &str)) {
+    for (what, name) in [("volume group", &lvm.vg), ("thin pool", &lvm.thinpool)] {
+        if let Some(flaw) = lvm_name_flaw(&name.value) {
+            problem(
+                name.referenced,
+                format!("LVM {what} name {:?} {flaw}", name.value),
+                "use letters, digits and + _ . - (not starting with -), e.g. pikube or pool",
+            );
+        }
+    }
+    if crate::storage::render::lvm_bytes(&lvm.size.value).is_none() {
+        problem(
+            lvm.size.referenced,
+            format!("LVM size {:?} is not a size lvcreate takes", lvm.size.value),
+            "write a whole number with a unit M, G or T, e.g. 200G; leave room on the disk for the pool's metadata",
+        );
+    }
+}
+
+/// lvm(8) VALID NAMES, plus the suffixes LVM reserves for its own hidden volumes.
+fn lvm_name_flaw(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > 63 {
+        return Some("must be 1 to 63 characters".into());
+    }
+    if name.starts_with('-') {
+        return Some("starts with '-'".into());
+    }
+    if name == "." || name == ".." {
+        return Some("is not allowed".into());
+    }
+    if let Some(c) = name.chars().find(|c| !c.is_ascii_alphanumeric() && !"+_.-".contains(*c)) {
+        return Some(format!("contains {c:?}"));
+    }
+    const RESERVED: [&str; 6] = ["_cdata", "_cmeta", "_mlog", "_pmspare", "_tdata", "_tmeta"];
+    RESERVED.iter().find(|r| name.contains(*r)).map(|r| format!("contains {r:?}, which LVM keeps for itself"))
 }
 
 /// What is wrong with `v`: "is empty" or "contains '<the first bad character>'".

@@ -11,7 +11,7 @@ use miette::{miette, IntoDiagnostic, Result, WrapErr};
 
 use super::state::{self, Arch, LabPaths, LabState, PiMode, Shape, MIRROR_PORT, STATE_DIR};
 use super::util::{self, alive, have, is_root, read_pid, signal, wait_until};
-use super::{base, mirror, net, node, SshArgs, UpArgs};
+use super::{base, disk, mirror, net, node, SshArgs, UpArgs};
 
 /// Host tools the lab needs, with the Debian package that provides each.
 const RUN_TOOLS: &[(&str, &str)] = &[
@@ -107,6 +107,7 @@ pub(super) fn up(args: UpArgs) -> Result<()> {
             if args.kubeadm.is_some() && args.disk_size.is_none() {
                 lab.disk_mib = Some(KUBEADM_DISK_MIB);
             }
+            lab.extra_disk_mib = args.extra_disk;
             lab
         }
     };
@@ -149,11 +150,14 @@ pub(super) fn up(args: UpArgs) -> Result<()> {
         let running = node::launcher_pid(name, &node.name).is_some();
         node::power_on(&lab, node)?;
         println!(
-            "{}  {}  {}{}: {}",
+            "{}  {}  {}{}{}: {}",
             node.name,
             node.address,
             node.role,
             node.layout.map(|l| format!(", Pi ({})", l.name())).unwrap_or_default(),
+            lab.extra_disk_mib
+                .map(|mib| format!(", extra disk /dev/disk/by-id/{} ({mib} MiB)", disk::by_id(&node.name)))
+                .unwrap_or_default(),
             if running { "running" } else { "booting" }
         );
     }
@@ -208,6 +212,9 @@ fn check_same_shape(lab: &LabState, args: &UpArgs) -> Result<()> {
     if args.clone_machine_id != lab.clone_machine_id && args.clone_machine_id {
         diffs.push("distinct machine ids".to_string());
     }
+    if args.extra_disk.is_some() && args.extra_disk != lab.extra_disk_mib {
+        diffs.push(lab.extra_disk_mib.map_or("no extra disks".into(), |mib| format!("--extra-disk {mib}")));
+    }
     if diffs.is_empty() {
         return Ok(());
     }
@@ -232,6 +239,9 @@ fn new_lab(name: &str, args: &UpArgs) -> Result<LabState> {
     net::check_subnet_free(&prefix)?;
     if let Some(other) = lab_using(&prefix)? {
         return Err(miette!("subnet {prefix}.0/24 is used by lab {other:?}; choose another with --subnet"));
+    }
+    if args.extra_disk.is_some_and(|mib| !(1..=1 << 20).contains(&mib)) {
+        return Err(miette!("--extra-disk is a size in MiB, between 1 and 1048576"));
     }
     let loadbalancers = args.loadbalancers.unwrap_or(0);
     if servers + loadbalancers > nodes {
@@ -494,6 +504,7 @@ pub(super) fn down(name: &str) -> Result<()> {
     }
     for node in &nodes {
         node::unmount_disk(&paths.node(node))?;
+        disk::detach(&paths.node(node))?;
         node::remove_cgroups(name, node);
     }
     net::delete(name, &nodes)?;

@@ -7,10 +7,11 @@
 //!
 //! Modules: `commands` (the subcommands), `base` (cached Debian tree), `mirror` (package mirror
 //! for nodes) and `serve` (its HTTP server), `kube` (upstream Kubernetes built from source), `net` (namespaces, SSH probe), `node` (disks,
-//! launcher, power), `firmware` (Pi emulation), `state` (lab shape and paths).
+//! launcher, power), `disk` (a node's extra disk), `firmware` (Pi emulation), `state` (lab shape and paths).
 
 mod base;
 mod commands;
+mod disk;
 mod firmware;
 mod kube;
 mod mirror;
@@ -122,6 +123,11 @@ pub struct UpArgs {
     /// 16384 (sparse) for --kubeadm labs, whose kubelets judge disk pressure by it].
     #[arg(long, value_name = "MIB")]
     pub disk_size: Option<u64>,
+    /// Give each node a second, empty disk of this many MiB (a sparse file on a loop device),
+    /// seen in the node as /dev/disk/by-id/usb-pikube_lab_disk_<node>-0:0, like a USB SSD. Its
+    /// /var/lib/containerd is then a plain directory, for `hosts[].storage` to put on the disk.
+    #[arg(long, value_name = "MIB")]
+    pub extra_disk: Option<u64>,
     /// Seconds to wait for all nodes to answer SSH [default: 300, 900 for arm64].
     #[arg(long)]
     pub timeout: Option<u64>,

@@ -5,13 +5,15 @@ use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use miette::{miette, IntoDiagnostic, Result, WrapErr};
 
 use super::state::{Arch, LabPaths, LabState, NodePaths, NodeState};
 use super::util::{alive, children, is_mounted, read_pid, run, signal, wait_until, write_atomic};
-use super::{base, firmware, net};
+use super::{base, disk, firmware, net};
 
 /// nspawn's exit code when the container asked for a reboot.
 const EXIT_REBOOT: i32 = 133;
@@ -433,6 +435,15 @@ pub fn boot(lab: &str, node_name: &str) -> Result<()> {
     result
 }
 
+/// containerd's overlayfs snapshotter cannot stack on the node's overlay root; a real disk (as
+/// on a Pi) underneath /var/lib/containerd lets it work as on any host. A node with an extra
+/// disk keeps /var/lib/containerd a plain directory instead, for `hosts[].storage` to put on
+/// that disk (systemd mounts nothing over a mount point).
+fn containerd_dir(paths: &NodePaths) -> Result<Vec<String>> {
+    fs::create_dir_all(paths.containerd_disk()).into_diagnostic()?;
+    Ok(vec![format!("--bind={}:/var/lib/containerd", paths.containerd_disk().display())])
+}
+
 fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()> {
     let netns = net::netns_path(&net::node_netns(&state.name, &node.name));
     loop {
@@ -440,10 +451,14 @@ fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()
             return Ok(());
         }
         mount_disk(state, paths)?;
-        fs::create_dir_all(paths.containerd_disk()).into_diagnostic()?;
         let firmware_args = match node.layout {
             Some(layout) => firmware::prepare_boot(&paths.merged(), layout, &seed(state, node), &paths.firmware())?,
             None => Vec::new(),
+        };
+        let extra_disk = state.extra_disk_mib.map(|mib| disk::attach(paths, mib)).transpose()?;
+        let disk_args = match &extra_disk {
+            Some(dev) => disk::nspawn_args(paths, &node.name, dev)?,
+            None => containerd_dir(paths)?,
         };
         eprintln!("pikube-lab: booting {}", node.name);
         let mut child = Command::new("systemd-nspawn")
@@ -469,14 +484,12 @@ fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()
                 "--capability=CAP_SYSLOG",
             ])
             .args(controller_binds(&state.name, &node.name))
-            // containerd's overlayfs snapshotter cannot stack on the node's overlay root; a real
-            // disk (as on a Pi) underneath /var/lib/containerd lets it work as on any host.
-            .arg(format!("--bind={}:/var/lib/containerd", paths.containerd_disk().display()))
             .arg(format!("--uuid={}", node.machine_id))
             .arg(format!("--network-namespace-path={netns}"))
             .arg(format!("--directory={}", paths.merged().display()))
             .arg(format!("--machine={}-{}", state.name, node.name))
             .args(&firmware_args)
+            .args(&disk_args)
             // Like a real host, the node may set its own network sysctls (ip_forward,
             // bridge-nf-call-*): nspawn keeps /proc/sys/net read-only for a netns it did not make.
             .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network")
@@ -489,7 +502,14 @@ fn boot_loop(state: &LabState, node: &NodeState, paths: &NodePaths) -> Result<()
             let nspawn = child.id();
             std::thread::spawn(move || firmware::bind_sysfs(nspawn));
         }
-        let status = child.wait().into_diagnostic().wrap_err("waiting for systemd-nspawn")?;
+        let running = Arc::new(AtomicBool::new(true));
+        if let Some(dev) = extra_disk {
+            let (dir, running) = (paths.dev_disk(), running.clone());
+            std::thread::spawn(move || disk::follow(dir, dev, running));
+        }
+        let status = child.wait().into_diagnostic().wrap_err("waiting for systemd-nspawn");
+        running.store(false, Ordering::SeqCst);
+        let status = status?;
         match status.code() {
             Some(EXIT_REBOOT) if !paths.powered_off().exists() => {
                 eprintln!("pikube-lab: {} rebooting", node.name);

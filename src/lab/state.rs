@@ -109,6 +109,9 @@ pub struct LabState {
     /// None: the layer lives on the host's disk.
     #[serde(default)]
     pub disk_mib: Option<u64>,
+    /// Size of each node's second, empty disk (`lab up --extra-disk`); None: nodes have none.
+    #[serde(default)]
+    pub extra_disk_mib: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +171,7 @@ impl LabState {
             nodes,
             kubernetes: LabKubernetes::default(),
             disk_mib: None,
+            extra_disk_mib: None,
         }
     }
 
@@ -293,6 +297,14 @@ impl NodePaths {
     /// the node's overlay root) on the node's own disk layer, wiped with it.
     pub fn containerd_disk(&self) -> PathBuf {
         self.layer().join("containerd")
+    }
+    /// The sparse image behind the node's extra disk (`lab up --extra-disk`).
+    pub fn extra_disk(&self) -> PathBuf {
+        self.dir.join("extra-disk.img")
+    }
+    /// The node's /dev/disk (the extra disk's by-id and by-uuid links), kept by the launcher.
+    pub fn dev_disk(&self) -> PathBuf {
+        self.dir.join("dev-disk")
     }
     /// Per-boot firmware emulation output (model, cmdline, cgroups) bound into Pi-like nodes.
     pub fn firmware(&self) -> PathBuf {

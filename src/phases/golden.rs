@@ -137,3 +137,33 @@ fn kubeadm_files() -> Vec<(&'static str, String)> {
         ("haproxy-kubeadm.cfg", super::load_balancer::haproxy_cfg(&c)),
     ]
 }
+
+#[test]
+fn storage_files_match_their_golden_files() {
+    use crate::config::{Distribution, Filesystem};
+    use crate::storage::{self, render as disk};
+    let text = "name: pi\nhosts:\n  - name: rasp01\n    address: 192.168.1.101\n    role: server\n    storage:\n      \
+                device: /dev/disk/by-id/usb-Samsung_Portable_SSD_T7_S5SX-0:0\n      filesystem: xfs\n      \
+                lvm: {vg: pikube, thinpool: pool, size: 400G}\n";
+    let c = Cluster::parse(Path::new("/nonexistent/cluster.yaml"), text).expect("valid");
+    let s = host(&c, "rasp01").storage.clone().expect("storage");
+    let lvm = s.lvm.as_ref().expect("lvm");
+    let uuid = "6f1c0c2e-3a5b-4c1d-9e2f-0a1b2c3d4e5f";
+    let [containerd, kubelet] = storage::Layout::of(Distribution::Kubeadm, Role::Agent).dirs;
+    let [rancher, _] = storage::Layout::of(Distribution::K3s, Role::Agent).dirs;
+    let dropin = |distribution, role| {
+        let services = storage::Layout::of(distribution, role).services;
+        services.iter().map(|(unit, needs)| format!("# {unit}.service.d\n{}", disk::service_dropin(needs))).collect()
+    };
+    check(&[
+        ("storage-disk-ext4.mount", disk::disk_unit(&s.device.value, uuid, Filesystem::Ext4)),
+        ("storage-disk-xfs.mount", disk::disk_unit(&s.device.value, uuid, Filesystem::Xfs)),
+        ("storage-bind-containerd.mount", disk::bind_unit(&containerd)),
+        ("storage-bind-kubelet.mount", disk::bind_unit(&kubelet)),
+        ("storage-bind-rancher.mount", disk::bind_unit(&rancher)),
+        ("storage-dropins-kubeadm.conf", dropin(Distribution::Kubeadm, Role::Agent)),
+        ("storage-dropins-k3s-server.conf", dropin(Distribution::K3s, Role::Server)),
+        ("storage-lvm.sh", disk::lvm_script("/dev/sda", lvm, s.filesystem)),
+        ("storage-lvm-thinpool.profile", disk::LVM_PROFILE_TEXT.to_string()),
+    ]);
+}

@@ -14,6 +14,7 @@ mod preflight;
 mod prepare_host;
 mod readiness;
 mod reboot;
+mod storage;
 pub(crate) mod upgrade;
 mod verify;
 mod virtual_ip;
@@ -47,6 +48,8 @@ const fn phase(
 pub const PHASES: &[Phase] = &[
     phase("preflight", true, false, preflight::run),
     phase("prepare hosts", true, false, prepare_host::run),
+    // Before anything of Kubernetes writes its data, and before the reboot.
+    phase("storage", true, false, storage::run),
     phase("reboot", true, false, reboot::run),
     phase("verify", false, false, verify::run),
     phase("artifacts", true, true, distro::artifacts),

@@ -17,7 +17,7 @@ use super::customize;
 use super::image::{self, Written};
 use super::node::{self, CustomizeArgs, NodeConfig};
 use super::source;
-use super::sysdisk;
+use super::sysdisk::{self, BlockDevices};
 use super::Error;
 use crate::config::{Cluster, FileArg};
 
@@ -57,9 +57,9 @@ enum Target {
 
 /// (device name, whole-disk name, is-partition) of a block device number.
 fn block_names(major: u32, minor: u32) -> Option<(String, String, bool)> {
-    let sys = Path::new("/sys");
-    let name = sysdisk::name_of_dev(sys, (major, minor))?;
-    let (disk, partition) = sysdisk::disk_of(sys, &name)?;
+    let sys = PathBuf::from("/sys");
+    let name = sys.name_of_dev((major, minor))?;
+    let (disk, partition) = sys.disk_of(&name)?;
     Some((name, disk, partition))
 }
 
@@ -103,45 +103,17 @@ fn check_block(dev: &Path, name: &str, disk: &str, partition: bool, force: bool)
 
 /// Where `disk` (or a partition of it, or anything stacked on them) is mounted or swapped on.
 fn in_use(disk: &str) -> Vec<String> {
-    let sys = Path::new("/sys");
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let no_zfs = |_: &str| None;
-    let mut mounted: Vec<String> = sysdisk::parse_mountinfo(&info)
-        .into_iter()
-        .filter(|m| {
-            // By source path too: a btrfs mount's numbers are virtual, its source is not.
-            let base = Path::new(&m.source).file_name().map(|b| b.to_string_lossy());
-            let by_path =
-                m.source.starts_with("/dev/") && base.is_some_and(|b| b == disk || is_partition_name(&b, disk));
-            by_path || sysdisk::disks_of_mount(sys, m, &no_zfs).is_ok_and(|d| d.contains(disk))
-        })
-        .map(|m| m.at)
-        .collect();
-    mounted.sort();
-    mounted.dedup();
-    let mut problems = Vec::new();
-    if !mounted.is_empty() {
-        problems.push(format!("{disk} (or a partition of it) is mounted at {}", mounted.join(", ")));
-    }
     let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
-    let swapped = swaps.lines().skip(1).filter_map(|l| l.split_whitespace().next()).any(|s| {
-        let base = Path::new(s).file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
-        base == disk || is_partition_name(&base, disk)
-    });
-    if swapped {
+    let uses = sysdisk::uses_of(disk, &info, &swaps, &PathBuf::from("/sys"));
+    let mut problems = Vec::new();
+    if !uses.mounted_at.is_empty() {
+        problems.push(format!("{disk} (or a partition of it) is mounted at {}", uses.mounted_at.join(", ")));
+    }
+    if uses.swap {
         problems.push(format!("{disk} (or a partition of it) is in use as swap"));
     }
     problems
-}
-
-/// `sdb1` of `sdb`, `mmcblk0p1` of `mmcblk0`, `loop0p1` of `loop0`.
-fn is_partition_name(name: &str, disk: &str) -> bool {
-    name.strip_prefix(disk)
-        .map(|rest| {
-            let rest = rest.strip_prefix('p').unwrap_or(rest);
-            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit())
-        })
-        .unwrap_or(false)
 }
 
 fn inspect(dev: &Path, force: bool) -> Result<Target, String> {

@@ -15,7 +15,7 @@ mod node;
 mod partition;
 mod rpios;
 mod source;
-mod sysdisk;
+pub(crate) mod sysdisk;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CardCommand {

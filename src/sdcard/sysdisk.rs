@@ -1,4 +1,5 @@
-//! Which whole disks hold the running system, so `flash` never writes one of them.
+//! Which whole disks hold the running system, so `flash` never writes one of them (and
+//! `hosts[].storage` never formats one: see `crate::storage`, which asks a host's listing).
 //!
 //! Device numbers from mountinfo are not enough: btrfs and ZFS report anonymous `0:N` numbers,
 //! which name no block device. Each system mount is resolved through every source there is (the
@@ -75,81 +76,99 @@ fn unescape(s: &str) -> String {
     out + rest
 }
 
-/// The sysfs name (`sda2`, `dm-0`) of the block device with this number, if any.
-pub fn name_of_dev(sys: &Path, (major, minor): (u32, u32)) -> Option<String> {
-    let p = std::fs::canonicalize(sys.join(format!("dev/block/{major}:{minor}"))).ok()?;
-    Some(p.file_name()?.to_string_lossy().into_owned())
+/// What resolving mounts to disks needs to know about block devices: this machine's sysfs (the
+/// path of its root, `/sys`), or a listing gathered from another host.
+pub trait BlockDevices {
+    /// The name (`sda2`, `dm-0`) of the block device with this number, if any.
+    fn name_of_dev(&self, dev: (u32, u32)) -> Option<String>;
+    /// The whole disk a device belongs to, and whether the device is a partition of it.
+    fn disk_of(&self, name: &str) -> Option<(String, bool)>;
+    /// The name behind a `/dev/…` path: `/dev/sda2`, `/dev/mapper/root` (by dm name), or a
+    /// symlink such as `/dev/disk/by-uuid/…` resolved on the machine it belongs to.
+    fn name_of_source(&self, source: &str) -> Option<String>;
+    /// The devices a device-mapper or md device is stacked on (its `slaves`).
+    fn slaves(&self, name: &str) -> Vec<String>;
+    /// Every device of the btrfs filesystem that has `name` among its devices (multi-device
+    /// btrfs spreads `/` over all of them).
+    fn btrfs_siblings(&self, name: &str) -> Vec<String>;
 }
 
-/// The whole disk a device belongs to: its parent directory when it is a partition.
-pub fn disk_of(sys: &Path, name: &str) -> Option<(String, bool)> {
-    let p = std::fs::canonicalize(sys.join("class/block").join(name)).ok()?;
-    if p.join("partition").exists() {
-        let parent = p.parent()?.file_name()?.to_string_lossy().into_owned();
-        Some((parent, true))
-    } else {
-        Some((name.to_string(), false))
+impl BlockDevices for PathBuf {
+    fn name_of_dev(&self, (major, minor): (u32, u32)) -> Option<String> {
+        let p = std::fs::canonicalize(self.join(format!("dev/block/{major}:{minor}"))).ok()?;
+        Some(p.file_name()?.to_string_lossy().into_owned())
     }
-}
 
-/// The sysfs name behind a `/dev/…` path: `/dev/sda2`, `/dev/mapper/root` (by dm name), or a
-/// symlink such as `/dev/disk/by-uuid/…` resolved on this machine.
-fn name_of_source(sys: &Path, source: &str) -> Option<String> {
-    let rel = source.strip_prefix("/dev/")?;
-    if let Some(dm) = rel.strip_prefix("mapper/") {
-        let dir = std::fs::read_dir(sys.join("class/block")).ok()?;
-        return dir.flatten().find_map(|e| {
-            let name = std::fs::read_to_string(e.path().join("dm/name")).ok()?;
-            (name.trim() == dm).then(|| e.file_name().to_string_lossy().into_owned())
-        });
-    }
-    let base = Path::new(rel).file_name()?.to_string_lossy().into_owned();
-    if sys.join("class/block").join(&base).exists() {
-        return Some(base);
-    }
-    let real = std::fs::canonicalize(source).ok()?;
-    let base = real.file_name()?.to_string_lossy().into_owned();
-    sys.join("class/block").join(&base).exists().then_some(base)
-}
-
-/// Every device of the btrfs filesystem that has `name` among its devices (multi-device btrfs
-/// spreads `/` over all of them).
-fn btrfs_siblings(sys: &Path, name: &str) -> Vec<String> {
-    let Ok(fsids) = std::fs::read_dir(sys.join("fs/btrfs")) else {
-        return Vec::new();
-    };
-    for fsid in fsids.flatten() {
-        let Ok(devs) = std::fs::read_dir(fsid.path().join("devices")) else {
-            continue;
-        };
-        let devs: Vec<String> = devs.flatten().map(|d| d.file_name().to_string_lossy().into_owned()).collect();
-        if devs.iter().any(|d| d == name) {
-            return devs;
+    fn disk_of(&self, name: &str) -> Option<(String, bool)> {
+        let p = std::fs::canonicalize(self.join("class/block").join(name)).ok()?;
+        if p.join("partition").exists() {
+            let parent = p.parent()?.file_name()?.to_string_lossy().into_owned();
+            Some((parent, true))
+        } else {
+            Some((name.to_string(), false))
         }
     }
-    Vec::new()
+
+    fn name_of_source(&self, source: &str) -> Option<String> {
+        let rel = source.strip_prefix("/dev/")?;
+        if let Some(dm) = rel.strip_prefix("mapper/") {
+            let dir = std::fs::read_dir(self.join("class/block")).ok()?;
+            return dir.flatten().find_map(|e| {
+                let name = std::fs::read_to_string(e.path().join("dm/name")).ok()?;
+                (name.trim() == dm).then(|| e.file_name().to_string_lossy().into_owned())
+            });
+        }
+        let base = Path::new(rel).file_name()?.to_string_lossy().into_owned();
+        if self.join("class/block").join(&base).exists() {
+            return Some(base);
+        }
+        let real = std::fs::canonicalize(source).ok()?;
+        let base = real.file_name()?.to_string_lossy().into_owned();
+        self.join("class/block").join(&base).exists().then_some(base)
+    }
+
+    fn slaves(&self, name: &str) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(self.join("class/block").join(name).join("slaves")) else {
+            return Vec::new();
+        };
+        dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+    }
+
+    fn btrfs_siblings(&self, name: &str) -> Vec<String> {
+        let Ok(fsids) = std::fs::read_dir(self.join("fs/btrfs")) else {
+            return Vec::new();
+        };
+        for fsid in fsids.flatten() {
+            let Ok(devs) = std::fs::read_dir(fsid.path().join("devices")) else {
+                continue;
+            };
+            let devs: Vec<String> = devs.flatten().map(|d| d.file_name().to_string_lossy().into_owned()).collect();
+            if devs.iter().any(|d| d == name) {
+                return devs;
+            }
+        }
+        Vec::new()
+    }
 }
 
 /// Whole disks under a device, following partitions and device-mapper/md `slaves` (LVM, LUKS,
 /// RAID on top of partitions).
-pub fn disks_under(sys: &Path, name: &str) -> BTreeSet<String> {
+pub fn disks_under(sys: &dyn BlockDevices, name: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut todo = vec![name.to_string()];
     // Bounded: a malformed (or hostile) sysfs tree must not loop forever.
     for _ in 0..64 {
         let Some(n) = todo.pop() else { break };
-        let (disk, _) = disk_of(sys, &n).unwrap_or((n.clone(), false));
+        let (disk, _) = sys.disk_of(&n).unwrap_or((n.clone(), false));
         out.insert(disk);
-        if let Ok(dir) = std::fs::read_dir(sys.join("class/block").join(&n).join("slaves")) {
-            todo.extend(dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()));
-        }
+        todo.extend(sys.slaves(&n));
     }
     out
 }
 
 /// The whole disks one mount lives on; Err when they cannot be determined.
 pub fn disks_of_mount(
-    sys: &Path,
+    sys: &dyn BlockDevices,
     m: &Mount,
     zpool: &dyn Fn(&str) -> Option<Vec<String>>,
 ) -> Result<BTreeSet<String>, Unknown> {
@@ -161,18 +180,18 @@ pub fn disks_of_mount(
     if m.fstype == "zfs" {
         let pool = m.source.split('/').next().unwrap_or_default();
         let vdevs = zpool(pool).ok_or_else(unknown)?;
-        names.extend(vdevs.iter().filter_map(|v| name_of_source(sys, v)));
+        names.extend(vdevs.iter().filter_map(|v| sys.name_of_source(v)));
         if names.len() != vdevs.len() || names.is_empty() {
             return Err(unknown());
         }
     } else {
         // A real device number names the device; btrfs's anonymous 0:N names nothing.
         if m.dev.0 != 0 {
-            names.extend(name_of_dev(sys, m.dev));
+            names.extend(sys.name_of_dev(m.dev));
         }
-        names.extend(name_of_source(sys, &m.source));
+        names.extend(sys.name_of_source(&m.source));
         if m.fstype == "btrfs" {
-            let siblings: Vec<String> = names.iter().flat_map(|n| btrfs_siblings(sys, n)).collect();
+            let siblings: Vec<String> = names.iter().flat_map(|n| sys.btrfs_siblings(n)).collect();
             names.extend(siblings);
         }
     }
@@ -186,24 +205,85 @@ pub fn disks_of_mount(
 pub fn system_disks(
     mountinfo: &str,
     swaps: &str,
-    sys: &Path,
+    sys: &dyn BlockDevices,
     zpool: &dyn Fn(&str) -> Option<Vec<String>>,
 ) -> Result<BTreeSet<String>, Unknown> {
+    let (disks, unknown) = resolve_system(mountinfo, swaps, sys, zpool);
+    match unknown.into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(disks),
+    }
+}
+
+/// The system disks that can be told, and the system mounts that cannot: for a caller with
+/// another guard against those (`storage` formats only a disk that nothing uses).
+pub fn resolve_system(
+    mountinfo: &str,
+    swaps: &str,
+    sys: &dyn BlockDevices,
+    zpool: &dyn Fn(&str) -> Option<Vec<String>>,
+) -> (BTreeSet<String>, Vec<Unknown>) {
     let mounts = parse_mountinfo(mountinfo);
+    let mut unknown = Vec::new();
     if !mounts.iter().any(|m| m.at == "/") {
-        return Err(Unknown { mount: "/".into(), fstype: "no entry".into(), device: "mountinfo".into() });
+        unknown.push(Unknown { mount: "/".into(), fstype: "no entry".into(), device: "mountinfo".into() });
     }
     let mut disks = BTreeSet::new();
     for m in mounts.iter().filter(|m| SYSTEM_MOUNTS.contains(&m.at.as_str())) {
-        disks.extend(disks_of_mount(sys, m, zpool)?);
+        match disks_of_mount(sys, m, zpool) {
+            Ok(found) => disks.extend(found),
+            Err(e) => unknown.push(e),
+        }
     }
     // Swap files live on a mounted filesystem (covered above); swap partitions name a device.
-    for dev in swaps.lines().skip(1).filter_map(|l| l.split_whitespace().next()) {
-        if let Some(name) = name_of_source(sys, &unescape(dev)) {
+    for dev in swap_devices(swaps) {
+        if let Some(name) = sys.name_of_source(&dev) {
             disks.extend(disks_under(sys, &name));
         }
     }
-    Ok(disks)
+    (disks, unknown)
+}
+
+/// The devices and files of `/proc/swaps` (its text).
+fn swap_devices(swaps: &str) -> impl Iterator<Item = String> + '_ {
+    swaps.lines().skip(1).filter_map(|l| l.split_whitespace().next()).map(unescape)
+}
+
+/// Where a whole disk is in use: the mount points of anything on it (its partitions, whatever
+/// is stacked on them), and whether any of it is swap.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Uses {
+    pub mounted_at: Vec<String>,
+    pub swap: bool,
+}
+
+pub fn uses_of(disk: &str, mountinfo: &str, swaps: &str, sys: &dyn BlockDevices) -> Uses {
+    let no_zfs = |_: &str| None;
+    let on_disk = |source: &str| {
+        // By source path too: a btrfs mount's numbers are virtual, its source is not.
+        let base = Path::new(source).file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
+        source.starts_with("/dev/") && (base == disk || is_partition_name(&base, disk))
+    };
+    let mut mounted_at: Vec<String> = parse_mountinfo(mountinfo)
+        .into_iter()
+        .filter(|m| on_disk(&m.source) || disks_of_mount(sys, m, &no_zfs).is_ok_and(|d| d.contains(disk)))
+        .map(|m| m.at)
+        .collect();
+    mounted_at.sort();
+    mounted_at.dedup();
+    let swap = swap_devices(swaps)
+        .any(|s| on_disk(&s) || sys.name_of_source(&s).is_some_and(|n| disks_under(sys, &n).contains(disk)));
+    Uses { mounted_at, swap }
+}
+
+/// `sdb1` of `sdb`, `mmcblk0p1` of `mmcblk0`, `loop0p1` of `loop0`.
+fn is_partition_name(name: &str, disk: &str) -> bool {
+    name.strip_prefix(disk)
+        .map(|rest| {
+            let rest = rest.strip_prefix('p').unwrap_or(rest);
+            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit())
+        })
+        .unwrap_or(false)
 }
 
 /// Vdev device paths of a ZFS pool, from `zpool list -vHP POOL` (None without zpool).
@@ -293,7 +373,7 @@ mod tests {
         // The btrfs mount alone: the device number names nothing, the source does.
         let root = &parse_mountinfo(info)[0];
         assert_eq!((root.dev, root.at.as_str()), ((0, 35), "/"));
-        assert!(name_of_dev(&sys.0, root.dev).is_none());
+        assert!(sys.0.name_of_dev(root.dev).is_none());
     }
 
     #[test]

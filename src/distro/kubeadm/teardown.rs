@@ -27,7 +27,7 @@ ctr -n k8s.io tasks ls -q 2>/dev/null | xargs -r -n 1 ctr -n k8s.io tasks kill -
 sleep 1; ctr -n k8s.io containers ls -q 2>/dev/null | xargs -r ctr -n k8s.io containers rm 2>/dev/null
 awk '$5 ~ "^/var/lib/kubelet/" || $5 ~ "^/run/netns/cni-" {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
 clean_network
-rm -rf $PATHS
+for p in $PATHS; do clear_dir "$p"; done
 # The directory stays: containerd watches it, and would not see a new one's network config.
 find /etc/cni/net.d -mindepth 1 -delete 2>/dev/null
 systemctl daemon-reload; systemctl reset-failed kubelet 2>/dev/null
@@ -40,17 +40,18 @@ const LEFTOVERS: &str = r#"for n in $PROCS; do pgrep -x "$n" | sed "s/^/process 
 ctr -n k8s.io tasks ls -q 2>/dev/null | sed 's/^/container /'
 awk '$5 ~ "^/var/lib/kubelet/" {print "mount " $5}' /proc/self/mountinfo
 network_leftovers
-for p in $PATHS /etc/cni/net.d/*; do [ -e "$p" ] && echo "path $p"; done
+for p in $PATHS /etc/cni/net.d/*; do left_dir "$p" && echo "path $p"; done
 exit 0
 "#;
 
 fn script(body: &str) -> String {
     format!(
-        "IFACES={}\nPROCS={}\nPATHS={}\n{}{body}",
+        "IFACES={}\nPROCS={}\nPATHS={}\n{}{}{body}",
         quote(IFACES),
         quote(PROCS),
         quote(PATHS),
-        crate::teardown::NETWORK_FUNCTIONS
+        crate::teardown::NETWORK_FUNCTIONS,
+        crate::storage::TEARDOWN_FUNCTIONS,
     )
 }
 
