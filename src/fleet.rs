@@ -85,6 +85,9 @@ pub struct Fleet {
     pub token: tokio::sync::OnceCell<String>,
     /// The full `K10…` join token, once a server that runs the cluster has shown it (see `k3s::join_token`).
     pub join_token: std::sync::OnceLock<String>,
+    /// `--new-cluster`: the first server may initialise although servers did not answer or this
+    /// machine shows an earlier cluster (see `phases::init_guard`).
+    pub new_cluster: bool,
 }
 
 impl Fleet {
@@ -150,6 +153,7 @@ impl Fleet {
             upgrade_order: Mutex::new(Vec::new()),
             token: tokio::sync::OnceCell::new(),
             join_token: std::sync::OnceLock::new(),
+            new_cluster: false,
         })
     }
 
