@@ -278,6 +278,16 @@ impl Host {
         self.ensure_file_from(path, content, &hex::encode(Sha256::digest(content)), mode, &have).await
     }
 
+    /// Removes the file at `path` when there is one (`why`: for the report); returns whether
+    /// it did (or would, when planning).
+    pub async fn remove_file(&self, path: &str, why: &str) -> Result<bool, RemoteError> {
+        if self.file_state(path).await?.sha256.is_empty() {
+            return Ok(false);
+        }
+        self.apply(format!("remove {path} ({why})"), &Cmd::change("rm", &["-f", path])).await?;
+        Ok(true)
+    }
+
     /// The checksum and mode of the file at `path`, both empty when there is none.
     pub async fn file_state(&self, path: &str) -> Result<FileState, RemoteError> {
         let probe = Cmd::read_script(format!(

@@ -112,10 +112,36 @@ fn kubeadm_files_match_their_golden_files() {
         ("containerd-config.toml", render::containerd_config("registry.k8s.io/pause:3.10.1", false)),
         ("containerd-config-restricted.toml", render::containerd_config("registry.k8s.io/pause:3.10.1", true)),
         ("containerd-hosts-docker.io.toml", render::registry_hosts(&c).remove(0).1),
-        ("containerd-proxy.conf", render::containerd_proxy(&c).expect("a proxy")),
+        ("containerd-proxy.conf", render::CONTAINERD_PROXY_DROPIN.to_string()),
+        ("containerd-proxy.env", render::containerd_proxy_env(&c).expect("a proxy")),
         ("kubelet.service", render::KUBELET_UNIT.to_string()),
         ("10-kubeadm.conf", render::KUBEADM_DROPIN.to_string()),
         ("crictl.yaml", render::CRICTL_YAML.to_string()),
         ("haproxy-kubeadm.cfg", super::load_balancer::haproxy_cfg(&c)),
     ]);
+}
+
+/// `%` starts a specifier in systemd unit files (a percent-encoded password would be mangled),
+/// and unit files are readable by every user: URLs go to the 0600 environment files only.
+#[test]
+fn urls_reach_environment_files_never_unit_files() {
+    let url = "http://svc:p%40ss%25w0rd@proxy.lan:3128";
+    let text = format!(
+        "name: pi\nkubernetes: {{distribution: kubeadm, version: v1.34.4}}\nproxy: {{http: \"{url}\", https: \"{url}\"}}\n\
+         hosts:\n  - {{name: rasp01, address: 192.168.1.101, role: server}}\n"
+    );
+    let c = Cluster::parse(Path::new("/nonexistent/cluster.yaml"), &text).expect("valid");
+    let units = [
+        k3s::unit(Role::Server),
+        k3s::unit(Role::Agent),
+        render::KUBELET_UNIT.to_string(),
+        render::KUBEADM_DROPIN.to_string(),
+        render::CONTAINERD_PROXY_DROPIN.to_string(),
+    ];
+    for unit in &units {
+        assert!(!unit.contains("proxy.lan") && !unit.contains("p%40ss"), "a URL in a unit file:\n{unit}");
+    }
+    for env in [k3s::env_file(&c), render::containerd_proxy_env(&c).expect("a proxy")] {
+        assert!(env.contains(&format!("\nHTTP_PROXY={url}\nHTTPS_PROXY={url}\n")), "{env}");
+    }
 }

@@ -88,16 +88,6 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     })
 }
 
-/// Removes the file at `path` when there is one; returns whether it did.
-async fn remove_file(host: &Host, path: &str) -> Result<bool, crate::remote::RemoteError> {
-    if host.file_state(path).await?.sha256.is_empty() {
-        return Ok(false);
-    }
-    host.apply(format!("remove {path} (no registry mirrors in the cluster file)"), &Cmd::change("rm", &["-f", path]))
-        .await?;
-    Ok(true)
-}
-
 /// A healthy server whose data dir holds the cluster (a replaced or wiped one does not).
 struct Holder<'a> {
     name: &'a str,
@@ -209,7 +199,9 @@ pub async fn converge_node(
     match k3s::registries(&fleet.cluster) {
         Some(r) => changed |= host.ensure_file(k3s::REGISTRIES, r.as_bytes(), Some(0o600)).await.map_err(e)?,
         // Mirrors removed from the cluster file: a registries.yaml left behind would keep them.
-        None => changed |= remove_file(host, k3s::REGISTRIES).await.map_err(e)?,
+        None => {
+            changed |= host.remove_file(k3s::REGISTRIES, "no registry mirrors in the cluster file").await.map_err(e)?
+        }
     }
     changed |= host
         .ensure_file(&k3s::env_path(role), k3s::env_file(&fleet.cluster).as_bytes(), Some(0o600))

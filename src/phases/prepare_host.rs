@@ -130,9 +130,16 @@ async fn configure_apt(cluster: &Cluster, host: &Host, f: &HostFacts) -> Result<
         .as_ref()
         .map(|p| p.value.clone())
         .or_else(|| cluster.spec.proxy.as_ref().and_then(|p| p.http.as_ref()).map(|p| p.value.clone()));
-    if let Some(p) = proxy {
-        let (content, mode) = apt_proxy_file(&p);
-        ensure_file(host, f, APT_PROXY_FILE, content.as_bytes(), Some(mode)).await?;
+    match proxy {
+        Some(p) => {
+            let (content, mode) = apt_proxy_file(&p);
+            ensure_file(host, f, APT_PROXY_FILE, content.as_bytes(), Some(mode)).await?;
+        }
+        // A proxy taken out of the cluster file leaves apt (and its password) too.
+        None if f.files.get(APT_PROXY_FILE).is_some_and(|s| !s.sha256.is_empty()) => {
+            host.remove_file(APT_PROXY_FILE, "no proxy in the cluster file").await?;
+        }
+        None => {}
     }
     let Some(mirror) = &pk.mirror else { return Ok(()) };
     let components: Vec<&str> = pk.components.iter().map(|c| c.value.as_str()).collect();

@@ -57,18 +57,17 @@ async fn configure(fleet: &Fleet, host: &Host, version: &str, facts: &HostFacts)
     for (path, text) in render::registry_hosts(&fleet.cluster) {
         changed |= host.ensure_file(&path, text.as_bytes(), Some(0o644)).await.map_err(e)?;
     }
-    match render::containerd_proxy(&fleet.cluster) {
-        Some(dropin) => changed |= host.ensure_file(PROXY_DROPIN, dropin.as_bytes(), Some(0o644)).await.map_err(e)?,
-        None if !host.file_state(PROXY_DROPIN).await.map_err(e)?.sha256.is_empty() => {
-            host.apply(
-                format!("remove {PROXY_DROPIN} (no proxy in the cluster file)"),
-                &Cmd::change("rm", &["-f", PROXY_DROPIN]),
-            )
-            .await
-            .map_err(e)?;
-            changed = true;
+    match render::containerd_proxy_env(&fleet.cluster) {
+        Some(env) => {
+            changed |= host.ensure_file(render::CONTAINERD_PROXY_ENV, env.as_bytes(), Some(0o600)).await.map_err(e)?;
+            let dropin = render::CONTAINERD_PROXY_DROPIN.as_bytes();
+            changed |= host.ensure_file(PROXY_DROPIN, dropin, Some(0o644)).await.map_err(e)?;
         }
-        None => {}
+        None => {
+            for path in [PROXY_DROPIN, render::CONTAINERD_PROXY_ENV] {
+                changed |= host.remove_file(path, "no proxy in the cluster file").await.map_err(e)?;
+            }
+        }
     }
     if changed {
         host.apply("systemctl daemon-reload", &Cmd::change("systemctl", &["daemon-reload"])).await.map_err(e)?;
