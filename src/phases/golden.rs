@@ -84,7 +84,7 @@ fn k3s_files_match_their_golden_files() {
 fn keepalived_conf_matches_its_golden_file() {
     let c = cluster("  version: v1.31.4+k3s1\n  endpoint: {mode: vip, address: 192.168.1.10}\n");
     let peers: Vec<String> = c.with_role(Role::Server).map(|h| h.address().to_string()).collect();
-    let conf = super::virtual_ip::keepalived_conf(&c, "rasp01", "eth0", 24, "192.168.1.101", &peers, 0, "golden");
+    let conf = super::virtual_ip::keepalived_conf(&c, "rasp01", "eth0", 24, "192.168.1.101", &peers, 0);
     check(&[("keepalived.conf", conf)]);
 }
 
