@@ -170,8 +170,7 @@ async fn configure_apt(cluster: &Cluster, host: &Host, f: &HostFacts) -> Result<
 /// (`http://user:password@proxy:3128`), else 0644 so apt run by other users reads it
 /// without a warning. Validation keeps quotes and newlines out of the URL.
 fn apt_proxy_file(url: &str) -> (String, u32) {
-    let authority = url.split_once("://").map_or(url, |(_, rest)| rest).split('/').next().unwrap_or("");
-    let mode = if authority.contains('@') { 0o600 } else { 0o644 };
+    let mode = if crate::config::url::without_userinfo(url).is_some() { 0o600 } else { 0o644 };
     (format!("Acquire::http::Proxy \"{url}\";\n"), mode)
 }
 
