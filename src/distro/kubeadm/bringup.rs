@@ -316,9 +316,8 @@ pub fn pod_network<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
 }
 
 async fn apply_flannel(fleet: &Fleet, host: &Host, version: &str) -> Result<(), String> {
-    let path = tokio::task::block_in_place(|| artifacts::flannel_manifest(&fleet.cluster, version))
+    let manifest = tokio::task::block_in_place(|| artifacts::flannel_manifest(&fleet.cluster, version))
         .map_err(|e| format!("flannel: {e}\n  hint: {}", e.hint()))?;
-    let manifest = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let changed = host.ensure_file(FLANNEL, &manifest, Some(0o644)).await.map_err(|e| e.to_string())?;
     if !changed {
         let probe = Cmd::read_script(format!("{KUBECTL} -n kube-flannel get daemonset kube-flannel-ds -o name"));
