@@ -232,5 +232,23 @@ fn sudo_password(cluster: &Cluster, spec: &HostSpec) -> miette::Result<Option<Se
             text.lines().next().unwrap_or("").to_string()
         }
     };
+    if let Some(why) = unusable_sudo_password(&value) {
+        miette::bail!(help = "set the password alone, on one line", "{}: the sudo password {why}", spec.name.value);
+    }
     Ok(Some(Secret::new(value)))
+}
+
+/// sudo reads the password up to the first line break: what follows would reach the command.
+fn unusable_sudo_password(value: &str) -> Option<&'static str> {
+    value.contains(['\n', '\r']).then_some("holds a line break (sudo reads one line; the rest would reach the command)")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_sudo_password_is_one_line() {
+        assert_eq!(super::unusable_sudo_password("raspberry"), None);
+        assert!(super::unusable_sudo_password("rasp\nberry").is_some());
+        assert!(super::unusable_sudo_password("raspberry\r").is_some());
+    }
 }
