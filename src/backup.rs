@@ -421,7 +421,7 @@ async fn restore_k3s(
         say(0, &format!("rewrote {} (the restored cluster's CA)", path.display()));
     }
     if token_changed {
-        say(0, "the cluster token is the backup's again (pikube's copy and every node's config.yaml); run `pikube up` to bring along what derives from it (keepalived's VRRP password)");
+        say(0, "the cluster token is the backup's again (pikube's copy and every node's config.yaml)");
     }
     Ok(())
 }

@@ -62,6 +62,11 @@ enum Command {
         target: Target,
         #[command(flatten)]
         upgrade: Upgrade,
+        /// The first server may initialise a new cluster although other servers do not answer
+        /// or this machine shows an earlier cluster of this name (its kubeconfig, token or
+        /// backups): only when that cluster is really gone, or a server of a new one still boots.
+        #[arg(long)]
+        new_cluster: bool,
         #[arg(long)]
         json: bool,
     },
@@ -77,6 +82,11 @@ enum Command {
         ready_timeout: u64,
         #[command(flatten)]
         upgrade: Upgrade,
+        /// The first server may initialise a new cluster although other servers do not answer
+        /// or this machine shows an earlier cluster of this name (its kubeconfig, token or
+        /// backups): only when that cluster is really gone, or a server of a new one still boots.
+        #[arg(long)]
+        new_cluster: bool,
         #[command(flatten)]
         output: Output,
     },
@@ -225,13 +235,13 @@ async fn dispatch(command: Command) -> miette::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { target, json } => check(target, json).await,
-        Command::Plan { target, upgrade, json } => {
+        Command::Plan { target, upgrade, new_cluster, json } => {
             let timeouts = Timeouts { reboot: 0, ready: 0, drain: upgrade.drain() };
-            converge(target, Mode::DryRun, Output { plain: true, json }, timeouts).await
+            converge(target, Mode::DryRun, Output { plain: true, json }, timeouts, new_cluster).await
         }
-        Command::Up { target, reboot_timeout, ready_timeout, upgrade, output } => {
+        Command::Up { target, reboot_timeout, ready_timeout, upgrade, new_cluster, output } => {
             let timeouts = Timeouts { reboot: reboot_timeout, ready: ready_timeout, drain: upgrade.drain() };
-            converge(target, Mode::Apply, output, timeouts).await
+            converge(target, Mode::Apply, output, timeouts, new_cluster).await
         }
         Command::Status { target, json } => status(target, json).await,
         Command::Kubeconfig { target, merge } => kubeconfig(target, merge).await,
@@ -385,7 +395,13 @@ fn json_report(fleet: &Fleet, started: Instant) -> miette::Result<String> {
     serde_json::to_string_pretty(&doc).map_err(|e| miette::miette!("{e}"))
 }
 
-async fn converge(target: Target, mode: Mode, output: Output, timeouts: Timeouts) -> miette::Result<ExitCode> {
+async fn converge(
+    target: Target,
+    mode: Mode,
+    output: Output,
+    timeouts: Timeouts,
+    new_cluster: bool,
+) -> miette::Result<ExitCode> {
     let started = Instant::now();
     let cluster = Cluster::load(&target.cluster.file)?;
     if mode == Mode::Apply {
@@ -395,6 +411,7 @@ async fn converge(target: Target, mode: Mode, output: Output, timeouts: Timeouts
     fleet.reboot_timeout = std::time::Duration::from_secs(timeouts.reboot);
     fleet.ready_timeout = std::time::Duration::from_secs(timeouts.ready);
     fleet.drain_timeout = timeouts.drain.map(std::time::Duration::from_secs);
+    fleet.new_cluster = new_cluster;
     phases::run_all(&fleet).await;
     fleet.close().await;
     crate::progress::finish(&fleet.journal.changes());

@@ -43,12 +43,14 @@ pub async fn run(fleet: &mut Fleet, limit: &[String]) -> Result<Vec<String>, Str
             }
         }
         if fleet.failures().is_empty() {
-            let token = (d == Distribution::K3s).then(|| k3s::token_path(&fleet.cluster));
-            for path in token.into_iter().chain([fleet.cluster.kubeconfig_path()]) {
+            // The cluster is gone: its traces here would stop the next `up` from making one.
+            for path in [k3s::token_path(&fleet.cluster), fleet.cluster.kubeconfig_path()] {
                 if std::fs::remove_file(&path).is_ok() {
                     crate::progress::note(&format!("removed {}", path.display()));
                 }
             }
+            phases::init_guard::record_torn_down(&fleet.cluster)
+                .map_err(|e| format!("{}: {e}", fleet.cluster.state_dir().display()))?;
         }
         return Ok(Vec::new());
     }

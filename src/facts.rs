@@ -97,7 +97,8 @@ pub struct HostFacts {
     pub sysctl: BTreeMap<String, String>,
     /// Contents of /etc/hosts.
     pub etc_hosts: String,
-    /// apt source files (path → contents) for the mirror phase.
+    /// apt source files (path → contents) for the mirror phase; shown without URL credentials.
+    #[serde(serialize_with = "without_credentials")]
     pub apt_sources: BTreeMap<String, String>,
     /// IPv4 addresses with their interface and prefix length.
     pub ipv4: Vec<Ipv4Addr>,
@@ -113,6 +114,12 @@ pub struct HostFacts {
     /// Checksum and mode of each of [`PREPARED_FILES`] (empty state: no such file).
     #[serde(skip)]
     pub files: BTreeMap<String, FileState>,
+}
+
+/// `check --json` prints the facts: a source line like `deb http://user:password@mirror/…`
+/// shows as `deb http://***@mirror/…`.
+fn without_credentials<S: serde::Serializer>(sources: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(sources.iter().map(|(path, text)| (path, crate::config::url::redact_userinfo(text))))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -539,5 +546,22 @@ mod tests {
         assert!(!f.can_lower_oom_score && f.can_set_conntrack_max);
         assert!((f.clock_offset_secs - 0.5).abs() < 1e-9);
         assert!(parse("@@now\n1\n", 0.0).is_err(), "a cut-off output is an error");
+    }
+
+    #[test]
+    fn shown_facts_keep_apt_credentials_out() {
+        let line = "deb http://apt:S3cret@mirror.lan/debian bookworm main";
+        let out = format!(
+            "@@now\n1\n@@hostname\nrasp01\n@@arch\naarch64\n@@apt_sources\n@@@file /etc/apt/sources.list\n{line}\n@@end\n"
+        );
+        let f = parse(&out, 1.0).expect("parses");
+        assert_eq!(
+            f.apt_sources["/etc/apt/sources.list"],
+            format!("{line}\n"),
+            "the mirror phase reads them as they are"
+        );
+        let shown = serde_json::to_string(&f).unwrap();
+        assert!(!shown.contains("S3cret"), "{shown}");
+        assert!(shown.contains("deb http://***@mirror.lan/debian bookworm main"), "{shown}");
     }
 }

@@ -85,6 +85,9 @@ pub struct Fleet {
     pub token: tokio::sync::OnceCell<String>,
     /// The full `K10…` join token, once a server that runs the cluster has shown it (see `k3s::join_token`).
     pub join_token: std::sync::OnceLock<String>,
+    /// `--new-cluster`: the first server may initialise although servers did not answer or this
+    /// machine shows an earlier cluster (see `phases::init_guard`).
+    pub new_cluster: bool,
 }
 
 impl Fleet {
@@ -150,6 +153,7 @@ impl Fleet {
             upgrade_order: Mutex::new(Vec::new()),
             token: tokio::sync::OnceCell::new(),
             join_token: std::sync::OnceLock::new(),
+            new_cluster: false,
         })
     }
 
@@ -228,5 +232,23 @@ fn sudo_password(cluster: &Cluster, spec: &HostSpec) -> miette::Result<Option<Se
             text.lines().next().unwrap_or("").to_string()
         }
     };
+    if let Some(why) = unusable_sudo_password(&value) {
+        miette::bail!(help = "set the password alone, on one line", "{}: the sudo password {why}", spec.name.value);
+    }
     Ok(Some(Secret::new(value)))
+}
+
+/// sudo reads the password up to the first line break: what follows would reach the command.
+fn unusable_sudo_password(value: &str) -> Option<&'static str> {
+    value.contains(['\n', '\r']).then_some("holds a line break (sudo reads one line; the rest would reach the command)")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_sudo_password_is_one_line() {
+        assert_eq!(super::unusable_sudo_password("raspberry"), None);
+        assert!(super::unusable_sudo_password("rasp\nberry").is_some());
+        assert!(super::unusable_sudo_password("raspberry\r").is_some());
+    }
 }

@@ -242,7 +242,8 @@ pub async fn token(fleet: &Fleet) -> Result<String, String> {
 }
 
 /// From the local state; else adopted from the first server that has one (a replaced first
-/// server has none); else a new one.
+/// server has none) and kept; else a new one, kept once a server initialised the cluster with
+/// it ([`keep_token`]): a token here says the cluster exists (see `phases::init_guard`).
 async fn load_or_make_token(cluster: &Cluster, servers: &[&Host], mode: Mode) -> Result<String, String> {
     let path = token_path(cluster);
     if let Ok(t) = std::fs::read_to_string(&path) {
@@ -260,36 +261,63 @@ async fn load_or_make_token(cluster: &Cluster, servers: &[&Host], mode: Mode) ->
             break;
         }
     }
-    let token = match adopted {
-        Some(t) => t,
+    match adopted {
+        Some(token) if mode == Mode::Apply => {
+            crate::local::write_secret(&path, token.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(token)
+        }
+        Some(token) => Ok(token),
         None => {
             let mut b = [0u8; 24];
             getrandom::fill(&mut b).map_err(|e| format!("no randomness for the token: {e}"))?;
-            hex::encode(b)
+            Ok(hex::encode(b))
         }
-    };
-    if mode == Mode::Apply {
-        crate::local::write_secret(&path, token.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    Ok(token)
+}
+
+/// Keeps the token the first server just initialised the cluster with (0600), unless kept.
+pub fn keep_token(fleet: &Fleet, token: &str) -> Result<(), String> {
+    let path = token_path(&fleet.cluster);
+    if std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == token) {
+        return Ok(());
+    }
+    crate::local::write_secret(&path, token.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The token joins use: the full `K10<ca-hash>::server:<secret>` from a server that already
-/// runs the cluster, so a joining node checks it talks to this cluster's CA. Only when no
-/// server has written it yet (a dry run before the first start) the bare secret.
+/// runs the cluster, so a joining node checks it talks to this cluster's CA.
 /// Found once per run and kept in `Fleet::join_token` (every joining server and the agents ask).
 pub async fn join_token(fleet: &Fleet, secret: &str) -> Result<String, String> {
     if let Some(full) = fleet.join_token.get() {
         return Ok(full.clone());
     }
+    let mut shown = Vec::new();
     for (_, host) in fleet.healthy(Role::Server) {
-        let full = server_token(host).await?;
-        if full.starts_with("K10") && full.rsplit_once("::server:").is_some_and(|(_, s)| s == secret) {
-            let _ = fleet.join_token.set(full.clone());
-            return Ok(full);
-        }
+        shown.push(server_token(host).await?);
     }
-    Ok(secret.to_string())
+    let full = pinned_token(secret, &shown, fleet.mode)?;
+    if full != secret {
+        let _ = fleet.join_token.set(full.clone());
+    }
+    Ok(full)
+}
+
+/// The full token among what the servers `shown` whose secret is `secret`. Only a dry run
+/// before the first start (no server wrote one yet) makes do with the bare secret: a join
+/// without the CA hash would trust whatever server answers at the endpoint.
+fn pinned_token(secret: &str, shown: &[String], mode: Mode) -> Result<String, String> {
+    let matching = shown
+        .iter()
+        .find(|full| full.starts_with("K10") && full.rsplit_once("::server:").is_some_and(|(_, s)| s == secret));
+    match (matching, mode) {
+        (Some(full), _) => Ok(full.clone()),
+        (None, Mode::DryRun) => Ok(secret.to_string()),
+        (None, Mode::Apply) => Err("no running server shows the full join token (K10<CA hash>::server:…) for \
+             pikube's cluster token (.pikube/<cluster>/token); joining with the bare secret would trust any CA at \
+             the endpoint\n  hint: start a server of this cluster first; if the cluster was made again, its token \
+             differs from pikube's copy: restore that copy, or remove it to adopt the running cluster's"
+            .to_string()),
+    }
 }
 
 /// The token file a k3s server writes (empty when it has none).
@@ -616,6 +644,19 @@ fn last_lines(text: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn joins_always_pin_the_cluster_ca() {
+        let full = "K10abc::server:secret".to_string();
+        let other = "K10def::server:another".to_string();
+        let shown = [String::new(), other.clone(), full.clone()];
+        assert_eq!(pinned_token("secret", &shown, Mode::Apply), Ok(full));
+        // No server shows this secret's full token: a dry run plans with the secret ...
+        assert_eq!(pinned_token("secret", std::slice::from_ref(&other), Mode::DryRun), Ok("secret".into()));
+        // ... a real join refuses to go without the CA pin.
+        let err = pinned_token("secret", &[other, String::new()], Mode::Apply).unwrap_err();
+        assert!(err.contains("joining with the bare secret would trust any CA") && err.contains("hint:"), "{err}");
+    }
 
     #[test]
     fn node_ip_is_ipv4_like_the_cluster_cidr() {

@@ -47,6 +47,11 @@ pub fn quote(s: &str) -> String {
 }
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The line the sudo check sends after the password; only sudo reading the password first
+/// leaves it as the command's first line.
+const SUDO_MARKER: &str = "pikube-sudo-read-the-password";
+/// The sudo check's exit status when the command read something else first.
+const UNREAD: u32 = 3;
 
 /// One remote command, run as root (through sudo when the login user is not root).
 #[derive(Debug, Clone)]
@@ -147,6 +152,7 @@ enum Sudo {
 pub struct Host {
     pub name: String,
     session: Mutex<Session>,
+    login_user: String,
     login_is_root: bool,
     sudo_password: Option<Secret>,
     sudo: tokio::sync::OnceCell<Sudo>,
@@ -167,6 +173,7 @@ impl Host {
         Host {
             name,
             session: Mutex::new(session),
+            login_user: login_user.to_string(),
             login_is_root: login_user == "root",
             sudo_password,
             sudo: tokio::sync::OnceCell::new(),
@@ -214,20 +221,22 @@ impl Host {
     /// so `sudo -n -k` succeeds only when the policy itself is NOPASSWD; then the password is
     /// never sent, because sudo would not read it and the command would get it on stdin.
     /// A password is tried once on its own, so a wrong one fails here and not by feeding
-    /// a command's input to sudo as further password attempts.
+    /// a command's input to sudo as further password attempts. Then a command behind sudo
+    /// reads the line after the password, a marker: it proves sudo took the password line,
+    /// which a PAM module answering first (pam_permit, a U2F key) would leave to every
+    /// command's input.
     async fn sudo(&self) -> Result<Sudo, RemoteError> {
-        let probe = "sh -c true";
         let init = || async {
             if self.login_is_root {
                 return Ok(Sudo::None);
             }
             let Some(pw) = &self.sudo_password else { return Ok(Sudo::NoPassword) };
             let session = self.session();
-            if session.exec(&format!("sudo -n -k -- {probe}"), None, DEFAULT_TIMEOUT).await?.success() {
+            if session.exec("sudo -n -k -- sh -c true", None, DEFAULT_TIMEOUT).await?.success() {
                 return Ok(Sudo::NoPassword);
             }
             let line = format!("{}\n", pw.expose()).into_bytes();
-            let out = session.exec(&format!("sudo -k -S -p '' -- {probe}"), Some(&line), DEFAULT_TIMEOUT).await?;
+            let out = session.exec("sudo -k -S -p '' -- sh -c true", Some(&line), DEFAULT_TIMEOUT).await?;
             self.sudo_refused(&out, true)?;
             if !out.success() {
                 return Err(RemoteError::Sudo {
@@ -235,7 +244,21 @@ impl Host {
                     reason: sudo_reason(&out.stderr_str(), true),
                 });
             }
-            Ok(Sudo::Password)
+            // The password is right (asked apart: a wrong one is not tried twice, and PAM may
+            // lock the account after a few failures). Now the marker after it.
+            let probe = format!("sudo -k -S -p '' -- sh -c 'read -r l && [ \"$l\" = {SUDO_MARKER} ] || exit {UNREAD}'");
+            let stdin = format!("{}\n{SUDO_MARKER}\n", pw.expose()).into_bytes();
+            let out = session.exec(&probe, Some(&stdin), DEFAULT_TIMEOUT).await?;
+            let reason = match out.status {
+                Some(0) => return Ok(Sudo::Password),
+                Some(UNREAD) => format!(
+                    "sudo let {} in without reading the password (a PAM module answered first), so the password \
+                     would reach the commands' input; give the login user NOPASSWD in sudoers, or log in as root",
+                    self.login_user
+                ),
+                _ => sudo_reason(&out.stderr_str(), true),
+            };
+            Err(RemoteError::Sudo { host: self.name.clone(), reason })
         };
         self.sudo.get_or_try_init(init).await.copied()
     }
@@ -276,6 +299,16 @@ impl Host {
     pub async fn ensure_file(&self, path: &str, content: &[u8], mode: Option<u32>) -> Result<bool, RemoteError> {
         let have = self.file_state(path).await?;
         self.ensure_file_from(path, content, &hex::encode(Sha256::digest(content)), mode, &have).await
+    }
+
+    /// Removes the file at `path` when there is one (`why`: for the report); returns whether
+    /// it did (or would, when planning).
+    pub async fn remove_file(&self, path: &str, why: &str) -> Result<bool, RemoteError> {
+        if self.file_state(path).await?.sha256.is_empty() {
+            return Ok(false);
+        }
+        self.apply(format!("remove {path} ({why})"), &Cmd::change("rm", &["-f", path])).await?;
+        Ok(true)
     }
 
     /// The checksum and mode of the file at `path`, both empty when there is none.

@@ -170,12 +170,9 @@ fn backup_restore_keeps_object_identities_and_an_upgrade_takes_a_snapshot() {
     let nodes = kubectl_ok(&lab, &kubectl, &["get", "nodes", "--no-headers"]);
     assert_eq!(nodes.lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count(), 4, "{nodes}");
     assert!(report.contains("the cluster token is the backup's again"), "{report}");
-    assert!(report.contains("run `pikube up`"), "{report}");
-    // That up brings keepalived's VRRP password along (derived from the token) and restarts no k3s.
+    // Nothing else derives from the token (keepalived's VRRP settings do not): up has nothing to do.
     let report = up_ok(&lab);
-    assert!(report.contains("[virtual ip] update /etc/keepalived/keepalived.conf"), "{report}");
-    assert!(!report.contains("[servers]") && !report.contains("[agents]"), "{report}");
-    assert!(up_ok(&lab).contains("Up: no changes"), "the restored cluster matches the cluster file");
+    assert!(report.contains("Up: no changes"), "the restored cluster matches the cluster file:\n{report}");
 
     // --keep: the oldest backups beyond N go, and the report names them.
     pikube_ok(&lab, &["backup", "-f", f]);

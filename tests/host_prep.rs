@@ -154,10 +154,19 @@ fn up_through_root_and_every_sudo_setup_writes_exactly_the_wanted_files() {
     assert_eq!(o.matches("sudo refused").count(), 1, "only node4 asks for the password:\n{o}");
     assert!(!o.contains("not-the-password"), "a secret was printed:\n{o}");
 
+    // An apt source with credentials in its URL: the facts `check --json` prints keep them out.
+    let private = "/etc/apt/sources.list.d/private.list";
+    lab.sh(
+        "node3",
+        &format!("echo 'deb http://apt-user:apt-S3cret@10.77.32.1:8080/private bookworm main' > {private}"),
+    );
     let right = lab.pikube_env(&["check", "--json", "-f", f], &[("LAB_SUDO_PW", "raspberry")]);
     let found = findings(&right);
     assert!(has(&found, "node4", "default-password"), "root-only facts came through sudo: {found:?}");
     assert!(!text(&right).contains("raspberry\""), "no password in output");
+    assert!(!text(&right).contains("apt-S3cret"), "apt credentials in the output:\n{}", text(&right));
+    assert!(stdout(&right).contains("deb http://***@10.77.32.1:8080/private bookworm main"), "{}", text(&right));
+    lab.sh("node3", &format!("rm {private}"));
 
     let missing = lab.pikube(&["check", "-f", f]);
     assert_eq!(missing.status.code(), Some(2));
@@ -177,6 +186,29 @@ fn up_through_root_and_every_sudo_setup_writes_exactly_the_wanted_files() {
     assert_eq!(failed[0]["host"], "node1");
     let message = failed[0]["message"].as_str().unwrap_or("");
     assert!(message.starts_with("node1: `sh -c ") && message.contains("printed more than 16 MiB"), "{message}");
+
+    // sudo that lets pi in without reading the password (a PAM module answering first, as
+    // pam_permit here, or a U2F key or fingerprint reader): the password would reach the
+    // commands' input, and a file pikube writes would start with it. pikube refuses the host.
+    lab.sh("node1", "rm /etc/hosts && printf '127.0.0.1\\tlocalhost\\n' > /etc/hosts");
+    lab.sh(
+        "node4",
+        "sed -i '1i auth sufficient pam_permit.so' /etc/pam.d/sudo && rm /etc/modules-load.d/pikube-k8s.conf",
+    );
+    let up = lab.pikube_env(&["up", "-f", f], &[("LAB_SUDO_PW", "raspberry")]);
+    assert_eq!(up.status.code(), Some(1), "{}", text(&up));
+    assert!(stdout(&up).contains("1 host(s) failed: node4."), "node4 alone fails:\n{}", text(&up));
+    let node4 = section(&stdout(&up), "node4").join("\n");
+    assert!(
+        node4.contains("sudo let pi in without reading the password"),
+        "node4 must fail on the sudo check:\n{}",
+        text(&up)
+    );
+    assert!(!text(&up).contains("raspberry\n"), "the password was printed:\n{}", text(&up));
+    let (leaked, files) =
+        lab.ssh("node4", "grep -rlx raspberry /etc/hosts /etc/modules-load.d /etc/sysctl.d /boot/firmware");
+    assert!(!leaked, "the password was written into {files}");
+    assert!(!lab.ssh("node4", "test -e /etc/modules-load.d/pikube-k8s.conf").0, "node4 was changed");
 }
 
 #[test]

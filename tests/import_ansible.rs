@@ -162,6 +162,27 @@ fn unknown_vars_are_reported_with_file_and_line_and_secrets_stay_out() {
 }
 
 #[test]
+fn credentials_in_proxy_and_mirror_urls_stay_out_of_the_cluster_file() {
+    let (c, stderr) = imported("proxy-credentials.ini", &[], "proxy-credentials.expected.yaml");
+    let proxy = c.spec.proxy.as_ref().expect("proxy from http_proxy");
+    assert_eq!(proxy.http.as_ref().map(|p| p.value.as_str()), Some("http://proxy.lan:3128"));
+    assert_eq!(proxy.https.as_ref().map(|p| p.value.as_str()), Some("http://proxy.lan:3128"));
+    let mirrors: Vec<&str> = c.spec.registry_mirrors["docker.io"].value.iter().map(|m| m.value.as_str()).collect();
+    assert_eq!(mirrors, ["https://mirror.lan:5000"]);
+    for line in [
+        "proxy-credentials.ini:9: credentials in var http_proxy: its user:password@ was left out of the cluster file",
+        "proxy-credentials.ini:10: credentials in var https_proxy: ",
+        "proxy-credentials.ini:12: credentials in var docker_registry_mirror_url: ",
+    ] {
+        assert!(stderr.contains(&format!("  {line}")), "missing {line:?} in:\n{stderr}");
+    }
+    let golden = std::fs::read_to_string(dir().join("proxy-credentials.expected.yaml")).expect("golden");
+    for secret in ["S3cret", "T0ken", "svc:", "puller"] {
+        assert!(!golden.contains(secret) && !stderr.contains(secret), "{secret} leaked:\n{golden}\n{stderr}");
+    }
+}
+
+#[test]
 fn two_clusters_need_cluster_and_each_imports_alone() {
     let out = import(&["two-clusters.ini"]);
     let stderr = text(&out.stderr);

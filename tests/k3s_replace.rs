@@ -1,16 +1,17 @@
 //! Replacing k3s servers of an HA lab (3 servers behind HAProxy, 1 agent): the first server
 //! brought back after `down --limit` joins the existing cluster instead of starting a second
 //! one, a server given a new SD card (`lab wipe`) rejoins under its old name (its node password handled),
-//! and `status` says so when two servers do not agree about the cluster. Real systemd, sshd,
+//! `status` says so when two servers do not agree about the cluster, and a wiped first server
+//! whose peers are off does not start a second cluster but waits for them. Real systemd, sshd,
 //! haproxy and lab network; k3s is the labelled STAND-IN (it checks node passwords as k3s).
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::process::Output;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use common::{real_kubectl, standin_artifacts, stdout, text, Lab};
+use common::{real_kubectl, section, standin_artifacts, stdout, text, wait_for, Lab};
 
 const SERVERS: [&str; 3] = ["node1", "node2", "node3"];
 const NODES: [&str; 4] = ["node1", "node2", "node3", "node5"];
@@ -96,28 +97,12 @@ fn replaced_and_wiped_servers_rejoin_the_one_cluster() {
 
     // node2 gets a new SD card (`lab wipe`: the base image, a new SSH host key) while the
     // cluster still knows its name. First the user's known_hosts: strict checking refuses the
-    // new key; drop the old line and trust the new one after checking it against the key the
-    // lab made (what `lab wipe` prints, as a user reads it off the new card).
+    // new key until the user trusts the new one.
     lab.lab("wipe", "node2");
     let out = up(&lab);
     assert!(!out.status.success(), "a changed host key must be refused:\n{}", text(&out));
     assert!(stdout(&out).contains("node2 (10.77.50.12): FAILED"), "{}", text(&out));
-    let known_hosts = lab.dir().join("known_hosts");
-    let keygen =
-        std::process::Command::new("ssh-keygen").args(["-R", "10.77.50.12", "-f"]).arg(&known_hosts).output().unwrap();
-    assert!(keygen.status.success(), "{}", text(&keygen));
-    let scan = lab.exec("ssh-keyscan", &["-t", "ed25519", "10.77.50.12"]);
-    let scanned = stdout(&scan);
-    let made = std::fs::read_to_string(lab.dir().join("nodes/node2/ssh_host_ed25519_key.pub")).unwrap();
-    let key_of = |line: &str| line.split_whitespace().nth(2).map(String::from);
-    assert_eq!(
-        scanned.lines().find_map(key_of),
-        made.lines().find_map(|l| l.split_whitespace().nth(1).map(String::from)),
-        "{scanned}"
-    );
-    let mut text_kh = std::fs::read_to_string(&known_hosts).unwrap();
-    text_kh.push_str(&format!("{}\n", scanned.trim()));
-    std::fs::write(&known_hosts, text_kh).unwrap();
+    lab.trust_new_host_key("node2", "10.77.50.12");
 
     // up prepares the new card again and removes the stale Node and its node-password secret
     // (else k3s refuses node2, its password being new), and node2 rejoins the same cluster.
@@ -176,4 +161,54 @@ fn replaced_first_server_on_a_vip_joins_another_server_directly() {
     assert!(stdout(&out).contains("endpoint: https://10.77.51.10:6443"), "{}", text(&out));
     let out = up(&lab);
     assert!(stdout(&out).contains("Up: no changes"), "{}", text(&out));
+    a_wiped_first_server_waits_for_the_others(&lab, &ca);
+}
+
+/// node1's card dies while node2 and node3 are off: `up` must not initialise a second cluster
+/// on the blank node1 (a new CA behind the same VIP). It says why and how to go on; once the
+/// others are back, `up` joins node1 into the one cluster.
+fn a_wiped_first_server_waits_for_the_others(lab: &Lab, ca: &str) {
+    lab.lab("stop", "node2");
+    lab.lab("stop", "node3");
+    lab.lab("wipe", "node1");
+    lab.trust_new_host_key("node1", "10.77.51.11");
+    let out = up(lab);
+    assert!(!out.status.success(), "up must refuse to start a new cluster:\n{}", text(&out));
+    let report = stdout(&out);
+    let node1 = section(&report, "node1");
+    assert!(node1.starts_with("node1 (10.77.51.11): FAILED"), "{}", text(&out));
+    for want in [
+        "refusing to initialise a new cluster on node1: it holds no cluster data",
+        "node2 did not answer, so it may hold the cluster (cannot reach node2",
+        "node3 did not answer",
+        "this machine shows the cluster was made before: build/k3s-repl-vip-config.yml, .pikube/k3s-repl-vip/token",
+        "a new CA and a second cluster behind the same endpoint",
+        "hint: bring node2, node3 back and run `pikube up` again",
+        "`pikube up --new-cluster`",
+    ] {
+        assert!(node1.contains(want), "{want:?} missing:\n{}", text(&out));
+    }
+    assert!(!lab.ssh("node1", "test -e /var/lib/rancher/k3s/server/tls/server-ca.crt").0, "node1 made a CA");
+    assert!(!lab.ssh("node1", "systemctl is-active k3s").0, "node1 runs k3s");
+
+    // The user brings node2 and node3 back; they hold the cluster as it was, and up joins node1.
+    lab.lab("start", "node2");
+    lab.lab("start", "node3");
+    for node in ["node2", "node3"] {
+        wait_for(&format!("k3s on {node}"), Duration::from_secs(120), Duration::from_secs(2), || {
+            let (active, out) = lab.ssh(node, "systemctl is-active k3s");
+            active.then_some(()).ok_or(out)
+        });
+    }
+    up_ok(lab);
+    let config = lab.sh("node1", "cat /etc/rancher/k3s/config.yaml");
+    assert!(config.contains("server: \"https://10.77.51.12:6443\""), "node1 must join node2 directly:\n{config}");
+    let hashes = ca_hashes(lab);
+    assert!(hashes.values().all(|h| h == ca), "one CA, the cluster's first: {hashes:?} (want {ca})");
+    let nodes = lab.sh("node2", "k3s kubectl get nodes --no-headers");
+    for n in SERVERS {
+        assert!(nodes.lines().any(|l| l.split_whitespace().take(2).eq([n, "Ready"])), "{n} not Ready:\n{nodes}");
+    }
+    let out = status(lab);
+    assert!(out.status.success(), "{}", text(&out));
 }

@@ -177,6 +177,8 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
     assert!(!section(&report, "node1").contains("import images"), "{report}");
     assert_eq!(lab.sh("node2", &format!("ctr -n k8s.io images ls -q name=={gone}")), gone);
 
+    proxy_with_a_password_stays_root_only(&lab, &file, &cluster_file);
+
     // `kubeconfig --merge` adds the cluster's context to an existing ~/.kube/config, keeping the
     // others, and the real kubectl works with it.
     let home = lab.dir().join("home");
@@ -211,4 +213,45 @@ fn kubeadm_one_server_one_agent_up_noop_plan_down() {
     assert!(out.status.success(), "up after down failed:\n{}", text(&out));
     let nodes = kubectl_ok(&lab, &dir, &["get", "nodes", "--no-headers"]);
     assert_eq!(nodes.lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count(), 2, "{nodes}");
+}
+
+/// A proxy whose URL holds a password (percent-encoded, as URLs need it): containerd gets it
+/// from a 0600 environment file, so another user reads it neither there, nor in the unit's
+/// drop-in, nor through `systemctl show`, and `%` is no systemd specifier on the way. Nothing
+/// listens at that address in the lab, and nothing dials it: the images come from the archive.
+fn proxy_with_a_password_stays_root_only(lab: &Lab, file: &Path, cluster_file: &str) {
+    let url = "http://pikube:S3cr%40t@10.77.58.1:3128";
+    let env = "/etc/systemd/system/containerd.service.d/pikube-proxy.env";
+    let dropin = "/etc/systemd/system/containerd.service.d/pikube-proxy.conf";
+    std::fs::write(file, format!("{cluster_file}proxy:\n  http: {url}\n  https: {url}\n")).unwrap();
+    let out = lab.pikube(&["up", "-f", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("S3cr"), "the proxy password was printed:\n{}", text(&out));
+    for node in ["node1", "node2"] {
+        assert!(section(&stdout(&out), node).contains(&format!("[container runtime] create {env}")), "{}", text(&out));
+        lab.sh(node, "id prober >/dev/null 2>&1 || useradd -M prober");
+        let as_prober = |cmd: &str| lab.ssh(node, &format!("runuser -u prober -- {cmd}"));
+        assert!(!as_prober(&format!("cat {env}")).0, "{node}: another user reads the proxy password");
+        let (read, text) = as_prober(&format!("cat {dropin}"));
+        assert!(read && text.contains(&format!("EnvironmentFile={env}")) && !text.contains("S3cr"), "{node}: {text}");
+        let (asked, shown) = as_prober("systemctl show containerd -p Environment -p EnvironmentFiles");
+        assert!(asked && shown.contains(env) && !shown.contains("S3cr"), "{node}: systemctl show: {shown}");
+        assert_eq!(lab.sh(node, &format!("stat -c %a {env}")), "600");
+        // containerd runs with the URL as written.
+        let environ = lab.sh(
+            node,
+            "tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value containerd)/environ | grep -E '^HTTPS?_PROXY='",
+        );
+        assert_eq!(environ, format!("HTTP_PROXY={url}\nHTTPS_PROXY={url}"), "{node}");
+    }
+    // Without the proxy, its files go again, apt's too.
+    std::fs::write(file, cluster_file).unwrap();
+    let out = lab.pikube(&["up", "-f", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    for node in ["node1", "node2"] {
+        let report = section(&stdout(&out), node);
+        assert!(report.contains(&format!("remove {env} (no proxy in the cluster file)")), "{report}");
+        let (left, paths) = lab.ssh(node, &format!("ls {env} {dropin} /etc/apt/apt.conf.d/80pikube-proxy 2>/dev/null"));
+        assert!(!left && paths.is_empty(), "{node}: left {paths}");
+    }
 }

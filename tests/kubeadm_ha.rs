@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::{lab_kubernetes, section, stdout, text, wait_for, Lab, PROBE_POD};
@@ -129,26 +129,6 @@ fn calls_in_a_row_succeed(lab: &Lab, dir: &Path, n: usize) {
     }
 }
 
-/// The first server's card dies and comes back blank (`lab wipe`: the base image, a new SSH
-/// host key). The user trusts the new key after checking it against the one the lab made.
-fn wipe_and_trust(lab: &Lab, node: &str, address: &str) {
-    lab.lab("wipe", node);
-    let known_hosts = lab.dir().join("known_hosts");
-    let keygen = Command::new("ssh-keygen").args(["-R", address, "-f"]).arg(&known_hosts).output().unwrap();
-    assert!(keygen.status.success(), "{}", text(&keygen));
-    let mut scanned = String::new();
-    wait_for("the wiped node's sshd", Duration::from_secs(120), Duration::from_secs(2), || {
-        scanned = stdout(&lab.exec("ssh-keyscan", &["-t", "ed25519", address]));
-        (!scanned.trim().is_empty()).then_some(()).ok_or_else(String::new)
-    });
-    let made = std::fs::read_to_string(lab.dir().join(format!("nodes/{node}/ssh_host_ed25519_key.pub"))).unwrap();
-    let key = |l: &str, i: usize| l.split_whitespace().nth(i).map(String::from);
-    assert_eq!(scanned.lines().find_map(|l| key(l, 2)), made.lines().find_map(|l| key(l, 1)), "{scanned}");
-    let mut kh = std::fs::read_to_string(&known_hosts).unwrap();
-    kh.push_str(&format!("{}\n", scanned.trim()));
-    std::fs::write(&known_hosts, kh).unwrap();
-}
-
 /// Whether HAProxy on `lb` took `server` out of the API backend (its health checks failed)
 /// since `since` (seconds since the epoch, on the lab's clock).
 fn haproxy_marked_down(lab: &Lab, lb: &str, server: &str, since: &str) -> Result<(), String> {
@@ -231,7 +211,8 @@ fn kubeadm_ha_behind_haproxy_fails_over_and_replaces_the_first_server() {
     // Replacement: node1's disk is wiped. up must join it to the cluster the others hold
     // (never `kubeadm init` a second one), after removing its stale etcd member and Node.
     let old_id = members.iter().find(|(_, n)| n == "node1").map(|(id, _)| id.clone()).unwrap();
-    wipe_and_trust(&lab, "node1", "10.77.59.11");
+    lab.lab("wipe", "node1");
+    lab.trust_new_host_key("node1", "10.77.59.11");
     let report = up_ok(&lab, "up after node1 was wiped");
     let node1 = section(&report, "node1");
     assert!(node1.contains("[servers] kubeadm join --control-plane"), "{report}");

@@ -3,6 +3,7 @@
 //! Parsing keeps source positions ([`Spanned`]) for every value a validation rule may point at,
 //! so each error names `file:line:column` and says how to fix it.
 
+pub mod url;
 mod validate;
 
 pub(crate) use validate::{is_address, is_k3s_version};

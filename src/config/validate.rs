@@ -237,7 +237,9 @@ fn check_host_file_strings(spec: &ClusterFile, problem: &mut impl FnMut(serde_sa
         }
     }
     for (registry, mirrors) in &spec.registry_mirrors {
-        if let Some(flaw) = flaw(registry, is_unsafe) {
+        // The name becomes a directory (containerd's certs.d/<registry>/): only host[:port].
+        let flaw = flaw(registry, is_unsafe).or_else(|| (!is_registry(registry)).then(|| "is not host[:port]".into()));
+        if let Some(flaw) = flaw {
             problem(
                 mirrors.referenced,
                 format!("registry name {registry:?} {flaw}"),
@@ -468,6 +470,23 @@ fn is_hostname(s: &str) -> bool {
         })
 }
 
+/// A registry as image references name it: `*`, or a host name or IP with an optional port
+/// (`registry.lan:5000`, `[fd00::1]:5000`).
+fn is_registry(s: &str) -> bool {
+    if s == "*" {
+        return true;
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, Some(p)),
+        _ => (s, None),
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => is_address(host),
+    };
+    host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
+}
+
 fn is_mac(s: &str) -> bool {
     let parts: Vec<&str> = s.split([':', '-']).collect();
     parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -625,6 +644,17 @@ mod tests {
         assert!(taint_flaw("dedicated=edge:NoSchedule").is_none() && taint_flaw("a.io/k:NoExecute").is_none());
         for bad in ["dedicated=edge", "k=v:Sometimes", ":NoSchedule", "k=v v:NoSchedule", "=v:NoSchedule"] {
             assert!(taint_flaw(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn registry_names_are_host_and_port() {
+        for ok in ["*", "docker.io", "registry.lan:5000", "10.0.0.5:5000", "[fd00::1]:5000", "[fd00::1]", "ghcr.io"] {
+            assert!(is_registry(ok), "{ok}");
+        }
+        for bad in ["../../x", "..", "registry.lan/team", "registry.lan:0", "registry.lan:99999", "fd00::1", "a:b", ""]
+        {
+            assert!(!is_registry(bad), "{bad}");
         }
     }
 

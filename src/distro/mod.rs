@@ -70,12 +70,12 @@ pub async fn verify_release(fleet: &Fleet, api: &Host) {
 /// The release binaries for `arch`, verified (downloaded first unless `offline`).
 pub fn binaries(cluster: &Cluster, version: &str, arch: &Arch, offline: bool) -> Result<Vec<K3sBinary>, ArtifactError> {
     match cluster.distribution() {
-        Distribution::K3s => crate::artifacts::binary_for(cluster, version, arch, offline).map(|b| vec![b]),
+        Distribution::K3s => crate::artifacts::binary_for(cluster, version, arch, offline).map(|(b, _)| vec![b]),
         // An airgap directory is never downloaded into; the cache is filled when not offline.
         Distribution::Kubeadm if offline && cluster.spec.kubernetes.artifacts.is_none() => Ok(vec![]),
         Distribution::Kubeadm => kubeadm::artifacts::BINARIES
             .iter()
-            .map(|name| kubeadm::artifacts::binary(cluster, version, arch, name))
+            .map(|name| kubeadm::artifacts::binary(cluster, version, arch, name).map(|(b, _)| b))
             .collect(),
     }
 }

@@ -408,6 +408,20 @@ fn cluster_vars(tree: &Tree, out: &mut Imported) {
         }
     }
     version(out);
+    strip_credentials(out);
+}
+
+/// Proxy and mirror URLs lose their `user:password@`: a cluster file is meant to be committed
+/// (and an invalid one is printed). The var is listed, so the user knows to add them back.
+fn strip_credentials(out: &mut Imported) {
+    for key in ["proxy_url", "http_proxy", "https_proxy", "docker_registry_mirror_url"] {
+        let Some(v) = out.vars.get_mut(key) else { continue };
+        let Some(bare) = crate::config::url::without_userinfo(&v.value) else { continue };
+        v.value = bare;
+        let why = "its user:password@ was left out of the cluster file, which is meant to be shared; add them \
+                   to the URL in the cluster file yourself if the server needs them, and keep that file private";
+        out.unmapped.push(Unmapped { line: v.line, what: format!("credentials in var {key}"), why: why.into() });
+    }
 }
 
 /// `k3s_version` pins k3s; `k8s_version`/`kube_version` ask for kubeadm, which pikube does not install yet.

@@ -5,7 +5,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use miette::{IntoDiagnostic, Result, WrapErr};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Requests larger than this are not from apt; refusing them bounds memory per connection.
@@ -73,12 +73,14 @@ async fn connection(stream: TcpStream, root: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Reads one request head (up to the blank line); `None` when the client closed cleanly.
-async fn read_head(stream: &mut BufReader<TcpStream>) -> std::io::Result<Option<String>> {
+/// Reads one request head (up to the blank line); `None` when the client closed cleanly. No
+/// line is read past [`MAX_HEAD`]: a client sending no newline cannot make it grow.
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut BufReader<S>) -> std::io::Result<Option<String>> {
     let mut head = String::new();
     loop {
         let before = head.len();
-        if stream.read_line(&mut head).await? == 0 {
+        let room = (MAX_HEAD + 1 - head.len()) as u64;
+        if (&mut *stream).take(room).read_line(&mut head).await? == 0 {
             return Ok(None);
         }
         if head.len() > MAX_HEAD {
@@ -141,8 +143,33 @@ fn percent_decode(s: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::resolve;
+    use super::{read_head, resolve, MAX_HEAD};
     use std::path::Path;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    /// A client that sends an endless line and keeps the connection open: the head read stops
+    /// at the bound with an error instead of buffering what comes.
+    #[tokio::test]
+    async fn a_head_line_without_end_is_cut_at_the_bound() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let mut server = tokio::io::BufReader::new(server);
+        let writer = tokio::spawn(async move {
+            let mut client = client;
+            let _ = client.write_all(b"GET /").await;
+            let _ = client.write_all(&vec![b'a'; 4 * MAX_HEAD]).await;
+            // Held open: a read waiting for the line's end would wait forever.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let read = tokio::time::timeout(Duration::from_secs(5), read_head(&mut server)).await;
+        writer.abort();
+        let err = read.expect("the read stops at the bound").expect_err("too large");
+        assert_eq!(err.to_string(), "request head too large");
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(b"GET /debian/x HTTP/1.1\r\nHost: m\r\n\r\n").await.unwrap();
+        let head = read_head(&mut tokio::io::BufReader::new(server)).await.unwrap().unwrap();
+        assert!(head.starts_with("GET /debian/x HTTP/1.1\r\n") && head.ends_with("\r\n\r\n"), "{head}");
+    }
 
     #[test]
     fn resolves_inside_root_only() {

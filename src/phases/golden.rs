@@ -55,8 +55,11 @@ fn check(rendered: &[(&str, String)]) {
 /// pass forever while pinning nothing.
 #[test]
 fn every_golden_file_is_rendered() {
-    let mut rendered: Vec<&str> =
-        [k3s_files(), keepalived_files(), kubeadm_files()].iter().flatten().map(|(name, _)| *name).collect();
+    let mut rendered: Vec<&str> = [k3s_files(), keepalived_files(), kubeadm_files(), storage_files()]
+        .iter()
+        .flatten()
+        .map(|(name, _)| *name)
+        .collect();
     rendered.sort();
     let mut on_disk: Vec<String> = std::fs::read_dir(dir())
         .expect("tests/golden")
@@ -103,7 +106,7 @@ fn k3s_files() -> Vec<(&'static str, String)> {
 fn keepalived_files() -> Vec<(&'static str, String)> {
     let c = cluster("  version: v1.31.4+k3s1\n  endpoint: {mode: vip, address: 192.168.1.10}\n");
     let peers: Vec<String> = c.with_role(Role::Server).map(|h| h.address().to_string()).collect();
-    let conf = super::virtual_ip::keepalived_conf(&c, "rasp01", "eth0", 24, "192.168.1.101", &peers, 0, "golden");
+    let conf = super::virtual_ip::keepalived_conf(&c, "rasp01", "eth0", 24, "192.168.1.101", &peers, 0);
     vec![("keepalived.conf", conf)]
 }
 
@@ -130,7 +133,8 @@ fn kubeadm_files() -> Vec<(&'static str, String)> {
         ("containerd-config.toml", render::containerd_config("registry.k8s.io/pause:3.10.1", false)),
         ("containerd-config-restricted.toml", render::containerd_config("registry.k8s.io/pause:3.10.1", true)),
         ("containerd-hosts-docker.io.toml", render::registry_hosts(&c).remove(0).1),
-        ("containerd-proxy.conf", render::containerd_proxy(&c).expect("a proxy")),
+        ("containerd-proxy.conf", render::CONTAINERD_PROXY_DROPIN.to_string()),
+        ("containerd-proxy.env", render::containerd_proxy_env(&c).expect("a proxy")),
         ("kubelet.service", render::KUBELET_UNIT.to_string()),
         ("10-kubeadm.conf", render::KUBEADM_DROPIN.to_string()),
         ("crictl.yaml", render::CRICTL_YAML.to_string()),
@@ -140,6 +144,10 @@ fn kubeadm_files() -> Vec<(&'static str, String)> {
 
 #[test]
 fn storage_files_match_their_golden_files() {
+    check(&storage_files());
+}
+
+fn storage_files() -> Vec<(&'static str, String)> {
     use crate::config::{Distribution, Filesystem};
     use crate::storage::{self, render as disk};
     let text = "name: pi\nhosts:\n  - name: rasp01\n    address: 192.168.1.101\n    role: server\n    storage:\n      \
@@ -155,7 +163,7 @@ fn storage_files_match_their_golden_files() {
         let services = storage::Layout::of(distribution, role).services;
         services.iter().map(|(unit, needs)| format!("# {unit}.service.d\n{}", disk::service_dropin(needs))).collect()
     };
-    check(&[
+    vec![
         ("storage-disk-ext4.mount", disk::disk_unit(&s.device.value, uuid, Filesystem::Ext4)),
         ("storage-disk-xfs.mount", disk::disk_unit(&s.device.value, uuid, Filesystem::Xfs)),
         ("storage-bind-containerd.mount", disk::bind_unit(&containerd)),
@@ -165,5 +173,30 @@ fn storage_files_match_their_golden_files() {
         ("storage-dropins-k3s-server.conf", dropin(Distribution::K3s, Role::Server)),
         ("storage-lvm.sh", disk::lvm_script("/dev/sda", lvm, s.filesystem)),
         ("storage-lvm-thinpool.profile", disk::LVM_PROFILE_TEXT.to_string()),
-    ]);
+    ]
+}
+
+/// `%` starts a specifier in systemd unit files (a percent-encoded password would be mangled),
+/// and unit files are readable by every user: URLs go to the 0600 environment files only.
+#[test]
+fn urls_reach_environment_files_never_unit_files() {
+    let url = "http://svc:p%40ss%25w0rd@proxy.lan:3128";
+    let text = format!(
+        "name: pi\nkubernetes: {{distribution: kubeadm, version: v1.34.4}}\nproxy: {{http: \"{url}\", https: \"{url}\"}}\n\
+         hosts:\n  - {{name: rasp01, address: 192.168.1.101, role: server}}\n"
+    );
+    let c = Cluster::parse(Path::new("/nonexistent/cluster.yaml"), &text).expect("valid");
+    let units = [
+        k3s::unit(Role::Server),
+        k3s::unit(Role::Agent),
+        render::KUBELET_UNIT.to_string(),
+        render::KUBEADM_DROPIN.to_string(),
+        render::CONTAINERD_PROXY_DROPIN.to_string(),
+    ];
+    for unit in &units {
+        assert!(!unit.contains("proxy.lan") && !unit.contains("p%40ss"), "a URL in a unit file:\n{unit}");
+    }
+    for env in [k3s::env_file(&c), render::containerd_proxy_env(&c).expect("a proxy")] {
+        assert!(env.contains(&format!("\nHTTP_PROXY={url}\nHTTPS_PROXY={url}\n")), "{env}");
+    }
 }

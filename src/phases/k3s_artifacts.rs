@@ -30,9 +30,8 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
         for arch in arches {
             binaries.entry(arch.as_str().to_string()).or_insert_with(|| {
                 tokio::task::block_in_place(|| {
-                    let bin = artifacts::binary_for(&fleet.cluster, version, &arch, false)
+                    let (bin, bytes) = artifacts::binary_for(&fleet.cluster, version, &arch, false)
                         .map_err(|e| format!("k3s {version} for {}: {e}\n  hint: {}", arch.as_str(), e.hint()))?;
-                    let bytes = std::fs::read(&bin.path).map_err(|e| format!("{}: {e}", bin.path.display()))?;
                     Ok((bin, Arc::new(bytes)))
                 })
             });

@@ -6,6 +6,7 @@
 
 use futures::future::BoxFuture;
 
+use super::init_guard::InitCheck;
 use crate::config::{ApiEndpoint, EndpointMode, Role};
 use crate::fleet::{Fleet, Node};
 use crate::k3s::{self, Join};
@@ -22,6 +23,7 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
             }
         };
         let holders = holders(&servers).await;
+        let guard = InitCheck::of(fleet, servers.first().map_or("", |n| n.name()));
         let endpoint = fleet.cluster.endpoint();
         let several = servers.len() > 1;
         let mut blocked: Option<String> = None;
@@ -37,11 +39,16 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 node.fail(super::upgrade::held_back(fleet, node, why));
                 continue;
             }
-            let plan = plan(i, node.name(), node.spec.address(), &holders, &endpoint);
+            let plan = plan(i, node.name(), node.spec.address(), &holders, &endpoint, &guard);
             let join = match &plan {
                 Plan::Init => Join::Init { cluster_init: several },
                 Plan::Endpoint => Join::Via(&endpoint),
                 Plan::Direct(ep) => Join::Via(ep),
+                Plan::Refused(why) => {
+                    node.fail(why.clone());
+                    blocked = Some(format!("the first server {} did not initialise the cluster", node.name()));
+                    continue;
+                }
             };
             let result = async {
                 let target = if let Join::Via(ep) = &join { Some(*ep) } else { None };
@@ -53,6 +60,9 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 let token = if plan == Plan::Init { token.clone() } else { k3s::join_token(fleet, &token).await? };
                 let upgrade = super::upgrade::restarts_onto_new_binary(node, host).await?;
                 let started = converge_node(fleet, node, host, &token, join, upgrade).await?;
+                if plan == Plan::Init && fleet.mode == Mode::Apply {
+                    k3s::keep_token(fleet, &token)?;
+                }
                 if started && fleet.mode == Mode::Apply {
                     let wait = format!("waiting until Ready (up to {}s)", fleet.ready_timeout.as_secs());
                     crate::progress::step(node.name(), &wait);
@@ -76,16 +86,6 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
             }
         }
     })
-}
-
-/// Removes the file at `path` when there is one; returns whether it did.
-async fn remove_file(host: &Host, path: &str) -> Result<bool, crate::remote::RemoteError> {
-    if host.file_state(path).await?.sha256.is_empty() {
-        return Ok(false);
-    }
-    host.apply(format!("remove {path} (no registry mirrors in the cluster file)"), &Cmd::change("rm", &["-f", path]))
-        .await?;
-    Ok(true)
 }
 
 /// A healthy server whose data dir holds the cluster (a replaced or wiped one does not).
@@ -116,20 +116,26 @@ enum Plan {
     Endpoint,
     /// Join a server holding the cluster directly: the endpoint could route back to itself.
     Direct(ApiEndpoint),
+    /// It would have to initialise, but the cluster may exist (see `init_guard`): why not.
+    Refused(String),
 }
 
 /// Only a server holding the cluster, or the first one when none does, initialises: a first
 /// server with an empty disk joins, else it would start a second cluster. One that once
 /// joined keeps its `server:` (k3s ignores it with data; no restart). A joining first server
 /// goes straight to a holder when the endpoint could route back to itself (mode none pointing
-/// at it, or a VIP); the others join through the endpoint, as always.
-fn plan(i: usize, name: &str, address: &str, holders: &[Holder], endpoint: &ApiEndpoint) -> Plan {
+/// at it, or a VIP); the others join through the endpoint, as always. A first server that
+/// would start a new cluster does so only when `guard` allows it.
+fn plan(i: usize, name: &str, address: &str, holders: &[Holder], endpoint: &ApiEndpoint, guard: &InitCheck) -> Plan {
     let initialised = holders.iter().any(|h| h.name == name && !h.data.joined);
     if i > 0 {
         return Plan::Endpoint;
     }
-    if holders.is_empty() || initialised {
+    if initialised {
         return Plan::Init;
+    }
+    if holders.is_empty() {
+        return guard.refusal().map_or(Plan::Init, Plan::Refused);
     }
     let own = match endpoint.mode {
         EndpointMode::None => endpoint.address == address,
@@ -193,7 +199,9 @@ pub async fn converge_node(
     match k3s::registries(&fleet.cluster) {
         Some(r) => changed |= host.ensure_file(k3s::REGISTRIES, r.as_bytes(), Some(0o600)).await.map_err(e)?,
         // Mirrors removed from the cluster file: a registries.yaml left behind would keep them.
-        None => changed |= remove_file(host, k3s::REGISTRIES).await.map_err(e)?,
+        None => {
+            changed |= host.remove_file(k3s::REGISTRIES, "no registry mirrors in the cluster file").await.map_err(e)?
+        }
     }
     changed |= host
         .ensure_file(&k3s::env_path(role), k3s::env_file(&fleet.cluster).as_bytes(), Some(0o600))
@@ -240,30 +248,32 @@ mod tests {
 
     #[test]
     fn only_a_holder_or_the_first_server_of_a_new_cluster_initialises() {
+        let free = InitCheck::default();
         let lb = ep(EndpointMode::Loadbalancer, "10.0.0.4");
         // A new cluster: the first server initialises, the others join.
-        assert_eq!(plan(0, "n1", "10.0.0.1", &[], &lb), Plan::Init);
-        assert_eq!(plan(1, "n2", "10.0.0.2", &[], &lb), Plan::Endpoint);
+        assert_eq!(plan(0, "n1", "10.0.0.1", &[], &lb, &free), Plan::Init);
+        assert_eq!(plan(1, "n2", "10.0.0.2", &[], &lb, &free), Plan::Endpoint);
         // The first server made the cluster and still holds it: unchanged.
         let all = [holder("n1", "10.0.0.1", NEW), holder("n2", "10.0.0.2", JOINED)];
-        assert_eq!(plan(0, "n1", "10.0.0.1", &all, &lb), Plan::Init);
-        assert_eq!(plan(1, "n2", "10.0.0.2", &all, &lb), Plan::Endpoint);
+        assert_eq!(plan(0, "n1", "10.0.0.1", &all, &lb, &free), Plan::Init);
+        assert_eq!(plan(1, "n2", "10.0.0.2", &all, &lb, &free), Plan::Endpoint);
         // Replaced first server: the others hold the cluster, it joins through the LB ...
         let others = [holder("n2", "10.0.0.2", JOINED), holder("n3", "10.0.0.3", JOINED)];
-        assert_eq!(plan(0, "n1", "10.0.0.1", &others, &lb), Plan::Endpoint);
+        assert_eq!(plan(0, "n1", "10.0.0.1", &others, &lb, &free), Plan::Endpoint);
         // ... and once it holds data as a joiner, it stays one.
         let rejoined = [holder("n1", "10.0.0.1", JOINED), holder("n2", "10.0.0.2", JOINED)];
-        assert_eq!(plan(0, "n1", "10.0.0.1", &rejoined, &lb), Plan::Endpoint);
+        assert_eq!(plan(0, "n1", "10.0.0.1", &rejoined, &lb, &free), Plan::Endpoint);
     }
 
     #[test]
     fn a_replaced_first_server_never_joins_through_itself() {
+        let free = InitCheck::default();
         let others = [holder("n2", "10.0.0.2", JOINED), holder("n3", "10.0.0.3", JOINED)];
         let direct =
             |port| Plan::Direct(ApiEndpoint { mode: EndpointMode::None, address: "10.0.0.2".into(), port, vip: None });
         // mode none: the endpoint is the first server's own address.
-        assert_eq!(plan(0, "n1", "10.0.0.1", &others, &ep(EndpointMode::None, "10.0.0.1")), direct(6443));
-        assert_eq!(plan(0, "n1", "10.0.0.1", &others, &ep(EndpointMode::None, "10.0.0.9")), Plan::Endpoint);
+        assert_eq!(plan(0, "n1", "10.0.0.1", &others, &ep(EndpointMode::None, "10.0.0.1"), &free), direct(6443));
+        assert_eq!(plan(0, "n1", "10.0.0.1", &others, &ep(EndpointMode::None, "10.0.0.9"), &free), Plan::Endpoint);
         // vip on the servers: it may hold the address; servers listen on the endpoint port.
         let vip = ApiEndpoint {
             mode: EndpointMode::Vip,
@@ -271,6 +281,27 @@ mod tests {
             port: 7443,
             vip: Some("10.0.0.10".into()),
         };
-        assert_eq!(plan(0, "n1", "10.0.0.1", &others, &vip), direct(7443));
+        assert_eq!(plan(0, "n1", "10.0.0.1", &others, &vip, &free), direct(7443));
+    }
+
+    #[test]
+    fn a_wiped_first_server_does_not_initialise_while_other_servers_are_unreachable() {
+        let lb = ep(EndpointMode::Loadbalancer, "10.0.0.4");
+        let guard = |new_cluster| InitCheck {
+            first: "n1",
+            unavailable: vec![("n2", "cannot reach n2".into()), ("n3", "cannot reach n3".into())],
+            made_before: vec![],
+            new_cluster,
+        };
+        // n2 and n3 did not answer: no holder is known, but they may hold the cluster.
+        let Plan::Refused(why) = plan(0, "n1", "10.0.0.1", &[], &lb, &guard(false)) else { panic!("not refused") };
+        assert!(why.contains("bring n2, n3 back"), "{why}");
+        assert_eq!(plan(0, "n1", "10.0.0.1", &[], &lb, &guard(true)), Plan::Init, "--new-cluster");
+        // A first server that initialised the cluster and holds it restarts on its data.
+        let own = [holder("n1", "10.0.0.1", NEW)];
+        assert_eq!(plan(0, "n1", "10.0.0.1", &own, &lb, &guard(false)), Plan::Init);
+        // Traces of the cluster on this machine stop it just the same.
+        let traced = InitCheck { first: "n1", made_before: vec!["build/lab-config.yml".into()], ..Default::default() };
+        assert!(matches!(plan(0, "n1", "10.0.0.1", &[], &lb, &traced), Plan::Refused(_)));
     }
 }

@@ -5,6 +5,7 @@
 mod cluster_hooks;
 #[cfg(test)]
 mod golden;
+pub(crate) mod init_guard;
 pub(crate) mod k3s_agents;
 pub(crate) mod k3s_artifacts;
 pub(crate) mod k3s_servers;

@@ -130,9 +130,16 @@ async fn configure_apt(cluster: &Cluster, host: &Host, f: &HostFacts) -> Result<
         .as_ref()
         .map(|p| p.value.clone())
         .or_else(|| cluster.spec.proxy.as_ref().and_then(|p| p.http.as_ref()).map(|p| p.value.clone()));
-    if let Some(p) = proxy {
-        let (content, mode) = apt_proxy_file(&p);
-        ensure_file(host, f, APT_PROXY_FILE, content.as_bytes(), Some(mode)).await?;
+    match proxy {
+        Some(p) => {
+            let (content, mode) = apt_proxy_file(&p);
+            ensure_file(host, f, APT_PROXY_FILE, content.as_bytes(), Some(mode)).await?;
+        }
+        // A proxy taken out of the cluster file leaves apt (and its password) too.
+        None if f.files.get(APT_PROXY_FILE).is_some_and(|s| !s.sha256.is_empty()) => {
+            host.remove_file(APT_PROXY_FILE, "no proxy in the cluster file").await?;
+        }
+        None => {}
     }
     let Some(mirror) = &pk.mirror else { return Ok(()) };
     let components: Vec<&str> = pk.components.iter().map(|c| c.value.as_str()).collect();
@@ -163,8 +170,7 @@ async fn configure_apt(cluster: &Cluster, host: &Host, f: &HostFacts) -> Result<
 /// (`http://user:password@proxy:3128`), else 0644 so apt run by other users reads it
 /// without a warning. Validation keeps quotes and newlines out of the URL.
 fn apt_proxy_file(url: &str) -> (String, u32) {
-    let authority = url.split_once("://").map_or(url, |(_, rest)| rest).split('/').next().unwrap_or("");
-    let mode = if authority.contains('@') { 0o600 } else { 0o644 };
+    let mode = if crate::config::url::without_userinfo(url).is_some() { 0o600 } else { 0o644 };
     (format!("Acquire::http::Proxy \"{url}\";\n"), mode)
 }
 

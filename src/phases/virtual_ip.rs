@@ -7,7 +7,6 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Cluster, EndpointMode, Role};
 use crate::fleet::{Fleet, Node};
-use crate::k3s;
 use crate::remote::Host;
 
 use super::load_balancer::{ensure_running, install_package};
@@ -27,17 +26,6 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
         let Some(role) = holders(&fleet.cluster) else { return };
         let peers: Vec<String> = fleet.cluster.with_role(role).map(|h| h.address().to_string()).collect();
         let peers = &peers;
-        // The VRRP password is derived from the join token, so it is secret and stable.
-        let token = match k3s::token(fleet).await {
-            Ok(t) => t,
-            Err(e) => {
-                for n in fleet.nodes.iter().filter(|n| n.role() == role) {
-                    n.fail(format!("cannot get the cluster token: {e}"));
-                }
-                return;
-            }
-        };
-        let token = &token;
         fleet
             .each(move |node: &'a Node, host: &'a Host| async move {
                 if node.role() != role {
@@ -49,8 +37,7 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                     format!("no interface holds {me}; the VIP needs the host's own IPv4 address as `address:`")
                 })?;
                 let index = peers.iter().position(|p| p == me).unwrap_or(0);
-                let conf =
-                    keepalived_conf(&fleet.cluster, node.name(), &iface.iface, iface.prefix, me, peers, index, token);
+                let conf = keepalived_conf(&fleet.cluster, node.name(), &iface.iface, iface.prefix, me, peers, index);
                 let installed = facts.packages.iter().any(|p| p == "keepalived");
                 if !installed {
                     install_package(host, "keepalived").await?;
@@ -70,7 +57,6 @@ pub fn run<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(super) fn keepalived_conf(
     cluster: &Cluster,
     name: &str,
@@ -79,18 +65,15 @@ pub(super) fn keepalived_conf(
     me: &str,
     peers: &[String],
     index: usize,
-    token: &str,
 ) -> String {
     let ep = cluster.endpoint();
     let vip = ep.vip.unwrap_or_default();
-    let digest = Sha256::digest(format!("pikube-vrrp:{token}"));
-    let pass = hex::encode(&digest[..4]);
     // Clusters on one LAN must not share a VRRP router id; derive it from the name.
     let router_id = 1 + (Sha256::digest(cluster.name().as_bytes())[0] as u16 % 254);
     let priority = 150 - 10 * index.min(10);
-    let unicast: String = peers.iter().filter(|p| *p != me).map(|p| format!("        {p}\n")).collect();
+    let unicast: String = peers.iter().filter(|p| *p != me).map(|p| format!("        {p} min_ttl 255\n")).collect();
     format!(
-        "# Written by pikube: API virtual IP {vip} for cluster {cluster}. Holds a secret (mode 0600).\n\
+        "# Written by pikube: API virtual IP {vip} for cluster {cluster}.\n\
          global_defs {{\n\
          \x20   router_id {name}\n\
          \x20   script_user root\n\
@@ -111,13 +94,12 @@ pub(super) fn keepalived_conf(
          \x20   virtual_router_id {router_id}\n\
          \x20   priority {priority}\n\
          \x20   advert_int 1\n\
-         \x20   # Unicast: works on networks that drop multicast (many Wi-Fi access points).\n\
+         \x20   # Unicast: works on networks that drop multicast (many Wi-Fi access points). Adverts\n\
+         \x20   # count only from the peers below, sent on this link (TTL 255; a router lowers it).\n\
+         \x20   # VRRP has no authentication worth the name: a password would travel in clear.\n\
          \x20   unicast_src_ip {me}\n\
+         \x20   check_unicast_src\n\
          \x20   unicast_peer {{\n{unicast}    }}\n\
-         \x20   authentication {{\n\
-         \x20       auth_type PASS\n\
-         \x20       auth_pass {pass}\n\
-         \x20   }}\n\
          \x20   virtual_ipaddress {{\n\
          \x20       {vip}/{prefix} dev {iface}\n\
          \x20   }}\n\

@@ -130,6 +130,27 @@ impl Lab {
         let out = Command::new(BIN).args(["lab", verb, "--name", &self.name, node]).output().expect("run lab verb");
         assert!(out.status.success(), "lab {verb} {node} failed:\n{}", text(&out));
     }
+
+    /// After `lab wipe` (a new card, a new SSH host key): the user drops the old key from
+    /// known_hosts and trusts the new one after checking it against the key the lab made (what
+    /// `lab wipe` prints, as a user reads it off the new card).
+    pub fn trust_new_host_key(&self, node: &str, address: &str) {
+        let known_hosts = self.dir().join("known_hosts");
+        let keygen = Command::new("ssh-keygen").args(["-R", address, "-f"]).arg(&known_hosts).output().unwrap();
+        assert!(keygen.status.success(), "{}", text(&keygen));
+        let mut scanned = String::new();
+        let (timeout, every) = (std::time::Duration::from_secs(120), std::time::Duration::from_secs(2));
+        wait_for("the wiped node's sshd", timeout, every, || {
+            scanned = stdout(&self.exec("ssh-keyscan", &["-t", "ed25519", address]));
+            (!scanned.trim().is_empty()).then_some(()).ok_or_else(String::new)
+        });
+        let made = std::fs::read_to_string(self.dir().join(format!("nodes/{node}/ssh_host_ed25519_key.pub"))).unwrap();
+        let key = |l: &str, i: usize| l.split_whitespace().nth(i).map(String::from);
+        assert_eq!(scanned.lines().find_map(|l| key(l, 2)), made.lines().find_map(|l| key(l, 1)), "{scanned}");
+        let mut kh = std::fs::read_to_string(&known_hosts).unwrap();
+        kh.push_str(&format!("{}\n", scanned.trim()));
+        std::fs::write(&known_hosts, kh).unwrap();
+    }
 }
 
 impl Drop for Lab {

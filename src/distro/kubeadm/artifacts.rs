@@ -6,14 +6,17 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::artifacts::{download, sha256_file, ArtifactError, K3sBinary};
+use crate::artifacts::{download, read_checked, ArtifactError, K3sBinary};
 use crate::config::Cluster;
 use crate::facts::Arch;
 
 pub const DEFAULT_DOWNLOAD_URL: &str = "https://dl.k8s.io/release";
-/// The flannel release whose manifest is applied when the airgap directory has none.
+/// The flannel manifest applied when the airgap directory has none: flannel v0.28.10's as
+/// tagged, and its sha256. The Go module of that tag holds the same bytes, and `go mod download`
+/// checks those against the Go checksum database: that is where the pin was taken from.
 pub const FLANNEL_MANIFEST_URL: &str =
-    "https://github.com/flannel-io/flannel/releases/download/v0.28.10/kube-flannel.yml";
+    "https://raw.githubusercontent.com/flannel-io/flannel/v0.28.10/Documentation/kube-flannel.yml";
+pub const FLANNEL_MANIFEST_SHA256: &str = "944a3c1f925f117727a1b7272a323c80965da642498397ec7e6ea9bef0f9e6c5";
 pub const BINARIES: [&str; 3] = ["kubeadm", "kubelet", "kubectl"];
 
 /// Upstream's architecture names.
@@ -39,8 +42,14 @@ fn base_url(cluster: &Cluster) -> String {
     url.trim_end_matches('/').to_string()
 }
 
-/// Finds (downloading when needed) and verifies one binary for `arch`.
-pub fn binary(cluster: &Cluster, version: &str, arch: &Arch, name: &str) -> Result<K3sBinary, ArtifactError> {
+/// Finds (downloading when needed) and verifies one binary for `arch`; with its bytes, read
+/// once: what is pushed is what was checked.
+pub fn binary(
+    cluster: &Cluster,
+    version: &str,
+    arch: &Arch,
+    name: &str,
+) -> Result<(K3sBinary, Vec<u8>), ArtifactError> {
     let arch = arch_name(arch)?;
     let (dir, airgap) = release_dir(cluster, version);
     let rel = format!("bin/linux/{arch}/{name}");
@@ -65,18 +74,14 @@ pub fn binary(cluster: &Cluster, version: &str, arch: &Arch, name: &str) -> Resu
 }
 
 /// Upstream's `.sha256` files hold the hex digest alone (sha256sum's format is accepted too).
-fn verify(path: &Path, sums: &Path) -> Result<K3sBinary, ArtifactError> {
+fn verify(path: &Path, sums: &Path) -> Result<(K3sBinary, Vec<u8>), ArtifactError> {
     let text = std::fs::read_to_string(sums).map_err(|e| ArtifactError::Io(format!("{}: {e}", sums.display())))?;
     let want = text.split_whitespace().next().unwrap_or("").to_ascii_lowercase();
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
     if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ArtifactError::NotListed { sums: sums.to_path_buf(), name });
     }
-    let (got, size) = sha256_file(path)?;
-    if got != want {
-        return Err(ArtifactError::Mismatch { binary: path.to_path_buf(), sums: sums.to_path_buf(), got, want });
-    }
-    Ok(K3sBinary { path: path.to_path_buf(), sha256: got, size })
+    read_checked(path, sums, &want)
 }
 
 /// The image archive for `arch` in the airgap directory, when there is one.
@@ -86,8 +91,11 @@ pub fn image_archive(cluster: &Cluster, version: &str, arch: &Arch) -> Option<Pa
     (airgap && path.is_file()).then_some(path)
 }
 
-/// The flannel manifest: the airgap directory's, or the pinned release's, downloaded once.
-pub fn flannel_manifest(cluster: &Cluster, version: &str) -> Result<PathBuf, ArtifactError> {
+/// The flannel manifest, applied with cluster-admin rights, so checked first: the airgap
+/// directory's or the pinned release's (downloaded once), as [`FLANNEL_MANIFEST_SHA256`] pins
+/// it. An airgap manifest changed on purpose passes only with its own sha256 in
+/// `kube-flannel.yml.sha256` next to it, as the release binaries have theirs.
+pub fn flannel_manifest(cluster: &Cluster, version: &str) -> Result<Vec<u8>, ArtifactError> {
     let (dir, airgap) = release_dir(cluster, version);
     let path = dir.join("cni/kube-flannel.yml");
     if !path.exists() {
@@ -99,7 +107,29 @@ pub fn flannel_manifest(cluster: &Cluster, version: &str) -> Result<PathBuf, Art
         }
         download(FLANNEL_MANIFEST_URL, &path)?;
     }
-    Ok(path)
+    let own = dir.join("cni/kube-flannel.yml.sha256");
+    let want = match std::fs::read_to_string(&own) {
+        Ok(text) if airgap => text.split_whitespace().next().unwrap_or("").to_ascii_lowercase(),
+        _ => FLANNEL_MANIFEST_SHA256.to_string(),
+    };
+    let (_, bytes) = read_checked(&path, &own, &want).map_err(|e| match e {
+        ArtifactError::Mismatch { binary, got, want, .. } => ArtifactError::Unpinned {
+            hint: if airgap {
+                format!(
+                    "put flannel's own manifest there (sha256 {FLANNEL_MANIFEST_SHA256}, {FLANNEL_MANIFEST_URL}); \
+                     for one you changed on purpose, write its sha256 into {}",
+                    own.display()
+                )
+            } else {
+                format!("delete {} and run again to download it anew", binary.display())
+            },
+            path: binary,
+            got,
+            want,
+        },
+        other => other,
+    })?;
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -107,15 +137,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_flannel_manifest_applied_is_the_pinned_one_or_vouched_for() {
+        let root = std::env::temp_dir().join(format!("pikube-flannel-pin-{}", std::process::id()));
+        let cni = root.join("v1.34.4/cni");
+        std::fs::create_dir_all(&cni).unwrap();
+        let yaml = format!(
+            "name: t\nkubernetes: {{distribution: kubeadm, version: v1.34.4, artifacts: {}}}\n\
+             hosts:\n  - {{name: n1, address: 10.0.0.1, role: server}}\n",
+            root.display()
+        );
+        let cluster = Cluster::parse(&root.join("cluster.yaml"), &yaml).unwrap();
+        let manifest = b"kind: ClusterRoleBinding # not flannel's\n";
+        std::fs::write(cni.join("kube-flannel.yml"), manifest).unwrap();
+        assert!(flannel_manifest(&cluster, "v1.34.4").is_err(), "an unpinned manifest was accepted");
+        let Err(ArtifactError::Unpinned { want, hint, .. }) = flannel_manifest(&cluster, "v1.34.4") else {
+            panic!("not refused as unpinned")
+        };
+        assert_eq!(want, FLANNEL_MANIFEST_SHA256);
+        assert!(hint.contains("kube-flannel.yml.sha256"), "{hint}");
+        // The operator's own manifest, its sha256 next to it: taken as it is.
+        let sum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(manifest));
+        std::fs::write(cni.join("kube-flannel.yml.sha256"), format!("{sum}  kube-flannel.yml\n")).unwrap();
+        assert_eq!(flannel_manifest(&cluster, "v1.34.4").unwrap(), manifest);
+        std::fs::write(cni.join("kube-flannel.yml"), b"kind: ClusterRoleBinding # changed since\n").unwrap();
+        assert!(matches!(flannel_manifest(&cluster, "v1.34.4"), Err(ArtifactError::Unpinned { .. })));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn checksums_are_upstream_sha256_files() {
         let dir = std::env::temp_dir().join(format!("pikube-kadm-sums-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (bin, sums) = (dir.join("kubeadm"), dir.join("kubeadm.sha256"));
         std::fs::write(&bin, b"kubeadm").unwrap();
-        let sum = crate::artifacts::sha256_file(&bin).unwrap().0;
+        let sum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"kubeadm"));
         for good in [sum.clone(), format!("{sum}  kubeadm\n"), sum.to_ascii_uppercase()] {
             std::fs::write(&sums, good).unwrap();
-            assert_eq!(verify(&bin, &sums).unwrap().sha256, sum);
+            assert_eq!(verify(&bin, &sums).unwrap().0.sha256, sum);
         }
         std::fs::write(&sums, "a".repeat(64)).unwrap();
         assert!(matches!(verify(&bin, &sums), Err(ArtifactError::Mismatch { .. })));

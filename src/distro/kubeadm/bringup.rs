@@ -15,6 +15,7 @@ use super::{artifacts, etcd};
 use super::{ADMIN_CONF, KUBECTL};
 use crate::config::{Cni, Role};
 use crate::fleet::{Fleet, Node};
+use crate::phases::init_guard::InitCheck;
 use crate::remote::{quote, Cmd, Host, Mode, RemoteError};
 
 const KUBEADM: &str = "/usr/local/bin/kubeadm";
@@ -53,6 +54,7 @@ pub fn servers<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
             };
             states.push(state);
         }
+        let guard = InitCheck::of(fleet, servers.first().map_or("", |n| n.name()));
         let holding: Vec<&Node> =
             servers.iter().zip(&states).filter(|(n, s)| s.control_plane && n.ok()).map(|(n, _)| *n).collect();
         super::teardown::refuse_removed(fleet, &holding).await;
@@ -77,14 +79,15 @@ pub fn servers<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
                 node.fail(crate::phases::upgrade::held_back(fleet, node, why));
                 continue;
             }
-            let result = match (state.control_plane, api) {
-                (true, _) => match super::upgrade::server(fleet, node, host, &mut release).await {
+            let result = match step(*state, api, &guard) {
+                Step::Converge => match super::upgrade::server(fleet, node, host, &mut release).await {
                     Ok(true) => Ok(()),
                     Ok(false) => keep_running(fleet, node, host).await,
                     Err(e) => Err(e),
                 },
-                (false, Some(api)) => rejoin(fleet, node, host, api).await,
-                (false, None) => init(fleet, node, host).await,
+                Step::Rejoin(api) => rejoin(fleet, node, host, api).await,
+                Step::Init => init(fleet, node, host).await,
+                Step::Refused(why) => Err(why),
             };
             match result {
                 Ok(()) if api.is_none() => api = Some(host),
@@ -101,6 +104,27 @@ pub fn servers<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
             }
         }
     })
+}
+
+/// What a server does, from its disk and whether a control plane already runs elsewhere.
+#[derive(Debug, PartialEq)]
+enum Step<A> {
+    /// It runs a control plane: upgrade or keep it running.
+    Converge,
+    /// Join the control plane `A` runs (a wiped server's old entries go first).
+    Rejoin(A),
+    /// `kubeadm init`: a new cluster.
+    Init,
+    /// It would have to initialise, but the cluster may exist (see `init_guard`): why not.
+    Refused(String),
+}
+
+fn step<A>(state: NodeState, api: Option<A>, guard: &InitCheck) -> Step<A> {
+    match (state.control_plane, api) {
+        (true, _) => Step::Converge,
+        (false, Some(api)) => Step::Rejoin(api),
+        (false, None) => guard.refusal().map_or(Step::Init, Step::Refused),
+    }
 }
 
 /// A node that already belongs to the cluster: kubelet must run (and start at boot).
@@ -292,9 +316,8 @@ pub fn pod_network<'a>(fleet: &'a Fleet) -> BoxFuture<'a, ()> {
 }
 
 async fn apply_flannel(fleet: &Fleet, host: &Host, version: &str) -> Result<(), String> {
-    let path = tokio::task::block_in_place(|| artifacts::flannel_manifest(&fleet.cluster, version))
+    let manifest = tokio::task::block_in_place(|| artifacts::flannel_manifest(&fleet.cluster, version))
         .map_err(|e| format!("flannel: {e}\n  hint: {}", e.hint()))?;
-    let manifest = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let changed = host.ensure_file(FLANNEL, &manifest, Some(0o644)).await.map_err(|e| e.to_string())?;
     if !changed {
         let probe = Cmd::read_script(format!("{KUBECTL} -n kube-flannel get daemonset kube-flannel-ds -o name"));
@@ -367,6 +390,28 @@ async fn join_agents<'a>(fleet: &'a Fleet) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wiped_first_server_initialises_only_when_no_server_may_hold_the_cluster() {
+        let (wiped, running) = (NodeState::default(), NodeState { joined: true, control_plane: true });
+        let free = InitCheck { first: "n1", ..Default::default() };
+        assert_eq!(step::<&str>(wiped, None, &free), Step::Init, "a new cluster");
+        assert_eq!(step(wiped, Some("n2"), &free), Step::Rejoin("n2"), "the others run it: join");
+        assert_eq!(step::<&str>(running, None, &free), Step::Converge);
+        let unreachable = |new_cluster| InitCheck {
+            first: "n1",
+            unavailable: vec![("n2", "cannot reach n2".into()), ("n3", "cannot reach n3".into())],
+            made_before: vec![],
+            new_cluster,
+        };
+        let Step::Refused(why) = step::<&str>(wiped, None, &unreachable(false)) else { panic!("not refused") };
+        assert!(why.contains("n2 did not answer") && why.contains("--new-cluster"), "{why}");
+        assert_eq!(step::<&str>(wiped, None, &unreachable(true)), Step::Init, "--new-cluster");
+        // A reachable server running the control plane still takes the wiped one back.
+        assert_eq!(step(wiped, Some("n2"), &unreachable(false)), Step::Rejoin("n2"));
+        let traced = InitCheck { first: "n1", made_before: vec!["build/lab-config.yml".into()], ..Default::default() };
+        assert!(matches!(step::<&str>(wiped, None, &traced), Step::Refused(_)));
+    }
 
     #[test]
     fn the_join_command_gives_token_and_ca_hash() {

@@ -75,9 +75,8 @@ fn read_binaries(cluster: &crate::config::Cluster, version: &str, arch: &crate::
     artifacts::BINARIES
         .iter()
         .map(|name| {
-            let bin = artifacts::binary(cluster, version, arch, name)
+            let (bin, bytes) = artifacts::binary(cluster, version, arch, name)
                 .map_err(|e| format!("{name} {version} for {}: {e}\n  hint: {}", arch.as_str(), e.hint()))?;
-            let bytes = std::fs::read(&bin.path).map_err(|e| format!("{}: {e}", bin.path.display()))?;
             Ok((*name, bin, Arc::new(bytes)))
         })
         .collect()
@@ -160,4 +159,51 @@ async fn check_version(host: &Host, version: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    use std::time::Duration;
+
+    use sha2::{Digest, Sha256};
+
+    /// What is pushed must be what was verified: the binary is read once, and its checksum is
+    /// of those bytes. Here kubeadm is a FIFO that gives its bytes to one reader only: a second
+    /// read (one that could see a file swapped after the check) would wait forever.
+    #[test]
+    fn the_binary_is_read_once_so_the_pushed_bytes_are_the_verified_ones() {
+        let root = std::env::temp_dir().join(format!("pikube-kadm-once-{}", std::process::id()));
+        let bin = root.join("v1.34.4/bin/linux/amd64");
+        std::fs::create_dir_all(&bin).unwrap();
+        let genuine = b"genuine kubeadm".to_vec();
+        for name in ["kubeadm", "kubelet", "kubectl"] {
+            std::fs::write(bin.join(format!("{name}.sha256")), hex::encode(Sha256::digest(&genuine))).unwrap();
+            if name != "kubeadm" {
+                std::fs::write(bin.join(name), &genuine).unwrap();
+            }
+        }
+        let fifo = std::ffi::CString::new(bin.join("kubeadm").as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo on a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let (path, bytes) = (bin.join("kubeadm"), genuine.clone());
+        std::thread::spawn(move || std::fs::OpenOptions::new().write(true).open(&path)?.write_all(&bytes));
+        let yaml = format!(
+            "name: t\nkubernetes: {{distribution: kubeadm, version: v1.34.4, artifacts: {}}}\n\
+             hosts:\n  - {{name: n1, address: 10.0.0.1, role: server}}\n",
+            root.display()
+        );
+        let cluster = crate::config::Cluster::parse(&root.join("cluster.yaml"), &yaml).unwrap();
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(super::read_binaries(&cluster, "v1.34.4", &crate::facts::Arch::X86_64));
+        });
+        let loaded = result.recv_timeout(Duration::from_secs(20)).expect("kubeadm was read again after its check");
+        std::fs::remove_dir_all(&root).unwrap();
+        let binaries = loaded.unwrap();
+        let (_, checked, pushed) = binaries.iter().find(|(n, _, _)| *n == "kubeadm").unwrap();
+        assert_eq!(**pushed, genuine);
+        assert_eq!(hex::encode(Sha256::digest(pushed.as_slice())), checked.sha256);
+    }
 }

@@ -104,14 +104,23 @@ pub fn registry_hosts(cluster: &Cluster) -> Vec<(String, String)> {
     out
 }
 
-/// A systemd drop-in giving containerd the cluster file's proxy; None without one. Cluster
+/// containerd's proxy settings, read through [`CONTAINERD_PROXY_DROPIN`]: mode 0600, as a proxy
+/// URL may carry a password (`Environment=` lines would be readable by every user, also through
+/// `systemctl show`, and would take a `%` of a percent-encoded password as a specifier).
+pub const CONTAINERD_PROXY_ENV: &str = "/etc/systemd/system/containerd.service.d/pikube-proxy.env";
+pub const CONTAINERD_PROXY_DROPIN: &str = "# Written by pikube (proxy of the cluster file).
+[Service]
+EnvironmentFile=/etc/systemd/system/containerd.service.d/pikube-proxy.env
+";
+
+/// The environment file giving containerd the cluster file's proxy; None without one. Cluster
 /// traffic (hosts, endpoint, pod and service networks) bypasses it.
-pub fn containerd_proxy(cluster: &Cluster) -> Option<String> {
+pub fn containerd_proxy_env(cluster: &Cluster) -> Option<String> {
     let p = cluster.spec.proxy.as_ref()?;
-    let mut out = String::from("# Written by pikube (proxy of the cluster file).\n[Service]\n");
+    let mut out = String::from("# Written by pikube (proxy of the cluster file).\n");
     for (k, v) in [("HTTP_PROXY", &p.http), ("HTTPS_PROXY", &p.https)] {
         if let Some(v) = v {
-            let _ = writeln!(out, "Environment=\"{k}={}\"", v.value);
+            let _ = writeln!(out, "{k}={}", v.value);
         }
     }
     let mut no_proxy: Vec<String> =
@@ -121,7 +130,7 @@ pub fn containerd_proxy(cluster: &Cluster) -> Option<String> {
     no_proxy.extend(p.no_proxy.iter().map(|n| n.value.clone()));
     let mut seen = std::collections::BTreeSet::new();
     no_proxy.retain(|n| seen.insert(n.clone()));
-    let _ = writeln!(out, "Environment=\"NO_PROXY={}\"", no_proxy.join(","));
+    let _ = writeln!(out, "NO_PROXY={}", no_proxy.join(","));
     Some(out)
 }
 

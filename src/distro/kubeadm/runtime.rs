@@ -57,18 +57,17 @@ async fn configure(fleet: &Fleet, host: &Host, version: &str, facts: &HostFacts)
     for (path, text) in render::registry_hosts(&fleet.cluster) {
         changed |= host.ensure_file(&path, text.as_bytes(), Some(0o644)).await.map_err(e)?;
     }
-    match render::containerd_proxy(&fleet.cluster) {
-        Some(dropin) => changed |= host.ensure_file(PROXY_DROPIN, dropin.as_bytes(), Some(0o644)).await.map_err(e)?,
-        None if !host.file_state(PROXY_DROPIN).await.map_err(e)?.sha256.is_empty() => {
-            host.apply(
-                format!("remove {PROXY_DROPIN} (no proxy in the cluster file)"),
-                &Cmd::change("rm", &["-f", PROXY_DROPIN]),
-            )
-            .await
-            .map_err(e)?;
-            changed = true;
+    match render::containerd_proxy_env(&fleet.cluster) {
+        Some(env) => {
+            changed |= host.ensure_file(render::CONTAINERD_PROXY_ENV, env.as_bytes(), Some(0o600)).await.map_err(e)?;
+            let dropin = render::CONTAINERD_PROXY_DROPIN.as_bytes();
+            changed |= host.ensure_file(PROXY_DROPIN, dropin, Some(0o644)).await.map_err(e)?;
         }
-        None => {}
+        None => {
+            for path in [PROXY_DROPIN, render::CONTAINERD_PROXY_ENV] {
+                changed |= host.remove_file(path, "no proxy in the cluster file").await.map_err(e)?;
+            }
+        }
     }
     if changed {
         host.apply("systemctl daemon-reload", &Cmd::change("systemctl", &["daemon-reload"])).await.map_err(e)?;
@@ -100,13 +99,21 @@ async fn link_cni_plugins(host: &Host) -> Result<(), RemoteError> {
         "for p in {DISTRO_CNI_DIR}/*; do [ -e \"$p\" ] && [ ! -e /opt/cni/bin/\"${{p##*/}}\" ] && echo \"${{p##*/}}\"; done; true"
     ));
     let missing = host.run_ok(&probe).await?;
-    let missing: Vec<&str> = missing.split_whitespace().collect();
+    let missing: Vec<&str> = missing.lines().filter(|l| !l.is_empty()).collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let links: Vec<String> = missing.iter().map(|p| format!("ln -sf {DISTRO_CNI_DIR}/{p} /opt/cni/bin/{p}")).collect();
-    let cmd = Cmd::change_script(format!("mkdir -p /opt/cni/bin && {}", links.join(" && ")));
+    let cmd = Cmd::change_script(link_script(DISTRO_CNI_DIR, "/opt/cni/bin", &missing));
     host.apply(format!("link CNI plugins into /opt/cni/bin: {}", missing.join(" ")), &cmd).await
+}
+
+/// Symlinks `names` of `from` into `to`; names come from the host's own listing.
+fn link_script(from: &str, to: &str, names: &[&str]) -> String {
+    let links: Vec<String> = names
+        .iter()
+        .map(|p| format!("ln -sf {} {}", quote(&format!("{from}/{p}")), quote(&format!("{to}/{p}"))))
+        .collect();
+    format!("mkdir -p {} && {}", quote(to), links.join(" && "))
 }
 
 /// Pushes the image archive (only when it changed) and imports it into containerd's k8s.io
@@ -157,4 +164,28 @@ fn missing_images(state: &str, sum: &str) -> Option<Vec<String>> {
     }
     let present: std::collections::BTreeSet<&str> = listed.lines().map(str::trim).collect();
     Some(marker.filter(|image| !present.contains(image)).map(String::from).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::link_script;
+
+    #[test]
+    fn cni_plugin_names_are_quoted_in_the_link_script() {
+        let dir = std::env::temp_dir().join(format!("pikube-cni-links-{}", std::process::id()));
+        let (from, to) = (dir.join("lib"), dir.join("bin"));
+        std::fs::create_dir_all(&from).unwrap();
+        let names = ["bridge", "odd name;touch pwned", "it's"];
+        for n in names {
+            std::fs::write(from.join(n), "").unwrap();
+        }
+        let script = link_script(from.to_str().unwrap(), to.to_str().unwrap(), &names);
+        let out = std::process::Command::new("sh").arg("-c").arg(&script).current_dir(&dir).output().unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        for n in names {
+            assert_eq!(std::fs::read_link(to.join(n)).unwrap(), from.join(n), "{n}");
+        }
+        assert!(!dir.join("pwned").exists(), "a name ran as a command");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -145,15 +145,43 @@ pub fn layout(work: &Work, release: &Path, images: &[Image], flannel_manifest: &
     }))
 }
 
+/// `kube-flannel.yml.sha256` next to the release's manifest: pikube applies an airgap manifest
+/// other than flannel's pinned one only with its sha256 there. The lab's manifest passes when it
+/// is the pinned one with exactly the CNI version change below, nothing else (checked by undoing
+/// the change), on a fresh build and on every cache hit.
+pub fn vouch_for_manifest(release: &Path) -> Result<()> {
+    use crate::distro::kubeadm::artifacts::FLANNEL_MANIFEST_SHA256;
+    let path = release.join("cni/kube-flannel.yml");
+    let manifest =
+        fs::read_to_string(&path).into_diagnostic().wrap_err_with(|| format!("reading {}", path.display()))?;
+    let upstream = match manifest.matches(PINNED_CNI).count() {
+        1 => manifest.replacen(PINNED_CNI, ASKED_CNI, 1),
+        _ => manifest.clone(),
+    };
+    if hex::encode(Sha256::digest(upstream.as_bytes())) != FLANNEL_MANIFEST_SHA256 {
+        return Err(miette!(
+            "{} is not flannel {}'s manifest (sha256 {FLANNEL_MANIFEST_SHA256}) with only its CNI version changed; \
+             was flannel bumped without the pin in distro/kubeadm/artifacts.rs?",
+            path.display(),
+            super::recipe::FLANNEL
+        ));
+    }
+    write_file(&release.join("cni/kube-flannel.yml.sha256"), hex::encode(Sha256::digest(&manifest)).as_bytes(), 0o644)
+}
+
+const ASKED_CNI: &str = "\"cniVersion\": \"1.0.0\"";
+const PINNED_CNI: &str = "\"cniVersion\": \"0.4.0\"";
+
 /// The manifest's CNI network config asks for CNI spec 1.0.0, which flannel's own CNI plugin
 /// (flannel-io/cni-plugin, not served by the Go proxy) speaks. The same plugin as it last shipped
 /// in containernetworking/plugins v0.9.1, the one built here, speaks up to 0.4.0, and so do
 /// Debian's bridge and host-local it delegates to: the config is pinned to 0.4.0.
 pub fn cni_version_for_plugin(manifest: &str) -> Result<String> {
-    const ASKED: &str = "\"cniVersion\": \"1.0.0\"";
-    match manifest.matches(ASKED).count() {
-        1 => Ok(manifest.replace(ASKED, "\"cniVersion\": \"0.4.0\"")),
-        n => Err(miette!("kube-flannel.yml has {n} `{ASKED}` lines, expected one: its CNI config changed; check it")),
+    match manifest.matches(ASKED_CNI).count() {
+        1 => Ok(manifest.replace(ASKED_CNI, PINNED_CNI)),
+        n => {
+            Err(miette!("kube-flannel.yml has {n} `{ASKED_CNI}` lines, expected one: its CNI config changed; check it"))
+        }
     }
 }
 
@@ -167,6 +195,18 @@ mod tests {
         let pinned = cni_version_for_plugin(manifest).unwrap();
         assert!(pinned.contains("\"cniVersion\": \"0.4.0\"") && !pinned.contains("1.0.0"), "{pinned}");
         assert!(cni_version_for_plugin("no config").is_err());
+    }
+
+    #[test]
+    fn the_lab_vouches_only_for_the_pinned_manifest_with_its_one_change() {
+        let release = std::env::temp_dir().join(format!("pikube-vouch-{}", std::process::id()));
+        std::fs::create_dir_all(release.join("cni")).unwrap();
+        let changed = "  cni-conf.json: |\n    {\n      \"cniVersion\": \"0.4.0\",\n";
+        std::fs::write(release.join("cni/kube-flannel.yml"), changed).unwrap();
+        let err = vouch_for_manifest(&release).unwrap_err().to_string();
+        assert!(err.contains("is not flannel") && err.contains("only its CNI version changed"), "{err}");
+        assert!(!release.join("cni/kube-flannel.yml.sha256").exists());
+        std::fs::remove_dir_all(&release).unwrap();
     }
 
     #[test]

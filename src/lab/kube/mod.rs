@@ -5,6 +5,7 @@
 //! <dir>/<version>/bin/linux/<arch>/{kubeadm,kubelet,kubectl}{,.sha256}
 //! <dir>/<version>/images/<arch>.tar      every image, one OCI archive for `ctr images import`
 //! <dir>/<version>/cni/kube-flannel.yml   flannel's own manifest, naming the images built here
+//! <dir>/<version>/cni/kube-flannel.yml.sha256   its sha256: it differs from flannel's in one line
 //! <dir>/<version>/BUILD.json             versions, sizes and step times of the build
 //! ```
 //!
@@ -91,11 +92,13 @@ pub fn ensure(version: &str, arch: Arch, cache: &Path) -> Result<PathBuf> {
     let done = cache.join(&entry);
     let built = || done.join(version).join("BUILD.json").is_file();
     if built() {
+        images::vouch_for_manifest(&done.join(version))?;
         return Ok(done);
     }
     let _lock = CacheLock::acquire(&format!("kubernetes-{version}-{key}"))?;
     // Another caller may have built it while we waited for the lock.
     if built() {
+        images::vouch_for_manifest(&done.join(version))?;
         return Ok(done);
     }
     // Named in full: the version's dots would make with_extension cut the name.
@@ -113,6 +116,7 @@ pub fn ensure(version: &str, arch: Arch, cache: &Path) -> Result<PathBuf> {
     fs::remove_dir_all(&work.dir).into_diagnostic()?;
     let text = serde_json::to_string_pretty(&record).into_diagnostic()?;
     write_file(&tmp.join(version).join("BUILD.json"), format!("{text}\n").as_bytes(), 0o644)?;
+    images::vouch_for_manifest(&tmp.join(version))?;
     fs::rename(&tmp, &done).into_diagnostic().wrap_err_with(|| format!("moving {} into place", tmp.display()))?;
     Ok(done)
 }
