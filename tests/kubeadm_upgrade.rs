@@ -15,6 +15,8 @@ use common::{lab_kubernetes, section, stdout, text, wait_for, Lab};
 
 const OLD: &str = "v1.34.3";
 const NEW: &str = "v1.34.4";
+/// pikube's UpgradeConfiguration, which both upgrade commands read.
+const UPGRADE_CONFIG: &str = "/etc/pikube/kubeadm-upgrade.yaml";
 
 /// One airgap directory holding both releases in upstream's layout (`<dir>/<version>/…`),
 /// made of links to the two cached builds.
@@ -153,11 +155,23 @@ fn kubeadm_upgrade_between_two_patch_releases() {
     eprintln!("{plan}");
     let order = "Upgrade order, one node at a time (kubeadm upgrade, drain, new kubelet, Ready on the new version, uncordon): node1 → node2 → node3 → node5";
     assert!(plan.contains(order), "{plan}");
-    assert!(section(&plan, "node1").contains(&format!("[servers] kubeadm upgrade apply (to {NEW})")), "{plan}");
+    assert!(
+        section(&plan, "node1")
+            .contains(&format!("[servers] kubeadm upgrade apply --config {UPGRADE_CONFIG} (to {NEW})")),
+        "{plan}"
+    );
     for node in ["node2", "node3"] {
-        assert!(section(&plan, node).contains(&format!("[servers] kubeadm upgrade node (to {NEW})")), "{plan}");
+        assert!(
+            section(&plan, node)
+                .contains(&format!("[servers] kubeadm upgrade node --config {UPGRADE_CONFIG} (to {NEW})")),
+            "{plan}"
+        );
     }
-    assert!(section(&plan, "node5").contains(&format!("[agents] kubeadm upgrade node (to {NEW})")), "{plan}");
+    assert!(
+        section(&plan, "node5")
+            .contains(&format!("[agents] kubeadm upgrade node --config {UPGRADE_CONFIG} (to {NEW})")),
+        "{plan}"
+    );
     assert!(section(&plan, "node5").contains("[agents] drain node5"), "{plan}");
     assert!(plan.contains(&format!("etcd snapshot before the upgrade to {NEW}")), "{plan}");
     assert_eq!(binaries(&lab), before, "plan changed a binary");
@@ -170,7 +184,11 @@ fn kubeadm_upgrade_between_two_patch_releases() {
     assert!(out.status.success(), "upgrade failed:\n{}", text(&out));
     eprintln!("upgrade {OLD} → {NEW}: {:.1?}", started.elapsed());
     assert!(report.contains(order), "{report}");
-    assert!(section(&report, "node1").contains(&format!("[servers] kubeadm upgrade apply (to {NEW})")), "{report}");
+    assert!(
+        section(&report, "node1")
+            .contains(&format!("[servers] kubeadm upgrade apply --config {UPGRADE_CONFIG} (to {NEW})")),
+        "{report}"
+    );
     let agent = section(&report, "node5");
     assert!(agent.contains("[agents] evicted pod default/probe-"), "{report}");
     assert!(agent.contains(&format!("[agents] restart kubelet ({OLD} → {NEW})")), "{report}");
@@ -188,6 +206,17 @@ fn kubeadm_upgrade_between_two_patch_releases() {
     assert_eq!(backups.len(), 1, "{backups:?}");
     assert!(at("node1: kubeadm upgrade apply") < at("node2: kubeadm upgrade node"), "{stderr}");
     assert!(at("node3: kubeadm upgrade node") < at("node5: kubeadm upgrade node"), "{stderr}");
+
+    // kubeadm took its waits from pikube's UpgradeConfiguration (its default is 5m0s), read it
+    // without complaint, and the file holds no secret but is root's alone like the others.
+    let applied = lab.sh("node1", "cat /var/log/pikube-kubeadm-upgrade.log");
+    assert!(applied.contains(&format!("to version \"{NEW}\" (timeout: 10m0s)")), "{applied}");
+    let node2 = lab.sh("node2", "cat /var/log/pikube-kubeadm-upgrade.log");
+    assert!(node2.contains("[upgrade/staticpods] This can take up to 10m0s"), "{node2}");
+    for log in [&applied, &node2] {
+        assert!(!log.contains("unknown field") && !log.contains("strict decoding error"), "{log}");
+    }
+    assert_eq!(lab.sh("node5", &format!("stat -c %a {UPGRADE_CONFIG}")), "600");
 
     for (node, status, version) in nodes(&lab, &dir) {
         assert_eq!((status.as_str(), version.as_str()), ("Ready", NEW), "{node}: cordoned or not upgraded");
