@@ -137,7 +137,8 @@ enum Command {
     Artifacts {
         #[command(flatten)]
         cluster: FileArg,
-        /// Architectures to fetch: amd64, arm64, armhf (repeat the flag) [default: all three].
+        /// Architectures to fetch: amd64, arm64, armhf (repeat the flag) [default: all the
+        /// distribution has: k3s all three, kubeadm amd64 and arm64].
         #[arg(long, value_name = "ARCH")]
         arch: Vec<String>,
     },
@@ -784,7 +785,11 @@ fn fetch_artifacts(file: FileArg, arches: Vec<String>) -> miette::Result<ExitCod
             "the cluster file pins no kubernetes.version"
         );
     };
-    let arches = if arches.is_empty() { vec!["amd64".into(), "arm64".into(), "armhf".into()] } else { arches };
+    let arches = if arches.is_empty() {
+        release_arches(cluster.distribution()).iter().map(|a| a.to_string()).collect()
+    } else {
+        arches
+    };
     for a in arches {
         let arch = match a.as_str() {
             "amd64" | "x86_64" => Arch::X86_64,
@@ -799,6 +804,14 @@ fn fetch_artifacts(file: FileArg, arches: Vec<String>) -> miette::Result<ExitCod
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The architectures a distribution releases (upstream Kubernetes has no 32-bit arm since v1.27).
+fn release_arches(d: crate::config::Distribution) -> &'static [&'static str] {
+    match d {
+        crate::config::Distribution::K3s => &["amd64", "arm64", "armhf"],
+        crate::config::Distribution::Kubeadm => &["amd64", "arm64"],
+    }
 }
 
 /// A destructive command goes on with `--yes`, or when the user types `yes` at `prompt`; without
@@ -818,4 +831,26 @@ fn confirmed(yes: bool, refusal: &str, prompt: &str) -> miette::Result<bool> {
         eprintln!("nothing done");
     }
     Ok(answer.trim() == "yes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubeadm_artifacts_are_refused_for_32_bit_arm() {
+        use crate::config::Distribution;
+        assert_eq!(release_arches(Distribution::Kubeadm), ["amd64", "arm64"]);
+        assert_eq!(release_arches(Distribution::K3s), ["amd64", "arm64", "armhf"]);
+        let dir = std::env::temp_dir().join(format!("pikube-armhf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cluster.yaml");
+        let text = "name: t\nkubernetes: {distribution: kubeadm, version: v1.34.4}\nhosts:\n  - {name: a, address: 10.0.0.1, role: server}\n";
+        std::fs::write(&file, text).unwrap();
+        let refused = fetch_artifacts(FileArg { file }, vec!["armhf".into()]).expect_err("armhf is refused");
+        let shown = format!("{refused:?}");
+        assert!(shown.contains("Kubernetes publishes no kubeadm or kubelet for 32-bit arm since v1.27"), "{shown}");
+        assert!(shown.contains("install the 64-bit (arm64) OS"), "{shown}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -16,12 +16,13 @@ pub const FLANNEL_MANIFEST_URL: &str =
     "https://github.com/flannel-io/flannel/releases/download/v0.28.10/kube-flannel.yml";
 pub const BINARIES: [&str; 3] = ["kubeadm", "kubelet", "kubectl"];
 
-/// Upstream's architecture names.
+/// Upstream's architecture names. 32-bit arm is not one since v1.27 (kubernetes/kubernetes#115742
+/// kept only kubectl).
 pub fn arch_name(arch: &Arch) -> Result<&'static str, ArtifactError> {
     match arch {
         Arch::X86_64 => Ok("amd64"),
         Arch::Aarch64 => Ok("arm64"),
-        Arch::Armv7 => Ok("arm"),
+        Arch::Armv7 => Err(ArtifactError::NoArm32),
         other => Err(ArtifactError::Unsupported(other.as_str().to_string())),
     }
 }
