@@ -88,6 +88,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// kubeadm: each server's certificates and when they expire (exit 1 when one is within
+    /// kubernetes.renew_certificates_days, which `up` then renews, or a server was not read).
+    Certs {
+        #[command(flatten)]
+        target: Target,
+        /// Machine-readable output (the shape is in the README).
+        #[arg(long)]
+        json: bool,
+    },
     /// (Re)write build/<cluster>-config.yml from a server, or merge it into ~/.kube/config.
     Kubeconfig {
         #[command(flatten)]
@@ -235,6 +244,7 @@ async fn dispatch(command: Command) -> miette::Result<ExitCode> {
             converge(target, Mode::Apply, output, timeouts).await
         }
         Command::Status { target, json } => status(target, json).await,
+        Command::Certs { target, json } => certs(target, json).await,
         Command::Kubeconfig { target, merge } => kubeconfig(target, merge).await,
         Command::Down { target, limit, yes, output } => down(target, limit, yes, output).await,
         Command::Backup { target, keep } => backup(target, keep).await,
@@ -479,6 +489,38 @@ async fn kubeconfig(target: Target, merge: bool) -> miette::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn certs(target: Target, json: bool) -> miette::Result<ExitCode> {
+    use crate::distro::kubeadm::certs::{self, ServerCerts};
+    let file = Cluster::load(&target.cluster.file)?;
+    if file.distribution() != crate::config::Distribution::Kubeadm {
+        miette::bail!(
+            help = "k3s renews its own certificates when it starts and they expire within 90 days (`k3s certificate rotate` renews them by hand)",
+            "`pikube certs` reads kubeadm's certificates, and {} is a k3s cluster",
+            file.file.display()
+        );
+    }
+    let (fleet, cluster) = connect_servers(&target, Mode::DryRun).await?;
+    let days = cluster.renew_certificates_days();
+    let read = futures::future::join_all(fleet.nodes.iter().map(|n| async move {
+        match n.host.as_ref().filter(|_| n.ok()) {
+            Some(h) => certs::read(h).await,
+            None => Err(n.failure().unwrap_or_default()),
+        }
+    }))
+    .await;
+    fleet.close().await;
+    let servers: Vec<ServerCerts> =
+        fleet.nodes.iter().zip(read).map(|(n, r)| ServerCerts::new(n.name(), r, days)).collect();
+    let bad = servers.iter().any(|s| s.error.is_some() || !s.due.is_empty());
+    if json {
+        let doc = serde_json::json!({"renew_certificates_days": days, "servers": servers});
+        println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| miette::miette!("{e}"))?);
+    } else {
+        print!("{}", certs::table(&servers, days));
+    }
+    Ok(if bad { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
 async fn status(target: Target, json: bool) -> miette::Result<ExitCode> {
     let cluster = Cluster::load(&target.cluster.file)?;
     let d = cluster.distribution();
@@ -505,9 +547,10 @@ async fn status(target: Target, json: bool) -> miette::Result<ExitCode> {
         Role::Server => crate::distro::etcd_probe(d),
         _ => crate::health::EtcdProbe::None,
     };
+    let certs = |n: &crate::fleet::Node| crate::distro::certificates_probe(d).filter(|_| n.role() == Role::Server);
     let health = futures::future::join_all(fleet.nodes.iter().map(|n| async move {
         match n.host.as_ref().filter(|_| n.ok()) {
-            Some(h) => Some(crate::health::gather(h, &etcd(n)).await),
+            Some(h) => Some(crate::health::gather(h, &etcd(n), certs(n)).await),
             None => None,
         }
     }))

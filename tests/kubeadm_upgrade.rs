@@ -91,14 +91,6 @@ fn apply(lab: &Lab, dir: &Path, manifest: &str) {
     lab.kubectl_apply(&dir.join(NEW).join("bin/linux/amd64/kubectl"), manifest)
 }
 
-/// Pins `version` in the lab's cluster file.
-fn pin(lab: &Lab, version: &str) {
-    let file = lab.cluster_file();
-    let text = std::fs::read_to_string(&file).unwrap();
-    let line = text.lines().find(|l| l.starts_with("  version: ")).expect("a version line").to_string();
-    std::fs::write(&file, text.replace(&line, &format!("  version: {version}"))).unwrap();
-}
-
 /// What the nodes run, read on the nodes themselves: kubeadm's and kubelet's binaries.
 fn binaries(lab: &Lab) -> Vec<String> {
     ["node1", "node2", "node3", "node5"]
@@ -147,7 +139,7 @@ fn kubeadm_upgrade_between_two_patch_releases() {
     });
 
     // plan shows the order and changes nothing.
-    pin(&lab, NEW);
+    lab.pin_version(NEW);
     let before = binaries(&lab);
     let out = lab.pikube(&["plan", "-f", f]);
     assert!(out.status.success(), "{}", text(&out));
@@ -247,7 +239,7 @@ fn kubeadm_upgrade_between_two_patch_releases() {
     // Skipping a minor release, or going back, is refused on every host before any change.
     let converged = binaries(&lab);
     for (version, why) in [("v1.36.0", "skips a minor release"), (OLD, "cannot downgrade a cluster")] {
-        pin(&lab, version);
+        lab.pin_version(version);
         for verb in ["plan", "up"] {
             let out = lab.pikube(&[verb, "-f", f]);
             let said = stdout(&out);
@@ -260,5 +252,5 @@ fn kubeadm_upgrade_between_two_patch_releases() {
         }
         assert_eq!(binaries(&lab), converged, "a refused version changed a node");
     }
-    pin(&lab, NEW);
+    lab.pin_version(NEW);
 }
