@@ -79,7 +79,8 @@ pub struct HostFacts {
     pub memory_cgroup: bool,
     /// /sys/fs/cgroup is the unified (cgroup v2) hierarchy, as kubelet itself tests it.
     pub cgroup_v2: bool,
-    /// The kernel has VXLAN (loaded, built in, or a module modprobe finds), which flannel needs.
+    /// The kernel has VXLAN, which flannel needs: loaded, a module modprobe finds, or built in
+    /// (the kernel's config says so; a container sees neither /sys/module nor the modules).
     pub vxlan: bool,
     pub swap: SwapFacts,
     pub machine_id: String,
@@ -229,7 +230,8 @@ sec kernel_cmdline; cat /proc/cmdline
 sec cgroups; cat /proc/cgroups 2>/dev/null
 sec cgroup2_controllers; cat /sys/fs/cgroup/cgroup.controllers 2>/dev/null
 sec cgroupfs; stat -fc %T /sys/fs/cgroup/ 2>/dev/null
-sec vxlan; { [ -d /sys/module/vxlan ] || modprobe -n -q vxlan 2>/dev/null; } && echo available
+sec vxlan; { [ -d /sys/module/vxlan ] || modprobe -n -q vxlan 2>/dev/null ||
+  { zcat /proc/config.gz 2>/dev/null || cat "/boot/config-$(uname -r)" 2>/dev/null; } | grep -qx CONFIG_VXLAN=y; } && echo available
 sec swaps; tail -n +2 /proc/swaps 2>/dev/null
 sec fstab_swap; grep -Ev '^[[:space:]]*#' /etc/fstab 2>/dev/null | awk '$3 == "swap"'
 sec dphys; if [ -x /sbin/dphys-swapfile ] || [ -x /usr/sbin/dphys-swapfile ]; then echo installed; fi
