@@ -147,9 +147,6 @@ pub async fn renew_if_due(fleet: &Fleet, node: &Node, host: &Host) -> Result<(),
     let Some(first) = due.first() else { return Ok(()) };
     let names: Vec<&str> = due.iter().map(|c| c.name.as_str()).collect();
     let why = format!("{} {} ({}), within renew_certificates_days ({days})", first.name, first.when(), first.expiry());
-    if fleet.mode == Mode::Apply {
-        crate::progress::step(node.name(), &format!("renewing its certificates: {why} …"));
-    }
     let renew =
         Cmd::change_script("/usr/local/bin/kubeadm certs renew all >/dev/null").timeout(Duration::from_secs(120));
     let what = format!(
