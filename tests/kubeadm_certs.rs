@@ -165,8 +165,11 @@ fn kubeadm_refuses_cgroup_v1_for_v1_35_and_renews_expiring_certificates_one_serv
     assert!(out.status.success(), "{}", text(&out));
     for node in ["node1", "node2"] {
         let s = section(&plan, node);
-        assert!(s.contains("[servers] renew the certificates with `kubeadm certs renew all`: "), "{plan}");
-        assert!(s.contains("[servers] restart the control plane (etcd, kube-apiserver"), "{plan}");
+        assert!(
+            s.contains("[servers] renew the certificates with `kubeadm certs renew all` (apiserver expires in "),
+            "{plan}"
+        );
+        assert!(s.contains("then restart the control plane (etcd, kube-apiserver"), "{plan}");
     }
     assert_eq!(section(&plan, "node3"), "node3 (10.77.120.13): no changes", "{plan}");
     assert!(left(&lab, "node2", "apiserver") <= 86_400, "plan renewed a certificate");

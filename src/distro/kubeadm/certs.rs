@@ -28,6 +28,14 @@ use crate::remote::{quote, Cmd, Host, Mode};
 pub const CHECK_EXPIRATION: &str = "[ -f /etc/kubernetes/manifests/kube-apiserver.yaml ] || exit 0; \
      /usr/local/bin/kubeadm certs check-expiration -o json";
 
+/// Renews every certificate and kubeconfig kubeadm made, then stops the control plane's
+/// processes, which kubelet starts again with them. One command: renewed files with the old
+/// processes still running would not be due again on the next run. None running (kubelet
+/// stopped) is fine: kubelet starts them anew.
+fn renew_and_restart() -> String {
+    format!("/usr/local/bin/kubeadm certs renew all >/dev/null && {{ pkill -TERM -x '{CONTROL_PLANE}' || true; }}")
+}
+
 /// One certificate (or kubeconfig, or CA) as kubeadm reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cert {
@@ -147,22 +155,19 @@ pub async fn renew_if_due(fleet: &Fleet, node: &Node, host: &Host) -> Result<(),
     let Some(first) = due.first() else { return Ok(()) };
     let names: Vec<&str> = due.iter().map(|c| c.name.as_str()).collect();
     let why = format!("{} {} ({}), within renew_certificates_days ({days})", first.name, first.when(), first.expiry());
-    let renew =
-        Cmd::change_script("/usr/local/bin/kubeadm certs renew all >/dev/null").timeout(Duration::from_secs(120));
-    let what = format!(
-        "renew the certificates with `kubeadm certs renew all`: {why}; due: {} (admin.conf changes too: the local kubeconfig is written again)",
-        names.join(", ")
-    );
-    host.apply(what, &renew).await.map_err(|e| e.to_string())?;
     let before = match fleet.mode {
         Mode::Apply => control_plane_pids(host).await?,
         _ => BTreeSet::new(),
     };
-    // None running (kubelet stopped) is fine: kubelet starts them with the new files.
-    let restart = Cmd::change_script(format!("pkill -TERM -x '{CONTROL_PLANE}' || true"));
-    let what =
-        "restart the control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) so it loads them";
-    host.apply(what, &restart).await.map_err(|e| e.to_string())?;
+    let what = format!(
+        "renew the certificates with `kubeadm certs renew all` ({why}; due: {}), then restart the control plane \
+         (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) so it loads them; admin.conf changes too: the \
+         local kubeconfig is written again",
+        names.join(", ")
+    );
+    host.apply(what, &Cmd::change_script(renew_and_restart()).timeout(Duration::from_secs(120)))
+        .await
+        .map_err(|e| e.to_string())?;
     if fleet.mode != Mode::Apply {
         return Ok(());
     }
@@ -420,6 +425,15 @@ mod tests {
         assert_eq!(json["certificates"][1]["residual_seconds"], 82800);
         assert_eq!(json["authorities"][0]["expires"], "2036-12-03T17:03:41Z");
         assert_eq!(json["due"], serde_json::json!(["apiserver", "etcd-server"]));
+    }
+
+    #[test]
+    fn the_control_plane_restarts_only_after_a_renewal_and_in_the_same_command() {
+        assert_eq!(
+            renew_and_restart(),
+            "/usr/local/bin/kubeadm certs renew all >/dev/null && \
+             { pkill -TERM -x 'etcd|kube-apiserver|kube-controller|kube-scheduler' || true; }"
+        );
     }
 
     #[test]
