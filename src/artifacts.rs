@@ -24,6 +24,8 @@ pub struct K3sBinary {
 pub enum ArtifactError {
     #[error("k3s has no release for {0} (Raspberry Pi Zero/1 are armv6)")]
     Unsupported(String),
+    #[error("Kubernetes publishes no kubeadm or kubelet for 32-bit arm since v1.27")]
+    NoArm32,
     #[error("{path} is missing")]
     Missing { path: PathBuf, hint: String },
     #[error("{binary}: checksum mismatch: file has {got}, {sums} says {want}")]
@@ -42,6 +44,7 @@ impl ArtifactError {
     pub fn hint(&self) -> String {
         match self {
             ArtifactError::Unsupported(_) => "use a Pi 2 or newer for Kubernetes nodes".into(),
+            ArtifactError::NoArm32 => "install the 64-bit (arm64) OS: a Pi 3, 4, 5 or Zero 2 W runs it; or use `distribution: k3s`, which still ships armhf".into(),
             ArtifactError::Missing { hint, .. } | ArtifactError::Unpinned { hint, .. } => hint.clone(),
             ArtifactError::Mismatch { .. } => {
                 "the file is corrupt or from another release: fetch both files of the pinned version again".into()

@@ -1,5 +1,7 @@
 //! Preflight findings: what would stop or weaken a cluster, each with a fix hint.
 
+mod release;
+
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -102,6 +104,7 @@ fn assess(cluster: &Cluster, hosts: &[Probe]) -> Vec<Finding> {
     let airgap = cluster.spec.kubernetes.artifacts.is_some();
     let mut artifacts_checked: BTreeMap<String, Option<(String, String)>> = BTreeMap::new();
     let refused = version.and_then(|want| version_refusal(cluster, hosts, want));
+    let etcd_refused = version.and_then(|want| etcd_refusal(cluster, hosts, want));
     for node in hosts {
         let name = node.name();
         if !node.connected {
@@ -233,11 +236,20 @@ fn assess(cluster: &Cluster, hosts: &[Probe]) -> Vec<Finding> {
         if let Some((message, fix)) = &refused {
             add(name, Severity::Error, "version-skew", message.clone(), fix);
         }
+        if let Some((message, fix)) = &etcd_refused {
+            add(name, Severity::Error, "etcd-upgrade-path", message.clone(), fix);
+        }
+        if node.role() != Role::Loadbalancer {
+            for (severity, code, message, fix) in release::host_rules(cluster, version, name, f) {
+                add(name, severity, code, message, &fix);
+            }
+        }
         // Airgap files are checked before anything changes, so a bad file stops `up` early.
         if let (Some(want), true, true) = (version, airgap, node.role() != Role::Loadbalancer) {
             let verdict = artifacts_checked.entry(f.arch.as_str().to_string()).or_insert_with(|| {
                 match crate::distro::binaries(cluster, want, &f.arch, true) {
-                    Ok(_) | Err(ArtifactError::Unsupported(_)) => None,
+                    // An architecture without a release is a finding of its own.
+                    Ok(_) | Err(ArtifactError::Unsupported(_) | ArtifactError::NoArm32) => None,
                     Err(e) => Some((e.to_string(), e.hint())),
                 }
             });
@@ -272,6 +284,20 @@ fn version_refusal(cluster: &Cluster, hosts: &[Probe], want: &str) -> Option<(St
     crate::distro::kubeadm::upgrade::refusal(&installed, want)
 }
 
+/// Why kubeadm must not move the servers' etcd to the release `want` runs yet (see
+/// `release::etcd_refusal`), from the etcd images the servers run.
+fn etcd_refusal(cluster: &Cluster, hosts: &[Probe], want: &str) -> Option<(String, String)> {
+    if cluster.distribution() != crate::config::Distribution::Kubeadm {
+        return None;
+    }
+    let running: Vec<(&str, &str)> = hosts
+        .iter()
+        .filter(|h| h.role() == Role::Server)
+        .filter_map(|h| Some((h.name(), h.facts()?.etcd_image.as_deref()?)))
+        .collect();
+    release::etcd_refusal(want, &running)
+}
+
 /// Findings that compare hosts with each other.
 fn cross_host(hosts: &[Probe], out: &mut Vec<Finding>) {
     let mut add = |host: &str, severity, code, message: String, fix: &str| {
@@ -304,6 +330,11 @@ fn cross_host(hosts: &[Probe], out: &mut Vec<Finding>) {
             );
         }
     }
+}
+
+/// Warnings about what the pinned release needs, which `plan` and `up` show as well.
+pub fn release_warnings(findings: &[Finding]) -> impl Iterator<Item = &Finding> {
+    findings.iter().filter(|f| f.severity == Severity::Warning && release::CODES.contains(&f.code))
 }
 
 /// Findings that stop `up` on a host.
@@ -410,6 +441,8 @@ mod tests {
             ),
             kernel_cmdline: "console=tty1 cgroup_enable=memory cgroup_memory=1".into(),
             memory_cgroup: true,
+            cgroup_v2: true,
+            vxlan: true,
             swap: SwapFacts::default(),
             machine_id: format!("{name:0>32}"),
             boot_id: "6f1c3c0e-5a4e-4f43-9d4b-1b8f0f5d2e11".into(),
@@ -418,6 +451,8 @@ mod tests {
             iptables_mode: Some("nf_tables".into()),
             runtimes: BTreeMap::new(),
             kubernetes: BTreeMap::new(),
+            etcd_image: None,
+            containerd_candidate: None,
             default_password_users: vec![],
             modules_loaded: vec!["br_netfilter".into(), "overlay".into()],
             sysctl: BTreeMap::from([("net.ipv4.ip_forward".to_string(), "1".to_string())]),
@@ -654,6 +689,147 @@ mod tests {
         assert!(refused(assess(&kubeadm("v1.35.2"), &on("v1.34.4"))).is_empty());
         // k3s's releases are not judged by kubeadm's rule.
         assert!(refused(assess(&cluster("kubernetes:\n  version: v1.36.0+k3s1\n"), &on("v1.34.4"))).is_empty());
+    }
+
+    /// A kubeadm cluster pinned to `version`, with `more` under `kubernetes:`.
+    fn kubeadm(version: &str, more: &str) -> Cluster {
+        cluster(&format!("kubernetes:\n  distribution: kubeadm\n  version: {version}\n{more}"))
+    }
+
+    /// (host, code, severity) of each finding.
+    fn codes(found: &[Finding]) -> Vec<(&str, &str, Severity)> {
+        found.iter().map(|f| (f.host.as_str(), f.code, f.severity)).collect()
+    }
+
+    #[test]
+    fn kubeadm_refuses_etcd_3_6_over_an_etcd_older_than_3_5_26_on_every_host() {
+        let on = |tag: &str| fleet_with(|f| f.etcd_image = Some(format!("registry.k8s.io/etcd:{tag}")));
+        let found = assess(&kubeadm("v1.34.4", ""), &on("3.5.21-0"));
+        let every = [
+            ("a", "etcd-upgrade-path", Severity::Error),
+            ("b", "etcd-upgrade-path", Severity::Error),
+            ("c", "etcd-upgrade-path", Severity::Error),
+        ];
+        assert_eq!(codes(&found), every, "{found:#?}");
+        assert!(
+            found[0].message.contains("kubeadm v1.34 moves etcd to 3.6.5-0, but a run(s) etcd 3.5.21"),
+            "{found:#?}"
+        );
+        assert!(found[0].fix.contains("`etcd.local.imageTag: 3.5.26-0`") && found[0].fix.contains("pin v1.34.4"));
+        // 3.5.26 and later may move on; so may a cluster already moving (a server on 3.6), a
+        // release that stays on 3.5, and k3s (its etcd is its own).
+        assert!(assess(&kubeadm("v1.34.4", ""), &on("3.5.26-0")).is_empty());
+        let mut half = on("3.5.21-0");
+        half.push(reached("d", Role::Server, {
+            let mut d = healthy("d");
+            d.etcd_image = Some("registry.k8s.io/etcd:3.6.5-0".into());
+            d
+        }));
+        assert!(assess(&kubeadm("v1.34.4", ""), &half).is_empty(), "a server already runs 3.6");
+        assert!(assess(&kubeadm("v1.33.7", ""), &on("3.5.21-0")).is_empty());
+        assert!(assess(&cluster("kubernetes:\n  version: v1.34.4+k3s1\n"), &on("3.5.21-0")).is_empty());
+    }
+
+    #[test]
+    fn containerd_is_judged_by_containerds_matrix_for_the_pinned_release() {
+        let debian = "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+b1";
+        let with = |v: &str| {
+            let v = v.to_string();
+            fleet_with(move |f| _ = f.runtimes.insert("containerd".into(), v))
+        };
+        // Without the `runtime-present` line an installed containerd always gets.
+        let assess = |c: &Cluster, hosts: &[Probe]| -> Vec<Finding> {
+            assess(c, hosts).into_iter().filter(|f| f.code != "runtime-present").collect()
+        };
+        let found = assess(&kubeadm("v1.34.4", ""), &with(debian));
+        let f = single(&found, "a", "containerd-version", Severity::Warning, "containerd's RELEASES.md");
+        assert!(
+            f.message.contains("containerd 1.6.20 (installed) is not what containerd recommends for Kubernetes v1.34: 2.1.3+, 2.0.6+, 1.7.28+, 1.6.39+"),
+            "{f:#?}"
+        );
+        // Not installed yet: the version apt would install is judged.
+        let fresh = fleet_with(|f| f.containerd_candidate = Some("1.6.20~ds1-1+deb12u1".into()));
+        let f = single(&assess(&kubeadm("v1.33.7", ""), &fresh), "a", "containerd-version", Severity::Warning, "");
+        assert!(f.message.contains("(what apt would install)") && f.message.contains("v1.33: "), "{f:#?}");
+        for fine in
+            ["containerd containerd.io v1.7.28 0", "containerd x 2.0.6", "containerd x 2.2.0", "containerd x 2.4.1"]
+        {
+            assert!(assess(&kubeadm("v1.34.4", ""), &with(fine)).is_empty(), "{fine}");
+        }
+        // From v1.36 containerd 1.x is an error; 2.x newer than the matrix lists is fine.
+        let f = single(
+            &assess(&kubeadm("v1.36.1", ""), &with("containerd x 1.7.28")),
+            "a",
+            "containerd-version",
+            Severity::Error,
+            "containerd 2.2 or later",
+        );
+        assert!(f.message.contains("Kubernetes v1.36 supports containerd 2.x only"), "{f:#?}");
+        assert!(assess(&kubeadm("v1.37.0", ""), &with("containerd x 2.3.0")).is_empty());
+        // k3s brings its own containerd.
+        assert!(assess(&cluster("kubernetes:\n  version: v1.34.4+k3s1\n"), &with(debian)).is_empty());
+    }
+
+    #[test]
+    fn a_kubelet_that_refuses_cgroup_v1_is_refused_on_hosts_without_cgroup_v2() {
+        let v1 = || fleet_with(|f| f.cgroup_v2 = false);
+        let f = single(&assess(&kubeadm("v1.35.0", ""), &v1()), "a", "cgroup-v1", Severity::Error, "cgroup v2");
+        assert!(f.message.contains("kubelet v1.35 does not start there (failCgroupV1"), "{f:#?}");
+        let legacy = fleet_with(|f| {
+            f.cgroup_v2 = false;
+            f.kernel_cmdline.push_str(" systemd.unified_cgroup_hierarchy=0");
+        });
+        single(
+            &assess(&kubeadm("v1.36.0", ""), &legacy),
+            "a",
+            "cgroup-v1",
+            Severity::Error,
+            "remove systemd.unified_cgroup_hierarchy=0",
+        );
+        assert!(assess(&kubeadm("v1.34.4", ""), &v1()).is_empty());
+        assert!(assess(&cluster("kubernetes:\n  version: v1.35.0+k3s1\n"), &v1()).is_empty());
+    }
+
+    #[test]
+    fn kubeadm_has_no_32_bit_arm_release() {
+        let armv7 =
+            || fleet_with(|f| (f.arch, f.pi_model) = (Arch::Armv7, Some("Raspberry Pi 3 Model B Rev 1.2".into())));
+        let f = single(&assess(&kubeadm("v1.34.4", ""), &armv7()), "a", "arm32", Severity::Error, "64-bit (arm64) OS");
+        assert!(f.message.contains("a runs 32-bit arm (Raspberry Pi 3 Model B Rev 1.2): Kubernetes publishes no kubeadm or kubelet for 32-bit arm since v1.27"), "{f:#?}");
+        // Before a version is pinned too; never on a load balancer; k3s ships armhf.
+        single(
+            &assess(&cluster("kubernetes:\n  distribution: kubeadm\n"), &armv7()),
+            "a",
+            "arm32",
+            Severity::Error,
+            "",
+        );
+        let mut lb = armv7();
+        lb[0].role = Role::Loadbalancer;
+        assert!(assess(&kubeadm("v1.34.4", ""), &lb).is_empty());
+        assert!(assess(&cluster("kubernetes:\n  version: v1.34.4+k3s1\n"), &armv7()).is_empty());
+    }
+
+    #[test]
+    fn flannel_needs_the_vxlan_module() {
+        let ubuntu = || {
+            fleet_with(|f| {
+                (f.os_id, f.kernel, f.vxlan) = ("ubuntu".into(), "6.8.0-1017-raspi".into(), false);
+            })
+        };
+        let f = single(
+            &assess(&kubeadm("v1.34.4", ""), &ubuntu()),
+            "a",
+            "vxlan-missing",
+            Severity::Error,
+            "`sudo apt install linux-modules-extra-raspi` and reboot",
+        );
+        assert!(f.message.contains("the kernel 6.8.0-1017-raspi has no vxlan module"), "{f:#?}");
+        // k3s runs flannel too; another kernel gets the general fix; no flannel, no finding.
+        single(&assess(&cluster(""), &ubuntu()), "a", "vxlan-missing", Severity::Error, "linux-modules-extra-raspi");
+        let debian = fleet_with(|f| f.vxlan = false);
+        single(&assess(&kubeadm("v1.34.4", ""), &debian), "a", "vxlan-missing", Severity::Error, "`cni: none`");
+        assert!(assess(&kubeadm("v1.34.4", "  cni: none\n"), &ubuntu()).is_empty());
     }
 
     /// An airgap directory, removed on drop.

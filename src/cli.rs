@@ -98,6 +98,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// kubeadm: each server's certificates and when they expire (exit 1 when one is within
+    /// kubernetes.renew_certificates_days, which `up` then renews, or a server was not read).
+    Certs {
+        #[command(flatten)]
+        target: Target,
+        /// Machine-readable output (the shape is in the README).
+        #[arg(long)]
+        json: bool,
+    },
     /// (Re)write build/<cluster>-config.yml from a server, or merge it into ~/.kube/config.
     Kubeconfig {
         #[command(flatten)]
@@ -147,7 +156,8 @@ enum Command {
     Artifacts {
         #[command(flatten)]
         cluster: FileArg,
-        /// Architectures to fetch: amd64, arm64, armhf (repeat the flag) [default: all three].
+        /// Architectures to fetch: amd64, arm64, armhf (repeat the flag) [default: all the
+        /// distribution has: k3s all three, kubeadm amd64 and arm64].
         #[arg(long, value_name = "ARCH")]
         arch: Vec<String>,
     },
@@ -244,6 +254,7 @@ async fn dispatch(command: Command) -> miette::Result<ExitCode> {
             converge(target, Mode::Apply, output, timeouts, new_cluster).await
         }
         Command::Status { target, json } => status(target, json).await,
+        Command::Certs { target, json } => certs(target, json).await,
         Command::Kubeconfig { target, merge } => kubeconfig(target, merge).await,
         Command::Down { target, limit, yes, output } => down(target, limit, yes, output).await,
         Command::Backup { target, keep } => backup(target, keep).await,
@@ -495,6 +506,38 @@ async fn kubeconfig(target: Target, merge: bool) -> miette::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn certs(target: Target, json: bool) -> miette::Result<ExitCode> {
+    use crate::distro::kubeadm::certs::{self, ServerCerts};
+    let file = Cluster::load(&target.cluster.file)?;
+    if file.distribution() != crate::config::Distribution::Kubeadm {
+        miette::bail!(
+            help = "k3s renews its own certificates when it starts and they expire within 90 days (`k3s certificate rotate` renews them by hand)",
+            "`pikube certs` reads kubeadm's certificates, and {} is a k3s cluster",
+            file.file.display()
+        );
+    }
+    let (fleet, cluster) = connect_servers(&target, Mode::DryRun).await?;
+    let days = cluster.renew_certificates_days();
+    let read = futures::future::join_all(fleet.nodes.iter().map(|n| async move {
+        match n.host.as_ref().filter(|_| n.ok()) {
+            Some(h) => certs::read(h).await,
+            None => Err(n.failure().unwrap_or_default()),
+        }
+    }))
+    .await;
+    fleet.close().await;
+    let servers: Vec<ServerCerts> =
+        fleet.nodes.iter().zip(read).map(|(n, r)| ServerCerts::new(n.name(), r, days)).collect();
+    let bad = servers.iter().any(|s| s.error.is_some() || !s.due.is_empty());
+    if json {
+        let doc = serde_json::json!({"renew_certificates_days": days, "servers": servers});
+        println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| miette::miette!("{e}"))?);
+    } else {
+        print!("{}", certs::table(&servers, days));
+    }
+    Ok(if bad { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
 async fn status(target: Target, json: bool) -> miette::Result<ExitCode> {
     let cluster = Cluster::load(&target.cluster.file)?;
     let d = cluster.distribution();
@@ -521,9 +564,10 @@ async fn status(target: Target, json: bool) -> miette::Result<ExitCode> {
         Role::Server => crate::distro::etcd_probe(d),
         _ => crate::health::EtcdProbe::None,
     };
+    let certs = |n: &crate::fleet::Node| crate::distro::certificates_probe(d).filter(|_| n.role() == Role::Server);
     let health = futures::future::join_all(fleet.nodes.iter().map(|n| async move {
         match n.host.as_ref().filter(|_| n.ok()) {
-            Some(h) => Some(crate::health::gather(h, &etcd(n)).await),
+            Some(h) => Some(crate::health::gather(h, &etcd(n), certs(n)).await),
             None => None,
         }
     }))
@@ -801,7 +845,11 @@ fn fetch_artifacts(file: FileArg, arches: Vec<String>) -> miette::Result<ExitCod
             "the cluster file pins no kubernetes.version"
         );
     };
-    let arches = if arches.is_empty() { vec!["amd64".into(), "arm64".into(), "armhf".into()] } else { arches };
+    let arches = if arches.is_empty() {
+        release_arches(cluster.distribution()).iter().map(|a| a.to_string()).collect()
+    } else {
+        arches
+    };
     for a in arches {
         let arch = match a.as_str() {
             "amd64" | "x86_64" => Arch::X86_64,
@@ -816,6 +864,14 @@ fn fetch_artifacts(file: FileArg, arches: Vec<String>) -> miette::Result<ExitCod
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The architectures a distribution releases (upstream Kubernetes has no 32-bit arm since v1.27).
+fn release_arches(d: crate::config::Distribution) -> &'static [&'static str] {
+    match d {
+        crate::config::Distribution::K3s => &["amd64", "arm64", "armhf"],
+        crate::config::Distribution::Kubeadm => &["amd64", "arm64"],
+    }
 }
 
 /// A destructive command goes on with `--yes`, or when the user types `yes` at `prompt`; without
@@ -835,4 +891,26 @@ fn confirmed(yes: bool, refusal: &str, prompt: &str) -> miette::Result<bool> {
         eprintln!("nothing done");
     }
     Ok(answer.trim() == "yes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubeadm_artifacts_are_refused_for_32_bit_arm() {
+        use crate::config::Distribution;
+        assert_eq!(release_arches(Distribution::Kubeadm), ["amd64", "arm64"]);
+        assert_eq!(release_arches(Distribution::K3s), ["amd64", "arm64", "armhf"]);
+        let dir = std::env::temp_dir().join(format!("pikube-armhf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cluster.yaml");
+        let text = "name: t\nkubernetes: {distribution: kubeadm, version: v1.34.4}\nhosts:\n  - {name: a, address: 10.0.0.1, role: server}\n";
+        std::fs::write(&file, text).unwrap();
+        let refused = fetch_artifacts(FileArg { file }, vec!["armhf".into()]).expect_err("armhf is refused");
+        let shown = format!("{refused:?}");
+        assert!(shown.contains("Kubernetes publishes no kubeadm or kubelet for 32-bit arm since v1.27"), "{shown}");
+        assert!(shown.contains("install the 64-bit (arm64) OS"), "{shown}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -77,6 +77,11 @@ pub struct HostFacts {
     pub kernel_cmdline: String,
     /// The memory cgroup controller is enabled in the running kernel.
     pub memory_cgroup: bool,
+    /// /sys/fs/cgroup is the unified (cgroup v2) hierarchy, as kubelet itself tests it.
+    pub cgroup_v2: bool,
+    /// The kernel has VXLAN, which flannel needs: loaded, a module modprobe finds, or built in
+    /// (the kernel's config says so; a container sees neither /sys/module nor the modules).
+    pub vxlan: bool,
     pub swap: SwapFacts,
     pub machine_id: String,
     pub boot_id: String,
@@ -89,6 +94,10 @@ pub struct HostFacts {
     pub runtimes: BTreeMap<String, String>,
     /// Kubernetes binaries found (k3s, kubeadm, kubelet), with versions.
     pub kubernetes: BTreeMap<String, String>,
+    /// The etcd image of kubeadm's static pod on a server, e.g. `registry.k8s.io/etcd:3.6.5-0`.
+    pub etcd_image: Option<String>,
+    /// The containerd version apt would install (`apt-cache policy`), read only while none is.
+    pub containerd_candidate: Option<String>,
     /// Accounts that still have their image's default password (e.g. "pi").
     pub default_password_users: Vec<String>,
     /// Kernel features Kubernetes needs that are live (loaded as modules or built in).
@@ -227,6 +236,9 @@ sec cmdline_txt; for d in /boot/firmware /boot; do
 sec kernel_cmdline; cat /proc/cmdline
 sec cgroups; cat /proc/cgroups 2>/dev/null
 sec cgroup2_controllers; cat /sys/fs/cgroup/cgroup.controllers 2>/dev/null
+sec cgroupfs; stat -fc %T /sys/fs/cgroup/ 2>/dev/null
+sec vxlan; { [ -d /sys/module/vxlan ] || modprobe -n -q vxlan 2>/dev/null ||
+  { zcat /proc/config.gz 2>/dev/null || cat "/boot/config-$(uname -r)" 2>/dev/null; } | grep -qx CONFIG_VXLAN=y; } && echo available
 sec swaps; tail -n +2 /proc/swaps 2>/dev/null
 sec fstab_swap; grep -Ev '^[[:space:]]*#' /etc/fstab 2>/dev/null | awk '$3 == "swap"'
 sec dphys; if [ -x /sbin/dphys-swapfile ] || [ -x /usr/sbin/dphys-swapfile ]; then echo installed; fi
@@ -242,6 +254,9 @@ for b in containerd docker crio; do
 sec kubernetes
 for b in k3s kubeadm kubelet; do
   if command -v "$b" >/dev/null 2>&1; then echo "$b $("$b" --version 2>/dev/null | head -n1)"; fi; done
+sec etcd_image; sed -n 's/^ *image: *//p' /etc/kubernetes/manifests/etcd.yaml 2>/dev/null | head -n 1
+sec containerd_candidate; command -v containerd >/dev/null 2>&1 ||
+  apt-cache policy containerd 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" {print $2}'
 sec modules; grep -qw overlay /proc/filesystems && echo overlay
   [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] && echo br_netfilter
 sec sysctl
@@ -362,6 +377,8 @@ fn parse(out: &str, local_mid: f64) -> Result<HostFacts, String> {
         cmdline_txt: sections.get("cmdline_txt").filter(|v| !v.is_empty()).map(|v| v.join("\n")),
         kernel_cmdline: first("kernel_cmdline"),
         memory_cgroup: memory_cgroup_live(&text("cgroups"), &text("cgroup2_controllers")),
+        cgroup_v2: first("cgroupfs") == "cgroup2fs",
+        vxlan: first("vxlan") == "available",
         swap: SwapFacts {
             active: sections
                 .get("swaps")
@@ -397,6 +414,8 @@ fn parse(out: &str, local_mid: f64) -> Result<HostFacts, String> {
         },
         runtimes: versioned("runtimes"),
         kubernetes: versioned("kubernetes"),
+        etcd_image: opt("etcd_image").map(|i| i.trim_matches('"').to_string()),
+        containerd_candidate: opt("containerd_candidate"),
         default_password_users: sections
             .get("default_password")
             .into_iter()
@@ -545,6 +564,14 @@ mod tests {
         assert_eq!(f.default_password_users, vec!["pi"]);
         assert!(!f.can_lower_oom_score && f.can_set_conntrack_max);
         assert!((f.clock_offset_secs - 0.5).abs() < 1e-9);
+        assert!(!f.cgroup_v2 && !f.vxlan && f.etcd_image.is_none() && f.containerd_candidate.is_none());
+        let kubeadm =
+            "@@now\n1\n@@cgroupfs\ncgroup2fs\n@@vxlan\navailable\n@@etcd_image\n\"registry.k8s.io/etcd:3.5.21-0\"\n\
+                       @@containerd_candidate\n1.6.20~ds1-1+deb12u1\n@@end\n";
+        let f = parse(kubeadm, 1.0).expect("parses");
+        assert!(f.cgroup_v2 && f.vxlan);
+        assert_eq!(f.etcd_image.as_deref(), Some("registry.k8s.io/etcd:3.5.21-0"));
+        assert_eq!(f.containerd_candidate.as_deref(), Some("1.6.20~ds1-1+deb12u1"));
         assert!(parse("@@now\n1\n", 0.0).is_err(), "a cut-off output is an error");
     }
 

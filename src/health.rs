@@ -2,14 +2,16 @@
 //! script through `remote` reads the firmware's get_throttled bits (under-voltage, capping,
 //! throttling: now and since boot), the SoC temperature, memory (MemAvailable, PSI), the free
 //! space of the root file system and of k3s's data, the clock, and on servers the etcd member
-//! list (the one distribution-specific part: `k3s::etcd`). `reasons` judges them against the
-//! thresholds below (documented in the README).
+//! list and, with kubeadm, the certificates' expiry (the distribution-specific parts: the
+//! distribution gives their scripts). `reasons` judges them against the thresholds below
+//! (documented in the README).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::distro::kubeadm::certs::{self, Certificates};
 use crate::k3s::etcd::{self, Member};
 use crate::remote::{quote, Cmd, Host};
 
@@ -28,6 +30,9 @@ pub const MEM_PRESSURE_FULL: f64 = 10.0;
 /// Clock offset against this machine (s) from which a host is degraded: TLS and etcd leases
 /// break on skewed clocks, and a Pi has no RTC, so a failed NTP sync starts it in the past.
 pub const MAX_CLOCK_OFFSET_S: f64 = 2.0;
+/// Days left from which a server's certificates make it degraded (kubeadm signs them for a
+/// year; `up` renews them earlier, from `kubernetes.renew_certificates_days`).
+pub const MIN_CERT_DAYS: u32 = 30;
 
 /// The get_throttled bits (Raspberry Pi firmware): (bit, what, now or since boot).
 const THROTTLE_BITS: [(u32, &str); 8] = [
@@ -63,6 +68,12 @@ pub struct Health {
     /// Why a server that must run an etcd member (kubeadm) did not list the members.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd_error: Option<String>,
+    /// A kubeadm server's certificates and CAs with their expiry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificates: Option<Certificates>,
+    /// Why a kubeadm server's certificates could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificates_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -92,7 +103,17 @@ pub enum EtcdProbe {
     Required(String),
 }
 
-fn script(probe: &EtcdProbe) -> String {
+/// Runs `script` (with a bound) so that its output, or else its error's last lines, lands in
+/// section `name` or `name_error`.
+fn bounded(name: &str, script: &str, secs: u32) -> String {
+    format!(
+        "e=$(mktemp); if out=$(timeout {secs} sh -c {} 2>\"$e\"); then sec {name}; printf '%s\\n' \"$out\"; \
+         else sec {name}_error; tail -n 2 \"$e\"; fi; rm -f \"$e\"",
+        quote(script)
+    )
+}
+
+fn script(probe: &EtcdProbe, certs: Option<&str>) -> String {
     let etcd = match probe {
         EtcdProbe::None => String::new(),
         EtcdProbe::Optional(s) => s.clone(),
@@ -114,9 +135,11 @@ sec df; for d in / /var/lib/rancher; do [ -d "$d" ] && df -P -B1 "$d" | tail -n 
 sec ntp; timedatectl show -p NTPSynchronized --value 2>/dev/null
 sec etcd; {etcd}
 echo
+{certs}
 sec now2; date +%s.%N
 sec end
-"#
+"#,
+        certs = certs.map(|c| bounded("certs", c, 60)).unwrap_or_default(),
     )
 }
 
@@ -124,10 +147,10 @@ fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-/// Reads a host's health in one round trip.
-pub async fn gather(host: &Host, etcd: &EtcdProbe) -> Result<Health, String> {
+/// Reads a host's health in one round trip; `certs` prints a kubeadm server's certificates.
+pub async fn gather(host: &Host, etcd: &EtcdProbe, certs: Option<&str>) -> Result<Health, String> {
     let before = now();
-    let cmd = Cmd::read_script(script(etcd)).timeout(Duration::from_secs(30));
+    let cmd = Cmd::read_script(script(etcd, certs)).timeout(Duration::from_secs(90));
     let out = host.run_ok(&cmd).await.map_err(|e| e.to_string())?;
     let after = now();
     parse(&out, (before + after) / 2.0).ok_or_else(|| format!("{}: unexpected health output", host.name))
@@ -188,10 +211,18 @@ fn parse(out: &str, local_mid: f64) -> Option<Health> {
         },
         ntp_synchronized: first("ntp").map(|s| s == "yes"),
         etcd_members: sections.get("etcd").and_then(|v| etcd::parse(&v.join("\n"))).filter(|m| !m.is_empty()),
-        etcd_error: sections.get("etcd_error").map(|v| match v.join(" ").trim() {
-            "" => "no answer".to_string(),
-            e => e.to_string(),
-        }),
+        etcd_error: error(sections.get("etcd_error")),
+        certificates: sections.get("certs").and_then(|v| Certificates::parse(&v.join("\n")).ok().flatten()),
+        certificates_error: error(sections.get("certs_error"))
+            .or_else(|| sections.get("certs").and_then(|v| Certificates::parse(&v.join("\n")).err())),
+    })
+}
+
+/// The last lines of a failed probe (`no answer` when it said nothing).
+fn error(lines: Option<&Vec<&str>>) -> Option<String> {
+    lines.map(|v| match v.join(" ").trim() {
+        "" => "no answer".to_string(),
+        e => e.to_string(),
     })
 }
 
@@ -245,6 +276,12 @@ impl Health {
                 why.push(format!("not an etcd member (members: {})", names(members)));
             }
         }
+        if let Some(e) = &self.certificates_error {
+            why.push(format!("certificates not read: {e}"));
+        }
+        if let Some(c) = &self.certificates {
+            why.extend(certs::reasons(c, MIN_CERT_DAYS));
+        }
         why
     }
 }
@@ -293,6 +330,42 @@ mod tests {
             assert!(why.contains(want), "{want} missing from:\n{why}");
         }
         assert!(h.reasons(true, &["10.0.0.1"]).iter().all(|r| !r.contains("etcd")));
+    }
+
+    #[test]
+    fn a_kubeadm_servers_certificates_make_it_degraded_within_30_days() {
+        let cert = |left: i64| {
+            format!(
+                r#"{{"certificates":[{{"name":"apiserver","expirationDate":"2026-12-06T17:00:00Z","residualTime":{left},"caName":"ca","missing":false}}],"certificateAuthorities":null}}"#
+            )
+        };
+        let soon = parse(&format!("@@now\n5\n@@certs\n{}\n@@end\n", cert(82_800)), 5.0).unwrap();
+        assert_eq!(soon.certificates.as_ref().map(|c| c.certificates.len()), Some(1));
+        assert_eq!(
+            soon.reasons(true, &[]),
+            ["certificates expire within 30 days: apiserver expires in 23 h (`pikube up` renews them; it is due from kubernetes.renew_certificates_days)"]
+        );
+        let later = parse(&format!("@@now\n5\n@@certs\n{}\n@@end\n", cert(31 * 86_400)), 5.0).unwrap();
+        assert!(later.reasons(true, &[]).is_empty());
+        let failed = parse("@@now\n5\n@@certs_error\nerror: open /etc/kubernetes/pki/ca.crt\n@@end\n", 5.0).unwrap();
+        assert_eq!(failed.reasons(true, &[]), ["certificates not read: error: open /etc/kubernetes/pki/ca.crt"]);
+        let garbled = parse("@@now\n5\n@@certs\nnot json\n@@end\n", 5.0).unwrap();
+        assert!(garbled.reasons(true, &[])[0].starts_with("certificates not read: unexpected"), "{garbled:?}");
+        assert!(parse("@@now\n5\n@@certs\n\n@@end\n", 5.0).unwrap().reasons(true, &[]).is_empty(), "no control plane");
+    }
+
+    #[test]
+    fn a_bounded_probe_lands_in_its_section_or_its_error_section() {
+        let run = |script: &str| {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("sec() {{ echo \"@@$1\"; }}\n{}", bounded("certs", script, 5)))
+                .output()
+                .expect("run sh");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert_eq!(run("echo '{\"a\": 1}'"), "@@certs\n{\"a\": 1}\n");
+        assert_eq!(run("echo out; echo 'it failed' >&2; exit 3"), "@@certs_error\nit failed\n");
     }
 
     #[test]

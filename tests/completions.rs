@@ -9,7 +9,7 @@ mod skip;
 const BIN: &str = env!("CARGO_BIN_EXE_pikube");
 
 const SUBCOMMANDS: &[&str] =
-    &["init", "schema", "check", "plan", "up", "status", "kubeconfig", "down", "lab", "completions"];
+    &["init", "schema", "check", "plan", "up", "status", "certs", "kubeconfig", "down", "lab", "completions"];
 
 fn script(shell: &str) -> String {
     let out = Command::new(BIN).args(["completions", shell]).output().expect("run pikube completions");

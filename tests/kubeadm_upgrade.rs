@@ -15,6 +15,8 @@ use common::{lab_kubernetes, section, stdout, text, wait_for, Lab};
 
 const OLD: &str = "v1.34.3";
 const NEW: &str = "v1.34.4";
+/// pikube's UpgradeConfiguration, which both upgrade commands read.
+const UPGRADE_CONFIG: &str = "/etc/pikube/kubeadm-upgrade.yaml";
 
 /// One airgap directory holding both releases in upstream's layout (`<dir>/<version>/…`),
 /// made of links to the two cached builds.
@@ -89,14 +91,6 @@ fn apply(lab: &Lab, dir: &Path, manifest: &str) {
     lab.kubectl_apply(&dir.join(NEW).join("bin/linux/amd64/kubectl"), manifest)
 }
 
-/// Pins `version` in the lab's cluster file.
-fn pin(lab: &Lab, version: &str) {
-    let file = lab.cluster_file();
-    let text = std::fs::read_to_string(&file).unwrap();
-    let line = text.lines().find(|l| l.starts_with("  version: ")).expect("a version line").to_string();
-    std::fs::write(&file, text.replace(&line, &format!("  version: {version}"))).unwrap();
-}
-
 /// What the nodes run, read on the nodes themselves: kubeadm's and kubelet's binaries.
 fn binaries(lab: &Lab) -> Vec<String> {
     ["node1", "node2", "node3", "node5"]
@@ -145,7 +139,7 @@ fn kubeadm_upgrade_between_two_patch_releases() {
     });
 
     // plan shows the order and changes nothing.
-    pin(&lab, NEW);
+    lab.pin_version(NEW);
     let before = binaries(&lab);
     let out = lab.pikube(&["plan", "-f", f]);
     assert!(out.status.success(), "{}", text(&out));
@@ -153,11 +147,23 @@ fn kubeadm_upgrade_between_two_patch_releases() {
     eprintln!("{plan}");
     let order = "Upgrade order, one node at a time (kubeadm upgrade, drain, new kubelet, Ready on the new version, uncordon): node1 → node2 → node3 → node5";
     assert!(plan.contains(order), "{plan}");
-    assert!(section(&plan, "node1").contains(&format!("[servers] kubeadm upgrade apply (to {NEW})")), "{plan}");
+    assert!(
+        section(&plan, "node1")
+            .contains(&format!("[servers] kubeadm upgrade apply --config {UPGRADE_CONFIG} (to {NEW})")),
+        "{plan}"
+    );
     for node in ["node2", "node3"] {
-        assert!(section(&plan, node).contains(&format!("[servers] kubeadm upgrade node (to {NEW})")), "{plan}");
+        assert!(
+            section(&plan, node)
+                .contains(&format!("[servers] kubeadm upgrade node --config {UPGRADE_CONFIG} (to {NEW})")),
+            "{plan}"
+        );
     }
-    assert!(section(&plan, "node5").contains(&format!("[agents] kubeadm upgrade node (to {NEW})")), "{plan}");
+    assert!(
+        section(&plan, "node5")
+            .contains(&format!("[agents] kubeadm upgrade node --config {UPGRADE_CONFIG} (to {NEW})")),
+        "{plan}"
+    );
     assert!(section(&plan, "node5").contains("[agents] drain node5"), "{plan}");
     assert!(plan.contains(&format!("etcd snapshot before the upgrade to {NEW}")), "{plan}");
     assert_eq!(binaries(&lab), before, "plan changed a binary");
@@ -170,7 +176,11 @@ fn kubeadm_upgrade_between_two_patch_releases() {
     assert!(out.status.success(), "upgrade failed:\n{}", text(&out));
     eprintln!("upgrade {OLD} → {NEW}: {:.1?}", started.elapsed());
     assert!(report.contains(order), "{report}");
-    assert!(section(&report, "node1").contains(&format!("[servers] kubeadm upgrade apply (to {NEW})")), "{report}");
+    assert!(
+        section(&report, "node1")
+            .contains(&format!("[servers] kubeadm upgrade apply --config {UPGRADE_CONFIG} (to {NEW})")),
+        "{report}"
+    );
     let agent = section(&report, "node5");
     assert!(agent.contains("[agents] evicted pod default/probe-"), "{report}");
     assert!(agent.contains(&format!("[agents] restart kubelet ({OLD} → {NEW})")), "{report}");
@@ -188,6 +198,17 @@ fn kubeadm_upgrade_between_two_patch_releases() {
     assert_eq!(backups.len(), 1, "{backups:?}");
     assert!(at("node1: kubeadm upgrade apply") < at("node2: kubeadm upgrade node"), "{stderr}");
     assert!(at("node3: kubeadm upgrade node") < at("node5: kubeadm upgrade node"), "{stderr}");
+
+    // kubeadm took its waits from pikube's UpgradeConfiguration (its default is 5m0s), read it
+    // without complaint, and the file holds no secret but is root's alone like the others.
+    let applied = lab.sh("node1", "cat /var/log/pikube-kubeadm-upgrade.log");
+    assert!(applied.contains(&format!("to version \"{NEW}\" (timeout: 10m0s)")), "{applied}");
+    let node2 = lab.sh("node2", "cat /var/log/pikube-kubeadm-upgrade.log");
+    assert!(node2.contains("[upgrade/staticpods] This can take up to 10m0s"), "{node2}");
+    for log in [&applied, &node2] {
+        assert!(!log.contains("unknown field") && !log.contains("strict decoding error"), "{log}");
+    }
+    assert_eq!(lab.sh("node5", &format!("stat -c %a {UPGRADE_CONFIG}")), "600");
 
     for (node, status, version) in nodes(&lab, &dir) {
         assert_eq!((status.as_str(), version.as_str()), ("Ready", NEW), "{node}: cordoned or not upgraded");
@@ -218,7 +239,7 @@ fn kubeadm_upgrade_between_two_patch_releases() {
     // Skipping a minor release, or going back, is refused on every host before any change.
     let converged = binaries(&lab);
     for (version, why) in [("v1.36.0", "skips a minor release"), (OLD, "cannot downgrade a cluster")] {
-        pin(&lab, version);
+        lab.pin_version(version);
         for verb in ["plan", "up"] {
             let out = lab.pikube(&[verb, "-f", f]);
             let said = stdout(&out);
@@ -231,5 +252,5 @@ fn kubeadm_upgrade_between_two_patch_releases() {
         }
         assert_eq!(binaries(&lab), converged, "a refused version changed a node");
     }
-    pin(&lab, NEW);
+    lab.pin_version(NEW);
 }

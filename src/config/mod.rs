@@ -319,7 +319,16 @@ pub struct Kubernetes {
     /// (bring your own, e.g. through the `post-master-up` hook). k3s ships flannel built in.
     #[serde(default)]
     pub cni: Cni,
+    /// kubeadm only: `up` renews a server's certificates (`kubeadm certs renew all`, then its
+    /// control plane restarts, one server at a time) once the first of them expires within
+    /// this many days (default 90, as KubeOne; 30 to 300). kubeadm signs them for a year.
+    #[schemars(with = "Option<u32>")]
+    pub renew_certificates_days: Option<Spanned<u32>>,
 }
+
+/// Days before expiry from which `up` renews kubeadm's certificates, unless the cluster file
+/// says otherwise: KubeOne's choice, a quarter of the year kubeadm signs them for.
+pub const DEFAULT_RENEW_CERTIFICATES_DAYS: u32 = 90;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -546,6 +555,11 @@ impl Cluster {
     /// The pinned Kubernetes version; None means "prepare the hosts only".
     pub fn version(&self) -> Option<&str> {
         self.spec.kubernetes.version.as_ref().map(|v| v.value.as_str())
+    }
+
+    /// Days before expiry from which `up` renews a kubeadm server's certificates.
+    pub fn renew_certificates_days(&self) -> u32 {
+        self.spec.kubernetes.renew_certificates_days.as_ref().map_or(DEFAULT_RENEW_CERTIFICATES_DAYS, |d| d.value)
     }
 
     /// The API endpoint every agent and the kubeconfig use.

@@ -180,6 +180,10 @@ pub(crate) fn check(spec: &ClusterFile, addresses_required: bool) -> Vec<Problem
         }
     }
 
+    if let Some(days) = &k8s.renew_certificates_days {
+        check_renewal_days(k8s.distribution, days, &mut problem);
+    }
+
     let known_phases = crate::phases::names();
     for hook in &spec.hooks.hosts {
         if !known_phases.contains(&hook.phase.value.as_str()) {
@@ -213,6 +217,29 @@ pub(crate) fn check(spec: &ClusterFile, addresses_required: bool) -> Vec<Problem
     }
     check_host_file_strings(spec, &mut problem);
     out
+}
+
+/// `renew_certificates_days` is kubeadm's, and lies between the day `status` starts warning
+/// (30 days left) and the year kubeadm signs for (a renewal must leave more than it).
+fn check_renewal_days(
+    distribution: Distribution,
+    days: &Spanned<u32>,
+    problem: &mut impl FnMut(serde_saphyr::Location, String, &str),
+) {
+    if distribution != Distribution::Kubeadm {
+        return problem(
+            days.referenced,
+            "renew_certificates_days is for `distribution: kubeadm`".into(),
+            "remove it: k3s renews its own certificates when it starts and they expire within 90 days",
+        );
+    }
+    if !(30..=300).contains(&days.value) {
+        problem(
+            days.referenced,
+            format!("renew_certificates_days {} is outside 30..=300", days.value),
+            "use at least 30 (`status` warns from 30 days left, `up` should renew before) and at most 300 (kubeadm signs for 365 days, so a larger value renews on every run); the default is 90",
+        );
+    }
 }
 
 /// Strings pikube writes into files on the hosts besides the URLs: apt components

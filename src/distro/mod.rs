@@ -126,6 +126,15 @@ pub fn etcd_probe(d: Distribution) -> crate::health::EtcdProbe {
     }
 }
 
+/// How `status` reads a server's certificate expiry: kubeadm's check-expiration (k3s renews
+/// its own certificates when it starts).
+pub fn certificates_probe(d: Distribution) -> Option<&'static str> {
+    match d {
+        Distribution::K3s => None,
+        Distribution::Kubeadm => Some(kubeadm::certs::CHECK_EXPIRATION),
+    }
+}
+
 /// The prefix of a distribution's own cluster hook files (`k3s-post-master-up.yml`,
 /// `k8s-post-master-up.yml`), which win over the generic ones.
 pub fn hook_prefix(d: Distribution) -> &'static str {

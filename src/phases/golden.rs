@@ -130,6 +130,7 @@ fn kubeadm_files() -> Vec<(&'static str, String)> {
             render::join_config(&c, host(&c, "rasp02"), "192.168.1.102", &secrets(Some(&"0".repeat(64)))),
         ),
         ("kubeadm-join-agent.yaml", render::join_config(&c, host(&c, "rasp04"), "192.168.1.104", &secrets(None))),
+        ("kubeadm-upgrade.yaml", render::upgrade_config("v1.34.4")),
         ("containerd-config.toml", render::containerd_config("registry.k8s.io/pause:3.10.1", false)),
         ("containerd-config-restricted.toml", render::containerd_config("registry.k8s.io/pause:3.10.1", true)),
         ("containerd-hosts-docker.io.toml", render::registry_hosts(&c).remove(0).1),

@@ -126,6 +126,14 @@ impl Lab {
         nodes.iter().copied().filter(|n| self.sh(n, "ip -4 -o addr show").contains(&format!(" {address}/"))).collect()
     }
 
+    /// Pins `version` in the lab's cluster file (its `  version:` line).
+    pub fn pin_version(&self, version: &str) {
+        let file = self.cluster_file();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let line = text.lines().find(|l| l.starts_with("  version: ")).expect("a version line").to_string();
+        std::fs::write(&file, text.replace(&line, &format!("  version: {version}"))).unwrap();
+    }
+
     pub fn lab(&self, verb: &str, node: &str) {
         let out = Command::new(BIN).args(["lab", verb, "--name", &self.name, node]).output().expect("run lab verb");
         assert!(out.status.success(), "lab {verb} {node} failed:\n{}", text(&out));

@@ -19,12 +19,13 @@ pub const FLANNEL_MANIFEST_URL: &str =
 pub const FLANNEL_MANIFEST_SHA256: &str = "944a3c1f925f117727a1b7272a323c80965da642498397ec7e6ea9bef0f9e6c5";
 pub const BINARIES: [&str; 3] = ["kubeadm", "kubelet", "kubectl"];
 
-/// Upstream's architecture names.
+/// Upstream's architecture names. 32-bit arm is not one since v1.27 (kubernetes/kubernetes#115742
+/// kept only kubectl).
 pub fn arch_name(arch: &Arch) -> Result<&'static str, ArtifactError> {
     match arch {
         Arch::X86_64 => Ok("amd64"),
         Arch::Aarch64 => Ok("arm64"),
-        Arch::Armv7 => Ok("arm"),
+        Arch::Armv7 => Err(ArtifactError::NoArm32),
         other => Err(ArtifactError::Unsupported(other.as_str().to_string())),
     }
 }

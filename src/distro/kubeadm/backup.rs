@@ -28,7 +28,7 @@ pub const PKI_FILES: [&str; 8] =
 pub const PKI: &str = "/etc/kubernetes/pki";
 pub const MANIFESTS: &str = "/etc/kubernetes/manifests";
 /// The control plane's processes (`comm` names: the kernel cuts them at 15 characters).
-const CONTROL_PLANE: &str = "etcd|kube-apiserver|kube-controller|kube-scheduler";
+pub(super) const CONTROL_PLANE: &str = "etcd|kube-apiserver|kube-controller|kube-scheduler";
 /// What each server's etcd.yaml sets by default (kubeadm's defaults; read from the file).
 const DATA_DIR: &str = "/var/lib/etcd";
 

@@ -127,12 +127,17 @@ fn step<A>(state: NodeState, api: Option<A>, guard: &InitCheck) -> Step<A> {
     }
 }
 
-/// A node that already belongs to the cluster: kubelet must run (and start at boot).
+/// A node that already belongs to the cluster: kubelet must run (and start at boot). A
+/// server's certificates are renewed when due (`certs`) before its API is awaited: with expired
+/// ones the API never answers.
 async fn keep_running(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String> {
     let state = node.facts().and_then(|f| f.services.get("kubelet").cloned()).unwrap_or_default();
     crate::phases::ensure_running(host, "kubelet", false, &state).await?;
-    if node.role() == Role::Server && fleet.mode == Mode::Apply {
-        wait_for_api(host, fleet.ready_timeout).await?;
+    if node.role() == Role::Server {
+        super::certs::renew_if_due(fleet, node, host).await?;
+        if fleet.mode == Mode::Apply {
+            wait_for_api(host, fleet.ready_timeout).await?;
+        }
     }
     Ok(())
 }

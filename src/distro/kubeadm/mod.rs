@@ -6,6 +6,7 @@
 pub mod artifacts;
 pub mod backup;
 mod bringup;
+pub mod certs;
 pub mod etcd;
 pub mod render;
 mod runtime;

@@ -196,6 +196,31 @@ const TIMEOUTS: &str = "timeouts:
   discovery: 10m0s
 ";
 
+/// Where `kubeadm upgrade apply` and `kubeadm upgrade node` read pikube's configuration.
+pub const UPGRADE_CONFIG: &str = "/etc/pikube/kubeadm-upgrade.yaml";
+
+/// What `kubeadm upgrade apply` and `kubeadm upgrade node` read (`--config`, v1beta4
+/// `UpgradeConfiguration`): the target release, the same Pi-sized waits as init and join plus
+/// kubeadm's wait for each upgraded static pod (`upgradeManifests`, 5 min by default; on timeout
+/// kubeadm rolls that component back and the node is left half-upgraded), and certificate
+/// renewal (kubeadm's default, written out: an upgrade is when a server's certificates are
+/// renewed unless `up` renews them itself). CreateJob runs a Job that must finish within 15 s,
+/// which a busy Pi misses; pikube checks the nodes' readiness and every component's version
+/// itself. Holds no secret.
+pub fn upgrade_config(version: &str) -> String {
+    format!(
+        "# Written by pikube for `kubeadm upgrade apply/node --config`: `pikube up` overwrites changes.\n\
+         apiVersion: kubeadm.k8s.io/v1beta4\nkind: UpgradeConfiguration\napply:\n  kubernetesVersion: {version}\n  \
+         certificateRenewal: true\n  ignorePreflightErrors:\n  - CreateJob\nnode:\n  certificateRenewal: true\n\
+         {TIMEOUTS}  upgradeManifests: {UPGRADE_MANIFESTS}\n"
+    )
+}
+
+/// kubeadm's wait for each static pod an upgrade replaces (etcd's data migration and the image
+/// unpacking on an SD card take minutes); pikube's bound on the whole command is above four of
+/// them in a row (`upgrade::UPGRADE_TIMEOUT`).
+pub const UPGRADE_MANIFESTS: &str = "10m0s";
+
 /// The secrets a join needs, made fresh on a running server for each run.
 pub struct JoinSecrets {
     pub token: String,

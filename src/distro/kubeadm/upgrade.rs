@@ -13,21 +13,23 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::render::{self, UPGRADE_CONFIG};
 use super::KUBECTL;
 use crate::config::Role;
 use crate::fleet::{Fleet, Node};
 use crate::phases::upgrade as rolling;
-use crate::remote::{quote, Cmd, Host, Mode, RemoteError};
+use crate::remote::{Cmd, Host, Mode, RemoteError};
 
 const KUBEADM: &str = "/usr/local/bin/kubeadm";
 const UPGRADE_LOG: &str = "/var/log/pikube-kubeadm-upgrade.log";
-/// kubeadm replaces each static pod and waits for it (minutes each on a Pi).
-const UPGRADE_TIMEOUT: Duration = Duration::from_secs(1800);
+/// pikube's bound on one `kubeadm upgrade`: kubeadm replaces etcd and three control-plane
+/// static pods one after another and waits up to `render::UPGRADE_MANIFESTS` for each.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The pods whose image must be the pinned release's once `up` is done.
 const COMPONENTS: [&str; 4] = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy"];
 
 /// `major.minor.patch` of `v1.34.3` (a pre-release or build suffix is ignored).
-fn parse(version: &str) -> Option<(u64, u64, u64)> {
+pub(crate) fn parse(version: &str) -> Option<(u64, u64, u64)> {
     let core = version.trim().trim_start_matches('v').split(['-', '+']).next()?;
     let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
     Some((parts.next()??, parts.next()??, parts.next()??))
@@ -114,13 +116,10 @@ pub async fn server(fleet: &Fleet, node: &Node, host: &Host, cluster: &mut Optio
         return Ok(false);
     }
     if cluster.as_deref() != Some(version) {
-        // CreateJob runs a Job that must finish within 15 s, which a busy Pi misses; the
-        // nodes' readiness and every component's version are checked by pikube itself.
-        let args = format!("upgrade apply -y --ignore-preflight-errors=CreateJob {}", quote(version));
-        kubeadm(fleet, node, host, &args, "kubeadm upgrade apply").await?;
+        kubeadm(fleet, node, host, Step::Apply).await?;
         *cluster = Some(version.to_string());
     } else {
-        kubeadm(fleet, node, host, "upgrade node", "kubeadm upgrade node").await?;
+        kubeadm(fleet, node, host, Step::Node).await?;
     }
     if fleet.mode == Mode::Apply {
         super::bringup::wait_for_api(host, fleet.ready_timeout).await?;
@@ -163,21 +162,54 @@ pub async fn agents(fleet: &Fleet, pending: Vec<(&Node, &Host)>) {
 async fn agent(fleet: &Fleet, node: &Node, host: &Host) -> Result<(), String> {
     let version = fleet.cluster.version().ok_or("no version pinned")?;
     let run = running(host).await?.ok_or("not joined")?;
-    kubeadm(fleet, node, host, "upgrade node", "kubeadm upgrade node").await?;
+    kubeadm(fleet, node, host, Step::Node).await?;
     new_kubelet(fleet, node, host, &run.kubelet, version).await.map(|_| ())
 }
 
-/// Runs `kubeadm <args>` on the node; its output goes to a 0600 log whose last lines an error shows.
-async fn kubeadm(fleet: &Fleet, node: &Node, host: &Host, args: &str, what: &str) -> Result<(), String> {
+/// The two upgrade commands: `apply` on the first server, `node` on every other node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Apply,
+    Node,
+}
+
+impl Step {
+    fn name(self) -> &'static str {
+        match self {
+            Step::Apply => "kubeadm upgrade apply",
+            Step::Node => "kubeadm upgrade node",
+        }
+    }
+
+    /// The command line: the release, waits and ignored preflight errors come from the
+    /// UpgradeConfiguration (kubeadm accepts only a few flags next to `--config`; `-y` is one).
+    fn command(self) -> String {
+        match self {
+            Step::Apply => format!("{KUBEADM} upgrade apply -y --config {UPGRADE_CONFIG}"),
+            Step::Node => format!("{KUBEADM} upgrade node --config {UPGRADE_CONFIG}"),
+        }
+    }
+}
+
+/// Writes the UpgradeConfiguration and runs `step` with it on the node (the configuration
+/// validated by kubeadm first); kubeadm's output goes to a 0600 log whose last lines an error
+/// shows.
+async fn kubeadm(fleet: &Fleet, node: &Node, host: &Host, step: Step) -> Result<(), String> {
+    let target = fleet.cluster.version().ok_or("no version pinned")?;
+    let config = render::upgrade_config(target);
+    host.ensure_file(UPGRADE_CONFIG, config.as_bytes(), Some(0o600)).await.map_err(|e| e.to_string())?;
+    let what = step.name();
     if fleet.mode == Mode::Apply {
         crate::progress::step(node.name(), &format!("{what} (minutes on a Pi) …"));
     }
     // kubeadm's default credentials: admin.conf on servers; `upgrade node` on a worker, which
     // has none, uses kubelet's.
-    let script = format!("set -e; umask 077; {KUBEADM} {args} >{UPGRADE_LOG} 2>&1");
+    let script = format!(
+        "set -e; umask 077; {KUBEADM} config validate --config {UPGRADE_CONFIG} >/dev/null; {} >{UPGRADE_LOG} 2>&1",
+        step.command()
+    );
     let cmd = Cmd::change_script(script).timeout(UPGRADE_TIMEOUT);
-    let target = fleet.cluster.version().unwrap_or_default();
-    if let Err(e) = host.apply(format!("{what} (to {target})"), &cmd).await {
+    if let Err(e) = host.apply(format!("{what} --config {UPGRADE_CONFIG} (to {target})"), &cmd).await {
         let log = host
             .run(&Cmd::read_script(format!("tail -n 12 {UPGRADE_LOG}")))
             .await
@@ -342,6 +374,23 @@ mod tests {
         assert_eq!(wrong["n2"], ["kube-proxy runs registry.k8s.io/kube-proxy:v1.34.3"]);
         assert_eq!(wrong["n3"], ["no kube-proxy pod"]);
         assert!(stale(&serde_json::json!({ "items": items }), &members[..1], "v1.34.3")["n1"].len() == 4);
+    }
+
+    #[test]
+    fn both_upgrade_commands_read_the_upgrade_configuration() {
+        assert_eq!(
+            Step::Apply.command(),
+            "/usr/local/bin/kubeadm upgrade apply -y --config /etc/pikube/kubeadm-upgrade.yaml"
+        );
+        assert_eq!(
+            Step::Node.command(),
+            "/usr/local/bin/kubeadm upgrade node --config /etc/pikube/kubeadm-upgrade.yaml"
+        );
+        // The release and the ignored preflight error are the file's: kubeadm refuses most
+        // flags next to --config.
+        let config = render::upgrade_config("v1.34.4");
+        assert!(config.contains("kind: UpgradeConfiguration\napply:\n  kubernetesVersion: v1.34.4\n"), "{config}");
+        assert!(config.contains("  upgradeManifests: 10m0s\n"), "{config}");
     }
 
     #[test]
